@@ -1,0 +1,100 @@
+"""Mutual authentication of a new link: hello, then HMAC-SHA256 challenge-response.
+
+Both sides send ``hello`` with the protocol version, their role and a fresh random nonce. The
+side that connected (the initiator) proves first; the other side checks that proof before it
+offers its own, so a peer without the secret never receives an HMAC it could attack offline.
+A proof covers both roles and both nonces, so a recorded handshake cannot be replayed and a
+proof cannot be reflected back. The secret itself never crosses the wire, and proofs are
+compared in constant time.
+
+Discovery datagrams carry an HMAC tag with the node secret; a datagram with a wrong tag is
+ignored.
+"""
+
+import hashlib
+import hmac
+import os
+
+from .constants import PROTOCOL_VERSION
+from .protocol import ProtocolError, pack_datagram, unpack_datagram
+
+NONCE_SIZE = 32
+TAG_SIZE = 32
+AUTH_FAILED = 'authentication failed'
+
+ROLES = ('client', 'scheduler', 'node')
+
+
+class AuthenticationError(ConnectionError):
+    """The peer does not know the shared secret (or we do not know its)."""
+
+
+def as_key(secret):
+    return secret.encode() if isinstance(secret, str) else bytes(secret or b'')
+
+
+def make_proof(key, prover_role, prover_nonce, verifier_role, verifier_nonce):
+    message = b'\0'.join([b'dispyscheduler-auth-1', prover_role.encode(), prover_nonce,
+                          verifier_role.encode(), verifier_nonce])
+    return hmac.new(key, message, hashlib.sha256).digest()
+
+
+def handshake(conn, secret, role, peer_role, initiator, deadline):
+    """Run hello and authentication on ``conn``; return the peer's hello body.
+
+    ``conn`` is a ``link.Link`` before its reader and writer start. Raises
+    ``AuthenticationError`` (after telling the peer) when either side's proof is wrong, and
+    ``ProtocolError`` for a peer that does not speak this protocol.
+    """
+    key = as_key(secret)
+    nonce = os.urandom(NONCE_SIZE)
+    conn.send_now('hello', {'version': PROTOCOL_VERSION, 'role': role, 'nonce': nonce})
+    kind, hello = conn.recv_now(deadline)
+    if kind == 'error':
+        raise AuthenticationError(hello['reason'])
+    if kind != 'hello':
+        raise ProtocolError('expected hello, got %r' % (kind,))
+    if hello['version'] != PROTOCOL_VERSION:
+        reason = ('protocol version %s not supported (this side speaks %s)'
+                  % (hello['version'], PROTOCOL_VERSION))
+        conn.send_now('error', {'reason': reason})
+        raise ProtocolError(reason)
+    if hello['role'] != peer_role or len(hello['nonce']) != NONCE_SIZE:
+        reason = 'expected a %s, got a %r' % (peer_role, hello['role'])
+        conn.send_now('error', {'reason': reason})
+        raise ProtocolError(reason)
+    peer_nonce = hello['nonce']
+    mine = make_proof(key, role, nonce, peer_role, peer_nonce)
+    expected = make_proof(key, peer_role, peer_nonce, role, nonce)
+    if initiator:
+        conn.send_now('auth', {'proof': mine})
+        _check_proof(conn, expected, deadline, tell_peer=False)
+    else:
+        _check_proof(conn, expected, deadline, tell_peer=True)
+        conn.send_now('auth', {'proof': mine})
+    return hello
+
+
+def _check_proof(conn, expected, deadline, tell_peer):
+    kind, body = conn.recv_now(deadline)
+    if kind == 'error':
+        raise AuthenticationError(body['reason'])
+    if kind != 'auth':
+        raise ProtocolError('expected auth, got %r' % (kind,))
+    if not hmac.compare_digest(body['proof'], expected):
+        if tell_peer:
+            conn.send_now('error', {'reason': AUTH_FAILED})
+        raise AuthenticationError(AUTH_FAILED)
+
+
+def sign_datagram(secret, kind, body):
+    payload = pack_datagram(kind, body)
+    return hmac.new(as_key(secret), payload, hashlib.sha256).digest() + payload
+
+
+def open_datagram(secret, data):
+    """Return ``(kind, body)`` of a correctly tagged datagram; raise otherwise."""
+    tag, payload = data[:TAG_SIZE], data[TAG_SIZE:]
+    if not hmac.compare_digest(tag, hmac.new(as_key(secret), payload, hashlib.sha256).digest()):
+        raise AuthenticationError('datagram with a wrong tag')
+    return unpack_datagram(payload)

@@ -1,0 +1,92 @@
+"""Every port, interval, limit and protocol number of dispyscheduler, in one place.
+
+Each default is a named constant with a docstring, so that the command line, the daemons and the
+client all read the same value and a reader can see why it is what it is.
+"""
+
+import os
+import tempfile
+
+PROTOCOL_VERSION = 1
+"""Wire protocol version carried in every hello; peers with another version are refused."""
+
+SCHEDULER_NODE_PORT = 51347
+"""``--port``: the scheduler's TCP port for node links and its UDP port for discovery."""
+
+NODE_PORT = 51348
+"""``--node_port``: the UDP port on which nodes listen for discovery pings."""
+
+SCHEDULER_CLIENT_PORT = 51349
+"""``--scheduler_port``: the scheduler's TCP port for clients (``SharedJobCluster``)."""
+
+MAX_FRAME_SIZE = 64 * 1024 * 1024
+"""Largest frame accepted on any link; the length prefix is checked against it before any
+allocation, so a peer announcing 4 GB costs nothing but a closed connection."""
+
+MAX_DATAGRAM_SIZE = 1400
+"""Largest discovery datagram sent or read; fits one Ethernet frame."""
+
+HANDSHAKE_TIMEOUT = 10.0
+"""Seconds a peer has to finish hello and authentication before it is dropped."""
+
+CONNECT_TIMEOUT = 10.0
+"""Seconds a TCP connect may take before it counts as failed."""
+
+RECV_SIZE = 256 * 1024
+"""Bytes asked of the kernel per read; big enough to take many small frames at once."""
+
+PULSE_INTERVAL = 10.0
+"""Default ``--pulse_interval``: seconds between a node's pulses to the scheduler."""
+
+PULSE_INTERVAL_RANGE = (1.0, 600.0)
+"""Allowed ``--pulse_interval`` values, as the seed document gives them."""
+
+PULSES_MISSED_BEFORE_DEAD = 5
+"""A node silent for this many pulse intervals is presumed dead (power off, partition)."""
+
+PING_INTERVAL = 10.0
+"""Default ``--ping_interval``: seconds between discovery pings while nodes may be missing."""
+
+PING_INTERVAL_RANGE = (1.0, 1000.0)
+"""Allowed ``--ping_interval`` values (as in dispy)."""
+
+ZOMBIE_INTERVAL = 60.0
+"""Default ``--zombie_interval`` in minutes: a cluster whose client is gone and that has
+nothing running is cleaned up after this long; a node drops computations of a scheduler it has
+not heard from for this long."""
+
+DISPATCH_DEPTH = 2
+"""Jobs the scheduler keeps in flight per node CPU: one running and one waiting on the node,
+so a worker never idles for a scheduler round trip between jobs."""
+
+RECONNECT_DELAY_RANGE = (0.1, 5.0)
+"""Back-off (first, largest delay in seconds) for a node reconnecting to its scheduler."""
+
+CLIENT_CLUSTER_TIMEOUT = 30.0
+"""Seconds ``SharedJobCluster()`` waits for the scheduler to accept the computation."""
+
+DEFAULT_DEST_PATH_PREFIX = os.path.join(tempfile.gettempdir(), 'dispyscheduler')
+"""Default ``--dest_path_prefix``: where a daemon keeps computations' files."""
+
+DEFAULT_NODE_DEST_PATH_PREFIX = os.path.join(tempfile.gettempdir(), 'dispynode')
+"""Default ``--dest_path_prefix`` of a node: one directory per computation below it."""
+
+MAX_FILE_SIZE = 0
+"""Default ``--max_file_size`` in bytes; 0 means no limit beyond ``MAX_FRAME_SIZE``."""
+
+WORKER_START_TIMEOUT = 60.0
+"""Seconds a node waits for a computation's worker host to load it and run ``setup``."""
+
+# Job statuses, numbered as in dispy 4.x so that programs comparing them keep working; final
+# statuses sort after the provisional ones.
+CREATED = 5
+RUNNING = 6
+PROVISIONAL_RESULT = 7
+CANCELLED = 8
+TERMINATED = 9
+ABANDONED = 10
+FINISHED = 11
+FINAL_STATUSES = frozenset((CANCELLED, TERMINATED, ABANDONED, FINISHED))
+STATUS_NAMES = {CREATED: 'Created', RUNNING: 'Running', PROVISIONAL_RESULT: 'ProvisionalResult',
+                CANCELLED: 'Cancelled', TERMINATED: 'Terminated', ABANDONED: 'Abandoned',
+                FINISHED: 'Finished'}

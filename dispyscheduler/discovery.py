@@ -1,0 +1,116 @@
+"""UDP discovery shared by both daemons: sockets, broadcast addresses, signed datagrams.
+
+Nothing depends on a datagram arriving: pings repeat every ``--ping_interval`` and a node with
+``--scheduler_node`` connects on its own. Datagrams carry an HMAC tag made with the node
+secret; anything else that arrives on a discovery port is ignored.
+"""
+
+import fcntl
+import ipaddress
+import logging
+import socket
+import struct
+
+from .auth import AuthenticationError, open_datagram, sign_datagram
+from .constants import MAX_DATAGRAM_SIZE
+from .protocol import ProtocolError
+
+logger = logging.getLogger(__name__)
+
+SIOCGIFFLAGS = 0x8913
+SIOCGIFADDR = 0x8915
+SIOCGIFBRDADDR = 0x8919
+IFF_BROADCAST = 0x2
+IFF_LOOPBACK = 0x8
+IFF_UP = 0x1
+
+
+def _ioctl(sock, request, name):
+    packed = struct.pack('256s', name.encode()[:15])
+    return fcntl.ioctl(sock.fileno(), request, packed)
+
+
+def ipv4_interfaces():
+    """``(name, address, broadcast or None, is_loopback)`` of every IPv4 interface that is up."""
+    found = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for _, name in socket.if_nameindex():
+            try:
+                flags = struct.unpack_from('H', _ioctl(sock, SIOCGIFFLAGS, name), 16)[0]
+                address = socket.inet_ntoa(_ioctl(sock, SIOCGIFADDR, name)[20:24])
+            except OSError:
+                continue  # down, or no IPv4 address
+            if not flags & IFF_UP:
+                continue
+            broadcast = None
+            if flags & IFF_BROADCAST:
+                broadcast = socket.inet_ntoa(_ioctl(sock, SIOCGIFBRDADDR, name)[20:24])
+            found.append((name, address, broadcast, bool(flags & IFF_LOOPBACK)))
+    return found
+
+
+def is_loopback(address):
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def broadcast_targets(bound_addr):
+    """Where to broadcast from a socket bound to ``bound_addr`` ('' = all interfaces).
+
+    A loopback address has no broadcast domain, so a daemon bound to one never broadcasts.
+    """
+    if bound_addr and is_loopback(bound_addr):
+        return []
+    targets = []
+    for _, address, broadcast, loopback in ipv4_interfaces():
+        if loopback or not broadcast or (bound_addr and address != bound_addr):
+            continue
+        targets.append(broadcast)
+    if targets:
+        targets.append('255.255.255.255')
+    return targets
+
+
+def udp_socket(address, port):
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+    sock.bind((address, port))
+    return sock
+
+
+def open_sockets(addresses, port):
+    """One socket per address (for unicast, and as the source of broadcasts) plus one on the
+    wildcard address, which is the only kind that receives broadcasts."""
+    sockets = {}
+    for address in addresses:
+        sockets[address] = udp_socket(address, port)
+    if '' not in sockets:
+        try:
+            sockets[''] = udp_socket('', port)
+        except OSError as exc:
+            logger.warning('cannot listen for discovery broadcasts on UDP port %d: %s', port, exc)
+    return sockets
+
+
+def send(sock, secret, kind, body, destination):
+    try:
+        sock.sendto(sign_datagram(secret, kind, body), destination)
+    except OSError as exc:
+        logger.debug('discovery %s to %s:%s failed: %s', kind, destination[0], destination[1],
+                     exc)
+
+
+def receive_loop(sock, secret, handle):
+    """Call ``handle(kind, body, source)`` for every well-formed, correctly signed datagram."""
+    while True:
+        data, source = sock.recvfrom(2 * MAX_DATAGRAM_SIZE)
+        try:
+            kind, body = open_datagram(secret, data)
+        except (AuthenticationError, ProtocolError) as exc:
+            logger.debug('ignored datagram from %s: %s', source[0], exc)
+            continue
+        handle(kind, body, source)
+

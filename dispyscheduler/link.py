@@ -1,0 +1,152 @@
+"""One long-lived connection that carries framed messages both ways.
+
+The same class serves the daemons and the client. It is written against the stdlib
+(``threading``, blocking socket calls): in the daemons, which monkey-patch the stdlib with
+gevent, its reader and writer are greenlets; in a user's program they are plain threads.
+
+Sending never blocks the caller: ``send`` appends an encoded frame to an outbox and wakes the
+writer, which joins everything queued since its last pass into one ``sendall``. The reader
+hands every frame of a read to the handler, then yields (``time.sleep(0)``, a gevent yield in
+the daemons) so one busy peer cannot starve the others.
+"""
+
+import collections
+import logging
+import socket
+import threading
+import time
+
+from .constants import MAX_FRAME_SIZE, RECV_SIZE
+from .protocol import FrameDecoder, encode
+
+logger = logging.getLogger(__name__)
+
+
+class ConnectionClosed(ConnectionError):
+    """The peer closed the connection, or it broke."""
+
+
+class Link:
+    """A framed connection over a socket (plain or ``tls.TLSSocket``).
+
+    Use ``send_now``/``recv_now`` for the handshake, then start ``run_writer`` in its own
+    thread or greenlet and call ``run_reader(handler)``, which returns only when the
+    connection ends.
+    """
+
+    recv_size = RECV_SIZE
+
+    def __init__(self, sock, peer=None, max_frame_size=MAX_FRAME_SIZE):
+        self.sock = sock
+        self.peer = peer or _peer_name(sock)
+        self.decoder = FrameDecoder(max_frame_size)
+        self.inbox = collections.deque()  # decoded during the handshake, not yet handled
+        self.outbox = collections.deque()
+        self.wakeup = threading.Event()
+        self.closed = False
+
+    def __repr__(self):
+        return '<Link %s>' % (self.peer,)
+
+    # handshake phase: synchronous, with a deadline
+
+    def send_now(self, kind, body):
+        self.sock.sendall(encode(kind, body))
+
+    def recv_now(self, deadline=None):
+        """Return the next message, waiting at most until ``deadline`` (``time.monotonic``)."""
+        while not self.inbox:
+            if deadline is None:
+                self.inbox.extend(self.decoder.messages_from(self._recv()))
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise socket.timeout('timed out waiting for the peer')
+            self.sock.settimeout(remaining)
+            try:
+                self.inbox.extend(self.decoder.messages_from(self._recv()))
+            finally:
+                self.sock.settimeout(None)
+        return self.inbox.popleft()
+
+    # running phase
+
+    def send(self, kind, body):
+        """Queue one message; the writer sends it with whatever else is queued."""
+        if self.closed:
+            raise ConnectionClosed('link to %s is closed' % (self.peer,))
+        self.outbox.append(encode(kind, body))
+        if not self.wakeup.is_set():
+            self.wakeup.set()
+
+    def run_writer(self):
+        """Send queued frames until the link is closed; a send error closes the link."""
+        try:
+            while not self.closed:
+                self.wakeup.wait()
+                self.wakeup.clear()
+                if self.outbox:
+                    chunks = []
+                    while self.outbox:
+                        chunks.append(self.outbox.popleft())
+                    self.sock.sendall(b''.join(chunks) if len(chunks) > 1 else chunks[0])
+        except OSError as exc:
+            logger.debug('send to %s failed: %s', self.peer, exc)
+        finally:
+            self.close()
+
+    def run_reader(self, handle):
+        """Call ``handle(kind, body)`` for every message until the connection ends.
+
+        Returns normally when the peer closes or the link is closed here; lets
+        ``ProtocolError`` and exceptions of ``handle`` propagate (after closing the link).
+        """
+        try:
+            while self.inbox:
+                handle(*self.inbox.popleft())
+            while not self.closed:
+                try:
+                    data = self._recv()
+                except (ConnectionClosed, OSError) as exc:
+                    if not self.closed:
+                        logger.debug('link to %s ended: %s', self.peer, exc)
+                    return
+                for kind, body in self.decoder.messages_from(data):
+                    handle(kind, body)
+                time.sleep(0)
+        finally:
+            self.close()
+            self.sock.close()
+
+    def _recv(self):
+        data = self.sock.recv(self.recv_size)
+        if not data:
+            raise ConnectionClosed('%s closed the connection' % (self.peer,))
+        return data
+
+    def close(self):
+        """Stop both loops; the reader closes the socket on its way out."""
+        if self.closed:
+            return
+        self.closed = True
+        self.wakeup.set()
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+def _peer_name(sock):
+    try:
+        host, port = sock.getpeername()[:2]
+        return '%s:%s' % (host, port)
+    except OSError:
+        return '?'
+
+
+def set_nodelay(sock):
+    """Small frames must leave at once; the writer already coalesces them."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        pass

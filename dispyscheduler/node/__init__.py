@@ -1,0 +1,1 @@
+"""The node daemon (daemon), its computations (workers) and job processes (worker)."""

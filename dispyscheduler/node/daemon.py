@@ -1,0 +1,349 @@
+"""The node daemon (``dispynode``): one link to a scheduler, computations, discovery.
+
+The node always opens the link: to ``--scheduler_node`` at start (retrying with back-off until
+that scheduler is there), or to whichever scheduler pings it first. It serves one scheduler at
+a time. Jobs run in worker processes (``workers.py``); the daemon only routes frames, so it
+never unpickles user data. A finished result is kept until the scheduler acknowledges it and
+is sent again over the next link if the current one breaks first.
+
+Runs under gevent with the stdlib monkey-patched (``cli.node_main`` does that first).
+"""
+
+import hmac
+import logging
+import os
+import platform
+import signal
+import socket
+import time
+
+import gevent
+import gevent.event
+import gevent.lock
+import gevent.pool
+from gevent.server import StreamServer
+
+from .. import discovery
+from ..auth import AuthenticationError, handshake
+from ..constants import (CANCELLED, CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT, PULSE_INTERVAL,
+                         RECONNECT_DELAY_RANGE, TERMINATED)
+from ..link import ConnectionClosed, Link, set_nodelay
+from ..protocol import ProtocolError
+from ..tls import TLSError, TLSSocket
+from .workers import Computation, ComputationError, NodeJob, failure_reply
+
+logger = logging.getLogger(__name__)
+
+
+class NodeDaemon:
+    """A compute node. Tunables are class attributes; the rest comes from the command line."""
+
+    reconnect_delays = RECONNECT_DELAY_RANGE
+    """First and largest pause between attempts to reach the scheduler."""
+
+    zombie_check_interval = 30.0
+    """Seconds between checks for computations whose scheduler has been gone too long."""
+
+    def __init__(self, options, tls_context=None):
+        self.options = options
+        self.tls_context = tls_context
+        self.name = options.name or socket.gethostname()
+        self.cpus = options.cpus
+        self.cpu_slots = gevent.lock.BoundedSemaphore(self.cpus)
+        self.computations = {}  # cid -> Computation
+        self.jobs = {}  # jid -> NodeJob queued or running here
+        self.unacked = {}  # jid -> job_done body the scheduler has not acknowledged
+        self.link = None
+        self.scheduler_id = None
+        self.scheduler_addr = None
+        if options.scheduler_node:
+            self.scheduler_addr = (options.scheduler_node, options.scheduler_port)
+        self.scheduler_changed = gevent.event.Event()
+        self.last_scheduler_contact = time.monotonic()
+        self.pulse_interval = PULSE_INTERVAL
+        self.local_token = os.urandom(16)
+        self.local_address = 'dispynode-%d-%s' % (os.getpid(), os.urandom(6).hex())
+        self.duties = gevent.pool.Group()
+        self.stopped = gevent.event.Event()
+
+    # lifecycle
+
+    def run(self):
+        """Serve until SIGTERM or SIGINT; then stop every computation and return."""
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind('\0' + self.local_address)
+        listener.listen(128)
+        local_server = StreamServer(listener, self.serve_local)
+        local_server.start()
+        addresses = [self.options.ip_addr] if self.options.ip_addr else []
+        udp = discovery.open_sockets(addresses, self.options.node_port)
+        for sock in udp.values():
+            self.spawn_duty(discovery.receive_loop, sock, self.options.secret, self.on_datagram)
+        self.spawn_duty(self.scheduler_connector)
+        self.spawn_duty(self.zombie_watchdog)
+        self.announce(udp)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            gevent.signal_handler(signum, self.stopped.set)
+        logger.info('dispynode %s serving with %d CPUs (discovery on UDP port %d)', self.name,
+                    self.cpus, self.options.node_port)
+        self.stopped.wait()
+        logger.info('stopping')
+        if self.link is not None:
+            self.link.close()
+        self.duties.kill()
+        local_server.stop(timeout=1)
+        for computation in list(self.computations.values()):
+            computation.close(cleanup=True)
+        for sock in udp.values():
+            sock.close()
+
+    def spawn_duty(self, function, *args):
+        """A long-lived greenlet; if one dies of an error the node stops rather than limp."""
+        greenlet = self.duties.spawn(function, *args)
+        greenlet.link_exception(self.duty_failed)
+        return greenlet
+
+    def duty_failed(self, greenlet):
+        logger.error('internal error in %s: %r; stopping', greenlet, greenlet.exception)
+        self.stopped.set()
+
+    # discovery
+
+    def announce(self, udp):
+        """Tell schedulers this node exists: unicast to ``--scheduler_node`` and a broadcast
+        on this host's networks (never from a loopback address)."""
+        body = {'port': self.options.node_port}
+        source = udp.get(self.options.ip_addr or '') or next(iter(udp.values()), None)
+        if source is None:
+            return
+        if self.scheduler_addr:
+            discovery.send(source, self.options.secret, 'announce', body, self.scheduler_addr)
+        for target in discovery.broadcast_targets(self.options.ip_addr or ''):
+            discovery.send(source, self.options.secret, 'announce', body,
+                           (target, self.options.scheduler_port))
+
+    def on_datagram(self, kind, body, source):
+        if kind != 'ping' or self.link is not None or self.options.scheduler_node:
+            return
+        address = (body['addr'] or source[0], body['port'])
+        if address != self.scheduler_addr:
+            logger.info('pinged by scheduler at %s:%s', *address)
+            self.scheduler_addr = address
+        self.scheduler_changed.set()
+
+    # the scheduler link
+
+    def scheduler_connector(self):
+        """Keep one link to the scheduler, reconnecting with back-off when it breaks."""
+        first, largest = self.reconnect_delays
+        delay = first
+        while True:
+            if self.scheduler_addr is None:
+                self.scheduler_changed.wait()
+                self.scheduler_changed.clear()
+                continue
+            address = self.scheduler_addr
+            try:
+                linked = self.serve_scheduler(address)
+            except AuthenticationError as exc:
+                logger.error('scheduler at %s:%s refused this node: %s (is --secret the '
+                             "scheduler's --node_secret?)", address[0], address[1], exc)
+                linked = False
+            except (OSError, ProtocolError, TLSError, gevent.Timeout) as exc:
+                logger.info('cannot reach scheduler at %s:%s: %s', address[0], address[1], exc)
+                linked = False
+            delay = first if linked else min(delay * 2, largest)
+            self.scheduler_changed.clear()
+            self.scheduler_changed.wait(delay)
+
+    def serve_scheduler(self, address):
+        """Connect, authenticate and serve one link; returns True once it was established."""
+        source = (self.options.ip_addr, 0) if self.options.ip_addr else None
+        sock = socket.create_connection(address, CONNECT_TIMEOUT, source)
+        sock.settimeout(None)
+        set_nodelay(sock)
+        try:
+            with gevent.Timeout(HANDSHAKE_TIMEOUT):
+                if self.tls_context is not None:
+                    sock = TLSSocket(sock, self.tls_context, server_side=False)
+                    sock.do_handshake()
+                link = Link(sock, '%s:%s' % address)
+                handshake(link, self.options.secret, 'node', 'scheduler', initiator=True,
+                          deadline=time.monotonic() + HANDSHAKE_TIMEOUT)
+                link.send_now('node_info', {
+                    'name': self.name, 'ip_addr': self.announced_address(sock),
+                    'port': self.options.node_port, 'cpus': self.cpus,
+                    'platform': platform.platform()})
+                kind, welcome = link.recv_now(time.monotonic() + HANDSHAKE_TIMEOUT)
+                if kind == 'error':
+                    raise ConnectionError('scheduler refused this node: %s' % welcome['reason'])
+                if kind != 'welcome':
+                    raise ProtocolError('expected welcome, got %r' % (kind,))
+        except BaseException:
+            sock.close()
+            raise
+        self.adopt_scheduler(welcome)
+        logger.info('linked to scheduler at %s:%s', *address)
+        writer = gevent.spawn(link.run_writer)
+        pulse = gevent.spawn(self.pulse_loop, link)
+        self.link = link
+        for body in list(self.unacked.values()):
+            link.send('job_done', body)
+        try:
+            link.run_reader(self.on_scheduler_message)
+        except ProtocolError as exc:
+            logger.error('scheduler at %s:%s sent a bad frame: %s', address[0], address[1], exc)
+        finally:
+            self.link = None
+            self.last_scheduler_contact = time.monotonic()
+            pulse.kill()
+            writer.kill()
+            logger.info('link to scheduler at %s:%s closed', *address)
+        return True
+
+    def announced_address(self, sock):
+        return (self.options.ext_ip_addr or self.options.ip_addr
+                or sock.getsockname()[0])
+
+    def adopt_scheduler(self, welcome):
+        """A scheduler other than the last one starts with a clean node."""
+        self.pulse_interval = welcome['pulse_interval']
+        if self.scheduler_id is not None and welcome['scheduler_id'] != self.scheduler_id:
+            logger.info('new scheduler: dropping computations of the previous one')
+            self.drop_all_computations()
+        self.scheduler_id = welcome['scheduler_id']
+
+    def pulse_loop(self, link):
+        while not link.closed:
+            gevent.sleep(self.pulse_interval)
+            link.send('pulse', {'busy': self.cpus - self.cpu_slots.counter})
+
+    def on_scheduler_message(self, kind, body):
+        if kind == 'job':
+            self.queue_job(body)
+        elif kind == 'result_ack':
+            for jid in body['ids']:
+                self.unacked.pop(jid, None)
+        elif kind == 'cancel_job':
+            self.cancel_job(body['jid'])
+        elif kind == 'compute':
+            gevent.spawn(self.install, body['cid'], body['name'], body['code'])
+        elif kind == 'uninstall':
+            gevent.spawn(self.uninstall, body['cid'], body['cleanup'])
+        else:
+            raise ProtocolError('unexpected %r from the scheduler' % (kind,))
+
+    def send(self, kind, body):
+        link = self.link
+        if link is not None and not link.closed:
+            link.send(kind, body)
+
+    # computations
+
+    def install(self, cid, name, code):
+        if cid in self.computations:
+            self.send('compute_ready', {'cid': cid})
+            return
+        directory = os.path.join(self.options.dest_path_prefix,
+                                 '%d_%s' % (cid, os.urandom(4).hex()))
+        computation = Computation(self, cid, name, code, directory)
+        self.computations[cid] = computation
+        try:
+            computation.start(self.cpus)
+        except ComputationError as exc:
+            logger.warning('computation %s (%s) failed to install: %s', cid, name, exc)
+            self.computations.pop(cid, None)
+            computation.close(cleanup=True)
+            self.send('compute_failed', {'cid': cid, 'reason': str(exc)})
+            return
+        logger.info('installed computation %s (%s)', cid, name)
+        self.send('compute_ready', {'cid': cid})
+
+    def uninstall(self, cid, cleanup):
+        computation = self.computations.pop(cid, None)
+        if computation is None:
+            return
+        for jid in [jid for jid, job in self.jobs.items() if job.cid == cid]:
+            job = self.jobs.pop(jid)
+            computation.cancel(job)
+        computation.close(cleanup)
+        logger.info('uninstalled computation %s (%s)', cid, computation.name)
+
+    def computation_failed(self, computation, reason):
+        """The computation's host died: its jobs end and the scheduler stops sending more."""
+        if self.computations.get(computation.cid) is not computation:
+            return
+        del self.computations[computation.cid]
+        for job in [job for job in self.jobs.values() if job.cid == computation.cid]:
+            self.job_finished(job, failure_reply(job, TERMINATED, reason))
+        computation.close(cleanup=True)
+        self.send('compute_failed', {'cid': computation.cid, 'reason': reason})
+
+    def drop_all_computations(self):
+        for cid in list(self.computations):
+            self.uninstall(cid, cleanup=True)
+        self.unacked.clear()
+
+    def zombie_watchdog(self):
+        """Drop computations of a scheduler that has been gone for ``--zombie_interval``."""
+        while True:
+            gevent.sleep(self.zombie_check_interval)
+            idle = time.monotonic() - self.last_scheduler_contact
+            if self.link is None and self.computations and idle > self.options.zombie_interval * 60:
+                logger.info('no scheduler for %d minutes: dropping its computations', idle // 60)
+                self.drop_all_computations()
+
+    # jobs
+
+    def queue_job(self, body):
+        jid, cid = body['jid'], body['cid']
+        if jid in self.jobs or jid in self.unacked:
+            return  # sent again after a reconnect; already here
+        computation = self.computations.get(cid)
+        job = NodeJob(jid, cid, body['args'])
+        if computation is None:
+            self.job_finished(job, failure_reply(
+                job, TERMINATED, 'computation %d is not installed on this node' % cid))
+            return
+        self.jobs[jid] = job
+        computation.queue.put(job)
+
+    def cancel_job(self, jid):
+        job = self.jobs.get(jid)
+        if job is None:
+            return
+        if job.worker is None:
+            job.cancelled = True
+            self.job_finished(job, failure_reply(job, CANCELLED, 'job was cancelled'))
+        else:
+            self.computations[job.cid].cancel(job)
+
+    def job_started(self, job):
+        self.send('job_started', {'jid': job.jid, 'start_time': time.time()})
+
+    def job_finished(self, job, reply):
+        if self.jobs.pop(job.jid, None) is None and job.jid in self.unacked:
+            return
+        self.unacked[job.jid] = reply
+        self.send('job_done', reply)
+
+    # local workers
+
+    def serve_local(self, sock, address):
+        """A host or worker process of a computation connecting back to this daemon."""
+        link = Link(sock, 'local worker')
+        try:
+            kind, hello = link.recv_now(time.monotonic() + HANDSHAKE_TIMEOUT)
+        except (OSError, ProtocolError, ConnectionClosed) as exc:
+            logger.warning('local connection dropped: %s', exc)
+            sock.close()
+            return
+        computation = self.computations.get(hello.get('cid'))
+        if (kind != 'worker_hello' or computation is None
+                or not hmac.compare_digest(hello['token'], self.local_token)):
+            sock.close()
+            return
+        if hello['role'] == 'host':
+            computation.serve_host(link)
+        else:
+            computation.serve_worker(link, hello['pid'])

@@ -1,0 +1,207 @@
+"""A computation installed on a node: its host process, its workers, and the jobs they run.
+
+The host process (``node/worker.py``) loads the computation and runs ``setup``; workers are
+forked from it, one per CPU, and each connects back on the node's local socket. A greenlet per
+worker takes the computation's queued jobs one at a time, holding one of the node's CPU slots
+while the job runs, so at most ``--cpus`` jobs run on the node whatever the number of
+computations. Cancelling a running job kills its worker; a worker that dies is replaced by a
+new fork of the host, so the computation keeps its full set of workers.
+"""
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import gevent
+import gevent.event
+import gevent.queue
+
+from ..constants import CANCELLED, TERMINATED, WORKER_START_TIMEOUT
+from ..link import ConnectionClosed
+from . import worker as worker_program
+
+logger = logging.getLogger(__name__)
+
+WORKER_EXIT_WAIT = 1.0
+"""Seconds to wait for the host's account of how a dead worker ended, for the job's error."""
+
+HOST_EXIT_WAIT = 10.0
+"""Seconds a host has to run ``cleanup`` and exit before it is killed."""
+
+
+class ComputationError(Exception):
+    """The computation could not be installed (load or setup failed); the text says why."""
+
+
+class NodeJob:
+    __slots__ = ('jid', 'cid', 'args', 'cancelled', 'worker')
+
+    def __init__(self, jid, cid, args):
+        self.jid = jid
+        self.cid = cid
+        self.args = args
+        self.cancelled = False
+        self.worker = None
+
+
+class Computation:
+    def __init__(self, node, cid, name, code, directory):
+        self.node = node
+        self.cid = cid
+        self.name = name
+        self.code = code
+        self.directory = directory
+        self.queue = gevent.queue.Queue()
+        self.workers = {}  # pid -> NodeJob or None, for every connected worker
+        self.worker_exits = {}  # pid -> AsyncResult with how the worker ended
+        self.host_link = gevent.event.AsyncResult()
+        self.load_done = gevent.event.Event()
+        self.loaded = False
+        self.host_process = None
+        self.closing = False
+
+    def __repr__(self):
+        return '<Computation %s %s>' % (self.cid, self.name)
+
+    def start(self, cpus):
+        """Start the host, load the computation, run setup and fork the workers.
+
+        Raises ``ComputationError`` with the reason (a setup traceback, say)."""
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        env = dict(os.environ)
+        env[worker_program.ENV_SOCKET] = self.node.local_address
+        env[worker_program.ENV_TOKEN] = self.node.local_token.hex()
+        env[worker_program.ENV_CID] = str(self.cid)
+        env['PYTHONPATH'] = os.pathsep.join(filter(None, [_package_root(),
+                                                          env.get('PYTHONPATH')]))
+        self.host_process = subprocess.Popen(
+            [sys.executable, '-m', 'dispyscheduler.node.worker'], cwd=self.directory, env=env,
+            stdin=subprocess.DEVNULL)
+        try:
+            with gevent.Timeout(WORKER_START_TIMEOUT, ComputationError(
+                    'computation did not load within %d seconds' % WORKER_START_TIMEOUT)):
+                link = self.host_link.get()
+                link.send_now('load', {'code': self.code})
+                kind, body = link.recv_now()
+            if kind == 'load_failed':
+                raise ComputationError(body['reason'])
+            if kind != 'loaded':
+                raise ComputationError('worker host sent %r' % (kind,))
+            self.loaded = True
+        except (ConnectionClosed, OSError):
+            raise ComputationError('worker host exited while loading the computation '
+                                   '(status %s)' % (self.host_process.wait(),)) from None
+        finally:
+            self.load_done.set()
+        gevent.spawn(link.run_writer)
+        link.send('fork', {'count': cpus})
+
+    def serve_host(self, link):
+        """Serve the host's connection for its lifetime: hand it to ``start``, then read its
+        reports of workers that ended."""
+        self.host_link.set(link)
+        self.load_done.wait()
+        if not self.loaded:
+            return
+
+        def on_message(kind, body):
+            if kind == 'worker_exit':
+                self.exit_of(body['pid']).set(body['how'])
+                gevent.spawn_later(2 * WORKER_EXIT_WAIT, self.worker_exits.pop, body['pid'], None)
+                if not self.closing:
+                    link.send('fork', {'count': 1})
+        link.run_reader(on_message)
+        if not self.closing:
+            logger.error('worker host of %r exited (status %s)', self, self.host_process.wait())
+            self.node.computation_failed(self, 'the worker host process exited')
+
+    def serve_worker(self, link, pid):
+        """Run this computation's jobs on one worker, until the worker or the node stops."""
+        self.workers[pid] = None
+        try:
+            while not self.closing:
+                job = self.queue.get()
+                if job.cancelled or self.closing:
+                    continue
+                with self.node.cpu_slots:
+                    if job.cancelled or self.closing:
+                        continue
+                    self.workers[pid] = job
+                    job.worker = pid
+                    self.node.job_started(job)
+                    try:
+                        link.send_now('job', {'jid': job.jid, 'cid': job.cid, 'args': job.args})
+                        kind, reply = link.recv_now()
+                    except (ConnectionClosed, OSError):
+                        self.node.job_finished(job, self.worker_died_reply(job, pid))
+                        return
+                    finally:
+                        self.workers[pid] = None
+                    self.node.job_finished(job, reply)
+        finally:
+            self.workers.pop(pid, None)
+            link.close()
+            link.sock.close()
+
+    def worker_died_reply(self, job, pid):
+        if job.cancelled:
+            return failure_reply(job, CANCELLED, 'job was cancelled')
+        try:
+            reason = self.exit_of(pid).get(timeout=WORKER_EXIT_WAIT)
+        except gevent.Timeout:
+            reason = 'died'
+        return failure_reply(job, TERMINATED, 'worker process %d running the job %s' % (pid,
+                                                                                        reason))
+
+    def exit_of(self, pid):
+        """The host's account of how worker ``pid`` ended, once it has given it."""
+        return self.worker_exits.setdefault(pid, gevent.event.AsyncResult())
+
+    def cancel(self, job):
+        """Kill the worker running ``job`` (its greenlet then reports it cancelled)."""
+        job.cancelled = True
+        if job.worker is not None and self.workers.get(job.worker) is job:
+            try:
+                os.kill(job.worker, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def close(self, cleanup):
+        """Stop the computation: ``cleanup`` runs the user's cleanup and removes the files."""
+        self.closing = True
+        link = self.host_link.get() if self.host_link.ready() else None
+        if link is not None and not link.closed:
+            try:
+                link.send('exit', {'cleanup': bool(cleanup)})
+            except ConnectionClosed:
+                pass
+        if self.host_process is not None:
+            try:
+                self.host_process.wait(timeout=HOST_EXIT_WAIT)
+            except subprocess.TimeoutExpired:
+                logger.warning('%r: cleanup did not finish in %d seconds; killed', self,
+                               HOST_EXIT_WAIT)
+            finally:
+                self.kill_host()
+        for _ in range(self.queue.qsize()):
+            self.queue.get_nowait()
+        if cleanup:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+    def kill_host(self):
+        if self.host_process is not None and self.host_process.poll() is None:
+            self.host_process.kill()
+            self.host_process.wait()
+
+
+def failure_reply(job, status, exception):
+    return {'jid': job.jid, 'status': status, 'result': None, 'exception': exception,
+            'stdout': '', 'stderr': '', 'start_time': None, 'end_time': time.time()}
+
+
+def _package_root():
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -1,0 +1,1 @@
+"""The scheduler daemon: state and policy (model, policy) apart from I/O (server)."""

@@ -1,0 +1,82 @@
+"""Placement policy: which nodes a cluster may use, which node takes a job, which cluster's
+job a free node takes. Pure functions and one small index; no I/O.
+"""
+
+import fnmatch
+import heapq
+import itertools
+
+
+def node_matches(patterns, ip_addr, name, port):
+    """Whether a node may run a cluster's jobs.
+
+    ``patterns`` holds ``(pattern, port)`` pairs: ``pattern`` is matched (shell-style, so
+    ``'*'`` and ``'127.0.0.*'`` work) against the node's address and its name; ``port`` 0
+    matches any node port.
+    """
+    for pattern, want_port in patterns:
+        if want_port and want_port != port:
+            continue
+        if fnmatch.fnmatchcase(ip_addr, pattern) or fnmatch.fnmatchcase(name, pattern):
+            return True
+    return False
+
+
+def fair_share_pick(clusters):
+    """Of clusters with queued jobs, the one whose turn it is: fewest jobs in flight, then the
+    one served longest ago. So a cluster with 10 jobs is not stuck behind one with 10,000."""
+    best = None
+    for cluster in clusters:
+        if cluster.queued and (best is None or (cluster.in_flight, cluster.last_served)
+                               < (best.in_flight, best.last_served)):
+            best = cluster
+    return best
+
+
+class LoadIndex:
+    """Nodes by load, least loaded first, with O(log n) updates.
+
+    A heap of ``(load, seq, node)`` entries; updating a node pushes a fresh entry and leaves
+    the old one to be skipped when it surfaces (lazy deletion). The heap is rebuilt when stale
+    entries outnumber live ones, so it stays within twice the number of nodes.
+    """
+
+    def __init__(self):
+        self.heap = []
+        self.current = {}  # node -> (load, seq) of its live entry
+        self.counter = itertools.count()
+
+    def __len__(self):
+        return len(self.current)
+
+    def __contains__(self, node):
+        return node in self.current
+
+    def update(self, node, load):
+        entry = (load, next(self.counter))
+        self.current[node] = entry
+        heapq.heappush(self.heap, (entry[0], entry[1], node))
+        if len(self.heap) > 2 * len(self.current) + 32:
+            self.heap = [(load, seq, node) for node, (load, seq) in self.current.items()]
+            heapq.heapify(self.heap)
+
+    def discard(self, node):
+        self.current.pop(node, None)
+
+    def least_loaded(self, accept):
+        """The least loaded node for which ``accept(node)`` is true, or None."""
+        heap, current = self.heap, self.current
+        passed_over = []
+        found = None
+        while heap:
+            load, seq, node = heap[0]
+            if current.get(node) != (load, seq):
+                heapq.heappop(heap)
+            elif accept(node):
+                found = node
+                break
+            else:
+                passed_over.append(heapq.heappop(heap))
+        for entry in passed_over:
+            heapq.heappush(heap, entry)
+        return found

@@ -1,0 +1,173 @@
+"""TLS for both links with pyOpenSSL.
+
+``TLSSocket`` wraps a connected socket and offers the few socket calls ``link.Link`` uses
+(``recv``, ``sendall``, ``settimeout``, ``shutdown``, ``close``). The socket runs in
+non-blocking mode and waits with ``select.poll``; the daemons monkey-patch ``select``, so the
+same code waits cooperatively there and blocks a thread in the client. OpenSSL connections
+are not thread-safe, so every call into one holds a lock, and no lock is held while waiting.
+"""
+
+import select
+import threading
+import time
+
+from OpenSSL import SSL
+
+MIN_TLS_VERSION = SSL.TLS1_2_VERSION
+SEND_CHUNK = 256 * 1024
+
+
+class TLSConfigError(ValueError):
+    """A certificate, key or CA file cannot be used; the message names the file."""
+
+
+def _load(context, certfile, keyfile, cafile):
+    try:
+        context.use_certificate_chain_file(certfile)
+    except SSL.Error as exc:
+        raise TLSConfigError('cannot load certificate %s: %s' % (certfile, _reason(exc))) from None
+    try:
+        context.use_privatekey_file(keyfile or certfile)
+        context.check_privatekey()
+    except SSL.Error as exc:
+        raise TLSConfigError('cannot use key %s with certificate %s: %s'
+                             % (keyfile or certfile, certfile, _reason(exc))) from None
+    if cafile:
+        _require_peer_certificate(context, cafile)
+
+
+def _require_peer_certificate(context, cafile):
+    try:
+        context.load_verify_locations(cafile)
+    except SSL.Error as exc:
+        raise TLSConfigError('cannot load CA file %s: %s' % (cafile, _reason(exc))) from None
+    context.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT,
+                       lambda conn, cert, errno, depth, ok: bool(ok))
+
+
+def _check_file(path, what):
+    try:
+        with open(path, 'rb'):
+            pass
+    except OSError as exc:
+        raise TLSConfigError('cannot read %s %s: %s' % (what, path, exc.strerror)) from None
+
+
+def server_context(certfile, keyfile=None, cafile=None):
+    """Context for a daemon's listening side; with ``cafile``, peers must show a certificate
+    signed by that CA."""
+    for path, what in ((certfile, 'certificate'), (keyfile, 'key'), (cafile, 'CA file')):
+        if path:
+            _check_file(path, what)
+    context = SSL.Context(SSL.TLS_METHOD)
+    context.set_min_proto_version(MIN_TLS_VERSION)
+    _load(context, certfile, keyfile, cafile)
+    return context
+
+
+def client_context(certfile=None, keyfile=None, cafile=None):
+    """Context for the connecting side; with ``cafile`` the server's certificate is checked."""
+    for path, what in ((certfile, 'certificate'), (keyfile, 'key'), (cafile, 'CA file')):
+        if path:
+            _check_file(path, what)
+    context = SSL.Context(SSL.TLS_METHOD)
+    context.set_min_proto_version(MIN_TLS_VERSION)
+    if certfile:
+        _load(context, certfile, keyfile, None)
+    if cafile:
+        _require_peer_certificate(context, cafile)
+    return context
+
+
+def _reason(exc):
+    try:
+        return '; '.join(str(err[2]) for err in exc.args[0]) or str(exc)
+    except (IndexError, TypeError):
+        return str(exc)
+
+
+class TLSError(ConnectionError):
+    """The TLS layer failed (handshake refused, peer not speaking TLS, bad certificate)."""
+
+
+class TLSSocket:
+    """A TLS connection over a connected socket, with the socket calls ``Link`` needs."""
+
+    def __init__(self, sock, context, server_side):
+        sock.setblocking(False)
+        self.raw = sock
+        self.conn = SSL.Connection(context, sock)
+        if server_side:
+            self.conn.set_accept_state()
+        else:
+            self.conn.set_connect_state()
+        self.lock = threading.Lock()
+        self.timeout = None
+
+    def settimeout(self, timeout):
+        self.timeout = timeout
+
+    def getpeername(self):
+        return self.raw.getpeername()
+
+    def getsockname(self):
+        return self.raw.getsockname()
+
+    def fileno(self):
+        return self.raw.fileno()
+
+    def do_handshake(self):
+        try:
+            self._retry(self.conn.do_handshake)
+        except SSL.Error as exc:
+            raise TLSError('TLS handshake failed: %s' % (_reason(exc),)) from None
+
+    def recv(self, size):
+        try:
+            return self._retry(self.conn.recv, size)
+        except SSL.ZeroReturnError:
+            return b''
+        except SSL.SysCallError as exc:
+            if exc.args and exc.args[0] == -1:  # EOF without close_notify
+                return b''
+            raise ConnectionError('TLS connection broke: %s' % (exc,)) from None
+        except SSL.Error as exc:
+            raise TLSError('TLS error: %s' % (_reason(exc),)) from None
+
+    def sendall(self, data):
+        view = memoryview(data)
+        try:
+            while view:
+                sent = self._retry(self.conn.send, view[:SEND_CHUNK])
+                view = view[sent:]
+        except SSL.SysCallError as exc:
+            raise ConnectionError('TLS connection broke: %s' % (exc,)) from None
+        except SSL.Error as exc:
+            raise TLSError('TLS error: %s' % (_reason(exc),)) from None
+
+    def shutdown(self, how):
+        self.raw.shutdown(how)
+
+    def close(self):
+        self.raw.close()
+
+    def _retry(self, operation, *args):
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        while True:
+            try:
+                with self.lock:
+                    return operation(*args)
+            except SSL.WantReadError:
+                self._wait(select.POLLIN, deadline)
+            except SSL.WantWriteError:
+                self._wait(select.POLLOUT, deadline)
+
+    def _wait(self, events, deadline):
+        poller = select.poll()
+        poller.register(self.raw.fileno(), events)
+        if deadline is None:
+            poller.poll()
+            return
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not poller.poll(remaining * 1000):
+            raise TimeoutError('timed out')
