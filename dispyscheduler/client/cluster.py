@@ -124,11 +124,11 @@ class SharedJobCluster:
             raise AuthenticationError(
                 '%s: the scheduler at %s did not accept this cluster\'s secret (it must be the '
                 "scheduler's --cluster_secret)" % (AUTH_FAILED, where)) from None
-        except ConnectionClosed:
+        except (ConnectionClosed, ConnectionResetError, BrokenPipeError) as exc:
             sock.close()
-            raise ConnectionError('the scheduler at %s closed the connection during the '
-                                  'handshake (does it require TLS? then pass certfile= or '
-                                  'cafile=)' % (where,)) from None
+            raise ConnectionError('the scheduler at %s dropped the connection during the '
+                                  'handshake (%s); does it require TLS? then pass certfile= '
+                                  'or cafile=' % (where, exc)) from None
         except BaseException:
             sock.close()
             raise

@@ -1,0 +1,29 @@
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from daemons import Cluster  # noqa: E402
+
+
+@pytest.fixture
+def daemons(tmp_path, request):
+    """Real daemons on loopback for one test; every process they started must be gone after."""
+    cluster = Cluster(tmp_path)
+    yield cluster
+    leftovers = cluster.stop_all()
+    failed = getattr(request.node, 'rep_call', None)
+    if failed is not None and failed.failed:
+        for daemon in cluster.daemons:
+            sys.stderr.write('----- %s log -----\n%s\n' % (daemon.name, daemon.log()[-5000:]))
+    assert not leftovers, 'processes left running after the test: %s' % (leftovers,)
+
+
+@pytest.hookimpl(tryfirst=True, hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, 'rep_' + report.when, report)

@@ -1,0 +1,170 @@
+"""Starting the real daemons for integration tests, and making sure they are gone afterwards.
+
+Each daemon runs as a subprocess in a session of its own, on a loopback address of its own
+(scheduler on 127.0.0.1, nodes on 127.0.0.2, 127.0.0.3, ...), with ports picked per test.
+``stop_all`` ends each by PID (SIGTERM, then SIGKILL) and then checks that nothing of its
+session is left: a worker process that outlived its node is a test failure.
+"""
+
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(REPO, 'bin')
+NODE_SECRET = 'node-secret'
+CLUSTER_SECRET = 'cluster-secret'
+
+
+def free_ports(count=3, addresses=('127.0.0.1',)):
+    """``count`` consecutive ports free for TCP and UDP on every address."""
+    for _ in range(200):
+        base = random.randrange(20000, 32000)
+        if all(_port_free(address, base + i) for i in range(count) for address in addresses):
+            return list(range(base, base + count))
+    raise RuntimeError('no free ports found')
+
+
+def _port_free(address, port):
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        with socket.socket(socket.AF_INET, kind) as sock:
+            try:
+                sock.bind((address, port))
+            except OSError:
+                return False
+    return True
+
+
+def wait_for(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError('timed out after %ss waiting for %s' % (timeout, what))
+
+
+class Daemon:
+    def __init__(self, name, argv, log_path):
+        self.name = name
+        self.argv = argv
+        self.log_path = log_path
+        self.log_file = open(log_path, 'wb')
+        self.process = subprocess.Popen(argv, stdout=self.log_file, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, start_new_session=True,
+                                        cwd=os.path.dirname(log_path))
+
+    @property
+    def pid(self):
+        return self.process.pid
+
+    def log(self):
+        with open(self.log_path, errors='replace') as handle:
+            return handle.read()
+
+    def wait_log(self, pattern, timeout=15):
+        wait_for(lambda: re.search(pattern, self.log()), timeout,
+                 '%r in the log of %s:\n%s' % (pattern, self.name, self.log()[-3000:]))
+
+    def alive(self):
+        return self.process.poll() is None
+
+    def stop(self, timeout=10):
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log_file.close()
+
+
+def session_members(sid):
+    """PIDs of live processes in session ``sid`` (zombies excluded)."""
+    members = []
+    for entry in os.listdir('/proc'):
+        if not entry.isdigit():
+            continue
+        try:
+            with open('/proc/%s/stat' % entry) as handle:
+                stat = handle.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(')') + 2:].split()
+        if fields[0] != 'Z' and int(fields[3]) == sid:
+            members.append(int(entry))
+    return members
+
+
+class Cluster:
+    """The daemons of one test: a scheduler and nodes on loopback."""
+
+    def __init__(self, directory):
+        self.directory = str(directory)
+        self.daemons = []
+        self.port, self.node_port, self.scheduler_port = free_ports(
+            3, ('127.0.0.1', '127.0.0.2', '127.0.0.3', '127.0.0.4'))
+        self.scheduler = None
+
+    def spawn(self, name, argv):
+        daemon = Daemon(name, [sys.executable] + argv, os.path.join(self.directory,
+                                                                     name + '.log'))
+        self.daemons.append(daemon)
+        return daemon
+
+    def start_scheduler(self, *extra, nodes=('127.0.0.2', '127.0.0.3'), ip='127.0.0.1',
+                        node_secret=NODE_SECRET, cluster_secret=CLUSTER_SECRET, wait=True):
+        argv = [os.path.join(BIN, 'dispyscheduler'), '-i', ip, '-p', str(self.port),
+                '--scheduler_port', str(self.scheduler_port), '--node_port',
+                str(self.node_port), '--node_secret', node_secret, '--cluster_secret',
+                cluster_secret, '--dest_path_prefix', os.path.join(self.directory, 'scheduler'),
+                '--ping_interval', '1', '--pulse_interval', '1']
+        for node in nodes:
+            argv += ['-n', node]
+        self.scheduler = self.spawn('scheduler', argv + list(extra))
+        if wait:
+            self.scheduler.wait_log('serving nodes')
+        return self.scheduler
+
+    def start_node(self, ip, *extra, cpus=2, secret=NODE_SECRET, scheduler='127.0.0.1',
+                   wait=True):
+        argv = [os.path.join(BIN, 'dispynode'), '-i', ip, '--cpus', str(cpus), '-s', secret,
+                '-p', str(self.node_port), '--scheduler_port', str(self.port),
+                '--dest_path_prefix', os.path.join(self.directory, 'node-' + ip)]
+        if scheduler:
+            argv += ['--scheduler_node', scheduler]
+        node = self.spawn('node-' + ip, argv + list(extra))
+        if wait:
+            self.scheduler.wait_log(r'node %s:\d+ .* joined' % re.escape(ip))
+        return node
+
+    def client_options(self, **overrides):
+        options = dict(scheduler_node='127.0.0.1', scheduler_port=self.scheduler_port,
+                       secret=CLUSTER_SECRET)
+        options.update(overrides)
+        return options
+
+    def stop_all(self):
+        """Stop every daemon; return the PIDs of processes any of them left behind."""
+        leftovers = []
+        for daemon in reversed(self.daemons):
+            daemon.stop()
+        for daemon in self.daemons:
+            try:
+                wait_for(lambda: not session_members(daemon.pid), 5, 'session to empty')
+            except AssertionError:
+                pass
+            members = session_members(daemon.pid)
+            for pid in members:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            leftovers.extend((daemon.name, pid) for pid in members)
+        return leftovers

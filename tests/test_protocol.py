@@ -1,0 +1,286 @@
+"""Unit tests of the wire format: frames, decoding limits and message schemas."""
+
+import struct
+
+import msgpack
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dispyscheduler.constants import MAX_FRAME_SIZE
+from dispyscheduler.protocol import (SCHEMAS, FrameDecoder, ProtocolError, encode,
+                                     pack_datagram, unpack_datagram, validate)
+
+MESSAGES = [
+    ('hello', {'version': 1, 'role': 'node', 'nonce': b'\x00\xff' * 16}),
+    ('job_done', {'jid': 7, 'status': 11, 'result': b'\x80\x04N.', 'exception': None,
+                  'stdout': 'out\n', 'stderr': '', 'start_time': 1.5, 'end_time': 2}),
+    ('closed', {}),
+    ('result_ack', {'ids': [1, 2, 3]}),
+    ('job_end', {'uid': 3, 'status': 8, 'result': None, 'exception': 'Traceback…',
+                 'stdout': 'ünïcode', 'stderr': 'e', 'start_time': None, 'end_time': None,
+                 'ip_addr': None}),
+]
+
+
+def raw_frame(payload):
+    """A frame around an arbitrary payload, bypassing ``encode``."""
+    return struct.pack('>I', len(payload)) + payload
+
+
+def frame_of(value):
+    return raw_frame(msgpack.packb(value, use_bin_type=True))
+
+
+def decode_all(data, **kwargs):
+    return list(FrameDecoder(**kwargs).messages_from(data))
+
+
+# round trips and framing
+
+def test_encode_decode_round_trip():
+    for kind, body in MESSAGES:
+        assert decode_all(encode(kind, body)) == [(kind, body)]
+
+
+def test_encode_prefixes_big_endian_payload_length():
+    frame = encode('closed', {})
+    (size,) = struct.unpack('>I', frame[:4])
+    assert size == len(frame) - 4
+    assert msgpack.unpackb(frame[4:], raw=False) == ['closed', {}]
+
+
+def test_frames_fed_one_byte_at_a_time():
+    """A frame split at every possible byte boundary decodes once, when its last byte lands."""
+    stream = b''.join(encode(kind, body) for kind, body in MESSAGES)
+    ends = set()
+    position = 0
+    for kind, body in MESSAGES:
+        position += len(encode(kind, body))
+        ends.add(position)
+    decoder = FrameDecoder()
+    got = []
+    for index in range(len(stream)):
+        decoder.feed(stream[index:index + 1])
+        new = list(decoder.messages())
+        if index + 1 in ends:
+            assert len(new) == 1
+        else:
+            assert new == []
+        got.extend(new)
+    assert got == MESSAGES
+    assert decoder.buffer == bytearray()
+
+
+def test_many_frames_in_one_feed():
+    messages = [('submit', {'uid': uid, 'args': bytes([uid % 256]) * (uid % 50)})
+                for uid in range(1000)]
+    stream = b''.join(encode(kind, body) for kind, body in messages)
+    decoder = FrameDecoder()
+    assert list(decoder.messages_from(stream)) == messages
+    assert decoder.buffer == bytearray()
+
+
+def test_partial_trailing_frame_is_kept_for_the_next_feed():
+    first, second = encode('pulse', {'busy': 1}), encode('pulse', {'busy': 2})
+    decoder = FrameDecoder()
+    assert list(decoder.messages_from(first + second[:5])) == [('pulse', {'busy': 1})]
+    assert list(decoder.messages_from(second[5:])) == [('pulse', {'busy': 2})]
+
+
+def test_default_frame_limit_is_the_constant():
+    assert FrameDecoder().max_frame_size == MAX_FRAME_SIZE
+
+
+# size limits
+
+@pytest.mark.parametrize('size', [MAX_FRAME_SIZE + 1, 0x7FFFFFFF, 0xFFFFFFFF])
+def test_oversized_length_refused_on_header_alone(size):
+    """The header is enough to refuse: no body byte is fed, so nothing is waited for."""
+    decoder = FrameDecoder()
+    header = struct.pack('>I', size)
+    for byte in header[:3]:
+        decoder.feed(bytes([byte]))
+        assert list(decoder.messages()) == []
+    decoder.feed(header[3:])
+    with pytest.raises(ProtocolError, match='exceeds'):
+        list(decoder.messages())
+
+
+def test_custom_limit_applies_and_boundary_is_inclusive():
+    frame = encode('pulse', {'busy': 0})
+    size = len(frame) - 4
+    assert decode_all(frame, max_frame_size=size) == [('pulse', {'busy': 0})]
+    with pytest.raises(ProtocolError):
+        decode_all(frame, max_frame_size=size - 1)
+
+
+def test_oversized_frame_after_valid_ones_yields_the_valid_ones_first():
+    decoder = FrameDecoder()
+    decoder.feed(encode('pulse', {'busy': 3}) + struct.pack('>I', 0xFFFFFFFF))
+    iterator = decoder.messages()
+    assert next(iterator) == ('pulse', {'busy': 3})
+    with pytest.raises(ProtocolError):
+        next(iterator)
+
+
+# malformed payloads
+
+@pytest.mark.parametrize('payload', [
+    msgpack.packb(['pulse', {'busy': 1}])[:-1],   # truncated inside the frame
+    b'\xc1',                                      # a byte msgpack never uses
+    b'\xff\xfe\xfd\xfc garbage',
+    msgpack.packb(['pulse', {'busy': 1}]) + b'\x00',  # extra data after the value
+    b'',
+])
+def test_undecodable_payload_raises(payload):
+    with pytest.raises(ProtocolError):
+        decode_all(raw_frame(payload))
+
+
+@pytest.mark.parametrize('value', [
+    {'kind': 'pulse'},               # not a list
+    ['pulse'],                       # one element
+    ['pulse', {'busy': 1}, 'x'],     # three elements
+    [b'pulse', {'busy': 1}],         # kind is bytes, not str
+    [7, {'busy': 1}],                # kind is an int
+    ['pulse', [['busy', 1]]],        # body is not a map
+    ['pulse', None],
+    'pulse',
+    42,
+])
+def test_wrong_shape_raises(value):
+    with pytest.raises(ProtocolError):
+        decode_all(frame_of(value))
+
+
+def test_unknown_kind_raises():
+    with pytest.raises(ProtocolError, match='unknown'):
+        decode_all(encode('no_such_kind', {}))
+
+
+def test_missing_field_raises():
+    with pytest.raises(ProtocolError, match='missing'):
+        decode_all(encode('hello', {'version': 1, 'role': 'node'}))
+
+
+@pytest.mark.parametrize('kind, body', [
+    ('hello', {'version': '1', 'role': 'node', 'nonce': b'n'}),
+    ('hello', {'version': 1, 'role': b'node', 'nonce': b'n'}),
+    ('hello', {'version': 1, 'role': 'node', 'nonce': 'n'}),
+    ('pulse', {'busy': 1.0}),
+    ('job_started', {'jid': 1, 'start_time': '0'}),
+    ('job_done', {'jid': 1, 'status': 11, 'result': 'not bytes', 'exception': None,
+                  'stdout': '', 'stderr': '', 'start_time': None, 'end_time': 1.0}),
+    ('uninstall', {'cid': 1, 'cleanup': 1}),
+    ('result_ack', {'ids': {'a': 1}}),
+])
+def test_wrong_field_type_raises(kind, body):
+    with pytest.raises(ProtocolError, match='type'):
+        decode_all(encode(kind, body))
+
+
+@pytest.mark.parametrize('kind, body', [
+    ('pulse', {'busy': True}),
+    ('job', {'jid': False, 'cid': 1, 'args': b''}),
+    ('job_started', {'jid': 1, 'start_time': True}),   # NUMBER field
+    ('welcome', {'pulse_interval': True, 'scheduler_id': 'x'}),
+])
+def test_bool_where_number_expected_is_refused(kind, body):
+    """bool is an int subclass in Python; the schema must not let it pass as a number."""
+    with pytest.raises(ProtocolError):
+        decode_all(encode(kind, body))
+
+
+def test_bool_in_optional_number_field_is_refused():
+    """BUG (fails): OPTIONAL_FLOAT fields (job_done/job_end start_time, end_time) accept a
+    bool, because ``validate`` only rejects bools for ``int`` and ``NUMBER`` and not for
+    ``OPTIONAL_FLOAT``, contrary to its comment ("a bool where a number is wanted is still a
+    type error")."""
+    body = {'jid': 1, 'status': 11, 'result': None, 'exception': None, 'stdout': '',
+            'stderr': '', 'start_time': None, 'end_time': 1.0}
+    body['start_time'] = True
+    with pytest.raises(ProtocolError):
+        decode_all(encode('job_done', body))
+
+
+def test_bool_field_accepts_bool():
+    assert decode_all(encode('uninstall', {'cid': 1, 'cleanup': False})) == \
+        [('uninstall', {'cid': 1, 'cleanup': False})]
+
+
+def test_optional_fields_accept_none_and_value():
+    base = {'jid': 1, 'status': 11, 'stdout': '', 'stderr': '', 'end_time': 3}
+    for result, exception, start in [(None, None, None), (b'r', 'exc', 2.5), (b'', '', 2)]:
+        body = dict(base, result=result, exception=exception, start_time=start)
+        assert decode_all(encode('job_done', body)) == [('job_done', body)]
+
+
+def test_extra_fields_are_accepted_and_kept():
+    """A newer peer may add fields; an older one must not drop the connection for it."""
+    body = {'busy': 2, 'new_field': [1, 'x'], 'other': None}
+    assert decode_all(encode('pulse', body)) == [('pulse', body)]
+
+
+def test_validate_directly():
+    validate('pulse', {'busy': 0})
+    with pytest.raises(ProtocolError):
+        validate('pulse', {})
+
+
+# datagrams
+
+def test_datagram_round_trip():
+    for kind, body in [('ping', {'addr': '10.0.0.1', 'port': 51347}),
+                       ('announce', {'port': 51348})]:
+        data = pack_datagram(kind, body)
+        assert data == msgpack.packb([kind, body], use_bin_type=True)  # no length prefix
+        assert unpack_datagram(data) == (kind, body)
+
+
+@pytest.mark.parametrize('data', [
+    b'', b'\xc1', pack_datagram('ping', {'addr': 'x'}), pack_datagram('nope', {}),
+    msgpack.packb([1, 2]), pack_datagram('announce', {'port': 1})[:-1],
+])
+def test_bad_datagram_raises(data):
+    with pytest.raises(ProtocolError):
+        unpack_datagram(data)
+
+
+# fuzzing
+
+msgpack_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.floats()
+    | st.text(max_size=10) | st.binary(max_size=10),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12)
+
+message_like = st.tuples(st.sampled_from(sorted(SCHEMAS)) | st.text(max_size=6),
+                         st.dictionaries(st.sampled_from(['jid', 'uid', 'busy', 'port', 'cid',
+                                                          'role', 'nonce', 'version', 'x']),
+                                         msgpack_values, max_size=5))
+
+chunk = st.one_of(
+    st.binary(max_size=64),                                           # pure noise
+    st.binary(max_size=40).map(raw_frame),                            # framed noise
+    msgpack_values.map(frame_of),                                     # framed msgpack
+    message_like.map(lambda pair: frame_of(list(pair))),              # nearly messages
+    st.sampled_from(MESSAGES).map(lambda pair: encode(*pair)),        # valid messages
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(chunks=st.lists(chunk, max_size=6), split=st.integers(1, 16))
+def test_arbitrary_bytes_yield_valid_messages_or_protocol_error(chunks, split):
+    """Whatever a peer sends, the decoder gives checked messages or ProtocolError, nothing
+    else (no KeyError/TypeError/BufferError...)."""
+    stream = b''.join(chunks)
+    decoder = FrameDecoder(max_frame_size=4096)
+    try:
+        for start in range(0, len(stream), split):
+            for kind, body in decoder.messages_from(stream[start:start + split]):
+                assert isinstance(kind, str) and isinstance(body, dict)
+                validate(kind, body)
+    except ProtocolError:
+        pass
