@@ -25,14 +25,18 @@ def free_ports(count=3, addresses=('127.0.0.1',)):
     """``count`` consecutive ports free for TCP and UDP on every address."""
     for _ in range(200):
         base = random.randrange(20000, 32000)
-        if all(_port_free(address, base + i) for i in range(count) for address in addresses):
+        if all(port_free(address, base + i) for i in range(count) for address in addresses):
             return list(range(base, base + count))
     raise RuntimeError('no free ports found')
 
 
-def _port_free(address, port):
+def port_free(address, port):
+    """Whether the daemons could bind ``port`` on ``address``: TCP as they do it (with
+    SO_REUSEADDR, so connections in TIME_WAIT do not count), UDP with no one else on it."""
     for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
         with socket.socket(socket.AF_INET, kind) as sock:
+            if kind == socket.SOCK_STREAM:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind((address, port))
             except OSError:
