@@ -61,7 +61,7 @@ def size(text):
     suffix = stripped[-1:] if stripped[-1:] in SIZE_SUFFIXES else ''
     try:
         value = int(float(stripped[:len(stripped) - len(suffix)]) * SIZE_SUFFIXES[suffix])
-    except ValueError:
+    except (ValueError, OverflowError):
         raise argparse.ArgumentTypeError('%r is not a size (bytes, or with k/m/g/t)'
                                          % (text,)) from None
     if value < 0:

@@ -95,8 +95,12 @@ def validate(kind, body):
             value = body[field]
         except KeyError:
             raise ProtocolError('%s: missing field %r' % (kind, field)) from None
-        # bool is an int subclass; a bool where a number is wanted is still a type error
-        if not isinstance(value, types) or (isinstance(value, bool) and types in (int, NUMBER)):
+        # bool is an int subclass, but a bool where a number is wanted is a type error
+        if isinstance(value, bool):
+            ok = types is bool or (isinstance(types, tuple) and bool in types)
+        else:
+            ok = isinstance(value, types)
+        if not ok:
             raise ProtocolError('%s: field %r has type %s' % (kind, field, type(value).__name__))
 
 

@@ -116,7 +116,7 @@ def test_wrong_secret_refused_by_both_sides(pair):
     assert sent_kinds(right.sent) == ['hello', 'error']
 
 
-def test_secret_never_sent_on_the_wire(pair):
+def test_secret_never_sent_on_the_wire():
     for secrets in [(SECRET, SECRET), ('wrong', SECRET), (SECRET, 'wrong')]:
         left, right = socket.socketpair()
         left, right = RecordingSocket(left), RecordingSocket(right)
@@ -145,6 +145,17 @@ def test_proof_depends_on_both_nonces_and_roles():
     assert proof != make_proof(key, 'node', other, 'scheduler', theirs)
     assert proof != make_proof(key, 'scheduler', theirs, 'node', mine)
     assert proof != make_proof(b'other key', 'node', mine, 'scheduler', theirs)
+
+
+def test_proof_is_hmac_sha256_of_roles_and_nonces():
+    """The proof format is part of the wire protocol: keyed by the secret, never containing
+    it, over a fixed label, both roles and both nonces."""
+    import hashlib
+    import hmac
+    key, mine, theirs = b'k3y', b'm' * NONCE_SIZE, b't' * NONCE_SIZE
+    message = b'\0'.join([b'dispyscheduler-auth-1', b'node', mine, b'scheduler', theirs])
+    assert make_proof(key, 'node', mine, 'scheduler', theirs) == \
+        hmac.new(key, message, hashlib.sha256).digest()
 
 
 def test_two_handshakes_use_fresh_nonces(pair):

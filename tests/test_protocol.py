@@ -144,6 +144,8 @@ def test_undecodable_payload_raises(payload):
     ['pulse', {'busy': 1}, 'x'],     # three elements
     [b'pulse', {'busy': 1}],         # kind is bytes, not str
     [7, {'busy': 1}],                # kind is an int
+    [['pulse'], {'busy': 1}],        # kind is a list (unhashable: no schema lookup)
+    [{'k': 1}, {}],                  # kind is a map
     ['pulse', [['busy', 1]]],        # body is not a map
     ['pulse', None],
     'pulse',
@@ -193,10 +195,8 @@ def test_bool_where_number_expected_is_refused(kind, body):
 
 
 def test_bool_in_optional_number_field_is_refused():
-    """BUG (fails): OPTIONAL_FLOAT fields (job_done/job_end start_time, end_time) accept a
-    bool, because ``validate`` only rejects bools for ``int`` and ``NUMBER`` and not for
-    ``OPTIONAL_FLOAT``, contrary to its comment ("a bool where a number is wanted is still a
-    type error")."""
+    """Regression: ``validate`` once rejected bools only for ``int`` and ``NUMBER`` fields, so
+    OPTIONAL_FLOAT fields (job_done/job_end start_time, end_time) took ``True``."""
     body = {'jid': 1, 'status': 11, 'result': None, 'exception': None, 'stdout': '',
             'stderr': '', 'start_time': None, 'end_time': 1.0}
     body['start_time'] = True

@@ -256,6 +256,9 @@ class NodeDaemon:
             computation.close(cleanup=True)
             self.send('compute_failed', {'cid': cid, 'reason': str(exc)})
             return
+        if self.computations.get(cid) is not computation:  # uninstalled while it started
+            computation.close(cleanup=True)
+            return
         logger.info('installed computation %s (%s)', cid, name)
         self.send('compute_ready', {'cid': cid})
 

@@ -10,6 +10,7 @@ new fork of the host, so the computation keeps its full set of workers.
 
 import logging
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -19,12 +20,15 @@ import time
 import gevent
 import gevent.event
 import gevent.queue
+from gevent.monkey import get_original
 
 from ..constants import CANCELLED, TERMINATED, WORKER_START_TIMEOUT
 from ..link import ConnectionClosed
 from . import worker as worker_program
 
 logger = logging.getLogger(__name__)
+
+_original_poll = get_original('select', 'poll')
 
 WORKER_EXIT_WAIT = 1.0
 """Seconds to wait for the host's account of how a dead worker ended, for the job's error."""
@@ -120,14 +124,24 @@ class Computation:
             self.node.computation_failed(self, 'the worker host process exited')
 
     def serve_worker(self, link, pid):
-        """Run this computation's jobs on one worker, until the worker or the node stops."""
+        """Run this computation's jobs on one worker, until the worker or the node stops.
+
+        A job is taken only once this worker is seen alive, so a worker that died while idle
+        (killed from outside, say) leaves the job to the others instead of failing it."""
         self.workers[pid] = None
         try:
-            while not self.closing:
-                job = self.queue.get()
-                if job.cancelled or self.closing:
-                    continue
+            while True:
+                self.queue.peek()
+                if self.closing or not idle_and_connected(link.sock):
+                    return
+                try:
+                    job = self.queue.get_nowait()
+                except gevent.queue.Empty:
+                    continue  # another worker took it
                 with self.node.cpu_slots:
+                    if not idle_and_connected(link.sock):
+                        self.queue.put(job)
+                        return
                     if job.cancelled or self.closing:
                         continue
                     self.workers[pid] = job
@@ -179,7 +193,9 @@ class Computation:
                 link.send('exit', {'cleanup': bool(cleanup)})
             except ConnectionClosed:
                 pass
-        if self.host_process is not None:
+        if not self.loaded:
+            self.kill_host()
+        elif self.host_process is not None:
             try:
                 self.host_process.wait(timeout=HOST_EXIT_WAIT)
             except subprocess.TimeoutExpired:
@@ -189,6 +205,7 @@ class Computation:
                 self.kill_host()
         for _ in range(self.queue.qsize()):
             self.queue.get_nowait()
+        self.queue.put(None)  # wakes idle workers' greenlets, which then see ``closing``
         if cleanup:
             shutil.rmtree(self.directory, ignore_errors=True)
 
@@ -196,6 +213,13 @@ class Computation:
         if self.host_process is not None and self.host_process.poll() is None:
             self.host_process.kill()
             self.host_process.wait()
+
+
+def idle_and_connected(sock):
+    """An idle worker sends nothing, so a readable socket means it is gone (EOF)."""
+    poller = _original_poll()
+    poller.register(sock.fileno(), select.POLLIN | select.POLLHUP | select.POLLERR)
+    return not poller.poll(0)
 
 
 def failure_reply(job, status, exception):

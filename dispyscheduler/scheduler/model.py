@@ -19,7 +19,7 @@ FAILED = 'failed'
 
 
 class Job:
-    __slots__ = ('jid', 'uid', 'cluster', 'args', 'node', 'status', 'start_time')
+    __slots__ = ('jid', 'uid', 'cluster', 'args', 'node', 'status', 'start_time', 'cancelling')
 
     def __init__(self, jid, uid, cluster, args):
         self.jid = jid
@@ -29,6 +29,7 @@ class Job:
         self.node = None
         self.status = CREATED
         self.start_time = None
+        self.cancelling = False  # cancel sent to its node; never to be run again
 
     def __repr__(self):
         return '<Job %s (cluster %s job %s)>' % (self.jid, self.cluster.cid, self.uid)
@@ -73,6 +74,7 @@ class Node:
         self.cpus = cpus
         self.slots = slots
         self.jobs = {}  # jid -> Job dispatched here and not finished
+        self.jobs_of = collections.Counter()  # cid -> how many of ``jobs`` are that cluster's
         self.clusters = {}  # cid -> INSTALLING / READY / FAILED
         self.jobs_done = 0
         self.busy = 0  # as the node last reported
@@ -118,6 +120,8 @@ class State:
         slots allow."""
         del self.clusters[cluster.cid]
         nodes = [node for node in self.nodes.values() if node.clusters.pop(cluster.cid, None)]
+        for node in nodes:
+            node.jobs_of.pop(cluster.cid, None)
         queued, running = [], []
         for job in cluster.jobs.values():
             del self.jobs[job.jid]
@@ -152,7 +156,8 @@ class State:
 
     def remove_node(self, node):
         """A node is gone. Its jobs of reentrant clusters go back to the front of their
-        queues, in their original order; the others are returned as lost. Returns
+        queues, in their original order; the others, and jobs being cancelled, are returned
+        as lost. Returns
         ``(requeued, lost, dispatches)``."""
         if self.nodes.get(node.key) is node:
             del self.nodes[node.key]
@@ -168,7 +173,7 @@ class State:
             cluster.in_flight -= 1
             job.node = None
             job.start_time = None
-            if cluster.reentrant:
+            if cluster.reentrant and not job.cancelling:
                 job.status = CREATED
                 cluster.queue.appendleft(job)
                 cluster.queued += 1
@@ -179,6 +184,7 @@ class State:
                 job.status = CANCELLED
                 lost.append(job)
         node.jobs = {}
+        node.jobs_of.clear()
         dispatches = []
         for cluster in {job.cluster for job in requeued}:
             dispatches.extend(self.place(cluster))
@@ -234,7 +240,7 @@ class State:
             if ready is None:
                 ready = [self.clusters[cid] for cid, state in node.clusters.items()
                          if state == READY]
-            cluster = fair_share_pick(ready)
+            cluster = fair_share_pick(ready, node.jobs_of)
             if cluster is None:
                 break
             job = cluster.pop_next()
@@ -246,6 +252,7 @@ class State:
         node.jobs[job.jid] = job
         job.node = node
         cluster = job.cluster
+        node.jobs_of[cluster.cid] += 1
         cluster.in_flight += 1
         cluster.last_served = self.tick()
         self._load_changed(node)
@@ -272,6 +279,7 @@ class State:
             return None, []
         cluster = job.cluster
         cluster.in_flight -= 1
+        node.jobs_of[cluster.cid] -= 1
         del self.jobs[jid]
         del cluster.jobs[job.uid]
         job.status = status
@@ -287,6 +295,7 @@ class State:
         if job is None:
             return None, None
         if job.node is not None:
+            job.cancelling = True
             return job, job.node
         job.status = CANCELLED
         cluster.queued -= 1

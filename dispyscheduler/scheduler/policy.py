@@ -22,14 +22,23 @@ def node_matches(patterns, ip_addr, name, port):
     return False
 
 
-def fair_share_pick(clusters):
-    """Of clusters with queued jobs, the one whose turn it is: fewest jobs in flight, then the
-    one served longest ago. So a cluster with 10 jobs is not stuck behind one with 10,000."""
-    best = None
+def fair_share_pick(clusters, on_node=None):
+    """Of clusters with queued jobs, the one whose turn it is on a node with a free slot.
+
+    First the cluster with the fewest jobs on this node (``on_node`` maps cluster id to that
+    count), so each node divides its slots evenly among the clusters that want it and every
+    cluster spreads over all its nodes; then the one with the fewest jobs in flight overall;
+    then the one served longest ago. So a cluster with 10 jobs is never stuck behind one with
+    10,000, and two busy clusters do not settle into owning a node each.
+    """
+    on_node = on_node or {}
+    best = best_key = None
     for cluster in clusters:
-        if cluster.queued and (best is None or (cluster.in_flight, cluster.last_served)
-                               < (best.in_flight, best.last_served)):
-            best = cluster
+        if not cluster.queued:
+            continue
+        key = (on_node.get(cluster.cid, 0), cluster.in_flight, cluster.last_served)
+        if best is None or key < best_key:
+            best, best_key = cluster, key
     return best
 
 

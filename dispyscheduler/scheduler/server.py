@@ -186,7 +186,10 @@ class Scheduler:
         elif kind == 'pulse':
             node.busy = body['busy']
         elif kind == 'compute_ready':
-            self.dispatch(self.state.compute_ready(node, body['cid']))
+            if body['cid'] in self.state.clusters:
+                self.dispatch(self.state.compute_ready(node, body['cid']))
+            else:  # the cluster closed while the node installed it
+                node.link.send('uninstall', {'cid': body['cid'], 'cleanup': True})
         elif kind == 'compute_failed':
             cluster = self.state.compute_failed(node, body['cid'])
             if cluster is not None:
@@ -204,7 +207,8 @@ class Scheduler:
         logger.warning('node %s lost: %s (%d jobs requeued, %d cancelled)', node.key, reason,
                        len(requeued), len(lost))
         for job in lost:
-            self.end_job(job, CANCELLED, 'node %s (%s) was lost while running this job: %s'
+            self.end_job(job, CANCELLED, 'job was cancelled' if job.cancelling else
+                         'node %s (%s) was lost while running this job: %s'
                          % (node.key, node.name, reason))
         self.dispatch(dispatches)
 

@@ -1,0 +1,496 @@
+"""Unit tests of the scheduler's bookkeeping (``State``): installs, dispatch, fair share,
+cancellation, lost nodes and removed clusters. No I/O: every event's return value is checked.
+"""
+
+import collections
+
+import pytest
+
+from dispyscheduler.constants import CANCELLED, CREATED, FINISHED, RUNNING, TERMINATED
+from dispyscheduler.scheduler.model import FAILED, INSTALLING, READY, State
+
+ALL = [('*', 0)]
+
+
+def new_cluster(state, name='c', patterns=ALL, reentrant=False, cleanup=True):
+    cluster, _ = state.add_cluster(name, b'code', patterns, reentrant, cleanup)
+    return cluster
+
+
+def ready_node(state, key, cpus=1, ip_addr=None, name=None, port=51348):
+    """A node that joined and finished installing every cluster it was given."""
+    ip_addr = ip_addr or '10.0.0.%d' % (len(state.nodes) + 1)
+    node, clusters = state.add_node(key, name or key, ip_addr, port, cpus)
+    dispatches = []
+    for cluster in clusters:
+        dispatches += state.compute_ready(node, cluster.cid)
+    return node, dispatches
+
+
+def submit_many(state, cluster, count, start=0):
+    jobs, dispatches = [], []
+    for uid in range(start, start + count):
+        job, placed = state.submit(cluster, uid, b'args')
+        jobs.append(job)
+        dispatches += placed
+    return jobs, dispatches
+
+
+def check_invariants(state):
+    """Counters agree with the indexes they summarise."""
+    for cluster in state.clusters.values():
+        live_queued = [job for job in cluster.queue if job.status != CANCELLED]
+        assert cluster.queued == len(live_queued)
+        assert cluster.in_flight == sum(1 for job in cluster.jobs.values() if job.node)
+    for node in state.nodes.values():
+        assert len(node.jobs) <= node.slots
+        assert (node in state.free_nodes) == (len(node.jobs) < node.slots)
+        for job in node.jobs.values():
+            assert job.node is node and state.jobs[job.jid] is job
+        per_cluster = collections.Counter(job.cluster.cid for job in node.jobs.values())
+        assert +node.jobs_of == per_cluster
+
+
+# installs
+
+def test_install_lists_follow_node_patterns():
+    state = State(dispatch_depth=2)
+    local, _ = state.add_node('a', 'alpha', '127.0.0.1', 51348, 1)
+    remote, _ = state.add_node('b', 'beta', '10.0.0.2', 51348, 1)
+    other_port, _ = state.add_node('c', 'gamma', '127.0.0.3', 9000, 1)
+    cluster, nodes = state.add_cluster('local', b'', [('127.0.0.*', 51348)], False, True)
+    assert nodes == [local]
+    assert local.clusters == {cluster.cid: INSTALLING}
+    assert remote.clusters == {} and other_port.clusters == {}
+    by_name, nodes = state.add_cluster('named', b'', [('beta', 0)], False, True)
+    assert nodes == [remote]
+    everywhere, nodes = state.add_cluster('all', b'', ALL, False, True)
+    assert set(nodes) == {local, remote, other_port}
+    # a node joining later gets exactly the clusters whose patterns it matches
+    late, clusters = state.add_node('d', 'beta', '127.0.0.4', 51348, 2)
+    assert set(clusters) == {cluster, by_name, everywhere}
+    assert late.clusters == {cluster.cid: INSTALLING, by_name.cid: INSTALLING,
+                             everywhere.cid: INSTALLING}
+    assert cluster.cid != by_name.cid != everywhere.cid
+
+
+def test_compute_ready_only_for_an_installing_cluster():
+    state = State(dispatch_depth=2)
+    cluster = new_cluster(state, patterns=[('10.0.0.1', 0)])
+    node, _ = state.add_node('a', 'a', '10.0.0.1', 1, 1)
+    outsider, _ = state.add_node('b', 'b', '10.0.0.2', 1, 1)
+    state.submit(cluster, 0, b'')
+    assert state.compute_ready(outsider, cluster.cid) == []  # never asked to install it
+    assert state.compute_ready(node, 999) == []  # unknown cluster
+    assert len(state.compute_ready(node, cluster.cid)) == 1
+    assert node.clusters[cluster.cid] == READY
+    assert state.compute_ready(node, cluster.cid) == []  # repeated report
+
+
+def test_no_dispatch_before_compute_ready():
+    state = State(dispatch_depth=2)
+    cluster = new_cluster(state)
+    node, clusters = state.add_node('a', 'a', '10.0.0.1', 1, 2)
+    assert clusters == [cluster]
+    jobs, dispatches = submit_many(state, cluster, 3)
+    assert dispatches == []
+    assert cluster.queued == 3 and node.jobs == {}
+    assert state.compute_ready(node, cluster.cid) == [(node, job) for job in jobs]
+    assert cluster.queued == 0 and cluster.in_flight == 3
+    check_invariants(state)
+
+
+def test_failed_install_gets_no_jobs():
+    state = State(dispatch_depth=2)
+    cluster = new_cluster(state)
+    node, _ = state.add_node('a', 'a', '10.0.0.1', 1, 2)
+    assert state.compute_failed(node, cluster.cid) is cluster
+    assert node.clusters[cluster.cid] == FAILED
+    _, dispatches = submit_many(state, cluster, 2)
+    assert dispatches == [] and cluster.queued == 2
+
+
+# dispatch
+
+def test_submit_dispatches_to_the_least_loaded_node():
+    """Load is jobs per CPU: a 4-CPU node takes four jobs for every one of a 1-CPU node."""
+    state = State(dispatch_depth=2)
+    cluster = new_cluster(state)
+    small, _ = ready_node(state, 'small', cpus=1)  # 2 slots
+    big, _ = ready_node(state, 'big', cpus=4)  # 8 slots
+    placed = []
+    for uid in range(10):
+        free = [node for node in (small, big) if len(node.jobs) < node.slots]
+        lowest = min(node.load for node in free)
+        _, ((node, job),) = state.submit(cluster, uid, b'')
+        assert node.load - 1 / node.cpus == lowest  # its load before this job was minimal
+        placed.append(node)
+    assert placed.count(small) == 2 and placed.count(big) == 8
+    assert placed[:5] == [small, big, big, big, big]
+    check_invariants(state)
+
+
+def test_two_equal_nodes_alternate():
+    state = State(dispatch_depth=2)
+    cluster = new_cluster(state)
+    first, _ = ready_node(state, 'first', cpus=2)
+    second, _ = ready_node(state, 'second', cpus=2)
+    _, dispatches = submit_many(state, cluster, 8)
+    assert [node for node, _ in dispatches] == [first, second] * 4
+    assert len(first.jobs) == len(second.jobs) == 4
+
+
+def test_slots_cap_jobs_in_flight_per_node():
+    state = State(dispatch_depth=3)
+    cluster = new_cluster(state)
+    node, _ = ready_node(state, 'a', cpus=2)
+    assert node.slots == 6
+    jobs, dispatches = submit_many(state, cluster, 10)
+    assert [job for _, job in dispatches] == jobs[:6]
+    assert len(node.jobs) == 6 and cluster.in_flight == 6 and cluster.queued == 4
+    assert node not in state.free_nodes
+    check_invariants(state)
+
+
+def test_job_done_frees_a_slot_and_fills_it_from_the_queue():
+    state = State(dispatch_depth=1)
+    cluster = new_cluster(state)
+    node, _ = ready_node(state, 'a', cpus=1)
+    jobs, _ = submit_many(state, cluster, 3)
+    assert state.job_started(node, jobs[0].jid, 12.5) is jobs[0]
+    assert jobs[0].status == RUNNING and jobs[0].start_time == 12.5
+    done, dispatches = state.job_done(node, jobs[0].jid, FINISHED)
+    assert done is jobs[0] and done.status == FINISHED and done.node is None
+    assert dispatches == [(node, jobs[1])]
+    assert jobs[0].jid not in state.jobs and 0 not in cluster.jobs
+    assert node.jobs_done == 1 and cluster.queued == 1
+    check_invariants(state)
+
+
+def test_job_done_with_empty_queue_returns_node_to_free_index():
+    state = State(dispatch_depth=1)
+    cluster = new_cluster(state)
+    node, _ = ready_node(state, 'a', cpus=1)
+    (job,), _ = submit_many(state, cluster, 1)
+    assert node not in state.free_nodes
+    assert state.job_done(node, job.jid, FINISHED) == (job, [])
+    assert node in state.free_nodes
+    (job2,), dispatches = submit_many(state, cluster, 1, start=1)
+    assert dispatches == [(node, job2)]
+
+
+def test_fifo_within_a_cluster():
+    state = State(dispatch_depth=1)
+    cluster = new_cluster(state)
+    node, _ = ready_node(state, 'a', cpus=1)
+    jobs, dispatches = submit_many(state, cluster, 50)
+    order = [job for _, job in dispatches]
+    while node.jobs:
+        (jid,) = node.jobs
+        _, dispatches = state.job_done(node, jid, FINISHED)
+        order += [job for _, job in dispatches]
+    assert order == jobs
+
+
+def test_job_started_for_a_job_not_on_that_node_is_ignored():
+    state = State(dispatch_depth=1)
+    cluster = new_cluster(state)
+    node, _ = ready_node(state, 'a')
+    other, _ = ready_node(state, 'b')
+    (job,), _ = submit_many(state, cluster, 1)
+    assert job.node is node
+    assert state.job_started(other, job.jid, 1.0) is None
+    assert job.status == CREATED
+
+
+# fair share
+
+def test_fair_share_small_cluster_not_stuck_behind_a_big_one():
+    """Cluster A queues 10,000 jobs, then B queues 10; jobs complete oldest first.
+
+    Bound: 30 completions. With 2 nodes of 2 CPUs at depth 2 there are S = 8 slots. Every slot
+    freed while B has fewer jobs in flight than A goes to B, so after S/2 = 4 completions each
+    has 4 in flight. Then the next S/2 completions are A's older jobs (refilled by A), after
+    which completions alternate between the clusters and each B completion dispatches B's next
+    job: the remaining 10 - S/2 = 6 B jobs need at most 2 * 6 completions. In all at most
+    4 + 4 + 12 = 20 (18 today); 30 leaves room for tie-break details. Strict FIFO across
+    clusters would need 10,000 completions, so this fails if fair share breaks."""
+    state = State(dispatch_depth=2)
+    a = new_cluster(state, 'a')
+    b = new_cluster(state, 'b')
+    nodes = [ready_node(state, key, cpus=2)[0] for key in ('n1', 'n2')]
+    in_flight = collections.deque()  # oldest dispatch first
+    _, dispatches = submit_many(state, a, 10000)
+    in_flight.extend(dispatches)
+    assert len(in_flight) == 8
+    b_jobs, dispatches = submit_many(state, b, 10)
+    assert dispatches == []  # every slot is taken
+    b_dispatched = set()
+    completions = 0
+    while len(b_dispatched) < 10:
+        node, job = in_flight.popleft()
+        done, dispatches = state.job_done(node, job.jid, FINISHED)
+        assert done is job
+        completions += 1
+        assert len(dispatches) == 1
+        in_flight.extend(dispatches)
+        b_dispatched.update(job.uid for _, job in dispatches if job.cluster is b)
+        assert completions <= 30, 'B still waiting after %d completions' % completions
+    assert b_dispatched == {job.uid for job in b_jobs}
+    assert a.queued == 10000 - 8 - (completions - 10)
+    assert sum(len(node.jobs) for node in nodes) == 8
+    check_invariants(state)
+
+
+def test_freed_slots_go_to_a_cluster_that_became_ready_later():
+    state = State(dispatch_depth=1)
+    a = new_cluster(state, 'a')
+    b = new_cluster(state, 'b')
+    node, _ = state.add_node('n', 'n', '10.0.0.1', 1, 4)
+    submit_many(state, a, 8)
+    submit_many(state, b, 8)
+    dispatches = state.compute_ready(node, a.cid) + state.compute_ready(node, b.cid)
+    # a is ready first and fills the node; b is ready but the node is then full
+    assert [job.cluster for _, job in dispatches] == [a] * 4
+    refills = []
+    for _, job in dispatches:
+        refills += state.job_done(node, job.jid, FINISHED)[1]
+    # each freed slot goes to whichever has fewer in flight: b (0 < 3), b (1 < 2), then a's
+    # own completions leave a behind (1 < 2) twice; the node ends shared 2 / 2
+    assert [job.cluster for _, job in refills] == [b, b, a, a]
+    assert a.in_flight == b.in_flight == 2
+
+
+def test_two_busy_clusters_share_each_node_instead_of_owning_one():
+    """A got node n1 to itself and B got n2 (each was ready on only one node when it
+    submitted). Once both are ready everywhere, each freed slot goes to the cluster with the
+    fewest jobs on that node, so within one round of completions every node runs both."""
+    state = State(dispatch_depth=2)
+    a = new_cluster(state, 'a')
+    b = new_cluster(state, 'b')
+    n1, _ = state.add_node('n1', 'n1', '10.0.0.1', 1, 2)
+    n2, _ = state.add_node('n2', 'n2', '10.0.0.2', 1, 2)
+    state.compute_ready(n1, a.cid)
+    in_flight = collections.deque(submit_many(state, a, 100)[1])
+    state.compute_ready(n2, b.cid)
+    in_flight.extend(submit_many(state, b, 100, start=1000)[1])
+    assert state.compute_ready(n1, b.cid) == state.compute_ready(n2, a.cid) == []  # full
+    assert {job.cluster for job in n1.jobs.values()} == {a}
+    assert {job.cluster for job in n2.jobs.values()} == {b}
+    for step in range(40):
+        node, job = in_flight.popleft()
+        in_flight.extend(state.job_done(node, job.jid, FINISHED)[1])
+        if step >= 8:
+            for node in (n1, n2):
+                shares = collections.Counter(job.cluster for job in node.jobs.values())
+                assert shares == {a: 2, b: 2}, (step, node, shares)
+    check_invariants(state)
+
+
+# cancel
+
+def test_cancel_queued_job():
+    state = State(dispatch_depth=1)
+    cluster = new_cluster(state)
+    node, _ = ready_node(state, 'a', cpus=1)
+    jobs, _ = submit_many(state, cluster, 4)  # jobs[0] on the node, 1..3 queued
+    assert state.cancel(cluster, jobs[2].uid) == (jobs[2], None)
+    assert jobs[2].status == CANCELLED
+    assert cluster.queued == 2
+    assert jobs[2].jid not in state.jobs and jobs[2].uid not in cluster.jobs
+    check_invariants(state)
+    order = []
+    while node.jobs:
+        (jid,) = node.jobs
+        _, dispatches = state.job_done(node, jid, FINISHED)
+        order += [job for _, job in dispatches]
+    assert order == [jobs[1], jobs[3]]  # the cancelled one is skipped
+    assert cluster.queued == 0
+
+
+def test_cancel_dispatched_job_names_its_node():
+    state = State(dispatch_depth=1)
+    cluster = new_cluster(state)
+    node, _ = ready_node(state, 'a', cpus=1)
+    (job,), _ = submit_many(state, cluster, 1)
+    assert state.cancel(cluster, job.uid) == (job, node)
+    assert job.jid in node.jobs  # ends when the node reports it
+    assert state.job_done(node, job.jid, TERMINATED) == (job, [])
+    assert job.status == TERMINATED
+
+
+def test_cancel_unknown_job():
+    state = State(dispatch_depth=1)
+    cluster = new_cluster(state)
+    assert state.cancel(cluster, 12345) == (None, None)
+
+
+def test_cancel_all_queued_then_place_dispatches_nothing():
+    state = State(dispatch_depth=1)
+    cluster = new_cluster(state)
+    node, _ = state.add_node('a', 'a', '10.0.0.1', 1, 2)
+    jobs, _ = submit_many(state, cluster, 3)
+    for job in jobs:
+        state.cancel(cluster, job.uid)
+    assert cluster.queued == 0
+    assert state.compute_ready(node, cluster.cid) == []
+
+
+# lost nodes
+
+def test_remove_node_requeues_reentrant_jobs_in_order_at_the_front():
+    state = State(dispatch_depth=2)
+    cluster = new_cluster(state, reentrant=True)
+    big, _ = ready_node(state, 'big', cpus=2)  # 4 slots
+    jobs, _ = submit_many(state, cluster, 6)  # 0..3 on big, 4 and 5 queued
+    assert all(job.node is big for job in jobs[:4])
+    for job in jobs[:4]:
+        state.job_started(big, job.jid, 1.0)
+    small, dispatches = ready_node(state, 'small', cpus=1)  # 2 slots: takes 4 and 5
+    assert [job for _, job in dispatches] == jobs[4:6]
+    state.job_done(small, jobs[4].jid, FINISHED)  # one slot free on small, queue empty
+    requeued, lost, dispatches = state.remove_node(big)
+    assert requeued == jobs[:4] and lost == []
+    assert dispatches == [(small, jobs[0])]
+    assert [job.status for job in jobs[1:4]] == [CREATED] * 3
+    assert all(job.node is None and job.start_time is None for job in jobs[1:4])
+    assert big.key not in state.nodes and big not in state.free_nodes
+    assert big not in cluster.ready_nodes
+    check_invariants(state)
+    # the rest of the requeued jobs come before a job submitted now
+    (late,), _ = submit_many(state, cluster, 1, start=100)
+    order = []
+    for _ in range(5):
+        (jid, *_) = sorted(small.jobs)
+        _, dispatches = state.job_done(small, jid, FINISHED)
+        order += [job for _, job in dispatches]
+    assert order == [jobs[1], jobs[2], jobs[3], late]
+
+
+def test_remove_node_loses_non_reentrant_jobs():
+    state = State(dispatch_depth=2)
+    cluster = new_cluster(state, reentrant=False)
+    node, _ = ready_node(state, 'a', cpus=1)
+    other, _ = ready_node(state, 'b', cpus=1)
+    jobs, _ = submit_many(state, cluster, 3)
+    on_node = [job for job in jobs if job.node is node]
+    requeued, lost, dispatches = state.remove_node(node)
+    assert requeued == [] and dispatches == []
+    assert sorted(lost, key=lambda job: job.jid) == on_node
+    for job in lost:
+        assert job.status == CANCELLED
+        assert job.jid not in state.jobs and job.uid not in cluster.jobs
+    assert cluster.in_flight == len(other.jobs)
+    check_invariants(state)
+
+
+def test_cancelled_running_job_is_not_requeued_when_its_node_is_lost():
+    """Regression: ``cancel`` of a dispatched job once recorded nothing, so a node lost before
+    it reported the job's end had ``remove_node`` requeue the job of a reentrant cluster and
+    run it again, and its client never heard it was cancelled. It must end as cancelled."""
+    state = State(dispatch_depth=1)
+    cluster = new_cluster(state, reentrant=True)
+    ready_node(state, 'a')
+    ready_node(state, 'b')
+    (job,), _ = submit_many(state, cluster, 1)
+    doomed = job.node
+    assert state.cancel(cluster, job.uid) == (job, doomed)
+    requeued, lost, dispatches = state.remove_node(doomed)
+    assert job not in requeued
+    assert [placed for _, placed in dispatches if placed is job] == []
+    assert lost == [job] and job.status == CANCELLED
+    assert job.uid not in cluster.jobs and cluster.queued == 0
+
+
+def test_remove_node_twice_is_harmless():
+    state = State(dispatch_depth=1)
+    cluster = new_cluster(state, reentrant=True)
+    node, _ = ready_node(state, 'a')
+    submit_many(state, cluster, 1)
+    assert len(state.remove_node(node)[0]) == 1
+    assert state.remove_node(node) == ([], [], [])
+    assert cluster.queued == 1 and cluster.in_flight == 0
+
+
+def test_replaced_node_is_not_removed_by_the_old_ones_removal():
+    """A node that reconnected under the same key must survive removal of its old object."""
+    state = State(dispatch_depth=1)
+    new_cluster(state)
+    old, _ = ready_node(state, 'a')
+    new, _ = ready_node(state, 'a')
+    state.remove_node(old)
+    assert state.nodes['a'] is new
+
+
+# removed clusters
+
+def test_remove_cluster_returns_everything_and_frees_slots_for_others():
+    state = State(dispatch_depth=2)
+    a = new_cluster(state, 'a')
+    b = new_cluster(state, 'b')
+    node, _ = ready_node(state, 'n', cpus=1)  # 2 slots
+    idle, _ = state.add_node('m', 'm', '10.0.0.9', 1, 1)  # installing a and b, never ready
+    a_jobs, _ = submit_many(state, a, 3)  # 2 running, 1 queued
+    b_jobs, dispatches = submit_many(state, b, 3)
+    assert dispatches == []
+    nodes, queued, running, dispatches = state.remove_cluster(a)
+    assert set(nodes) == {node, idle}
+    assert queued == [a_jobs[2]] and a_jobs[2].status == CANCELLED
+    assert sorted(running, key=lambda pair: pair[1].jid) == [(node, a_jobs[0]),
+                                                             (node, a_jobs[1])]
+    assert dispatches == [(node, b_jobs[0]), (node, b_jobs[1])]
+    assert a.cid not in state.clusters
+    assert a.cid not in node.clusters and a.cid not in idle.clusters
+    assert all(job.jid not in state.jobs for job in a_jobs)
+    assert a.queued == a.in_flight == 0 and a.jobs == {}
+    check_invariants(state)
+    # the node's late reports of the removed cluster's jobs are ignored
+    assert state.job_done(node, a_jobs[0].jid, FINISHED) == (None, [])
+    assert len(node.jobs) == 2
+
+
+def test_late_job_done_for_unknown_jid():
+    state = State(dispatch_depth=1)
+    cluster = new_cluster(state)
+    node, _ = ready_node(state, 'a')
+    assert state.job_done(node, 424242, FINISHED) == (None, [])
+    (job,), _ = submit_many(state, cluster, 1)
+    assert state.job_done(node, job.jid, FINISHED)[0] is job
+    assert state.job_done(node, job.jid, FINISHED) == (None, [])  # repeated report
+    assert node.jobs_done == 1
+
+
+@pytest.mark.parametrize('reentrant', [True, False])
+def test_random_event_sequences_keep_counters_consistent(reentrant):
+    """Interleaved submits, completions, cancels and node losses never leave a counter out of
+    step with the queues and node tables."""
+    import random
+    rng = random.Random(reentrant)
+    state = State(dispatch_depth=2)
+    clusters = [new_cluster(state, name, reentrant=reentrant) for name in 'abc']
+    uid = 0
+    for step in range(3000):
+        action = rng.random()
+        nodes = list(state.nodes.values())
+        if action < 0.05 or not nodes:
+            ready_node(state, 'n%d' % step, cpus=rng.randint(1, 3))
+        elif action < 0.45:
+            state.submit(rng.choice(clusters), uid, b'')
+            uid += 1
+        elif action < 0.8:
+            node = rng.choice(nodes)
+            if node.jobs:
+                state.job_done(node, rng.choice(sorted(node.jobs)), FINISHED)
+        elif action < 0.95:
+            cluster = rng.choice(clusters)
+            if cluster.jobs:
+                state.cancel(cluster, rng.choice(sorted(cluster.jobs)))
+        elif len(nodes) > 1:
+            state.remove_node(rng.choice(nodes))
+        check_invariants(state)
+        for cluster in clusters:
+            # nothing waits while a ready node has a free slot
+            if cluster.queued:
+                assert not any(node.clusters.get(cluster.cid) == READY
+                               and len(node.jobs) < node.slots
+                               for node in state.nodes.values())

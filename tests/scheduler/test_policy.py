@@ -1,0 +1,181 @@
+"""Unit tests of placement policy: node patterns, the load index, fair share."""
+
+import random
+from types import SimpleNamespace
+
+import pytest
+
+from dispyscheduler.scheduler.policy import LoadIndex, fair_share_pick, node_matches
+
+
+# node_matches
+
+@pytest.mark.parametrize('patterns, ip_addr, name, port, expected', [
+    ([('*', 0)], '10.1.2.3', 'host-a', 51348, True),
+    ([('127.0.0.*', 0)], '127.0.0.9', 'host-a', 51348, True),
+    ([('127.0.0.*', 0)], '127.0.1.9', 'host-a', 51348, False),
+    ([('10.0.0.5', 0)], '10.0.0.5', 'host-a', 51348, True),
+    ([('10.0.0.5', 0)], '10.0.0.50', 'host-a', 51348, False),   # no prefix match
+    ([('host-a', 0)], '10.0.0.5', 'host-a', 51348, True),       # by name
+    ([('host-*', 0)], '10.0.0.5', 'host-b', 51348, True),
+    ([('host-a', 0)], '10.0.0.5', 'host-b', 51348, False),
+    ([('HOST-A', 0)], '10.0.0.5', 'host-a', 51348, False),      # case-sensitive
+    ([('10.0.0.5', 9000)], '10.0.0.5', 'host-a', 9000, True),   # port filter
+    ([('10.0.0.5', 9000)], '10.0.0.5', 'host-a', 51348, False),
+    ([('*', 9000)], '10.0.0.5', 'host-a', 51348, False),
+    ([('10.0.0.6', 0), ('10.0.0.5', 0)], '10.0.0.5', 'host-a', 1, True),  # any pattern
+    ([('10.0.0.5', 1), ('*', 2)], '10.0.0.5', 'host-a', 2, True),
+    ([], '10.0.0.5', 'host-a', 1, False),
+])
+def test_node_matches(patterns, ip_addr, name, port, expected):
+    assert node_matches(patterns, ip_addr, name, port) is expected
+
+
+# LoadIndex
+
+def accept_all(node):
+    return True
+
+
+def test_empty_index_has_no_least_loaded():
+    index = LoadIndex()
+    assert index.least_loaded(accept_all) is None
+    assert len(index) == 0
+
+
+def test_least_loaded_and_ties_go_to_the_earliest_update():
+    index = LoadIndex()
+    index.update('a', 0.5)
+    index.update('b', 0.25)
+    index.update('c', 0.75)
+    index.update('d', 0.25)
+    assert index.least_loaded(accept_all) == 'b'
+    assert len(index) == 4 and 'c' in index and 'z' not in index
+
+
+def test_update_replaces_a_nodes_load():
+    index = LoadIndex()
+    index.update('a', 0.1)
+    index.update('b', 0.5)
+    index.update('a', 0.9)
+    assert index.least_loaded(accept_all) == 'b'
+    index.update('b', 1.0)
+    assert index.least_loaded(accept_all) == 'a'
+    assert len(index) == 2
+
+
+def test_discarded_node_is_never_returned():
+    index = LoadIndex()
+    index.update('a', 0)
+    index.update('b', 1)
+    index.discard('a')
+    index.discard('missing')  # harmless
+    assert 'a' not in index
+    assert index.least_loaded(accept_all) == 'b'
+    index.discard('b')
+    assert index.least_loaded(accept_all) is None
+
+
+def test_rediscovered_node_is_back():
+    index = LoadIndex()
+    index.update('a', 0)
+    index.discard('a')
+    index.update('a', 2)
+    assert index.least_loaded(accept_all) == 'a'
+
+
+def test_accept_filter_skips_but_keeps_skipped_nodes():
+    """Entries passed over for one cluster must still be there for the next question."""
+    index = LoadIndex()
+    for load, node in enumerate(['a', 'b', 'c', 'd']):
+        index.update(node, load)
+    assert index.least_loaded(lambda node: node in ('c', 'd')) == 'c'
+    assert index.least_loaded(lambda node: False) is None
+    assert index.least_loaded(accept_all) == 'a'
+    index.discard('a')
+    assert index.least_loaded(accept_all) == 'b'
+    assert sorted(index.current) == ['b', 'c', 'd']
+
+
+def test_least_loaded_does_not_remove_the_node():
+    index = LoadIndex()
+    index.update('a', 0)
+    assert index.least_loaded(accept_all) == 'a'
+    assert index.least_loaded(accept_all) == 'a'
+    assert 'a' in index
+
+
+def test_heap_stays_bounded_after_thousands_of_updates():
+    index = LoadIndex()
+    nodes = ['node%d' % number for number in range(50)]
+    rng = random.Random(7)
+    for step in range(20000):
+        index.update(rng.choice(nodes), rng.random())
+        assert len(index.heap) <= 2 * len(index.current) + 33
+    assert len(index) == 50
+
+
+def test_heap_bounded_with_churn_and_matches_a_reference_model():
+    """Random updates, discards and queries agree with a dict-based model, and after every
+    update the heap holds at most about twice the live entries."""
+    index = LoadIndex()
+    model = {}
+    rng = random.Random(11)
+    for step in range(5000):
+        node = 'n%d' % rng.randrange(30)
+        action = rng.random()
+        if action < 0.6:
+            load = rng.randrange(10) / 4
+            index.update(node, load)
+            model[node] = (load, step)
+            assert len(index.heap) <= 2 * len(index.current) + 33
+        elif action < 0.8:
+            index.discard(node)
+            model.pop(node, None)
+        else:
+            allowed = set(rng.sample(sorted(model), k=len(model) // 2)) if model else set()
+            expected = min((entry, name) for name, entry in model.items()
+                           if name in allowed)[1] if allowed else None
+            assert index.least_loaded(lambda candidate: candidate in allowed) == expected
+        assert set(index.current) == set(model)
+
+
+# fair share
+
+def cluster(cid, queued, in_flight, last_served):
+    return SimpleNamespace(cid=cid, queued=queued, in_flight=in_flight,
+                           last_served=last_served)
+
+
+def test_fair_share_prefers_fewest_in_flight():
+    big = cluster(1, queued=10000, in_flight=8, last_served=1)
+    small = cluster(2, queued=10, in_flight=1, last_served=2)
+    assert fair_share_pick([big, small]) is small
+    assert fair_share_pick([small, big]) is small
+
+
+def test_fair_share_breaks_ties_by_longest_unserved():
+    a = cluster(1, queued=1, in_flight=2, last_served=9)
+    b = cluster(2, queued=1, in_flight=2, last_served=3)
+    assert fair_share_pick([a, b]) is b
+    assert fair_share_pick([a, b], {1: 1, 2: 1}) is b
+
+
+def test_fair_share_prefers_fewest_jobs_on_this_node_first():
+    """A cluster with fewer jobs on the node asking wins even with more in flight overall, so
+    two busy clusters share every node instead of each owning one."""
+    spread = cluster(1, queued=5, in_flight=6, last_served=1)
+    local = cluster(2, queued=5, in_flight=2, last_served=2)
+    assert fair_share_pick([spread, local]) is local  # no per-node counts: overall in flight
+    assert fair_share_pick([spread, local], {1: 0, 2: 2}) is spread
+    assert fair_share_pick([spread, local], {2: 2}) is spread  # a missing cid counts as 0
+    assert fair_share_pick([spread, local], {1: 2, 2: 2}) is local
+
+
+def test_fair_share_ignores_clusters_with_nothing_queued():
+    idle = cluster(1, queued=0, in_flight=0, last_served=0)
+    busy = cluster(2, queued=5, in_flight=4, last_served=5)
+    assert fair_share_pick([idle, busy]) is busy
+    assert fair_share_pick([idle, busy], {2: 9}) is busy
+    assert fair_share_pick([idle]) is None
+    assert fair_share_pick([]) is None
