@@ -51,7 +51,7 @@ def handshake(conn, secret, role, peer_role, initiator, deadline):
     conn.send_now('hello', {'version': PROTOCOL_VERSION, 'role': role, 'nonce': nonce})
     kind, hello = conn.recv_now(deadline)
     if kind == 'error':
-        raise AuthenticationError(hello['reason'])
+        raise_refusal(hello['reason'])
     if kind != 'hello':
         raise ProtocolError('expected hello, got %r' % (kind,))
     if hello['version'] != PROTOCOL_VERSION:
@@ -59,8 +59,12 @@ def handshake(conn, secret, role, peer_role, initiator, deadline):
                   % (hello['version'], PROTOCOL_VERSION))
         conn.send_now('error', {'reason': reason})
         raise ProtocolError(reason)
-    if hello['role'] != peer_role or len(hello['nonce']) != NONCE_SIZE:
+    reason = None
+    if hello['role'] != peer_role:
         reason = 'expected a %s, got a %r' % (peer_role, hello['role'])
+    elif len(hello['nonce']) != NONCE_SIZE:
+        reason = 'nonce of %d bytes, not %d' % (len(hello['nonce']), NONCE_SIZE)
+    if reason is not None:
         conn.send_now('error', {'reason': reason})
         raise ProtocolError(reason)
     peer_nonce = hello['nonce']
@@ -78,13 +82,20 @@ def handshake(conn, secret, role, peer_role, initiator, deadline):
 def _check_proof(conn, expected, deadline, tell_peer):
     kind, body = conn.recv_now(deadline)
     if kind == 'error':
-        raise AuthenticationError(body['reason'])
+        raise_refusal(body['reason'])
     if kind != 'auth':
         raise ProtocolError('expected auth, got %r' % (kind,))
     if not hmac.compare_digest(body['proof'], expected):
         if tell_peer:
             conn.send_now('error', {'reason': AUTH_FAILED})
         raise AuthenticationError(AUTH_FAILED)
+
+
+def raise_refusal(reason):
+    """The peer sent an error frame instead of its part of the handshake."""
+    if reason == AUTH_FAILED:
+        raise AuthenticationError(reason)
+    raise ProtocolError('refused by the peer: %s' % (reason,))
 
 
 def sign_datagram(secret, kind, body):

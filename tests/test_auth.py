@@ -198,7 +198,7 @@ def fake_peer(sock, hello):
     ({'version': PROTOCOL_VERSION + 1, 'role': 'scheduler', 'nonce': b'n' * NONCE_SIZE},
      'version'),
     ({'version': 0, 'role': 'scheduler', 'nonce': b'n' * NONCE_SIZE}, 'version'),
-    ({'version': PROTOCOL_VERSION, 'role': 'scheduler', 'nonce': b'short'}, 'expected'),
+    ({'version': PROTOCOL_VERSION, 'role': 'scheduler', 'nonce': b'short'}, 'nonce of 5 bytes'),
 ])
 def test_peer_with_wrong_version_or_nonce_is_refused(pair, hello, reason):
     left, right = pair
