@@ -6,6 +6,7 @@ and real worker processes. The ``daemons`` fixture fails a test that leaves a pr
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -308,3 +309,53 @@ def test_invalid_command_line_exits_2(program, argv, complaint, tmp_path):
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
     assert complaint in lines[0]
+
+
+def prepare():
+    global table
+    table = {n: n * 10 for n in range(100)}
+    return 0
+
+
+def look_up(n):
+    import os
+    return table[n], os.getpid()
+
+
+def test_setup_runs_once_per_node_and_jobs_see_its_globals(daemons):
+    """setup runs in the computation's host process; workers forked from it share its
+    globals, and the worker processes are reused across jobs."""
+    daemons.start_scheduler()
+    daemons.start_node('127.0.0.2')
+    with SharedJobCluster(look_up, setup=prepare, **daemons.client_options()) as cluster:
+        jobs = [cluster.submit(n) for n in range(40)]
+        cluster.wait(timeout=30)
+    assert [job.result[0] for job in jobs] == [n * 10 for n in range(40)]
+    assert len({job.result[1] for job in jobs}) <= 2
+
+
+def test_silent_node_is_presumed_dead_and_used_again_when_back(daemons):
+    """A node that stops answering (SIGSTOP: no reset, no close) is dropped after
+    5 x --pulse_interval (1 s here); its reentrant job runs elsewhere; once it answers again
+    it rejoins and takes jobs."""
+    daemons.start_scheduler()
+    silent = daemons.start_node('127.0.0.2', cpus=1)
+    with SharedJobCluster(nap, reentrant=True, nodes=['127.0.0.*'],
+                          **daemons.client_options()) as cluster:
+        job = cluster.submit(3, 'survived')
+        wait_for(lambda: job.status == DispyJob.Running, 20, 'the job to run')
+        daemons.start_node('127.0.0.3', cpus=1)
+        os.kill(silent.pid, signal.SIGSTOP)
+        try:
+            stopped = time.monotonic()
+            daemons.scheduler.wait_log(r'node 127\.0\.0\.2:\d+ lost: no pulse', timeout=20)
+            assert 4 <= time.monotonic() - stopped < 12
+            assert job() == 'survived'
+            assert job.ip_addr == '127.0.0.3'
+        finally:
+            os.kill(silent.pid, signal.SIGCONT)
+        wait_for(lambda: daemons.scheduler.log().count('node 127.0.0.2') >= 3, 20,
+                 'the node to join again')
+        jobs = [cluster.submit(0.2, n) for n in range(8)]
+        cluster.wait(timeout=30)
+        assert {job.ip_addr for job in jobs} == {'127.0.0.2', '127.0.0.3'}
