@@ -16,17 +16,19 @@ import hmac
 import os
 
 from .constants import PROTOCOL_VERSION
-from .protocol import ProtocolError, pack_datagram, unpack_datagram
+from .protocol import (
+    AUTH_FAILED,
+    AuthenticationError,
+    ProtocolError,
+    pack_datagram,
+    unpack_datagram,
+)
 
 NONCE_SIZE = 32
 TAG_SIZE = 32
-AUTH_FAILED = 'authentication failed'
 
-ROLES = ('client', 'scheduler', 'node')
-
-
-class AuthenticationError(ConnectionError):
-    """The peer does not know the shared secret (or we do not know its)."""
+__all__ = ['AUTH_FAILED', 'AuthenticationError', 'handshake', 'make_proof', 'sign_datagram',
+           'open_datagram']
 
 
 def as_key(secret):
@@ -49,11 +51,7 @@ def handshake(conn, secret, role, peer_role, initiator, deadline):
     key = as_key(secret)
     nonce = os.urandom(NONCE_SIZE)
     conn.send_now('hello', {'version': PROTOCOL_VERSION, 'role': role, 'nonce': nonce})
-    kind, hello = conn.recv_now(deadline)
-    if kind == 'error':
-        raise_refusal(hello['reason'])
-    if kind != 'hello':
-        raise ProtocolError('expected hello, got %r' % (kind,))
+    hello = conn.expect('hello', deadline)
     if hello['version'] != PROTOCOL_VERSION:
         reason = ('protocol version %s not supported (this side speaks %s)'
                   % (hello['version'], PROTOCOL_VERSION))
@@ -80,22 +78,11 @@ def handshake(conn, secret, role, peer_role, initiator, deadline):
 
 
 def _check_proof(conn, expected, deadline, tell_peer):
-    kind, body = conn.recv_now(deadline)
-    if kind == 'error':
-        raise_refusal(body['reason'])
-    if kind != 'auth':
-        raise ProtocolError('expected auth, got %r' % (kind,))
+    body = conn.expect('auth', deadline)
     if not hmac.compare_digest(body['proof'], expected):
         if tell_peer:
             conn.send_now('error', {'reason': AUTH_FAILED})
         raise AuthenticationError(AUTH_FAILED)
-
-
-def raise_refusal(reason):
-    """The peer sent an error frame instead of its part of the handshake."""
-    if reason == AUTH_FAILED:
-        raise AuthenticationError(reason)
-    raise ProtocolError('refused by the peer: %s' % (reason,))
 
 
 def sign_datagram(secret, kind, body):

@@ -10,10 +10,19 @@ import os
 import sys
 
 from . import __version__
-from .constants import (DEFAULT_DEST_PATH_PREFIX, DEFAULT_NODE_DEST_PATH_PREFIX, MAX_FILE_SIZE,
-                        NODE_PORT, PING_INTERVAL, PING_INTERVAL_RANGE, PULSE_INTERVAL,
-                        PULSE_INTERVAL_RANGE, SCHEDULER_CLIENT_PORT, SCHEDULER_NODE_PORT,
-                        ZOMBIE_INTERVAL)
+from .constants import (
+    DEFAULT_DEST_PATH_PREFIX,
+    DEFAULT_NODE_DEST_PATH_PREFIX,
+    MAX_FILE_SIZE,
+    NODE_PORT,
+    PING_INTERVAL,
+    PING_INTERVAL_RANGE,
+    PULSE_INTERVAL,
+    PULSE_INTERVAL_RANGE,
+    SCHEDULER_CLIENT_PORT,
+    SCHEDULER_NODE_PORT,
+    ZOMBIE_INTERVAL,
+)
 
 LOG_FORMAT = '%(asctime)s %(name)s %(levelname)s %(message)s'
 

@@ -17,7 +17,7 @@ import threading
 import time
 
 from .constants import MAX_FRAME_SIZE, RECV_SIZE
-from .protocol import FrameDecoder, encode
+from .protocol import FrameDecoder, ProtocolError, encode, refusal
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +68,16 @@ class Link:
             finally:
                 self.sock.settimeout(None)
         return self.inbox.popleft()
+
+    def expect(self, kind, deadline=None):
+        """The body of the next message, which must be ``kind``; an error frame in its place
+        raises ``refusal(reason)``, anything else ``ProtocolError``."""
+        got, body = self.recv_now(deadline)
+        if got == kind:
+            return body
+        if got == 'error':
+            raise refusal(body['reason'])
+        raise ProtocolError('expected %s from %s, got %r' % (kind, self.peer, got))
 
     # running phase
 

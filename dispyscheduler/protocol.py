@@ -75,8 +75,23 @@ SCHEMAS = {
 }
 
 
+AUTH_FAILED = 'authentication failed'
+"""The reason in the error frame a peer gets when its handshake proof is wrong."""
+
+
 class ProtocolError(Exception):
     """A peer sent something that is not this protocol; its connection is closed."""
+
+
+class AuthenticationError(ConnectionError):
+    """The peer does not know the shared secret (or we do not know its)."""
+
+
+def refusal(reason):
+    """The exception for an error frame received in place of an expected message."""
+    if reason == AUTH_FAILED:
+        return AuthenticationError(reason)
+    return ProtocolError('refused by the peer: %s' % (reason,))
 
 
 def encode(kind, body):

@@ -161,7 +161,7 @@ class Cluster:
             daemon.stop()
         for daemon in self.daemons:
             try:
-                wait_for(lambda: not session_members(daemon.pid), 5, 'session to empty')
+                wait_for(lambda pid=daemon.pid: not session_members(pid), 5, 'session to empty')
             except AssertionError:
                 pass
             members = session_members(daemon.pid)

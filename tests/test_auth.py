@@ -10,8 +10,15 @@ import time
 
 import pytest
 
-from dispyscheduler.auth import (AUTH_FAILED, NONCE_SIZE, AuthenticationError, handshake,
-                                 make_proof, open_datagram, sign_datagram)
+from dispyscheduler.auth import (
+    AUTH_FAILED,
+    NONCE_SIZE,
+    AuthenticationError,
+    handshake,
+    make_proof,
+    open_datagram,
+    sign_datagram,
+)
 from dispyscheduler.constants import PROTOCOL_VERSION
 from dispyscheduler.link import Link
 from dispyscheduler.protocol import FrameDecoder, ProtocolError

@@ -3,10 +3,17 @@
 import pytest
 
 from dispyscheduler.cli import node_parser, scheduler_parser, size
-from dispyscheduler.constants import (DEFAULT_DEST_PATH_PREFIX, DEFAULT_NODE_DEST_PATH_PREFIX,
-                                      MAX_FILE_SIZE, NODE_PORT, PING_INTERVAL, PULSE_INTERVAL,
-                                      SCHEDULER_CLIENT_PORT, SCHEDULER_NODE_PORT,
-                                      ZOMBIE_INTERVAL)
+from dispyscheduler.constants import (
+    DEFAULT_DEST_PATH_PREFIX,
+    DEFAULT_NODE_DEST_PATH_PREFIX,
+    MAX_FILE_SIZE,
+    NODE_PORT,
+    PING_INTERVAL,
+    PULSE_INTERVAL,
+    SCHEDULER_CLIENT_PORT,
+    SCHEDULER_NODE_PORT,
+    ZOMBIE_INTERVAL,
+)
 
 
 def refused(parser, argv, capsys):

@@ -8,8 +8,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dispyscheduler.constants import MAX_FRAME_SIZE
-from dispyscheduler.protocol import (SCHEMAS, FrameDecoder, ProtocolError, encode,
-                                     pack_datagram, unpack_datagram, validate)
+from dispyscheduler.protocol import (
+    SCHEMAS,
+    FrameDecoder,
+    ProtocolError,
+    encode,
+    pack_datagram,
+    unpack_datagram,
+    validate,
+)
 
 MESSAGES = [
     ('hello', {'version': 1, 'role': 'node', 'nonce': b'\x00\xff' * 16}),

@@ -15,8 +15,16 @@ import threading
 import time
 
 from ..auth import AUTH_FAILED, AuthenticationError, handshake
-from ..constants import (ABANDONED, CLIENT_CLUSTER_TIMEOUT, CONNECT_TIMEOUT, FINAL_STATUSES,
-                         HANDSHAKE_TIMEOUT, RUNNING, SCHEDULER_CLIENT_PORT, TERMINATED)
+from ..constants import (
+    ABANDONED,
+    CLIENT_CLUSTER_TIMEOUT,
+    CONNECT_TIMEOUT,
+    FINAL_STATUSES,
+    HANDSHAKE_TIMEOUT,
+    RUNNING,
+    SCHEDULER_CLIENT_PORT,
+    TERMINATED,
+)
 from ..link import ConnectionClosed, Link, set_nodelay
 from ..protocol import ProtocolError
 from .computation import pack_arguments, pack_computation, unpack_result
@@ -73,11 +81,7 @@ class SharedJobCluster:
             self._link.send_now('cluster_new', {
                 'name': self.name, 'code': code, 'nodes': _node_patterns(nodes),
                 'reentrant': bool(reentrant), 'cleanup': bool(cleanup)})
-            kind, body = self._link.recv_now(time.monotonic() + CLIENT_CLUSTER_TIMEOUT)
-            if kind == 'error':
-                raise ConnectionError('scheduler refused the cluster: %s' % body['reason'])
-            if kind != 'cluster_ok':
-                raise ProtocolError('expected cluster_ok, got %r' % (kind,))
+            body = self._link.expect('cluster_ok', time.monotonic() + CLIENT_CLUSTER_TIMEOUT)
         except BaseException:
             self._link.sock.close()
             raise

@@ -3,8 +3,16 @@
 import threading
 import time
 
-from ..constants import (ABANDONED, CANCELLED, CREATED, FINISHED, PROVISIONAL_RESULT, RUNNING,
-                         STATUS_NAMES, TERMINATED)
+from ..constants import (
+    ABANDONED,
+    CANCELLED,
+    CREATED,
+    FINISHED,
+    PROVISIONAL_RESULT,
+    RUNNING,
+    STATUS_NAMES,
+    TERMINATED,
+)
 
 
 class DispyJob:

@@ -20,13 +20,19 @@ import time
 import gevent
 import gevent.event
 import gevent.lock
-import gevent.pool
 from gevent.server import StreamServer
 
 from .. import discovery
 from ..auth import AuthenticationError, handshake
-from ..constants import (CANCELLED, CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT, PULSE_INTERVAL,
-                         RECONNECT_DELAY_RANGE, TERMINATED)
+from ..constants import (
+    CANCELLED,
+    CONNECT_TIMEOUT,
+    HANDSHAKE_TIMEOUT,
+    PULSE_INTERVAL,
+    RECONNECT_DELAY_RANGE,
+    TERMINATED,
+)
+from ..duties import Duties
 from ..link import ConnectionClosed, Link, set_nodelay
 from ..protocol import ProtocolError
 from ..tls import TLSError, TLSSocket
@@ -63,8 +69,8 @@ class NodeDaemon:
         self.pulse_interval = PULSE_INTERVAL
         self.local_token = os.urandom(16)
         self.local_address = 'dispynode-%d-%s' % (os.getpid(), os.urandom(6).hex())
-        self.duties = gevent.pool.Group()
         self.stopped = gevent.event.Event()
+        self.duties = Duties(self.stopped)
 
     # lifecycle
 
@@ -78,9 +84,9 @@ class NodeDaemon:
         addresses = [self.options.ip_addr] if self.options.ip_addr else []
         udp = discovery.open_sockets(addresses, self.options.node_port)
         for sock in udp.values():
-            self.spawn_duty(discovery.receive_loop, sock, self.options.secret, self.on_datagram)
-        self.spawn_duty(self.scheduler_connector)
-        self.spawn_duty(self.zombie_watchdog)
+            self.duties.spawn(discovery.receive_loop, sock, self.options.secret, self.on_datagram)
+        self.duties.spawn(self.scheduler_connector)
+        self.duties.spawn(self.zombie_watchdog)
         self.announce(udp)
         for signum in (signal.SIGTERM, signal.SIGINT):
             gevent.signal_handler(signum, self.stopped.set)
@@ -96,18 +102,6 @@ class NodeDaemon:
             computation.close(cleanup=True)
         for sock in udp.values():
             sock.close()
-
-    def spawn_duty(self, function, *args):
-        """A long-lived greenlet; if one dies of an error the node stops rather than limp."""
-        greenlet = self.duties.spawn(function, *args)
-        greenlet.link_exception(self.duty_failed)
-        return greenlet
-
-    def duty_failed(self, greenlet):
-        logger.error('internal error in %s: %r; stopping', greenlet, greenlet.exception)
-        self.stopped.set()
-
-    # discovery
 
     def announce(self, udp):
         """Tell schedulers this node exists: unicast to ``--scheduler_node`` and a broadcast
@@ -174,11 +168,7 @@ class NodeDaemon:
                     'name': self.name, 'ip_addr': self.announced_address(sock),
                     'port': self.options.node_port, 'cpus': self.cpus,
                     'platform': platform.platform()})
-                kind, welcome = link.recv_now(time.monotonic() + HANDSHAKE_TIMEOUT)
-                if kind == 'error':
-                    raise ConnectionError('scheduler refused this node: %s' % welcome['reason'])
-                if kind != 'welcome':
-                    raise ProtocolError('expected welcome, got %r' % (kind,))
+                welcome = link.expect('welcome', time.monotonic() + HANDSHAKE_TIMEOUT)
         except BaseException:
             sock.close()
             raise

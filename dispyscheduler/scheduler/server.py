@@ -17,13 +17,12 @@ import time
 
 import gevent
 import gevent.event
-import gevent.pool
 from gevent.server import StreamServer
 
 from .. import discovery
 from ..auth import AuthenticationError, handshake
-from ..constants import (CANCELLED, DISPATCH_DEPTH, HANDSHAKE_TIMEOUT,
-                         PULSES_MISSED_BEFORE_DEAD)
+from ..constants import CANCELLED, DISPATCH_DEPTH, HANDSHAKE_TIMEOUT, PULSES_MISSED_BEFORE_DEAD
+from ..duties import Duties
 from ..link import Link, set_nodelay
 from ..protocol import ProtocolError
 from ..tls import TLSError, TLSSocket
@@ -51,8 +50,8 @@ class Scheduler:
         self.cluster_tls = cluster_tls
         self.state = State(self.dispatch_depth)
         self.scheduler_id = os.urandom(8).hex()
-        self.duties = gevent.pool.Group()
         self.stopped = gevent.event.Event()
+        self.duties = Duties(self.stopped)
         self.servers = []
         self.started = time.time()
 
@@ -72,11 +71,11 @@ class Scheduler:
         udp = discovery.open_sockets([address for address in addresses if address],
                                      self.options.port)
         for sock in udp.values():
-            self.spawn_duty(discovery.receive_loop, sock, self.options.node_secret,
+            self.duties.spawn(discovery.receive_loop, sock, self.options.node_secret,
                             lambda kind, body, source, sock=sock:
                             self.on_datagram(sock, kind, body, source))
-        self.spawn_duty(self.discovery_loop, udp)
-        self.spawn_duty(self.pulse_watchdog)
+        self.duties.spawn(self.discovery_loop, udp)
+        self.duties.spawn(self.pulse_watchdog)
         for signum in (signal.SIGTERM, signal.SIGINT):
             gevent.signal_handler(signum, self.stopped.set)
         logger.info('dispyscheduler serving nodes on port %d and clients on port %d (%s)',
@@ -94,17 +93,6 @@ class Scheduler:
                 cluster.owner.close()
         for sock in udp.values():
             sock.close()
-
-    def spawn_duty(self, function, *args):
-        """A long-lived greenlet; if one dies of an error the scheduler stops rather than
-        limp on without it."""
-        greenlet = self.duties.spawn(function, *args)
-        greenlet.link_exception(self.duty_failed)
-        return greenlet
-
-    def duty_failed(self, greenlet):
-        logger.error('internal error in %s: %r; stopping', greenlet, greenlet.exception)
-        self.stopped.set()
 
     def accept(self, sock, tls_context, secret, peer_role, address):
         """TLS (if configured) and authentication of a new connection; its Link, or None
@@ -136,9 +124,7 @@ class Scheduler:
         if link is None:
             return
         try:
-            kind, info = link.recv_now(time.monotonic() + self.handshake_timeout)
-            if kind != 'node_info':
-                raise ProtocolError('expected node_info, got %r' % (kind,))
+            info = link.expect('node_info', time.monotonic() + self.handshake_timeout)
         except (ProtocolError, OSError) as exc:
             logger.warning('dropped node connection from %s: %s', address[0], exc)
             return
@@ -243,9 +229,7 @@ class Scheduler:
         if link is None:
             return
         try:
-            kind, request = link.recv_now(time.monotonic() + self.handshake_timeout)
-            if kind != 'cluster_new':
-                raise ProtocolError('expected cluster_new, got %r' % (kind,))
+            request = link.expect('cluster_new', time.monotonic() + self.handshake_timeout)
             patterns = resolve_patterns(request['nodes'])
         except (ProtocolError, OSError) as exc:
             logger.warning('dropped client connection from %s: %s', address[0], exc)

@@ -12,7 +12,6 @@ import sys
 import time
 
 import pytest
-
 from daemons import BIN, CLUSTER_SECRET, REPO, Daemon, port_free, wait_for
 
 from dispyscheduler import AuthenticationError, DispyJob, SharedJobCluster

@@ -7,7 +7,6 @@ import pytest
 
 from dispyscheduler.scheduler.policy import LoadIndex, fair_share_pick, node_matches
 
-
 # node_matches
 
 @pytest.mark.parametrize('patterns, ip_addr, name, port, expected', [
