@@ -104,14 +104,12 @@ class NodeDaemon:
             sock.close()
 
     def announce(self, udp):
-        """Tell schedulers this node exists: unicast to ``--scheduler_node`` and a broadcast
-        on this host's networks (never from a loopback address)."""
+        """Tell schedulers on this host's networks that this node exists (by broadcast, never
+        from a loopback address); a scheduler that hears it pings back."""
         body = {'port': self.options.node_port}
         source = udp.get(self.options.ip_addr or '') or next(iter(udp.values()), None)
-        if source is None:
-            return
-        if self.scheduler_addr:
-            discovery.send(source, self.options.secret, 'announce', body, self.scheduler_addr)
+        if source is None or self.options.scheduler_node:
+            return  # with --scheduler_node the node connects on its own
         for target in discovery.broadcast_targets(self.options.ip_addr or ''):
             discovery.send(source, self.options.secret, 'announce', body,
                            (target, self.options.scheduler_port))
@@ -326,15 +324,12 @@ class NodeDaemon:
         """A host or worker process of a computation connecting back to this daemon."""
         link = Link(sock, 'local worker')
         try:
-            kind, hello = link.recv_now(time.monotonic() + HANDSHAKE_TIMEOUT)
+            hello = link.expect('worker_hello', time.monotonic() + HANDSHAKE_TIMEOUT)
         except (OSError, ProtocolError, ConnectionClosed) as exc:
             logger.warning('local connection dropped: %s', exc)
-            sock.close()
             return
-        computation = self.computations.get(hello.get('cid'))
-        if (kind != 'worker_hello' or computation is None
-                or not hmac.compare_digest(hello['token'], self.local_token)):
-            sock.close()
+        computation = self.computations.get(hello['cid'])
+        if computation is None or not hmac.compare_digest(hello['token'], self.local_token):
             return
         if hello['role'] == 'host':
             computation.serve_host(link)
