@@ -1,7 +1,8 @@
 """dispyscheduler: a shared job scheduler for Python, in the family of dispy.
 
-The public API is dispy's: ``SharedJobCluster`` and ``DispyJob``. Names are imported on first
-use, so importing the package (as the daemons do before monkey-patching) loads no socket code.
+The public API is dispy's: ``SharedJobCluster``, ``DispyJob``, ``DispyNode``, ``NodeAllocate``.
+Names are imported on first use, so importing the package (as the daemons do before
+monkey-patching) loads no socket code.
 """
 
 import logging
@@ -13,10 +14,14 @@ logger = logging.getLogger('dispyscheduler')
 _API = {
     'SharedJobCluster': 'dispyscheduler.client.cluster',
     'DispyJob': 'dispyscheduler.client.job',
+    'DispyNode': 'dispyscheduler.client.job',
+    'NodeAllocate': 'dispyscheduler.client.job',
+    'ClusterStatus': 'dispyscheduler.client.job',
     'AuthenticationError': 'dispyscheduler.auth',
 }
 
-__all__ = ['SharedJobCluster', 'DispyJob', 'AuthenticationError', 'logger']
+__all__ = ['SharedJobCluster', 'DispyJob', 'DispyNode', 'NodeAllocate', 'ClusterStatus',
+           'AuthenticationError', 'logger']
 
 
 def __getattr__(name):

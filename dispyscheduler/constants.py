@@ -90,3 +90,32 @@ FINAL_STATUSES = frozenset((CANCELLED, TERMINATED, ABANDONED, FINISHED))
 STATUS_NAMES = {CREATED: 'Created', RUNNING: 'Running', PROVISIONAL_RESULT: 'ProvisionalResult',
                 CANCELLED: 'Cancelled', TERMINATED: 'Terminated', ABANDONED: 'Abandoned',
                 FINISHED: 'Finished'}
+
+MAX_JOB_OUTPUT = 4 * 1024 * 1024
+"""Characters of a job's stdout and of its stderr kept; beyond that the output is cut and a note
+says how much was dropped (a job printing 100 MB must not take the node down)."""
+
+MAX_RESULT_SIZE = MAX_FRAME_SIZE - 1024 * 1024
+"""Largest pickled result (or provisional result) a job may send back; a larger one ends the job
+``Terminated`` with a message saying so."""
+
+FILE_CHUNK_SIZE = 1024 * 1024
+"""Bytes of a file per frame when files travel (depends, ``dispy_send_file``)."""
+
+NODE_DISPY_MODULES = ('os', 'sys', 'time', 'stat', 'socket', 'multiprocessing', 'threading',
+                      'subprocess', 'signal', 'traceback', 'logging', 'tempfile', 'shutil', 'glob',
+                      'functools', 'inspect', 'pickle', 'io')
+"""Modules that dispynode's globals give computations (dispy programs use ``os`` and ``sys``
+without importing them), added to a computation's globals where it has no name of its own."""
+
+NODE_ALLOCATE_TIMEOUT = 30.0
+"""Seconds the scheduler waits for a client's ``NodeAllocate.allocate`` answer for a node."""
+
+NODE_INITIALIZED = 4
+"""``DispyNode.Initialized``: a node has set up a cluster's computation (dispy 4.x number)."""
+
+NODE_CLOSED = 16
+"""``DispyNode.Closed``: a node no longer runs a cluster's jobs (dispy 4.x number)."""
+
+FILE_TIMEOUT = 60.0
+"""Seconds a peer may take between two chunks of a file it is sending."""

@@ -42,6 +42,7 @@ class Link:
         self.decoder = FrameDecoder(max_frame_size)
         self.inbox = collections.deque()  # decoded during the handshake, not yet handled
         self.outbox = collections.deque()
+        self.drained = threading.Event()  # set when the writer has taken all queued frames
         self.wakeup = threading.Event()
         self.closed = False
 
@@ -89,6 +90,13 @@ class Link:
         if not self.wakeup.is_set():
             self.wakeup.set()
 
+    def wait_until_drained(self):
+        """Wait until the writer has taken every queued frame: back-pressure for bulk data,
+        so a big file passes through in a chunk or two rather than all at once."""
+        while self.outbox and not self.closed:
+            self.drained.clear()
+            self.drained.wait(1.0)
+
     def run_writer(self):
         """Send queued frames until the link is closed; a send error closes the link."""
         try:
@@ -99,6 +107,7 @@ class Link:
                     chunks = []
                     while self.outbox:
                         chunks.append(self.outbox.popleft())
+                    self.drained.set()
                     self.sock.sendall(b''.join(chunks) if len(chunks) > 1 else chunks[0])
         except OSError as exc:
             logger.debug('send to %s failed: %s', self.peer, exc)
@@ -140,6 +149,7 @@ class Link:
             return
         self.closed = True
         self.wakeup.set()
+        self.drained.set()
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:

@@ -9,26 +9,21 @@ and callbacks run one at a time, in order, on a thread of their own.
 import copy
 import itertools
 import logging
+import os
 import queue
 import socket
 import threading
 import time
 
 from ..auth import AUTH_FAILED, AuthenticationError, handshake
-from ..constants import (
-    ABANDONED,
-    CLIENT_CLUSTER_TIMEOUT,
-    CONNECT_TIMEOUT,
-    FINAL_STATUSES,
-    HANDSHAKE_TIMEOUT,
-    RUNNING,
-    SCHEDULER_CLIENT_PORT,
-    TERMINATED,
-)
+from ..constants import (ABANDONED, CLIENT_CLUSTER_TIMEOUT, CONNECT_TIMEOUT, FINAL_STATUSES,
+                         HANDSHAKE_TIMEOUT, NODE_CLOSED, NODE_INITIALIZED, PROVISIONAL_RESULT,
+                         RUNNING, SCHEDULER_CLIENT_PORT, TERMINATED)
+from ..files import FileRefused, IncomingFiles, check_size, read_chunks
 from ..link import ConnectionClosed, Link, set_nodelay
 from ..protocol import ProtocolError
-from .computation import pack_arguments, pack_computation, unpack_result
-from .job import DispyJob
+from .computation import collect_depends, pack_computation, pack_value, unpack_result
+from .job import ClusterStatus, DispyJob, DispyNode, NodeAllocate
 
 logger = logging.getLogger('dispyscheduler')
 
@@ -40,52 +35,61 @@ results come back on the client's own connection); accepted so that programs run
 
 
 class SharedJobCluster:
-    """Run ``computation`` on the nodes of a shared ``dispyscheduler``.
+    """Run ``computation`` (a function, or the path of a program) on the nodes of a shared
+    ``dispyscheduler``.
 
     Arguments are those of dispy's ``SharedJobCluster``. ``scheduler_node`` (alias
     ``scheduler_host``) defaults to this host; ``secret`` is the scheduler's
     ``--cluster_secret``; ``certfile``/``keyfile`` (or ``cafile``, which also verifies the
     scheduler's certificate) turn on TLS. ``callback`` (alias ``job_status``) is called with a
-    copy of the job at each status change.
+    copy of the job at each status change; ``cluster_status(status, node, job)`` also for
+    nodes set up or closed. ``job_timeout`` (seconds) limits each job's run time unless its
+    ``submit`` says otherwise.
     """
 
     def __init__(self, computation, nodes=None, depends=(), callback=None, ip_addr=None,
                  ext_ip_addr=None, port=0, scheduler_node=None,
                  scheduler_port=SCHEDULER_CLIENT_PORT, loglevel=logging.WARNING, setup=None,
                  cleanup=True, reentrant=False, secret='', keyfile=None, certfile=None,
-                 cafile=None, scheduler_host=None, job_status=None, **dispy_options):
+                 cafile=None, scheduler_host=None, job_status=None, cluster_status=None,
+                 job_timeout=None, **dispy_options):
         logger.setLevel(loglevel)
         for name in dispy_options:
             if name not in IGNORED_OPTIONS:
                 raise TypeError('SharedJobCluster() got an unexpected keyword argument %r'
                                 % (name,))
             logger.info('option %s has no effect with dispyscheduler', name)
-        if depends:
-            raise NotImplementedError('depends is not supported yet; functions and classes '
-                                      'that the computation uses travel with it')
         del ext_ip_addr  # results return on the client's own connection: nothing to announce
-        self._callback = job_status or callback
-        code = pack_computation(computation, setup, cleanup)
-        self.name = getattr(computation, '__name__', str(computation))
+        self._job_status = job_status or callback
+        self._cluster_status = cluster_status
+        self._job_timeout = job_timeout
+        packed = pack_computation(computation, depends, setup, cleanup)
+        self._allocators, node_files = self._node_allocations(nodes or ['*'])
+        files = packed.files + node_files
+        self.name = os.path.basename(computation) if isinstance(computation, str) else \
+            getattr(computation, '__name__', str(computation))
         self._jobs = {}  # uid -> DispyJob not yet final
+        self._nodes = {}  # ip_addr -> DispyNode
         self._uids = itertools.count(1)
+        self._incoming = {}  # uid -> IncomingFiles of files its job sends back
         self._closing = False
         self._closed = threading.Event()
         self._lost = None
-        self._callbacks = queue.Queue() if self._callback else None
+        self._start_time = time.time()
+        has_callbacks = self._job_status or self._cluster_status
+        self._callbacks = queue.Queue() if has_callbacks else None
         host = scheduler_node or scheduler_host
         self._link = self._connect([host] if host else ['127.0.0.1', socket.gethostname()],
                                    scheduler_port, ip_addr, port, secret,
                                    (certfile, keyfile, cafile))
         try:
-            self._link.send_now('cluster_new', {
-                'name': self.name, 'code': code, 'nodes': _node_patterns(nodes),
-                'reentrant': bool(reentrant), 'cleanup': bool(cleanup)})
-            body = self._link.expect('cluster_ok', time.monotonic() + CLIENT_CLUSTER_TIMEOUT)
+            body = self._create(packed.code, nodes or ['*'], files,
+                                [name for name, _, _ in node_files], reentrant, cleanup)
         except BaseException:
             self._link.sock.close()
             raise
         self.cid = body['cid']
+        self._max_file_size = body['max_file_size']
         self._threads = [threading.Thread(target=self._link.run_writer, daemon=True,
                                           name='dispyscheduler-writer'),
                          threading.Thread(target=self._read, daemon=True,
@@ -118,7 +122,6 @@ class SharedJobCluster:
                 sock = TLSSocket(sock, client_context(*tls_files), server_side=False)
                 sock.settimeout(HANDSHAKE_TIMEOUT)
                 sock.do_handshake()
-                sock.settimeout(None)
             sock.settimeout(None)
             link = Link(sock, where)
             handshake(link, secret, 'client', 'scheduler', initiator=True, deadline=deadline)
@@ -137,23 +140,90 @@ class SharedJobCluster:
             sock.close()
             raise
 
+    def _create(self, code, nodes, files, node_files, reentrant, cleanup):
+        """Send the computation and its files; the scheduler's ``cluster_ok`` body."""
+        self._link.send_now('cluster_new', {
+            'name': self.name, 'code': code, 'nodes': _node_patterns(nodes),
+            'reentrant': bool(reentrant), 'cleanup': bool(cleanup),
+            'files': [[name, os.path.getsize(path), mode] for name, path, mode in files],
+            'node_files': node_files, 'allocate': bool(self._allocators)})
+        try:
+            for name, path, _ in files:
+                for offset, data, last in read_chunks(path):
+                    self._link.send_now('cluster_file', {'name': name, 'offset': offset,
+                                                         'data': data, 'last': last})
+        except (ConnectionError, OSError):
+            pass  # the scheduler refused the files; its reason is read below
+        try:
+            return self._link.expect('cluster_ok',
+                                     time.monotonic() + CLIENT_CLUSTER_TIMEOUT)
+        except ProtocolError as exc:
+            raise ValueError('the scheduler refused the computation: %s' % (exc,)) from None
+
+    @staticmethod
+    def _node_allocations(nodes):
+        """The NodeAllocate entries of ``nodes``, each with the names of its own files."""
+        allocators, files = [], []
+        for entry in nodes:
+            if isinstance(entry, NodeAllocate):
+                own_files, _, _ = collect_depends(entry.depends)
+                allocators.append((entry, [name for name, _, _ in own_files]))
+                files.extend(own_files)
+        return allocators, files
+
     # jobs
 
     def submit(self, *args, **kwargs):
-        """Queue ``computation(*args, **kwargs)`` to run on a node; returns its DispyJob."""
+        """Queue ``computation(*args, **kwargs)`` to run on a node; returns its DispyJob.
+
+        Keywords for the scheduler: ``dispy_job_depends`` (files for this job),
+        ``dispy_job_timeout`` (seconds; the job is killed after that),
+        ``dispy_job_priority`` (higher runs first within this cluster)."""
+        return self._submit(None, None, args, kwargs)
+
+    def submit_node(self, node, *args, **kwargs):
+        """As ``submit``, to run only on ``node`` (a DispyNode, address or name)."""
+        return self._submit(None, node, args, kwargs)
+
+    def submit_job_id(self, job_id, *args, **kwargs):
+        """As ``submit``, with ``job.id`` set to ``job_id``."""
+        return self._submit(job_id, None, args, kwargs)
+
+    def submit_job_id_node(self, job_id, node, *args, **kwargs):
+        return self._submit(job_id, node, args, kwargs)
+
+    def _submit(self, job_id, node, args, kwargs):
         if self._closing:
             raise RuntimeError('cluster is closed')
         if self._lost is not None:
             raise ConnectionError(self._lost)
-        if 'dispy_job_depends' in kwargs:
-            raise NotImplementedError('dispy_job_depends is not supported yet')
-        payload = pack_arguments(args, kwargs)
+        files = self._job_files(kwargs.pop('dispy_job_depends', ()))
+        timeout = kwargs.pop('dispy_job_timeout', self._job_timeout)
+        priority = int(kwargs.pop('dispy_job_priority', 0))
+        payload = pack_value((args, kwargs), 'job arguments')
+        if isinstance(node, DispyNode):
+            node = node.ip_addr
         uid = next(self._uids)
         job = DispyJob(args, kwargs)
-        job.id = job._uid = uid
+        job._uid = uid
+        job.id = uid if job_id is None else job_id
         self._jobs[uid] = job
-        self._link.send('submit', {'uid': uid, 'args': payload})
+        self._link.send('submit', {'uid': uid, 'args': payload, 'files': files,
+                                   'timeout': None if timeout is None else float(timeout),
+                                   'priority': priority, 'node': node})
         return job
+
+    def _job_files(self, paths):
+        files = []
+        for path in paths or ():
+            with open(path, 'rb') as handle:
+                data = handle.read()
+            try:
+                check_size(path, len(data), self._max_file_size)
+            except FileRefused as exc:
+                raise ValueError(str(exc)) from None
+            files.append([os.path.basename(path), data, os.stat(path).st_mode & 0o777])
+        return files
 
     def cancel(self, job):
         """Cancel a queued or running job; returns 0, or -1 if it had already ended."""
@@ -206,6 +276,57 @@ class SharedJobCluster:
         self.close(terminate=exc_info[0] is not None)
         return False
 
+    # nodes
+
+    def status(self):
+        """``ClusterStatus(nodes, jobs_pending)``: the nodes running this cluster's jobs."""
+        nodes = [copy.copy(node) for node in self._nodes.values() if not node.closed]
+        return ClusterStatus(nodes, len(self._jobs))
+
+    def print_status(self, wall_time=None):
+        """Print a table of the nodes: CPUs, jobs done, time per job (as dispy does)."""
+        print(self.status_table(wall_time))
+
+    stats = print_status
+
+    def status_table(self, wall_time=None):
+        lines = ['%31s | %5s | %7s | %10s | %13s' % ('Node', 'CPUs', 'Jobs', 'Sec/Job',
+                                                     'Node Time Sec'),
+                 '-' * 78]
+        total_time = 0.0
+        for node in sorted(self._nodes.values(), key=lambda node: node.ip_addr):
+            per_job = node.cpu_time / node.jobs_done if node.jobs_done else 0.0
+            label = '%s (%s)' % (node.ip_addr, node.name) if node.name else node.ip_addr
+            lines.append(' %-30.30s | %5d | %7d | %10.3f | %13.3f'
+                         % (label, node.cpus, node.jobs_done, per_job, node.cpu_time))
+            total_time += node.cpu_time
+        wall_time = wall_time or time.time() - self._start_time
+        lines.append('')
+        lines.append('Total job time: %.3f sec, wall time: %.3f sec, speedup: %.3f'
+                     % (total_time, wall_time, total_time / wall_time if wall_time else 0.0))
+        return '\n'.join(lines)
+
+    def _on_node_offer(self, body):
+        """The scheduler asks how many CPUs of a node to use (NodeAllocate)."""
+        cpus, setup_args, files = 0, None, []
+        for allocator, own_files in self._allocators:
+            if allocator.matches(body['ip_addr'], body['name']):
+                try:
+                    cpus = int(allocator.allocate(self, body['ip_addr'], body['name'],
+                                                  body['cpus'], None, body['platform']) or 0)
+                except Exception:
+                    logger.exception('NodeAllocate.allocate failed for node %s',
+                                     body['ip_addr'])
+                    cpus = 0
+                if allocator.setup_args:
+                    setup_args = pack_value(allocator.setup_args, 'setup_args')
+                files = own_files
+                break
+        else:
+            cpus = body['cpus']  # matched a plain pattern: the whole node
+        self._link.send('node_allocation', {'key': body['key'], 'cpus': max(0, cpus),
+                                            'setup_args': setup_args, 'files': files})
+
     # what the scheduler sends
 
     def _read(self):
@@ -234,13 +355,60 @@ class SharedJobCluster:
                 job.status = RUNNING
                 job.ip_addr = body['ip_addr']
                 job.start_time = body['start_time']
+                job._node = self._nodes.get(job.ip_addr)
+                if job._node is not None:
+                    job._node.busy += 1
                 self._notify(job)
+        elif kind == 'provisional_result':
+            job = self._jobs.get(body['uid'])
+            if job is not None:
+                try:
+                    job.result = unpack_result(body['result'])
+                except Exception:
+                    logger.exception('provisional result of job %s cannot be unpickled', job.id)
+                    return
+                job.status = PROVISIONAL_RESULT
+                self._notify(job)
+        elif kind == 'file_part':
+            self._receive_file(body)
+        elif kind == 'node_status':
+            self._on_node_status(body)
+        elif kind == 'node_offer':
+            self._on_node_offer(body)
         elif kind == 'cluster_warning':
             logger.warning('cluster %s: %s', self.cid, body['reason'])
         elif kind == 'closed':
             self._closed.set()
         else:
             raise ProtocolError('unexpected %r from the scheduler' % (kind,))
+
+    def _on_node_status(self, body):
+        node = self._nodes.get(body['ip_addr'])
+        if body['status'] == NODE_INITIALIZED:
+            if node is None:
+                node = self._nodes[body['ip_addr']] = DispyNode(body['ip_addr'], body['name'],
+                                                                body['cpus'])
+            node.closed = False
+        elif node is None:
+            return
+        elif body['status'] == NODE_CLOSED:
+            node.closed = True
+        node.update_time = time.time()
+        if self._cluster_status is not None:
+            self._callbacks.put((self._cluster_status, (body['status'], copy.copy(node), None)))
+
+    def _receive_file(self, body):
+        """A file a job sends back (``dispy_send_file``), into the working directory."""
+        incoming = self._incoming.get(body['uid'])
+        if incoming is None:
+            incoming = self._incoming[body['uid']] = IncomingFiles(os.getcwd())
+        try:
+            incoming.chunk(body['name'], body['offset'], body['data'], body['last'])
+        except (FileRefused, OSError) as exc:
+            logger.warning('file %r from job %s not saved: %s', body['name'], body['uid'], exc)
+            incoming.abort()
+        if not incoming.open:
+            del self._incoming[body['uid']]
 
     def _end(self, uid, status, body, exception):
         job = self._jobs.pop(uid, None)
@@ -250,6 +418,7 @@ class SharedJobCluster:
             job.stdout, job.stderr = body['stdout'], body['stderr']
             job.start_time, job.end_time = body['start_time'], body['end_time']
             job.ip_addr = body['ip_addr']
+            job.result = None
             if body['result'] is not None:
                 try:
                     job.result = unpack_result(body['result'])
@@ -260,22 +429,36 @@ class SharedJobCluster:
             job.end_time = time.time()
         job.exception = exception
         job.status = status
+        node = job._node
+        if node is not None:
+            node.busy -= 1
+            node.jobs_done += 1
+            if job.start_time and job.end_time:
+                node.cpu_time += job.end_time - job.start_time
+            job._node = None
         self._notify(job)
         job.finish.set()
 
     def _notify(self, job):
-        if self._callbacks is not None:
-            self._callbacks.put(copy.copy(job))
+        if self._callbacks is None:
+            return
+        snapshot = copy.copy(job)
+        if self._job_status is not None:
+            self._callbacks.put((self._job_status, (snapshot,)))
+        if self._cluster_status is not None:
+            node = copy.copy(self._nodes.get(job.ip_addr)) if job.ip_addr else None
+            self._callbacks.put((self._cluster_status, (job.status, node, snapshot)))
 
     def _run_callbacks(self):
         while True:
-            job = self._callbacks.get()
+            item = self._callbacks.get()
             try:
-                if job is None:
+                if item is None:
                     return
-                self._callback(job)
+                function, args = item
+                function(*args)
             except Exception:
-                logger.exception('callback for job %s raised', job.id)
+                logger.exception('callback raised')
             finally:
                 self._callbacks.task_done()
 
@@ -283,13 +466,17 @@ class SharedJobCluster:
 def _node_patterns(nodes):
     """dispy's ``nodes`` argument as ``[pattern, port]`` pairs."""
     patterns = []
-    for entry in nodes or ['*']:
-        if isinstance(entry, str):
+    for entry in nodes:
+        if isinstance(entry, NodeAllocate):
+            patterns.append([entry.ip_addr, entry.port or 0])
+        elif isinstance(entry, DispyNode):
+            patterns.append([entry.ip_addr, 0])
+        elif isinstance(entry, str):
             patterns.append([entry, 0])
         elif isinstance(entry, (tuple, list)) and entry and isinstance(entry[0], str):
             port = entry[1] if len(entry) > 1 and isinstance(entry[1], int) else 0
             patterns.append([entry[0], port])
         else:
-            raise TypeError('nodes entries are host names, addresses or patterns, or '
-                            '(host, port) pairs; got %r' % (entry,))
+            raise TypeError('nodes entries are host names, addresses or patterns, '
+                            '(host, port) pairs or NodeAllocate objects; got %r' % (entry,))
     return patterns

@@ -1,14 +1,22 @@
-"""Packing a computation and job arguments for the nodes.
+"""Packing a computation, its ``depends`` and job arguments for the nodes.
 
 Everything is pickled with cloudpickle, which carries functions defined in the user's
 ``__main__`` (and lambdas and closures) by value. A computation from one of the user's own
-modules is carried by value too, since that module need not exist on the nodes; functions of
+modules is carried by value too, since that module need not exist on the nodes, unless the
+module itself is in ``depends`` (then its source is shipped and imported there). Functions of
 installed packages travel by reference and must be importable on the nodes.
+
+``depends`` may hold file paths (shipped once per node, found in the job's working
+directory), modules (their source shipped and importable on the node), and functions, classes
+and instances (made globals of the computation under their names; an instance brings its
+class).
 """
 
+import inspect
 import os
 import sys
 import sysconfig
+import types
 
 import cloudpickle
 
@@ -25,27 +33,103 @@ def is_users_module(module):
     return not os.path.realpath(path).startswith(INSTALLED_PATHS)
 
 
-def pack_computation(computation, setup=None, cleanup=True, setup_args=()):
-    """The opaque blob the node's worker host loads: the function and its setup/cleanup."""
-    if not callable(computation):
-        raise TypeError('computation must be a Python function; got %r' % (computation,))
+class Packed:
+    """A computation ready to send: the blob the node loads and the files that go with it
+    (``(name, path, mode)`` each)."""
+
+    def __init__(self, code, files):
+        self.code = code
+        self.files = files
+
+
+def module_files(module):
+    """``(name, path)`` of the source files that make ``module`` importable elsewhere."""
+    if hasattr(module, '__path__'):  # a package: every file of its directory tree
+        root = os.path.realpath(list(module.__path__)[0])
+        top = os.path.dirname(root)
+        found = []
+        for directory, subdirectories, names in os.walk(root):
+            subdirectories[:] = [name for name in subdirectories if name != '__pycache__']
+            for name in names:
+                if not name.endswith(('.pyc', '.pyo')):
+                    path = os.path.join(directory, name)
+                    found.append((os.path.relpath(path, top).replace(os.sep, '/'), path))
+        return found
+    try:
+        path = inspect.getsourcefile(module) or module.__file__
+    except TypeError:
+        path = None
+    if not path:
+        raise TypeError('module %s has no source file to send to the nodes'
+                        % (module.__name__,))
+    return [(os.path.basename(path), path)]
+
+
+def file_entry(path):
+    """``(name, path, mode)`` for a file named in ``depends``."""
+    if not os.path.isfile(path):
+        raise ValueError('depends: %r is not a file' % (path,))
+    return os.path.basename(path), os.path.abspath(path), os.stat(path).st_mode & 0o777
+
+
+def collect_depends(depends):
+    """Split ``depends`` into files to ship and objects to make globals."""
+    files, namespace, modules = [], {}, []
+    for item in depends or ():
+        if isinstance(item, str):
+            files.append(file_entry(item))
+        elif isinstance(item, types.ModuleType):
+            modules.append(item)
+            files.extend((name, path, 0o600) for name, path in module_files(item))
+        elif inspect.isfunction(item) or inspect.isclass(item) or inspect.isbuiltin(item):
+            namespace[item.__name__] = item
+        elif inspect.ismethod(item):
+            namespace[item.__func__.__name__] = item
+        else:  # an instance: its class goes along, as with dispy
+            namespace[type(item).__name__] = type(item)
+    return files, namespace, modules
+
+
+def check_unique(files):
+    seen = set()
+    for name, _, _ in files:
+        if name in seen:
+            raise ValueError('two files to send are both named %r' % (name,))
+        seen.add(name)
+
+
+def pack_computation(computation, depends=(), setup=None, cleanup=True, setup_args=()):
+    """The blob the node's worker host loads, and the files to ship with it."""
+    files, namespace, shipped_modules = collect_depends(depends)
+    program = None
+    if isinstance(computation, str):
+        program, path, mode = file_entry(computation)
+        files.insert(0, (program, path, mode | 0o700))
+        computation = None
+    elif not callable(computation):
+        raise TypeError('computation must be a function or a program path; got %r'
+                        % (computation,))
     for function in (computation, setup, cleanup):
         module = sys.modules.get(getattr(function, '__module__', None) or '')
-        if module is not None and is_users_module(module):
+        if module is not None and is_users_module(module) and module not in shipped_modules:
             cloudpickle.register_pickle_by_value(module)
-    return cloudpickle.dumps({
+    check_unique(files)
+    code = cloudpickle.dumps({
         'compute': computation,
+        'program': program,
         'setup': setup,
         'setup_args': tuple(setup_args),
         'cleanup': cleanup if callable(cleanup) else None,
+        'depends': namespace,
     })
+    return Packed(code, files)
 
 
-def pack_arguments(args, kwargs):
+def pack_value(value, what):
     try:
-        return cloudpickle.dumps((args, kwargs))
+        return cloudpickle.dumps(value)
     except Exception as exc:
-        raise TypeError('job arguments cannot be pickled: %s' % (exc,)) from exc
+        raise TypeError('%s cannot be pickled: %s' % (what, exc)) from exc
 
 
 def unpack_result(data):

@@ -1,18 +1,16 @@
-"""``DispyJob``: one call of the computation, as the user's program sees it."""
+"""What a user's program holds: ``DispyJob`` for each job, ``DispyNode`` for each node its
+cluster uses, and ``NodeAllocate`` to choose nodes and CPUs."""
 
+import collections
+import fnmatch
 import threading
 import time
 
-from ..constants import (
-    ABANDONED,
-    CANCELLED,
-    CREATED,
-    FINISHED,
-    PROVISIONAL_RESULT,
-    RUNNING,
-    STATUS_NAMES,
-    TERMINATED,
-)
+from ..constants import (ABANDONED, CANCELLED, CREATED, FINISHED, NODE_CLOSED, NODE_INITIALIZED,
+                         PROVISIONAL_RESULT, RUNNING, STATUS_NAMES, TERMINATED)
+
+ClusterStatus = collections.namedtuple('ClusterStatus', ['nodes', 'jobs_pending'])
+"""What ``SharedJobCluster.status()`` returns, as in dispy 4.x."""
 
 
 class DispyJob:
@@ -42,6 +40,7 @@ class DispyJob:
         self.ip_addr = None
         self.finish = threading.Event()
         self._uid = None
+        self._node = None  # the DispyNode counting this job as running
 
     def __call__(self, clear=False):
         """Wait until the job ends and return its result (``clear`` drops it here)."""
@@ -53,3 +52,56 @@ class DispyJob:
 
     def __repr__(self):
         return '<DispyJob %s %s>' % (self.id, STATUS_NAMES.get(self.status, self.status))
+
+
+class DispyNode:
+    """A node as one cluster sees it: its jobs there, and how much time they took."""
+
+    Initialized = NODE_INITIALIZED
+    Closed = NODE_CLOSED
+    AvailInfo = 17
+
+    def __init__(self, ip_addr, name, cpus):
+        self.ip_addr = ip_addr
+        self.name = name
+        self.cpus = cpus
+        self.avail_cpus = cpus
+        self.busy = 0
+        self.jobs_done = 0
+        self.cpu_time = 0.0
+        self.tx = 0
+        self.rx = 0
+        self.update_time = time.time()
+        self.avail_info = None
+        self.closed = False
+
+    def __repr__(self):
+        return '<DispyNode %s (%s) %d CPUs>' % (self.ip_addr, self.name, self.cpus)
+
+
+class NodeAllocate:
+    """Which nodes a cluster uses, and how much of each (dispy 4.x).
+
+    ``host`` is a name, address or pattern (``'192.168.1.*'``); ``cpus`` limits the CPUs used
+    on matching nodes (0: all; negative: all but that many); ``depends`` are files and modules
+    sent only to those nodes; ``setup_args`` are passed to ``setup`` there. Subclass and
+    override ``allocate`` to decide per node: it returns the CPUs to use, 0 to skip the node.
+    """
+
+    def __init__(self, host, port=None, cpus=0, depends=(), setup_args=()):
+        self.ip_addr = host
+        self.port = port
+        self.cpus = cpus
+        self.depends = list(depends)
+        self.setup_args = tuple(setup_args)
+
+    def matches(self, ip_addr, name):
+        return (fnmatch.fnmatchcase(ip_addr, self.ip_addr)
+                or fnmatch.fnmatchcase(name, self.ip_addr))
+
+    def allocate(self, cluster, ip_addr, name, cpus, avail_info=None, platform=''):
+        if self.cpus > 0:
+            return min(self.cpus, cpus)
+        if self.cpus < 0:
+            return max(0, cpus + self.cpus)
+        return cpus

@@ -33,6 +33,7 @@ from ..constants import (
     TERMINATED,
 )
 from ..duties import Duties
+from ..files import FileRefused, check_manifest_entry
 from ..link import ConnectionClosed, Link, set_nodelay
 from ..protocol import ProtocolError
 from ..tls import TLSError, TLSSocket
@@ -60,6 +61,7 @@ class NodeDaemon:
         self.jobs = {}  # jid -> NodeJob queued or running here
         self.unacked = {}  # jid -> job_done body the scheduler has not acknowledged
         self.link = None
+        self.ip_addr = options.ext_ip_addr or options.ip_addr or ''  # as announced
         self.scheduler_id = None
         self.scheduler_addr = None
         if options.scheduler_node:
@@ -162,8 +164,9 @@ class NodeDaemon:
                 link = Link(sock, '%s:%s' % address)
                 handshake(link, self.options.secret, 'node', 'scheduler', initiator=True,
                           deadline=time.monotonic() + HANDSHAKE_TIMEOUT)
+                self.ip_addr = self.announced_address(sock)
                 link.send_now('node_info', {
-                    'name': self.name, 'ip_addr': self.announced_address(sock),
+                    'name': self.name, 'ip_addr': self.ip_addr,
                     'port': self.options.node_port, 'cpus': self.cpus,
                     'platform': platform.platform()})
                 welcome = link.expect('welcome', time.monotonic() + HANDSHAKE_TIMEOUT)
@@ -214,8 +217,12 @@ class NodeDaemon:
                 self.unacked.pop(jid, None)
         elif kind == 'cancel_job':
             self.cancel_job(body['jid'])
+        elif kind == 'compute_file':
+            computation = self.computations.get(body['cid'])
+            if computation is not None:
+                computation.receive_file(body)
         elif kind == 'compute':
-            gevent.spawn(self.install, body['cid'], body['name'], body['code'])
+            self.install(body)
         elif kind == 'uninstall':
             gevent.spawn(self.uninstall, body['cid'], body['cleanup'])
         else:
@@ -226,18 +233,37 @@ class NodeDaemon:
         if link is not None and not link.closed:
             link.send(kind, body)
 
+    def wait_for_link_to_drain(self):
+        """Back-pressure for bulk data (files a job sends): wait while the link is behind."""
+        link = self.link
+        if link is not None:
+            link.wait_until_drained()
+
     # computations
 
-    def install(self, cid, name, code):
+    def install(self, request):
+        """A computation to install: its files follow in ``compute_file`` messages, so the
+        computation is registered at once and started in a greenlet of its own."""
+        cid = request['cid']
         if cid in self.computations:
             self.send('compute_ready', {'cid': cid})
             return
         directory = os.path.join(self.options.dest_path_prefix,
                                  '%d_%s' % (cid, os.urandom(4).hex()))
-        computation = Computation(self, cid, name, code, directory)
-        self.computations[cid] = computation
         try:
-            computation.start(self.cpus)
+            for entry in request['files']:
+                check_manifest_entry(entry, self.options.max_file_size)
+        except FileRefused as exc:
+            self.send('compute_failed', {'cid': cid, 'reason': str(exc)})
+            return
+        computation = Computation(self, request, directory)
+        self.computations[cid] = computation
+        gevent.spawn(self.start_computation, computation)
+
+    def start_computation(self, computation):
+        cid, name = computation.cid, computation.name
+        try:
+            computation.start(self.ip_addr)
         except ComputationError as exc:
             logger.warning('computation %s (%s) failed to install: %s', cid, name, exc)
             self.computations.pop(cid, None)
@@ -291,7 +317,7 @@ class NodeDaemon:
         if jid in self.jobs or jid in self.unacked:
             return  # sent again after a reconnect; already here
         computation = self.computations.get(cid)
-        job = NodeJob(jid, cid, body['args'])
+        job = NodeJob(body)
         if computation is None:
             self.job_finished(job, failure_reply(
                 job, TERMINATED, 'computation %d is not installed on this node' % cid))

@@ -1,27 +1,34 @@
 """The processes that run a computation's jobs on a node (``python -m dispyscheduler.node.worker``).
 
-The node daemon starts one *host* process per computation. The host loads the computation,
-runs its ``setup`` once, then forks worker processes on the daemon's request, so every worker
-inherits the globals that ``setup`` made and no process is started per job. Each worker
-connects back to the daemon on its own socket and runs jobs one at a time until that socket
-closes. The host reaps workers and reports how each one ended, runs ``cleanup`` when the
-computation is uninstalled, and takes its workers down with it if the daemon goes away.
+The node daemon starts one *host* process per computation, in the computation's directory. The
+host loads the computation, gives it the globals dispynode gives computations, runs its
+``setup`` once, then forks worker processes on the daemon's request, so every worker inherits
+the globals that ``setup`` made and no process is started per job. Each worker leads its own
+process group (so cancelling a job also ends whatever it started), connects back to the daemon
+on its own socket, and runs jobs one at a time until that socket closes. The host reaps workers
+and reports how each one ended, runs ``cleanup`` when the computation is uninstalled, and takes
+its workers down with it if the daemon goes away.
 
 This module never imports gevent: jobs run in ordinary processes.
 """
 
+import importlib
 import io
 import os
 import select
 import signal
 import socket
+import subprocess
 import sys
+import tempfile
 import time
 import traceback
 
 import cloudpickle
 
-from ..constants import FINISHED, TERMINATED
+from ..constants import (FINISHED, MAX_JOB_OUTPUT, MAX_RESULT_SIZE, NODE_DISPY_MODULES,
+                         TERMINATED)
+from ..files import read_chunks
 from ..protocol import FrameDecoder, encode
 
 ENV_SOCKET = 'DISPYNODE_SOCKET'
@@ -65,17 +72,91 @@ def describe_exit(status):
     return 'exited with status %d' % (os.WEXITSTATUS(status),)
 
 
+class JobContext:
+    """What ``dispy_provisional_result`` and ``dispy_send_file`` need: the worker's channel,
+    the running job, and the node's file size limit."""
+
+    channel = None
+    jid = None
+    max_file_size = 0
+
+
+def dispy_provisional_result(result, timeout=None):
+    """Send ``result`` to the client now, as the job's provisional result; 0 on success."""
+    if JobContext.jid is None:
+        return -1
+    try:
+        data = cloudpickle.dumps(result)
+    except Exception:
+        traceback.print_exc()
+        return -1
+    if len(data) > MAX_RESULT_SIZE:
+        return -1
+    JobContext.channel.send('provisional', {'jid': JobContext.jid, 'result': data})
+    return 0
+
+
+def dispy_send_file(path, timeout=None):
+    """Send the file at ``path`` to the client, which saves it under the same relative path in
+    its working directory; 0 on success, -1 if it cannot be read or is too large."""
+    if JobContext.jid is None:
+        return -1
+    path = os.path.expanduser(path)
+    try:
+        size = os.stat(path).st_size
+    except OSError:
+        return -1
+    if JobContext.max_file_size and size > JobContext.max_file_size:
+        return -1
+    name = os.path.splitdrive(path)[1].lstrip(os.sep)
+    try:
+        for offset, data, last in read_chunks(path):
+            JobContext.channel.send('job_file', {'jid': JobContext.jid, 'name': name,
+                                                 'offset': offset, 'data': data, 'last': last})
+    except OSError:
+        return -1
+    return 0
+
+
+def give_globals(computation, info):
+    """The globals dispynode gives computations, in the namespace of the computation and of
+    its setup and cleanup (one namespace when they come from one module)."""
+    namespaces = {}
+    for name in ('compute', 'setup', 'cleanup'):
+        function = computation.get(name)
+        namespace = getattr(function, '__globals__', None)
+        if namespace is not None:
+            namespaces[id(namespace)] = namespace
+    for namespace in namespaces.values():
+        for module in NODE_DISPY_MODULES:
+            if module not in namespace:
+                namespace[module] = importlib.import_module(module)
+        for name, value in computation.get('depends', {}).items():
+            namespace.setdefault(name, value)
+        namespace.update(dispy_provisional_result=dispy_provisional_result,
+                         dispy_send_file=dispy_send_file,
+                         dispy_node_name=info['node_name'],
+                         dispy_node_ip_addr=info['node_ip_addr'],
+                         dispy_job_path=os.getcwd())
+
+
 def main():
     address = '\0' + os.environ.pop(ENV_SOCKET)
     token = bytes.fromhex(os.environ.pop(ENV_TOKEN))
     cid = int(os.environ.pop(ENV_CID))
+    sys.path.insert(0, os.getcwd())  # modules shipped with ``depends`` are importable
     channel = Channel(address)
     channel.send('worker_hello', {'role': 'host', 'token': token, 'cid': cid, 'pid': os.getpid()})
     message = channel.recv()
     if message is None or message[0] != 'load':
         return 1
+    info = message[1]
+    JobContext.max_file_size = info['max_file_size']
     try:
-        computation = cloudpickle.loads(message[1]['code'])
+        computation = cloudpickle.loads(info['code'])
+        if info['setup_args'] is not None:
+            computation['setup_args'] = cloudpickle.loads(info['setup_args'])
+        give_globals(computation, info)
         setup = computation.get('setup')
         if setup is not None:
             outcome = setup(*computation.get('setup_args', ()))
@@ -123,7 +204,7 @@ def serve_as_host(channel, address, token, cid, computation):
     finally:
         for pid in workers:
             try:
-                os.kill(pid, signal.SIGKILL)
+                os.killpg(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
         for pid in workers:
@@ -156,22 +237,27 @@ def serve_as_worker(host_channel, host_fds, address, token, cid, computation):
     """In a forked child: run jobs until the daemon closes this worker's connection."""
     status = 0
     try:
+        os.setpgid(0, 0)
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         for fd in host_fds:
             os.close(fd)
         host_channel.sock.close()
-        channel = Channel(address)
+        channel = JobContext.channel = Channel(address)
         channel.send('worker_hello', {'role': 'worker', 'token': token, 'cid': cid,
                                       'pid': os.getpid()})
-        function = computation['compute']
         while True:
             message = channel.recv()
             if message is None:
                 break
             kind, body = message
             if kind == 'job':
-                channel.send('job_done', run_job(function, body))
+                JobContext.jid = body['jid']
+                try:
+                    reply = run_job(computation, body)
+                finally:
+                    JobContext.jid = None
+                channel.send('job_done', reply)
     except BaseException:
         traceback.print_exc()
         status = 1
@@ -179,16 +265,53 @@ def serve_as_worker(host_channel, host_fds, address, token, cid, computation):
         os._exit(status)
 
 
-def run_job(function, job):
+class BoundedOutput(io.TextIOBase):
+    """A text stream that keeps the first ``limit`` characters and counts the rest."""
+
+    def __init__(self, limit=MAX_JOB_OUTPUT):
+        self.limit = limit
+        self.parts = []
+        self.kept = 0
+        self.dropped = 0
+
+    def writable(self):
+        return True
+
+    def write(self, text):
+        room = self.limit - self.kept
+        if room > 0:
+            piece = text[:room]
+            self.parts.append(piece)
+            self.kept += len(piece)
+            self.dropped += len(text) - len(piece)
+        else:
+            self.dropped += len(text)
+        return len(text)
+
+    def getvalue(self):
+        text = ''.join(self.parts)
+        if self.dropped:
+            text += ('\n[dispynode: output cut at %d characters; %d more were dropped]\n'
+                     % (self.limit, self.dropped))
+        return text
+
+
+def run_job(computation, job):
     """Run one job with its output captured; the reply is a ``job_done`` body."""
-    stdout, stderr = io.StringIO(), io.StringIO()
+    stdout, stderr = BoundedOutput(), BoundedOutput()
     saved = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = stdout, stderr
     start_time = time.time()
     result = exception = None
     try:
         args, kwargs = cloudpickle.loads(job['args'])
-        value = function(*args, **kwargs)
+        if computation.get('program'):
+            value = run_program(computation['program'], args, stdout, stderr)
+        else:
+            value = computation['compute'](*args, **kwargs)
+    except SystemExit as exc:
+        status = TERMINATED
+        exception = 'job called sys.exit(%r)\n%s' % (exc.code, traceback.format_exc())
     except BaseException:
         status = TERMINATED
         exception = traceback.format_exc()
@@ -199,12 +322,32 @@ def run_job(function, job):
         except Exception as exc:
             status = TERMINATED
             exception = 'result of type %s cannot be pickled: %s' % (type(value).__name__, exc)
+        else:
+            if len(result) > MAX_RESULT_SIZE:
+                status = TERMINATED
+                exception = ('result of %d bytes is larger than the limit of %d bytes'
+                             % (len(result), MAX_RESULT_SIZE))
+                result = None
     finally:
         end_time = time.time()
         sys.stdout, sys.stderr = saved
     return {'jid': job['jid'], 'status': status, 'result': result, 'exception': exception,
             'stdout': stdout.getvalue(), 'stderr': stderr.getvalue(),
             'start_time': start_time, 'end_time': end_time}
+
+
+def run_program(program, args, stdout, stderr):
+    """Run a shipped program with the job's arguments; its exit code is the result."""
+    path = os.path.abspath(program)
+    argv = [sys.executable, path] if path.endswith('.py') else [path]
+    argv += [str(arg) for arg in args]
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        process = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+        for handle, stream in ((out, stdout), (err, stderr)):
+            handle.seek(0)
+            stream.write(handle.read(stream.limit + 1).decode(errors='replace'))
+            stream.dropped += max(0, os.fstat(handle.fileno()).st_size - stream.limit - 1)
+    return process.returncode
 
 
 if __name__ == '__main__':

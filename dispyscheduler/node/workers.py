@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 
 import gevent
 import gevent.event
@@ -23,7 +24,9 @@ import gevent.queue
 from gevent.monkey import get_original
 
 from ..constants import CANCELLED, TERMINATED, WORKER_START_TIMEOUT
+from ..files import FileRefused, IncomingFiles, write_file
 from ..link import ConnectionClosed
+from ..protocol import ProtocolError
 from . import worker as worker_program
 
 logger = logging.getLogger(__name__)
@@ -41,24 +44,37 @@ class ComputationError(Exception):
     """The computation could not be installed (load or setup failed); the text says why."""
 
 
-class NodeJob:
-    __slots__ = ('jid', 'cid', 'args', 'cancelled', 'worker')
+class JobTimedOut(Exception):
+    """A job ran past its time limit."""
 
-    def __init__(self, jid, cid, args):
-        self.jid = jid
-        self.cid = cid
-        self.args = args
+
+class NodeJob:
+    __slots__ = ('jid', 'cid', 'body', 'cancelled', 'worker')
+
+    def __init__(self, body):
+        self.jid = body['jid']
+        self.cid = body['cid']
+        self.body = body  # the ``job`` message: arguments, time limit, files
         self.cancelled = False
         self.worker = None
 
 
 class Computation:
-    def __init__(self, node, cid, name, code, directory):
+    def __init__(self, node, request, directory):
         self.node = node
-        self.cid = cid
-        self.name = name
-        self.code = code
+        self.cid = request['cid']
+        self.name = request['name']
+        self.code = request['code']
+        self.cpus = request['cpus'] or node.cpus
+        self.setup_args = request['setup_args']
         self.directory = directory
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        self.incoming = IncomingFiles(directory, node.options.max_file_size)
+        self.expected_files = {entry[0]: entry[2] for entry in request['files']}
+        self.files_ready = gevent.event.Event()
+        if not self.expected_files:
+            self.files_ready.set()
+        self.file_error = None
         self.queue = gevent.queue.Queue()
         self.workers = {}  # pid -> NodeJob or None, for every connected worker
         self.worker_exits = {}  # pid -> AsyncResult with how the worker ended
@@ -71,11 +87,29 @@ class Computation:
     def __repr__(self):
         return '<Computation %s %s>' % (self.cid, self.name)
 
-    def start(self, cpus):
-        """Start the host, load the computation, run setup and fork the workers.
+    def receive_file(self, body):
+        """A chunk of one of the computation's files (``depends``, a program)."""
+        if body['name'] not in self.expected_files or self.files_ready.is_set():
+            return
+        try:
+            if self.incoming.chunk(body['name'], body['offset'], body['data'], body['last'],
+                                   self.expected_files[body['name']]):
+                if len(self.incoming.done) == len(self.expected_files):
+                    self.files_ready.set()
+        except (FileRefused, OSError) as exc:
+            self.file_error = str(exc)
+            self.incoming.abort()
+            self.files_ready.set()
+
+    def start(self, node_ip_addr):
+        """Receive the files, start the host, load the computation, run setup, fork workers.
 
         Raises ``ComputationError`` with the reason (a setup traceback, say)."""
-        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        if not self.files_ready.wait(WORKER_START_TIMEOUT):
+            raise ComputationError('files did not arrive within %d seconds'
+                                   % WORKER_START_TIMEOUT)
+        if self.file_error:
+            raise ComputationError(self.file_error)
         env = dict(os.environ)
         env[worker_program.ENV_SOCKET] = self.node.local_address
         env[worker_program.ENV_TOKEN] = self.node.local_token.hex()
@@ -89,7 +123,10 @@ class Computation:
             with gevent.Timeout(WORKER_START_TIMEOUT, ComputationError(
                     'computation did not load within %d seconds' % WORKER_START_TIMEOUT)):
                 link = self.host_link.get()
-                link.send_now('load', {'code': self.code})
+                link.send_now('load', {'code': self.code, 'node_name': self.node.name,
+                                       'node_ip_addr': node_ip_addr,
+                                       'max_file_size': self.node.options.max_file_size,
+                                       'setup_args': self.setup_args})
                 kind, body = link.recv_now()
             if kind == 'load_failed':
                 raise ComputationError(body['reason'])
@@ -102,7 +139,7 @@ class Computation:
         finally:
             self.load_done.set()
         gevent.spawn(link.run_writer)
-        link.send('fork', {'count': cpus})
+        link.send('fork', {'count': self.cpus})
 
     def serve_host(self, link):
         """Serve the host's connection for its lifetime: hand it to ``start``, then read its
@@ -148,11 +185,19 @@ class Computation:
                     job.worker = pid
                     self.node.job_started(job)
                     try:
-                        link.send_now('job', {'jid': job.jid, 'cid': job.cid, 'args': job.args})
-                        kind, reply = link.recv_now()
-                    except (ConnectionClosed, OSError):
+                        reply = self.run_on_worker(job, link)
+                    except JobTimedOut:
+                        self.kill_worker(pid)
+                        self.node.job_finished(job, failure_reply(
+                            job, TERMINATED, 'job exceeded its time limit of %g seconds and was '
+                            'killed' % job.body['timeout']))
+                        return
+                    except (ConnectionClosed, OSError, ProtocolError):
+                        self.kill_worker(pid)
                         self.node.job_finished(job, self.worker_died_reply(job, pid))
                         return
+                    except FileRefused as exc:
+                        reply = failure_reply(job, TERMINATED, str(exc))
                     finally:
                         self.workers[pid] = None
                     self.node.job_finished(job, reply)
@@ -160,6 +205,39 @@ class Computation:
             self.workers.pop(pid, None)
             link.close()
             link.sock.close()
+
+    def run_on_worker(self, job, link):
+        """Send the job, pass its provisional results and files on, return its final reply."""
+        written = []
+        try:
+            for name, data, mode in job.body['files']:
+                written.append(write_file(self.directory, name, data, mode,
+                                          self.node.options.max_file_size))
+            timeout = job.body['timeout']
+            with gevent.Timeout(timeout, JobTimedOut) if timeout else nullcontext():
+                link.send_now('job', job.body)
+                while True:
+                    kind, body = link.recv_now()
+                    if kind == 'job_done':
+                        return body
+                    if kind not in ('provisional', 'job_file'):
+                        raise ProtocolError('worker sent %r' % (kind,))
+                    self.node.send(kind, body)
+                    if kind == 'job_file':
+                        self.node.wait_for_link_to_drain()
+        finally:
+            for path in written:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+
+    def kill_worker(self, pid):
+        """End a worker and everything it started (it leads its own process group)."""
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
     def worker_died_reply(self, job, pid):
         if job.cancelled:
@@ -179,10 +257,7 @@ class Computation:
         """Kill the worker running ``job`` (its greenlet then reports it cancelled)."""
         job.cancelled = True
         if job.worker is not None and self.workers.get(job.worker) is job:
-            try:
-                os.kill(job.worker, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            self.kill_worker(job.worker)
 
     def close(self, cleanup):
         """Stop the computation: ``cleanup`` runs the user's cleanup and removes the files."""

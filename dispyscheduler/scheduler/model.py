@@ -5,27 +5,38 @@ result arrived, a node lost) and performs what it returns, usually a list of ``(
 dispatches. Indexes keep every event O(1) or O(log n) in the number of jobs and nodes; the
 only loops are over the clusters installed on one node (a handful) and, when a cluster or a
 node first appears, over the nodes or clusters it may pair with.
+
+A cluster's queue is a heap ordered by job priority, then submission order, so a job put back
+after its node was lost goes before later ones. Jobs pinned to a node (``submit_node``) wait in
+a queue of their own for that node.
 """
 
 import collections
+import heapq
 import itertools
 
 from ..constants import CANCELLED, CREATED, RUNNING
 from .policy import LoadIndex, fair_share_pick, node_matches
 
+OFFERED = 'offered'  # waiting for the client's NodeAllocate to say how many CPUs to use
 INSTALLING = 'installing'
 READY = 'ready'
-FAILED = 'failed'
+FAILED = 'failed'  # setup failed there, or the client's allocation refused the node
 
 
 class Job:
-    __slots__ = ('jid', 'uid', 'cluster', 'args', 'node', 'status', 'start_time', 'cancelling')
+    __slots__ = ('jid', 'uid', 'cluster', 'args', 'node', 'status', 'start_time', 'cancelling',
+                 'priority', 'timeout', 'files', 'pinned')
 
-    def __init__(self, jid, uid, cluster, args):
+    def __init__(self, jid, uid, cluster, args, priority=0, timeout=None, files=(), pinned=None):
         self.jid = jid
         self.uid = uid
         self.cluster = cluster
         self.args = args
+        self.priority = priority
+        self.timeout = timeout
+        self.files = files
+        self.pinned = pinned  # key of the only node this job may run on
         self.node = None
         self.status = CREATED
         self.start_time = None
@@ -35,34 +46,78 @@ class Job:
         return '<Job %s (cluster %s job %s)>' % (self.jid, self.cluster.cid, self.uid)
 
 
+class JobQueue:
+    """Jobs by priority (highest first), then by submission; cancelled ones are skipped when
+    they surface, so cancelling is O(1)."""
+
+    def __init__(self):
+        self.heap = []
+        self.live = 0
+
+    def __len__(self):
+        return self.live
+
+    def push(self, job):
+        heapq.heappush(self.heap, (-job.priority, job.jid, job))
+        self.live += 1
+
+    def pop(self):
+        while self.heap:
+            job = heapq.heappop(self.heap)[2]
+            if job.status != CANCELLED:
+                self.live -= 1
+                return job
+        return None
+
+    def forget(self, job):
+        """A job in the queue was cancelled: count it out now, skip it later."""
+        self.live -= 1
+
+    def jobs(self):
+        return [entry[2] for entry in self.heap if entry[2].status != CANCELLED]
+
+
 class Cluster:
-    def __init__(self, cid, name, code, patterns, reentrant, cleanup):
+    def __init__(self, cid, name, code, patterns, reentrant, cleanup, allocate=False):
         self.cid = cid
         self.name = name
         self.code = code
         self.patterns = patterns
         self.reentrant = reentrant
         self.cleanup = cleanup
-        self.queue = collections.deque()  # may hold cancelled jobs; ``queued`` counts live ones
-        self.queued = 0
+        self.allocate = allocate  # nodes are offered to the client's NodeAllocate first
+        self.queue = JobQueue()
+        self.pinned = collections.defaultdict(JobQueue)  # node key -> jobs only it may run
         self.jobs = {}  # uid -> Job, every job not yet final
         self.in_flight = 0  # jobs dispatched to nodes
         self.last_served = 0
         self.ready_nodes = set()
+        self.allocations = {}  # node key -> (cpus, setup_args, files) the client chose
         self.results = {}  # uid -> result message, until the client acknowledges it
+        self.files = []  # [name, size, mode] of the computation's files
+        self.node_files = set()  # names of those sent only to nodes whose allocation asks
+        self.directory = None  # where the scheduler keeps them
         self.owner = None  # the client's link while it is connected
         self.orphaned_since = None  # when the client left without closing
 
     def __repr__(self):
         return '<Cluster %s %s>' % (self.cid, self.name)
 
-    def pop_next(self):
-        while self.queue:
-            job = self.queue.popleft()
-            if job.status != CANCELLED:
-                self.queued -= 1
-                return job
-        return None
+    @property
+    def queued(self):
+        return len(self.queue)
+
+    def limit_on(self, node):
+        """Most of this cluster's jobs in flight on ``node``."""
+        allocation = self.allocations.get(node.key)
+        if allocation is None or not allocation[0]:
+            return node.slots
+        return min(node.slots, allocation[0] * (node.slots // node.cpus))
+
+    def wants(self, node):
+        """Whether a free slot on ``node`` could take one of this cluster's queued jobs."""
+        return (node.clusters.get(self.cid) == READY
+                and node.jobs_of[self.cid] < self.limit_on(node))
 
 
 class Node:
@@ -75,10 +130,11 @@ class Node:
         self.slots = slots
         self.jobs = {}  # jid -> Job dispatched here and not finished
         self.jobs_of = collections.Counter()  # cid -> how many of ``jobs`` are that cluster's
-        self.clusters = {}  # cid -> INSTALLING / READY / FAILED
+        self.clusters = {}  # cid -> OFFERED / INSTALLING / READY / FAILED
         self.jobs_done = 0
         self.busy = 0  # as the node last reported
         self.last_heard = 0.0
+        self.platform = ''
         self.link = None  # the node's link, for the server
 
     def __repr__(self):
@@ -87,6 +143,10 @@ class Node:
     @property
     def load(self):
         return len(self.jobs) / self.cpus
+
+    def answers_to(self, name):
+        """Whether ``name`` (from ``submit_node``) designates this node."""
+        return name in (self.key, self.ip_addr, self.name)
 
 
 class State:
@@ -104,14 +164,15 @@ class State:
 
     # clusters
 
-    def add_cluster(self, name, code, patterns, reentrant, cleanup):
-        """A new cluster and the nodes its computation should be installed on."""
-        cluster = Cluster(self.next_cid(), name, code, patterns, reentrant, cleanup)
+    def add_cluster(self, name, code, patterns, reentrant, cleanup, allocate=False):
+        """A new cluster and the nodes to offer it to: its computation is installed on each
+        at once, or, with ``allocate``, once the client's NodeAllocate has accepted it."""
+        cluster = Cluster(self.next_cid(), name, code, patterns, reentrant, cleanup, allocate)
         self.clusters[cluster.cid] = cluster
         nodes = [node for node in self.nodes.values()
                  if node_matches(patterns, node.ip_addr, node.name, node.port)]
         for node in nodes:
-            node.clusters[cluster.cid] = INSTALLING
+            node.clusters[cluster.cid] = OFFERED if allocate else INSTALLING
         return cluster, nodes
 
     def remove_cluster(self, cluster):
@@ -132,8 +193,9 @@ class State:
                 del job.node.jobs[job.jid]
                 running.append((job.node, job))
         cluster.jobs.clear()
-        cluster.queue.clear()
-        cluster.queued = cluster.in_flight = 0
+        cluster.queue = JobQueue()
+        cluster.pinned.clear()
+        cluster.in_flight = 0
         cluster.ready_nodes.clear()
         dispatches = []
         for node in {node for node, _ in running}:
@@ -144,52 +206,65 @@ class State:
     # nodes
 
     def add_node(self, key, name, ip_addr, port, cpus):
-        """A node that joined, and the clusters to install on it."""
+        """A node that joined, and the clusters to offer it to (see ``add_cluster``)."""
         node = Node(key, name, ip_addr, port, cpus, cpus * self.dispatch_depth)
         self.nodes[key] = node
         clusters = [cluster for cluster in self.clusters.values()
                     if node_matches(cluster.patterns, ip_addr, name, port)]
         for cluster in clusters:
-            node.clusters[cluster.cid] = INSTALLING
+            node.clusters[cluster.cid] = OFFERED if cluster.allocate else INSTALLING
         self._load_changed(node)
         return node, clusters
 
     def remove_node(self, node):
-        """A node is gone. Its jobs of reentrant clusters go back to the front of their
-        queues, in their original order; the others, and jobs being cancelled, are returned
-        as lost. Returns
-        ``(requeued, lost, dispatches)``."""
+        """A node is gone. Its jobs of reentrant clusters go back to their queues, ahead of
+        later ones; the others, jobs being cancelled, and jobs pinned to it (running or
+        waiting) are returned as lost. Returns ``(requeued, lost, dispatches)``."""
         if self.nodes.get(node.key) is node:
             del self.nodes[node.key]
         self.free_nodes.discard(node)
+        requeued, lost = [], []
         for cid in node.clusters:
             cluster = self.clusters.get(cid)
             if cluster is not None:
                 cluster.ready_nodes.discard(node)
+                cluster.allocations.pop(node.key, None)
+                waiting = cluster.pinned.pop(node.key, None)
+                for job in waiting.jobs() if waiting else ():
+                    self._end(job, CANCELLED)
+                    lost.append(job)
         node.clusters = {}
-        requeued, lost = [], []
-        for job in sorted(node.jobs.values(), key=lambda job: job.jid, reverse=True):
+        for job in sorted(node.jobs.values(), key=lambda job: job.jid):
             cluster = job.cluster
             cluster.in_flight -= 1
             job.node = None
             job.start_time = None
-            if cluster.reentrant and not job.cancelling:
+            if cluster.reentrant and not job.cancelling and job.pinned is None:
                 job.status = CREATED
-                cluster.queue.appendleft(job)
-                cluster.queued += 1
+                cluster.queue.push(job)
                 requeued.append(job)
             else:
-                del self.jobs[job.jid]
-                del cluster.jobs[job.uid]
-                job.status = CANCELLED
+                self._end(job, CANCELLED)
                 lost.append(job)
         node.jobs = {}
         node.jobs_of.clear()
         dispatches = []
         for cluster in {job.cluster for job in requeued}:
             dispatches.extend(self.place(cluster))
-        requeued.reverse()
         return requeued, lost, dispatches
+
+    def allocate(self, node, cid, cpus, setup_args, files):
+        """The client's NodeAllocate answered for a node: 0 CPUs refuses it; otherwise the
+        computation is to be installed there (returns True)."""
+        cluster = self.clusters.get(cid)
+        if cluster is None or node.clusters.get(cid) != OFFERED:
+            return False
+        if cpus <= 0:
+            node.clusters[cid] = FAILED
+            return False
+        node.clusters[cid] = INSTALLING
+        cluster.allocations[node.key] = (min(cpus, node.cpus), setup_args, files)
+        return True
 
     def compute_ready(self, node, cid):
         """A node has installed a computation: it may now take that cluster's jobs."""
@@ -201,49 +276,63 @@ class State:
         return self.fill_node(node)
 
     def compute_failed(self, node, cid):
+        """Setup failed on a node: it takes none of the cluster's jobs; jobs pinned to it
+        are returned to be ended."""
         cluster = self.clusters.get(cid)
         if cid in node.clusters:
             node.clusters[cid] = FAILED
-        if cluster is not None:
-            cluster.ready_nodes.discard(node)
-        return cluster
+        if cluster is None:
+            return None, []
+        cluster.ready_nodes.discard(node)
+        waiting = cluster.pinned.pop(node.key, None)
+        stranded = waiting.jobs() if waiting else []
+        for job in stranded:
+            self._end(job, CANCELLED)
+        return cluster, stranded
 
     # jobs
 
-    def submit(self, cluster, uid, args):
+    def submit(self, cluster, uid, args, priority=0, timeout=None, files=(), pinned=None):
         """Queue a job; returns it with the dispatches it allows."""
-        job = Job(self.next_jid(), uid, cluster, args)
+        job = Job(self.next_jid(), uid, cluster, args, priority, timeout, files, pinned)
         cluster.jobs[uid] = job
         self.jobs[job.jid] = job
-        cluster.queue.append(job)
-        cluster.queued += 1
-        return job, self.place(cluster)
+        if pinned is None:
+            cluster.queue.push(job)
+            return job, self.place(cluster)
+        cluster.pinned[pinned].push(job)
+        node = self.nodes.get(pinned)
+        return job, self.fill_node(node) if node is not None else []
 
     def place(self, cluster):
         """Send a cluster's queued jobs to free nodes, least loaded first."""
         dispatches = []
-        cid = cluster.cid
         while cluster.queued:
-            node = self.free_nodes.least_loaded(lambda node: node.clusters.get(cid) == READY)
+            node = self.free_nodes.least_loaded(cluster.wants)
             if node is None:
                 break
-            job = cluster.pop_next()
+            job = cluster.queue.pop()
             self._dispatch(node, job)
             dispatches.append((node, job))
         return dispatches
 
     def fill_node(self, node):
-        """Give a node's free slots to queued jobs, cluster by fair share."""
+        """Give a node's free slots to jobs pinned to it, then to queued jobs, cluster by
+        fair share."""
         dispatches = []
-        ready = None
+        ready = [self.clusters[cid] for cid, state in node.clusters.items() if state == READY]
+        for cluster in ready:
+            waiting = cluster.pinned.get(node.key)
+            while waiting and len(node.jobs) < node.slots and cluster.wants(node):
+                job = waiting.pop()
+                self._dispatch(node, job)
+                dispatches.append((node, job))
         while len(node.jobs) < node.slots:
-            if ready is None:
-                ready = [self.clusters[cid] for cid, state in node.clusters.items()
-                         if state == READY]
-            cluster = fair_share_pick(ready, node.jobs_of)
+            cluster = fair_share_pick([cluster for cluster in ready if cluster.wants(node)],
+                                      node.jobs_of)
             if cluster is None:
                 break
-            job = cluster.pop_next()
+            job = cluster.queue.pop()
             self._dispatch(node, job)
             dispatches.append((node, job))
         return dispatches
@@ -263,6 +352,11 @@ class State:
         else:
             self.free_nodes.discard(node)
 
+    def _end(self, job, status):
+        del self.jobs[job.jid]
+        del job.cluster.jobs[job.uid]
+        job.status = status
+
     def job_started(self, node, jid, start_time):
         """The job began on its node; None if it is no longer this node's."""
         job = node.jobs.get(jid)
@@ -280,9 +374,7 @@ class State:
         cluster = job.cluster
         cluster.in_flight -= 1
         node.jobs_of[cluster.cid] -= 1
-        del self.jobs[jid]
-        del cluster.jobs[job.uid]
-        job.status = status
+        self._end(job, status)
         job.node = None
         node.jobs_done += 1
         self._load_changed(node)
@@ -297,8 +389,7 @@ class State:
         if job.node is not None:
             job.cancelling = True
             return job, job.node
-        job.status = CANCELLED
-        cluster.queued -= 1
-        del cluster.jobs[uid]
-        del self.jobs[job.jid]
+        queue = cluster.queue if job.pinned is None else cluster.pinned[job.pinned]
+        queue.forget(job)
+        self._end(job, CANCELLED)
         return job, None

@@ -11,8 +11,10 @@ that it routes between clients and nodes.
 
 import logging
 import os
+import shutil
 import signal
 import socket
+import tempfile
 import time
 
 import gevent
@@ -21,12 +23,15 @@ from gevent.server import StreamServer
 
 from .. import discovery
 from ..auth import AuthenticationError, handshake
-from ..constants import CANCELLED, DISPATCH_DEPTH, HANDSHAKE_TIMEOUT, PULSES_MISSED_BEFORE_DEAD
+from ..constants import (CANCELLED, DISPATCH_DEPTH, FILE_TIMEOUT, HANDSHAKE_TIMEOUT,
+                         NODE_CLOSED, NODE_INITIALIZED, PULSES_MISSED_BEFORE_DEAD, TERMINATED)
+from ..files import (MAX_FILES, FileRefused, IncomingFiles, check_manifest_entry, check_size,
+                     read_chunks, safe_relative_path)
 from ..duties import Duties
 from ..link import Link, set_nodelay
 from ..protocol import ProtocolError
 from ..tls import TLSError, TLSSocket
-from .model import State
+from .model import FAILED, READY, State
 
 logger = logging.getLogger(__name__)
 
@@ -134,13 +139,14 @@ class Scheduler:
             self.node_lost(old, 'the node connected again')
         node, clusters = self.state.add_node(key, info['name'], info['ip_addr'], info['port'],
                                              max(1, info['cpus']))
+        node.platform = info['platform']
         node.link = link
         node.last_heard = time.monotonic()
         writer = gevent.spawn(link.run_writer)
         link.send('welcome', {'pulse_interval': self.options.pulse_interval,
                               'scheduler_id': self.scheduler_id})
         for cluster in clusters:
-            self.install(node, cluster)
+            self.offer_or_install(node, cluster)
         logger.info('node %s (%s) joined with %d CPUs', key, node.name, node.cpus)
         reason = 'its connection closed'
         try:
@@ -151,9 +157,37 @@ class Scheduler:
             writer.kill()
             self.node_lost(node, reason)
 
+    def offer_or_install(self, node, cluster):
+        """Install a cluster's computation on a node, or first ask the client's NodeAllocate
+        how many of the node's CPUs to use (the answer comes as ``node_allocation``)."""
+        if not cluster.allocate:
+            self.install(node, cluster)
+        elif cluster.owner is not None:
+            cluster.owner.send('node_offer', {'key': node.key, 'ip_addr': node.ip_addr,
+                                              'name': node.name, 'cpus': node.cpus,
+                                              'platform': node.platform})
+
     def install(self, node, cluster):
+        """Send the computation and then its files (from the scheduler's copy, in chunks)."""
+        cpus, setup_args, node_files = cluster.allocations.get(node.key, (0, None, ()))
+        files = [entry for entry in cluster.files
+                 if entry[0] not in cluster.node_files or entry[0] in node_files]
         node.link.send('compute', {'cid': cluster.cid, 'name': cluster.name,
-                                   'code': cluster.code})
+                                   'code': cluster.code, 'files': files, 'cpus': cpus,
+                                   'setup_args': setup_args})
+        if files:
+            gevent.spawn(self.stream_files, node, cluster, files)
+
+    def stream_files(self, node, cluster, files):
+        link = node.link
+        for name, _, _ in files:
+            path = os.path.join(cluster.directory, safe_relative_path(name))
+            for offset, data, last in read_chunks(path):
+                if link.closed:
+                    return
+                link.send('compute_file', {'cid': cluster.cid, 'name': name, 'offset': offset,
+                                           'data': data, 'last': last})
+                link.wait_until_drained()
 
     def on_node_message(self, node, kind, body):
         node.last_heard = time.monotonic()
@@ -169,18 +203,35 @@ class Scheduler:
                 job.cluster.owner.send('job_status', {
                     'uid': job.uid, 'status': job.status, 'ip_addr': node.ip_addr,
                     'start_time': body['start_time']})
+        elif kind == 'provisional':
+            job = node.jobs.get(body['jid'])
+            if job is not None and job.cluster.owner is not None:
+                job.cluster.owner.send('provisional_result', {
+                    'uid': job.uid, 'result': body['result'], 'ip_addr': node.ip_addr})
+        elif kind == 'job_file':
+            job = node.jobs.get(body['jid'])
+            if job is not None and job.cluster.owner is not None:
+                job.cluster.owner.send('file_part', {
+                    'uid': job.uid, 'name': body['name'], 'offset': body['offset'],
+                    'data': body['data'], 'last': body['last']})
         elif kind == 'pulse':
             node.busy = body['busy']
         elif kind == 'compute_ready':
-            if body['cid'] in self.state.clusters:
-                self.dispatch(self.state.compute_ready(node, body['cid']))
-            else:  # the cluster closed while the node installed it
+            cluster = self.state.clusters.get(body['cid'])
+            if cluster is None:  # the cluster closed while the node installed it
                 node.link.send('uninstall', {'cid': body['cid'], 'cleanup': True})
+                return
+            dispatches = self.state.compute_ready(node, cluster.cid)
+            self.notify_node(cluster, node, NODE_INITIALIZED)
+            self.dispatch(dispatches)
         elif kind == 'compute_failed':
-            cluster = self.state.compute_failed(node, body['cid'])
+            cluster, stranded = self.state.compute_failed(node, body['cid'])
             if cluster is not None:
                 self.warn_client(cluster, 'computation could not be set up on node %s: %s'
                                  % (node.key, body['reason']))
+                for job in stranded:
+                    self.end_job(job, CANCELLED, 'job was submitted to node %s, where the '
+                                 'computation could not be set up' % (node.key,))
         else:
             raise ProtocolError('unexpected %r from a node' % (kind,))
 
@@ -189,7 +240,11 @@ class Scheduler:
         node.link.close()
         if self.state.nodes.get(node.key) is not node:
             return
+        used_by = [self.state.clusters[cid] for cid, state in node.clusters.items()
+                   if state == READY and cid in self.state.clusters]
         requeued, lost, dispatches = self.state.remove_node(node)
+        for cluster in used_by:
+            self.notify_node(cluster, node, NODE_CLOSED)
         logger.warning('node %s lost: %s (%d jobs requeued, %d cancelled)', node.key, reason,
                        len(requeued), len(lost))
         for job in lost:
@@ -200,7 +255,8 @@ class Scheduler:
 
     def dispatch(self, dispatches):
         for node, job in dispatches:
-            node.link.send('job', {'jid': job.jid, 'cid': job.cluster.cid, 'args': job.args})
+            node.link.send('job', {'jid': job.jid, 'cid': job.cluster.cid, 'args': job.args,
+                                   'timeout': job.timeout, 'files': job.files})
 
     def pulse_watchdog(self):
         """Presume silent nodes dead and clean up clusters whose clients left long ago."""
@@ -231,16 +287,30 @@ class Scheduler:
         try:
             request = link.expect('cluster_new', time.monotonic() + self.handshake_timeout)
             patterns = resolve_patterns(request['nodes'])
+            if not all(isinstance(name, str) for name in request['node_files']):
+                raise ProtocolError('cluster_new: node_files must be file names')
+            staging = self.receive_cluster_files(link, request['files'])
+        except FileRefused as exc:
+            logger.warning('refused cluster from %s: %s', address[0], exc)
+            link.send_now('error', {'reason': str(exc)})
+            return
         except (ProtocolError, OSError) as exc:
             logger.warning('dropped client connection from %s: %s', address[0], exc)
             return
         cluster, nodes = self.state.add_cluster(request['name'], request['code'], patterns,
-                                                request['reentrant'], request['cleanup'])
+                                                request['reentrant'], request['cleanup'],
+                                                request['allocate'])
+        cluster.files = request['files']
+        cluster.node_files = set(request['node_files'])
+        if staging is not None:
+            cluster.directory = os.path.join(self.options.dest_path_prefix, str(cluster.cid))
+            shutil.rmtree(cluster.directory, ignore_errors=True)
+            os.rename(staging, cluster.directory)
         cluster.owner = link
         writer = gevent.spawn(link.run_writer)
-        link.send('cluster_ok', {'cid': cluster.cid})
+        link.send('cluster_ok', {'cid': cluster.cid, 'max_file_size': self.options.max_file_size})
         for node in nodes:
-            self.install(node, cluster)
+            self.offer_or_install(node, cluster)
         logger.info('cluster %s (%s) from %s, %d nodes match', cluster.cid, cluster.name,
                     address[0], len(nodes))
         try:
@@ -255,12 +325,42 @@ class Scheduler:
                 if cluster.cid in self.state.clusters:
                     logger.info('client of cluster %s left without closing it', cluster.cid)
 
+    def receive_cluster_files(self, link, manifest):
+        """Receive a new cluster's files (announced in ``manifest``) into a staging directory;
+        returns its path, or None when there are none."""
+        if not manifest:
+            return None
+        if len(manifest) > MAX_FILES:
+            raise FileRefused('%d files; at most %d are accepted' % (len(manifest), MAX_FILES))
+        modes = {}
+        for entry in manifest:
+            check_manifest_entry(entry, self.options.max_file_size)
+            modes[entry[0]] = entry[2]
+        staging = tempfile.mkdtemp(prefix='incoming-', dir=self.options.dest_path_prefix)
+        incoming = IncomingFiles(staging, self.options.max_file_size)
+        try:
+            while len(incoming.done) < len(modes):
+                chunk = link.expect('cluster_file', time.monotonic() + FILE_TIMEOUT)
+                if chunk['name'] not in modes:
+                    raise FileRefused('file %r was not announced' % (chunk['name'],))
+                incoming.chunk(chunk['name'], chunk['offset'], chunk['data'], chunk['last'],
+                               modes[chunk['name']])
+        except BaseException:
+            incoming.abort()
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return staging
+
     def on_client_message(self, cluster, kind, body):
         if kind == 'submit':
             if body['uid'] in cluster.jobs or body['uid'] in cluster.results:
                 return  # a resend of a job already here
-            job, dispatches = self.state.submit(cluster, body['uid'], body['args'])
-            self.dispatch(dispatches)
+            self.submit(cluster, body)
+        elif kind == 'node_allocation':
+            node = self.state.nodes.get(body['key'])
+            if node is not None and self.state.allocate(node, cluster.cid, body['cpus'],
+                                                        body['setup_args'], body['files']):
+                self.install(node, cluster)
         elif kind == 'result_ack':
             for uid in body['ids']:
                 cluster.results.pop(uid, None)
@@ -276,6 +376,45 @@ class Scheduler:
         else:
             raise ProtocolError('unexpected %r from a client' % (kind,))
 
+    def submit(self, cluster, body):
+        """A new job: its files and its node (``submit_node``) are checked first; a job that
+        cannot run ends at once with the reason."""
+        files = body['files']
+        try:
+            for entry in files:
+                if not (isinstance(entry, list) and len(entry) == 3
+                        and isinstance(entry[1], bytes) and isinstance(entry[2], int)):
+                    raise FileRefused('invalid job file entry')
+                safe_relative_path(entry[0])
+                check_size(entry[0], len(entry[1]), self.options.max_file_size)
+        except FileRefused as exc:
+            self.end_submitted(cluster, body['uid'], TERMINATED, str(exc))
+            return
+        pinned = None
+        if body['node'] is not None:
+            node = next((node for node in self.state.nodes.values()
+                         if node.answers_to(body['node']) and cluster.cid in node.clusters
+                         and node.clusters[cluster.cid] != FAILED), None)
+            if node is None:
+                self.end_submitted(cluster, body['uid'], CANCELLED, 'node %s is not available '
+                                   'to this cluster' % (body['node'],))
+                return
+            pinned = node.key
+        job, dispatches = self.state.submit(cluster, body['uid'], body['args'],
+                                            body['priority'], body['timeout'], files, pinned)
+        self.dispatch(dispatches)
+
+    def end_submitted(self, cluster, uid, status, reason):
+        self.send_result(cluster, {'uid': uid, 'status': status, 'result': None,
+                                   'exception': reason, 'stdout': '', 'stderr': '',
+                                   'start_time': None, 'end_time': time.time(),
+                                   'ip_addr': None})
+
+    def notify_node(self, cluster, node, status):
+        if cluster.owner is not None:
+            cluster.owner.send('node_status', {'ip_addr': node.ip_addr, 'name': node.name,
+                                               'cpus': node.cpus, 'status': status})
+
     def close_cluster(self, cluster):
         if cluster.cid not in self.state.clusters:
             return
@@ -287,6 +426,8 @@ class Scheduler:
         for node, job in running:
             self.end_job(job, CANCELLED, 'cluster was closed while the job ran on %s' % node.key)
         self.dispatch(dispatches)
+        if cluster.directory is not None:
+            shutil.rmtree(cluster.directory, ignore_errors=True)
         logger.info('cluster %s (%s) closed', cluster.cid, cluster.name)
 
     def deliver(self, job, node, reply):

@@ -39,7 +39,7 @@ def submit_many(state, cluster, count, start=0):
 def check_invariants(state):
     """Counters agree with the indexes they summarise."""
     for cluster in state.clusters.values():
-        live_queued = [job for job in cluster.queue if job.status != CANCELLED]
+        live_queued = cluster.queue.jobs()
         assert cluster.queued == len(live_queued)
         assert cluster.in_flight == sum(1 for job in cluster.jobs.values() if job.node)
     for node in state.nodes.values():
@@ -104,7 +104,7 @@ def test_failed_install_gets_no_jobs():
     state = State(dispatch_depth=2)
     cluster = new_cluster(state)
     node, _ = state.add_node('a', 'a', '10.0.0.1', 1, 2)
-    assert state.compute_failed(node, cluster.cid) is cluster
+    assert state.compute_failed(node, cluster.cid) == (cluster, [])
     assert node.clusters[cluster.cid] == FAILED
     _, dispatches = submit_many(state, cluster, 2)
     assert dispatches == [] and cluster.queued == 2

@@ -1,0 +1,133 @@
+"""Files that travel with computations, jobs and results: safe names and chunked writes.
+
+Every file name that arrives from a peer (a client's ``depends``, a job's files, a node's
+``dispy_send_file``) is a relative path that must stay inside the directory it is written to:
+no absolute paths, no ``..``, no empty or ``.`` parts, no NUL, and no symbolic link on the way
+(a link planted in the directory cannot redirect a write elsewhere). Sizes are checked against
+the receiver's ``--max_file_size`` as bytes arrive, never after.
+"""
+
+import os
+
+from .constants import FILE_CHUNK_SIZE
+
+MAX_FILES = 10000
+"""Most files one computation or job may bring."""
+
+
+class FileRefused(ValueError):
+    """A file name or size is not acceptable; the message says which and why."""
+
+
+def safe_relative_path(name):
+    """``name`` as a relative path that cannot leave its directory, or ``FileRefused``."""
+    if not isinstance(name, str) or not name or '\0' in name:
+        raise FileRefused('invalid file name %r' % (name,))
+    if name.startswith(('/', '\\')):
+        raise FileRefused('file name %r is an absolute path' % (name,))
+    parts = name.replace('\\', '/').split('/')
+    if any(part in ('', '.', '..') for part in parts):
+        raise FileRefused('file name %r may not contain "..", "." or empty parts' % (name,))
+    return os.path.join(*parts)
+
+
+def open_for_writing(directory, name):
+    """Create (or truncate) ``directory/name`` for writing; returns the file descriptor."""
+    relative = safe_relative_path(name)
+    path = os.path.join(directory, relative)
+    parent = os.path.dirname(path)
+    os.makedirs(parent, mode=0o700, exist_ok=True)
+    expected = os.path.join(os.path.realpath(directory), os.path.dirname(relative))
+    if os.path.realpath(parent) != expected.rstrip(os.sep):
+        raise FileRefused('file name %r leads through a symbolic link' % (name,))
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise FileRefused('cannot write %r: %s' % (name, exc.strerror)) from None
+
+
+def check_size(name, size, max_file_size):
+    if max_file_size and size > max_file_size:
+        raise FileRefused('file %r is %d bytes, more than the limit of %d bytes '
+                          '(--max_file_size)' % (name, size, max_file_size))
+
+
+def check_manifest_entry(entry, max_file_size=0):
+    """A ``[name, size, mode]`` entry announcing a file to come; ``FileRefused`` if off."""
+    if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[1], int)
+            and isinstance(entry[2], int) and not isinstance(entry[1], bool)
+            and entry[1] >= 0):
+        raise FileRefused('invalid file entry %r' % (entry,))
+    safe_relative_path(entry[0])
+    check_size(entry[0], entry[1], max_file_size)
+
+
+def write_file(directory, name, data, mode=0o600, max_file_size=0):
+    """Write a whole (small) file at once; returns its path."""
+    check_size(name, len(data), max_file_size)
+    fd = open_for_writing(directory, name)
+    try:
+        os.write(fd, data)
+        os.fchmod(fd, _mode(mode))
+    finally:
+        os.close(fd)
+    return os.path.join(directory, safe_relative_path(name))
+
+
+def _mode(mode):
+    """Owner permissions only, with the executable bit kept (programs must stay runnable)."""
+    return 0o700 if mode & 0o111 else 0o600
+
+
+class IncomingFiles:
+    """Files arriving in chunks, in order, each ended by a chunk with ``last`` set."""
+
+    def __init__(self, directory, max_file_size=0):
+        self.directory = directory
+        self.max_file_size = max_file_size
+        self.open = {}  # name -> [fd, bytes written]
+        self.done = []
+
+    def chunk(self, name, offset, data, last, mode=0o600):
+        """Write one chunk; returns the file's path when ``last`` completes it, else None."""
+        entry = self.open.get(name)
+        if entry is None:
+            if offset != 0:
+                raise FileRefused('file %r: chunk at offset %d before its start' % (name, offset))
+            entry = self.open[name] = [open_for_writing(self.directory, name), 0]
+        fd, written = entry
+        if offset != written:
+            raise FileRefused('file %r: chunk at offset %d, expected %d' % (name, offset, written))
+        check_size(name, written + len(data), self.max_file_size)
+        os.write(fd, data)
+        entry[1] += len(data)
+        if not last:
+            return None
+        os.fchmod(fd, _mode(mode))
+        os.close(fd)
+        del self.open[name]
+        self.done.append(name)
+        return os.path.join(self.directory, safe_relative_path(name))
+
+    def abort(self):
+        """Close and remove files not completed."""
+        for name, (fd, _) in self.open.items():
+            os.close(fd)
+            try:
+                os.unlink(os.path.join(self.directory, safe_relative_path(name)))
+            except OSError:
+                pass
+        self.open.clear()
+
+
+def read_chunks(path, chunk_size=FILE_CHUNK_SIZE):
+    """``(offset, data, last)`` for each chunk of a file (at least one, even if empty)."""
+    with open(path, 'rb') as handle:
+        offset = 0
+        while True:
+            data = handle.read(chunk_size)
+            last = len(data) < chunk_size
+            yield offset, data, last
+            offset += len(data)
+            if last:
+                return
