@@ -12,7 +12,7 @@ import sys
 import time
 
 import pytest
-from daemons import BIN, CLUSTER_SECRET, REPO, Daemon, port_free, wait_for
+from daemons import BIN, CLUSTER_SECRET, REPO, wait_for
 
 from dispyscheduler import AuthenticationError, DispyJob, SharedJobCluster
 
@@ -219,45 +219,6 @@ def test_ext_ip_addr_is_announced(daemons):
     node.wait_log('pinged by scheduler at 127.0.0.6')
     with SharedJobCluster(square, **daemons.client_options()) as cluster:
         assert cluster.submit(3)() == 9
-
-
-def test_documented_command_lines(tmp_path):
-    """The README's one-host setup, verbatim (default ports), serving a plain script."""
-    addresses = ('127.0.0.1', '127.0.0.2', '127.0.0.3')
-    if not all(port_free(address, port) for address in addresses
-               for port in (51347, 51348, 51349)):
-        pytest.skip('default ports 51347-51349 are in use by another program on this host')
-    daemons = [Daemon('scheduler', [sys.executable, os.path.join(BIN, 'dispyscheduler'),
-                                    '-i', '127.0.0.1', '--node_secret', 's',
-                                    '--cluster_secret', 'c', '-n', '127.0.0.2', '-n',
-                                    '127.0.0.3', '--dest_path_prefix', str(tmp_path / 'sched')],
-                      str(tmp_path / 'scheduler.log'))]
-    try:
-        daemons[0].wait_log('serving nodes')
-        for address in addresses[1:]:
-            daemons.append(Daemon(address, [
-                sys.executable, os.path.join(BIN, 'dispynode'), '-i', address, '--cpus', '2',
-                '-s', 's', '--scheduler_node', '127.0.0.1', '--dest_path_prefix',
-                str(tmp_path / address)], str(tmp_path / (address + '.log'))))
-        for address in addresses[1:]:
-            daemons[0].wait_log(r'node %s:51348 .* joined' % address)
-        program = tmp_path / 'program.py'
-        program.write_text(
-            'from dispyscheduler import SharedJobCluster\n'
-            'def compute(n):\n'
-            '    return n + 1\n'
-            'if __name__ == "__main__":\n'
-            '    cluster = SharedJobCluster(compute, scheduler_node="127.0.0.1", secret="c")\n'
-            '    jobs = [cluster.submit(n) for n in range(10)]\n'
-            '    print(sum(job() for job in jobs))\n'
-            '    cluster.close()\n')
-        result = subprocess.run([sys.executable, str(program)], capture_output=True, text=True,
-                                timeout=60, env=dict(os.environ, PYTHONPATH=REPO))
-        assert result.returncode == 0, result.stderr
-        assert result.stdout.strip() == str(sum(range(1, 11)))
-    finally:
-        for daemon in reversed(daemons):
-            daemon.stop()
 
 
 def make_self_signed(directory):

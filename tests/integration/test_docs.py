@@ -1,0 +1,78 @@
+"""The README's commands and the dispy migration guide's program, run as printed.
+
+The daemons run with the README's one-host command lines on the default ports (51347-51349);
+the tests skip only when another program already holds those ports.
+"""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from daemons import REPO, Cluster, port_free
+
+ADDRESSES = ('127.0.0.1', '127.0.0.2', '127.0.0.3')
+
+
+@pytest.fixture(scope='module')
+def readme_setup(tmp_path_factory):
+    if not all(port_free(address, port) for address in ADDRESSES
+               for port in (51347, 51348, 51349)):
+        pytest.skip('default ports 51347-51349 are in use by another program on this host')
+    directory = tmp_path_factory.mktemp('readme')
+    daemons = Cluster(directory)
+    scheduler = daemons.spawn('scheduler', [
+        os.path.join(REPO, 'bin', 'dispyscheduler'), '-i', '127.0.0.1', '--node_secret', 's',
+        '--cluster_secret', 'c', '-n', '127.0.0.2', '-n', '127.0.0.3',
+        '--dest_path_prefix', str(directory / 'scheduler')])
+    try:
+        scheduler.wait_log('serving nodes')
+        for address in ADDRESSES[1:]:
+            daemons.spawn('node-' + address, [
+                os.path.join(REPO, 'bin', 'dispynode'), '-i', address, '--cpus', '2', '-s', 's',
+                '--scheduler_node', '127.0.0.1', '--dest_path_prefix', str(directory / address)])
+        for address in ADDRESSES[1:]:
+            scheduler.wait_log(r'node %s:51348 .* joined' % address)
+        yield directory
+    finally:
+        leftovers = daemons.stop_all()
+    assert not leftovers, 'processes left running: %s' % (leftovers,)
+
+
+def run_program(path, cwd):
+    return subprocess.run([sys.executable, str(path)], capture_output=True, text=True,
+                          timeout=120, cwd=str(cwd), env=dict(os.environ, PYTHONPATH=REPO))
+
+
+def test_readme_setup_serves_a_plain_script(readme_setup, tmp_path):
+    program = tmp_path / 'program.py'
+    program.write_text(
+        'from dispyscheduler import SharedJobCluster\n'
+        'def compute(n):\n'
+        '    return n + 1\n'
+        'if __name__ == "__main__":\n'
+        '    cluster = SharedJobCluster(compute, scheduler_node="127.0.0.1", secret="c")\n'
+        '    jobs = [cluster.submit(n) for n in range(10)]\n'
+        '    print(sum(job() for job in jobs))\n'
+        '    cluster.close()\n')
+    result = run_program(program, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(sum(range(1, 11)))
+
+
+def test_migration_guide_program_runs_as_printed(readme_setup, tmp_path):
+    with open(os.path.join(REPO, 'docs', 'moving-from-dispy.md')) as handle:
+        blocks = re.findall(r'```python\n(.*?)```', handle.read(), re.S)
+    assert len(blocks) == 1
+    program = tmp_path / 'guide.py'
+    program.write_text(blocks[0])
+    result = run_program(program, tmp_path)
+    assert result.returncode == 0, result.stderr
+    for n in range(8):
+        assert 'job %d: %d from 127.0.0.' % (n, n * 10) in result.stdout
+        with open(tmp_path / ('job-%d.txt' % n)) as handle:  # sent back by dispy_send_file
+            assert handle.read().startswith('job %d ran on ' % n)
+    assert 'node 127.0.0.2 ready' in result.stdout and 'node 127.0.0.3 ready' in result.stdout
+    assert 'Sec/Job' in result.stdout
