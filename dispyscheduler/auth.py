@@ -74,6 +74,7 @@ def handshake(conn, secret, role, peer_role, initiator, deadline):
     else:
         _check_proof(conn, expected, deadline, tell_peer=True)
         conn.send_now('auth', {'proof': mine})
+    conn.authenticated()
     return hello
 
 

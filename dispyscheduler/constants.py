@@ -26,6 +26,10 @@ allocation, so a peer announcing 4 GB costs nothing but a closed connection."""
 MAX_DATAGRAM_SIZE = 1400
 """Largest discovery datagram sent or read; fits one Ethernet frame."""
 
+HANDSHAKE_MAX_FRAME = 4096
+"""Largest frame accepted before a peer has authenticated (a hello or a proof is tiny), so an
+unauthenticated peer cannot make a daemon hold 64 MB per connection."""
+
 HANDSHAKE_TIMEOUT = 10.0
 """Seconds a peer has to finish hello and authentication before it is dropped."""
 
@@ -91,13 +95,15 @@ STATUS_NAMES = {CREATED: 'Created', RUNNING: 'Running', PROVISIONAL_RESULT: 'Pro
                 CANCELLED: 'Cancelled', TERMINATED: 'Terminated', ABANDONED: 'Abandoned',
                 FINISHED: 'Finished'}
 
-MAX_JOB_OUTPUT = 4 * 1024 * 1024
+MAX_JOB_OUTPUT = 2 * 1024 * 1024
 """Characters of a job's stdout and of its stderr kept; beyond that the output is cut and a note
 says how much was dropped (a job printing 100 MB must not take the node down)."""
 
-MAX_RESULT_SIZE = MAX_FRAME_SIZE - 1024 * 1024
+MAX_RESULT_SIZE = MAX_FRAME_SIZE // 2
 """Largest pickled result (or provisional result) a job may send back; a larger one ends the job
-``Terminated`` with a message saying so."""
+``Terminated`` with a message saying so. With the job's output (at most ``MAX_JOB_OUTPUT``
+characters each of stdout and stderr, up to 4 bytes each) the reply stays below the frame
+limit on every hop."""
 
 FILE_CHUNK_SIZE = 1024 * 1024
 """Bytes of a file per frame when files travel (depends, ``dispy_send_file``)."""

@@ -95,10 +95,24 @@ def open_sockets(addresses, port):
     return sockets
 
 
+def valid_port(port):
+    return isinstance(port, int) and 0 < port < 65536
+
+
+def valid_address(address):
+    """An IPv4 address in dotted form ('' is valid too: "use the datagram's source")."""
+    if address == '':
+        return True
+    try:
+        return isinstance(ipaddress.ip_address(address), ipaddress.IPv4Address)
+    except ValueError:
+        return False
+
+
 def send(sock, secret, kind, body, destination):
     try:
         sock.sendto(sign_datagram(secret, kind, body), destination)
-    except OSError as exc:
+    except (OSError, OverflowError, ValueError, UnicodeError) as exc:
         logger.debug('discovery %s to %s:%s failed: %s', kind, destination[0], destination[1],
                      exc)
 
@@ -112,5 +126,8 @@ def receive_loop(sock, secret, handle):
         except (AuthenticationError, ProtocolError) as exc:
             logger.debug('ignored datagram from %s: %s', source[0], exc)
             continue
-        handle(kind, body, source)
+        try:
+            handle(kind, body, source)
+        except Exception:  # one odd datagram must not end discovery
+            logger.exception('datagram %s from %s could not be handled', kind, source[0])
 

@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 
-from .constants import MAX_FRAME_SIZE, RECV_SIZE
+from .constants import HANDSHAKE_MAX_FRAME, MAX_FRAME_SIZE, RECV_SIZE
 from .protocol import FrameDecoder, ProtocolError, encode, refusal
 
 logger = logging.getLogger(__name__)
@@ -39,7 +39,9 @@ class Link:
     def __init__(self, sock, peer=None, max_frame_size=MAX_FRAME_SIZE):
         self.sock = sock
         self.peer = peer or _peer_name(sock)
-        self.decoder = FrameDecoder(max_frame_size)
+        self.max_frame_size = max_frame_size
+        # a peer not yet authenticated gets small frames only: a hello is tiny
+        self.decoder = FrameDecoder(min(HANDSHAKE_MAX_FRAME, max_frame_size))
         self.inbox = collections.deque()  # decoded during the handshake, not yet handled
         self.outbox = collections.deque()
         self.drained = threading.Event()  # set when the writer has taken all queued frames
@@ -83,12 +85,16 @@ class Link:
     # running phase
 
     def send(self, kind, body):
-        """Queue one message; the writer sends it with whatever else is queued."""
+        """Queue one message for the writer, which sends it with whatever else is queued.
+
+        Returns False, dropping the message, when the link is closed: whoever owns the link
+        learns of that from its reader, so senders elsewhere need not handle it."""
         if self.closed:
-            raise ConnectionClosed('link to %s is closed' % (self.peer,))
+            return False
         self.outbox.append(encode(kind, body))
         if not self.wakeup.is_set():
             self.wakeup.set()
+        return True
 
     def wait_until_drained(self):
         """Wait until the writer has taken every queued frame: back-pressure for bulk data,
@@ -96,6 +102,10 @@ class Link:
         while self.outbox and not self.closed:
             self.drained.clear()
             self.drained.wait(1.0)
+
+    def authenticated(self):
+        """The handshake succeeded: frames up to the full size limit are accepted now."""
+        self.decoder.max_frame_size = self.max_frame_size
 
     def run_writer(self):
         """Send queued frames until the link is closed; a send error closes the link."""
@@ -109,7 +119,7 @@ class Link:
                         chunks.append(self.outbox.popleft())
                     self.drained.set()
                     self.sock.sendall(b''.join(chunks) if len(chunks) > 1 else chunks[0])
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: the socket was closed under us
             logger.debug('send to %s failed: %s', self.peer, exc)
         finally:
             self.close()

@@ -10,7 +10,6 @@ import copy
 import itertools
 import logging
 import os
-import queue
 import socket
 import threading
 import time
@@ -22,6 +21,7 @@ from ..constants import (ABANDONED, CLIENT_CLUSTER_TIMEOUT, CONNECT_TIMEOUT, FIN
 from ..files import FileRefused, IncomingFiles, check_size, read_chunks
 from ..link import ConnectionClosed, Link, set_nodelay
 from ..protocol import ProtocolError
+from .callbacks import CallbackRunner
 from .computation import collect_depends, pack_computation, pack_value, unpack_result
 from .job import ClusterStatus, DispyJob, DispyNode, NodeAllocate
 
@@ -77,7 +77,7 @@ class SharedJobCluster:
         self._lost = None
         self._start_time = time.time()
         has_callbacks = self._job_status or self._cluster_status
-        self._callbacks = queue.Queue() if has_callbacks else None
+        self._callbacks = CallbackRunner() if has_callbacks else None
         host = scheduler_node or scheduler_host
         self._link = self._connect([host] if host else ['127.0.0.1', socket.gethostname()],
                                    scheduler_port, ip_addr, port, secret,
@@ -94,11 +94,10 @@ class SharedJobCluster:
                                           name='dispyscheduler-writer'),
                          threading.Thread(target=self._read, daemon=True,
                                           name='dispyscheduler-reader')]
-        if self._callbacks is not None:
-            self._threads.append(threading.Thread(target=self._run_callbacks, daemon=True,
-                                                  name='dispyscheduler-callbacks'))
         for thread in self._threads:
             thread.start()
+        if self._callbacks is not None:
+            self._callbacks.start()
 
     def _connect(self, hosts, port, ip_addr, local_port, secret, tls_files):
         """Connect and authenticate; raises with a message that says what went wrong."""
@@ -208,9 +207,11 @@ class SharedJobCluster:
         job._uid = uid
         job.id = uid if job_id is None else job_id
         self._jobs[uid] = job
-        self._link.send('submit', {'uid': uid, 'args': payload, 'files': files,
-                                   'timeout': None if timeout is None else float(timeout),
-                                   'priority': priority, 'node': node})
+        if not self._link.send('submit', {'uid': uid, 'args': payload, 'files': files,
+                                          'timeout': None if timeout is None else float(timeout),
+                                          'priority': priority, 'node': node}):
+            self._jobs.pop(uid, None)
+            raise ConnectionError(self._lost or 'the connection to the scheduler is closed')
         return job
 
     def _job_files(self, paths):
@@ -240,9 +241,7 @@ class SharedJobCluster:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             if not job.finish.wait(remaining):
                 return False
-        if self._callbacks is not None:
-            self._callbacks.join()
-        return True
+        return self._callbacks is None or self._callbacks.join(deadline)
 
     def __call__(self):
         """dispy 3.x spelling of ``wait()``."""
@@ -261,8 +260,7 @@ class SharedJobCluster:
                 logger.warning('scheduler did not confirm closing cluster %s', self.cid)
         self._link.close()
         if self._callbacks is not None:
-            self._callbacks.join()
-            self._callbacks.put(None)
+            self._callbacks.stop()
         for thread in self._threads:
             if thread is not threading.current_thread():
                 thread.join(5)
@@ -395,7 +393,7 @@ class SharedJobCluster:
             node.closed = True
         node.update_time = time.time()
         if self._cluster_status is not None:
-            self._callbacks.put((self._cluster_status, (body['status'], copy.copy(node), None)))
+            self._callbacks.put(self._cluster_status, body['status'], copy.copy(node), None)
 
     def _receive_file(self, body):
         """A file a job sends back (``dispy_send_file``), into the working directory."""
@@ -444,23 +442,10 @@ class SharedJobCluster:
             return
         snapshot = copy.copy(job)
         if self._job_status is not None:
-            self._callbacks.put((self._job_status, (snapshot,)))
+            self._callbacks.put(self._job_status, snapshot)
         if self._cluster_status is not None:
             node = copy.copy(self._nodes.get(job.ip_addr)) if job.ip_addr else None
-            self._callbacks.put((self._cluster_status, (job.status, node, snapshot)))
-
-    def _run_callbacks(self):
-        while True:
-            item = self._callbacks.get()
-            try:
-                if item is None:
-                    return
-                function, args = item
-                function(*args)
-            except Exception:
-                logger.exception('callback raised')
-            finally:
-                self._callbacks.task_done()
+            self._callbacks.put(self._cluster_status, job.status, node, snapshot)
 
 
 def _node_patterns(nodes):

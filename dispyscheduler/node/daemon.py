@@ -119,6 +119,9 @@ class NodeDaemon:
     def on_datagram(self, kind, body, source):
         if kind != 'ping' or self.link is not None or self.options.scheduler_node:
             return
+        if not (discovery.valid_address(body['addr']) and discovery.valid_port(body['port'])):
+            logger.debug('ignored a ping with address %r port %r', body['addr'], body['port'])
+            return
         address = (body['addr'] or source[0], body['port'])
         if address != self.scheduler_addr:
             logger.info('pinged by scheduler at %s:%s', *address)
@@ -143,7 +146,8 @@ class NodeDaemon:
                 logger.error('scheduler at %s:%s refused this node: %s (is --secret the '
                              "scheduler's --node_secret?)", address[0], address[1], exc)
                 linked = False
-            except (OSError, ProtocolError, TLSError, gevent.Timeout) as exc:
+            except (OSError, ProtocolError, TLSError, gevent.Timeout, ValueError,
+                    UnicodeError) as exc:
                 logger.info('cannot reach scheduler at %s:%s: %s', address[0], address[1], exc)
                 linked = False
             delay = first if linked else min(delay * 2, largest)
@@ -245,9 +249,11 @@ class NodeDaemon:
         """A computation to install: its files follow in ``compute_file`` messages, so the
         computation is registered at once and started in a greenlet of its own."""
         cid = request['cid']
-        if cid in self.computations:
-            self.send('compute_ready', {'cid': cid})
-            return
+        existing = self.computations.get(cid)
+        if existing is not None:  # sent again after a reconnect
+            if existing.loaded:
+                self.send('compute_ready', {'cid': cid})
+            return  # still starting: ``start_computation`` answers when it is done
         directory = os.path.join(self.options.dest_path_prefix,
                                  '%d_%s' % (cid, os.urandom(4).hex()))
         try:
@@ -266,9 +272,7 @@ class NodeDaemon:
             computation.start(self.ip_addr)
         except ComputationError as exc:
             logger.warning('computation %s (%s) failed to install: %s', cid, name, exc)
-            self.computations.pop(cid, None)
-            computation.close(cleanup=True)
-            self.send('compute_failed', {'cid': cid, 'reason': str(exc)})
+            self.fail_computation(computation, str(exc))
             return
         if self.computations.get(cid) is not computation:  # uninstalled while it started
             computation.close(cleanup=True)
@@ -286,15 +290,16 @@ class NodeDaemon:
         computation.close(cleanup)
         logger.info('uninstalled computation %s (%s)', cid, computation.name)
 
-    def computation_failed(self, computation, reason):
-        """The computation's host died: its jobs end and the scheduler stops sending more."""
-        if self.computations.get(computation.cid) is not computation:
-            return
-        del self.computations[computation.cid]
-        for job in [job for job in self.jobs.values() if job.cid == computation.cid]:
-            self.job_finished(job, failure_reply(job, TERMINATED, reason))
+    def fail_computation(self, computation, reason):
+        """Setup failed or the host died. The scheduler hears it first, so it sends no more
+        of its jobs here and puts back those that never started; then this node's jobs of
+        it end with the reason."""
+        if self.computations.get(computation.cid) is computation:
+            del self.computations[computation.cid]
+            self.send('compute_failed', {'cid': computation.cid, 'reason': reason})
+            for job in [job for job in self.jobs.values() if job.cid == computation.cid]:
+                self.job_finished(job, failure_reply(job, TERMINATED, reason))
         computation.close(cleanup=True)
-        self.send('compute_failed', {'cid': computation.cid, 'reason': reason})
 
     def drop_all_computations(self):
         for cid in list(self.computations):
@@ -317,12 +322,11 @@ class NodeDaemon:
         if jid in self.jobs or jid in self.unacked:
             return  # sent again after a reconnect; already here
         computation = self.computations.get(cid)
-        job = NodeJob(body)
+        job = self.jobs[jid] = NodeJob(body)
         if computation is None:
             self.job_finished(job, failure_reply(
                 job, TERMINATED, 'computation %d is not installed on this node' % cid))
             return
-        self.jobs[jid] = job
         computation.queue.put(job)
 
     def cancel_job(self, jid):
@@ -339,7 +343,9 @@ class NodeDaemon:
         self.send('job_started', {'jid': job.jid, 'start_time': time.time()})
 
     def job_finished(self, job, reply):
-        if self.jobs.pop(job.jid, None) is None and job.jid in self.unacked:
+        """Report a job's end, and keep the report until the scheduler acknowledges it. Ends
+        of jobs no longer tracked here (their computation was dropped) go nowhere."""
+        if self.jobs.pop(job.jid, None) is not job:
             return
         self.unacked[job.jid] = reply
         self.send('job_done', reply)
@@ -357,6 +363,7 @@ class NodeDaemon:
         computation = self.computations.get(hello['cid'])
         if computation is None or not hmac.compare_digest(hello['token'], self.local_token):
             return
+        link.authenticated()
         if hello['role'] == 'host':
             computation.serve_host(link)
         else:

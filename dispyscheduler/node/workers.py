@@ -25,7 +25,6 @@ from gevent.monkey import get_original
 
 from ..constants import CANCELLED, TERMINATED, WORKER_START_TIMEOUT
 from ..files import FileRefused, IncomingFiles, write_file
-from ..link import ConnectionClosed
 from ..protocol import ProtocolError
 from . import worker as worker_program
 
@@ -133,7 +132,7 @@ class Computation:
             if kind != 'loaded':
                 raise ComputationError('worker host sent %r' % (kind,))
             self.loaded = True
-        except (ConnectionClosed, OSError):
+        except OSError:  # includes the host closing its connection
             raise ComputationError('worker host exited while loading the computation '
                                    '(status %s)' % (self.host_process.wait(),)) from None
         finally:
@@ -158,7 +157,7 @@ class Computation:
         link.run_reader(on_message)
         if not self.closing:
             logger.error('worker host of %r exited (status %s)', self, self.host_process.wait())
-            self.node.computation_failed(self, 'the worker host process exited')
+            self.node.fail_computation(self, 'the worker host process exited')
 
     def serve_worker(self, link, pid):
         """Run this computation's jobs on one worker, until the worker or the node stops.
@@ -186,20 +185,21 @@ class Computation:
                     self.node.job_started(job)
                     try:
                         reply = self.run_on_worker(job, link)
-                    except JobTimedOut:
+                    except FileRefused as exc:
+                        reply = failure_reply(job, TERMINATED, str(exc))
+                    except (JobTimedOut, ProtocolError) as exc:
+                        self.workers[pid] = None  # from here on, cancel must not kill ``pid``
                         self.kill_worker(pid)
                         self.node.job_finished(job, failure_reply(
                             job, TERMINATED, 'job exceeded its time limit of %g seconds and was '
-                            'killed' % job.body['timeout']))
+                            'killed' % job.body['timeout'] if isinstance(exc, JobTimedOut) else
+                            'worker process %d sent a bad frame (%s) and was killed' % (pid, exc)))
                         return
-                    except (ConnectionClosed, OSError, ProtocolError):
-                        self.kill_worker(pid)
+                    except OSError:  # the worker died: its end, with how, is the job's end
+                        self.workers[pid] = None
                         self.node.job_finished(job, self.worker_died_reply(job, pid))
                         return
-                    except FileRefused as exc:
-                        reply = failure_reply(job, TERMINATED, str(exc))
-                    finally:
-                        self.workers[pid] = None
+                    self.workers[pid] = None
                     self.node.job_finished(job, reply)
         finally:
             self.workers.pop(pid, None)
@@ -260,14 +260,12 @@ class Computation:
             self.kill_worker(job.worker)
 
     def close(self, cleanup):
-        """Stop the computation: ``cleanup`` runs the user's cleanup and removes the files."""
+        """Stop the computation: ``cleanup`` runs the user's cleanup and removes the files.
+        Workers go down with their host; any that lost their host are killed here."""
         self.closing = True
         link = self.host_link.get() if self.host_link.ready() else None
-        if link is not None and not link.closed:
-            try:
-                link.send('exit', {'cleanup': bool(cleanup)})
-            except ConnectionClosed:
-                pass
+        if link is not None:
+            link.send('exit', {'cleanup': bool(cleanup)})
         if not self.loaded:
             self.kill_host()
         elif self.host_process is not None:
@@ -278,6 +276,9 @@ class Computation:
                                HOST_EXIT_WAIT)
             finally:
                 self.kill_host()
+        if self.host_process is None or self.host_process.returncode != 0:
+            for pid in list(self.workers):  # a host that did not exit cleanly left these
+                self.kill_worker(pid)
         for _ in range(self.queue.qsize()):
             self.queue.get_nowait()
         self.queue.put(None)  # wakes idle workers' greenlets, which then see ``closing``

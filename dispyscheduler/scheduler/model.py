@@ -276,19 +276,33 @@ class State:
         return self.fill_node(node)
 
     def compute_failed(self, node, cid):
-        """Setup failed on a node: it takes none of the cluster's jobs; jobs pinned to it
-        are returned to be ended."""
+        """Setup failed on a node, or its worker host died: the node takes no more of the
+        cluster's jobs, and those sent there that never started go back to the queue. Returns
+        ``(cluster, stranded, dispatches)``: ``stranded`` are jobs pinned to the node, ended."""
         cluster = self.clusters.get(cid)
         if cid in node.clusters:
             node.clusters[cid] = FAILED
         if cluster is None:
-            return None, []
+            return None, [], []
         cluster.ready_nodes.discard(node)
         waiting = cluster.pinned.pop(node.key, None)
         stranded = waiting.jobs() if waiting else []
         for job in stranded:
             self._end(job, CANCELLED)
-        return cluster, stranded
+        unstarted = [job for job in node.jobs.values()
+                     if job.cluster is cluster and job.status != RUNNING]
+        for job in unstarted:
+            del node.jobs[job.jid]
+            node.jobs_of[cid] -= 1
+            cluster.in_flight -= 1
+            job.node = None
+            if job.pinned is None:
+                cluster.queue.push(job)
+            else:
+                self._end(job, CANCELLED)
+                stranded.append(job)
+        self._load_changed(node)
+        return cluster, stranded, self.place(cluster) + self.fill_node(node)
 
     # jobs
 

@@ -154,8 +154,8 @@ class Scheduler:
         except ProtocolError as exc:
             reason = 'it sent a bad frame (%s)' % (exc,)
         finally:
-            writer.kill()
             self.node_lost(node, reason)
+            writer.kill(block=False)
 
     def offer_or_install(self, node, cluster):
         """Install a cluster's computation on a node, or first ask the client's NodeAllocate
@@ -225,13 +225,14 @@ class Scheduler:
             self.notify_node(cluster, node, NODE_INITIALIZED)
             self.dispatch(dispatches)
         elif kind == 'compute_failed':
-            cluster, stranded = self.state.compute_failed(node, body['cid'])
+            cluster, stranded, dispatches = self.state.compute_failed(node, body['cid'])
             if cluster is not None:
                 self.warn_client(cluster, 'computation could not be set up on node %s: %s'
                                  % (node.key, body['reason']))
                 for job in stranded:
                     self.end_job(job, CANCELLED, 'job was submitted to node %s, where the '
                                  'computation could not be set up' % (node.key,))
+                self.dispatch(dispatches)
         else:
             raise ProtocolError('unexpected %r from a node' % (kind,))
 
@@ -318,7 +319,7 @@ class Scheduler:
         except ProtocolError as exc:
             logger.warning('client of cluster %s sent a bad frame: %s', cluster.cid, exc)
         finally:
-            writer.kill()
+            writer.kill(block=False)
             if cluster.owner is link:
                 cluster.owner = None
                 cluster.orphaned_since = time.monotonic()
@@ -352,6 +353,10 @@ class Scheduler:
         return staging
 
     def on_client_message(self, cluster, kind, body):
+        if cluster.cid not in self.state.clusters and kind != 'result_ack':
+            if kind == 'submit':  # sent while the cluster was closing
+                self.end_submitted(cluster, body['uid'], CANCELLED, 'cluster is closed')
+            return
         if kind == 'submit':
             if body['uid'] in cluster.jobs or body['uid'] in cluster.results:
                 return  # a resend of a job already here
@@ -478,7 +483,7 @@ class Scheduler:
             gevent.sleep(self.options.ping_interval)
 
     def on_datagram(self, sock, kind, body, source):
-        if kind == 'announce':
+        if kind == 'announce' and discovery.valid_port(body['port']):
             address = sock.getsockname()[0]
             discovery.send(sock, self.options.node_secret, 'ping',
                            {'addr': self.announced_address(address if address != '0.0.0.0'

@@ -104,7 +104,7 @@ def test_failed_install_gets_no_jobs():
     state = State(dispatch_depth=2)
     cluster = new_cluster(state)
     node, _ = state.add_node('a', 'a', '10.0.0.1', 1, 2)
-    assert state.compute_failed(node, cluster.cid) == (cluster, [])
+    assert state.compute_failed(node, cluster.cid) == (cluster, [], [])
     assert node.clusters[cluster.cid] == FAILED
     _, dispatches = submit_many(state, cluster, 2)
     assert dispatches == [] and cluster.queued == 2

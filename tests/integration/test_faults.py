@@ -1,0 +1,179 @@
+"""Faults that must not spread: a peer dying at a bad moment, odd datagrams, oversized frames,
+a computation's host process dying, callbacks that wait. Real daemons on loopback."""
+
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from daemons import CLUSTER_SECRET, NODE_SECRET, REPO, wait_for
+
+from dispyscheduler import DispyJob, SharedJobCluster
+from dispyscheduler.auth import sign_datagram
+
+
+def nap(seconds, tag=None):
+    time.sleep(seconds)
+    return tag
+
+
+def big_result(size):
+    return b'x' * size
+
+
+def test_client_killed_mid_run_disturbs_no_one(daemons, tmp_path):
+    """A client killed while its results are in flight: the nodes stay, other clients' jobs
+    (not reentrant) finish."""
+    daemons.start_scheduler()
+    daemons.start_node('127.0.0.2')
+    daemons.start_node('127.0.0.3')
+    victim = subprocess.Popen(
+        [sys.executable, os.path.join(REPO, 'tests', 'integration', 'client_program.py'),
+         str(daemons.scheduler_port), CLUSTER_SECRET, '5000', '0'],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ,
+                                                                    PYTHONPATH=REPO))
+    try:
+        with SharedJobCluster(nap, **daemons.client_options()) as cluster:
+            jobs = [cluster.submit(0.01, n) for n in range(200)]
+            time.sleep(1)
+            victim.kill()
+            assert cluster.wait(timeout=60)
+    finally:
+        victim.kill()
+        victim.wait()
+    assert [job.result for job in jobs] == list(range(200))
+    assert 'lost' not in daemons.scheduler.log()
+
+
+def test_odd_datagrams_stop_no_daemon(daemons):
+    daemons.start_scheduler()
+    node = daemons.start_node('127.0.0.2', scheduler=None)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(('127.0.0.4', 0))
+        for body in ({'port': 70000}, {'port': -1}, {'port': 0}):
+            sock.sendto(sign_datagram(NODE_SECRET, 'announce', body), ('127.0.0.1', daemons.port))
+        for body in ({'addr': 'a' * 100, 'port': 1}, {'addr': '127.0.0.1', 'port': 70000},
+                     {'addr': '::1', 'port': 5}):
+            sock.sendto(sign_datagram(NODE_SECRET, 'ping', body), ('127.0.0.2', daemons.node_port))
+        sock.sendto(b'\x00' * 40, ('127.0.0.1', daemons.port))
+    time.sleep(1)
+    assert daemons.scheduler.alive() and node.alive()
+    with SharedJobCluster(nap, **daemons.client_options()) as cluster:
+        assert cluster.submit(0, 'still here')() == 'still here'
+
+
+def test_unauthenticated_peer_cannot_announce_a_big_frame(daemons):
+    """Before authentication a frame may be a few KB: a 64 MB hello is refused at its header,
+    so a stranger cannot make the scheduler hold memory for it."""
+    daemons.start_scheduler()
+    for port in (daemons.port, daemons.scheduler_port):
+        with socket.create_connection(('127.0.0.1', port), timeout=5) as sock:
+            sock.sendall(struct.pack('>I', 64 * 1024 * 1024 - 1) + b'\x92')
+            sock.settimeout(5)
+            data = sock.recv(65536)  # the scheduler's hello, then the close
+            while data:
+                data = sock.recv(65536)
+    daemons.scheduler.wait_log('exceeds the limit of 4096')
+    assert daemons.scheduler.alive()
+
+
+def test_result_larger_than_the_limit_ends_the_job(daemons):
+    daemons.start_scheduler()
+    daemons.start_node('127.0.0.2')
+    with SharedJobCluster(big_result, **daemons.client_options()) as cluster:
+        huge = cluster.submit(40 * 1024 * 1024)
+        fine = cluster.submit(10)
+        huge()
+        assert huge.status == DispyJob.Terminated
+        assert 'larger than the limit' in huge.exception
+        assert fine() == b'x' * 10
+        assert cluster.submit(5)() == b'xxxxx'
+
+
+def host_processes(node_pid):
+    """PIDs of the computation host processes a node daemon started."""
+    found = []
+    for entry in os.listdir('/proc'):
+        if not entry.isdigit():
+            continue
+        try:
+            with open('/proc/%s/stat' % entry) as handle:
+                stat = handle.read()
+            with open('/proc/%s/cmdline' % entry, 'rb') as handle:
+                cmdline = handle.read()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(')') + 2:].split()[1])
+        if ppid == node_pid and b'dispyscheduler.node.worker' in cmdline:
+            found.append(int(entry))
+    return found
+
+
+def test_computation_host_dying_moves_unstarted_jobs_elsewhere(daemons):
+    daemons.start_scheduler()
+    doomed = daemons.start_node('127.0.0.2', cpus=1)
+    with SharedJobCluster(nap, nodes=['127.0.0.2', '127.0.0.3'],
+                          **daemons.client_options()) as cluster:
+        first = cluster.submit(30, 'first')
+        wait_for(lambda: first.status == DispyJob.Running, 20, 'the first job to run')
+        rest = [cluster.submit(0.1, n) for n in range(5)]
+        daemons.start_node('127.0.0.3', cpus=1)
+        hosts = host_processes(doomed.pid)
+        assert len(hosts) == 1
+        os.kill(hosts[0], signal.SIGKILL)
+        first()
+        assert first.status == DispyJob.Terminated
+        assert 'worker host process exited' in first.exception
+        assert cluster.wait(timeout=30)
+    assert [job.result for job in rest] == list(range(5))
+    # node .2's only CPU ran 'first' until its host died: the rest all ran on .3
+    assert {job.ip_addr for job in rest} == {'127.0.0.3'}
+    daemons.scheduler.wait_log('could not be set up on node 127.0.0.2')
+
+
+def test_lost_scheduler_abandons_jobs_and_submit_raises(daemons):
+    daemons.start_scheduler()
+    daemons.start_node('127.0.0.2')
+    cluster = SharedJobCluster(nap, **daemons.client_options())
+    try:
+        job = cluster.submit(30, 'never')
+        wait_for(lambda: job.status == DispyJob.Running, 20, 'the job to run')
+        daemons.scheduler.stop()
+        job()
+        assert job.status == DispyJob.Abandoned
+        assert 'scheduler' in job.exception
+        with pytest.raises(ConnectionError):
+            cluster.submit(0, 'late')
+        assert cluster.wait(timeout=5)
+    finally:
+        cluster.close()
+
+
+def test_callback_may_wait_and_a_slow_callback_does_not_break_wait_timeout(daemons):
+    daemons.start_scheduler()
+    daemons.start_node('127.0.0.2')
+    waited = threading.Event()
+    holder = {}
+
+    def callback(job):
+        if job.status == DispyJob.Finished and job.result == 'waits':
+            holder['cluster'].wait()  # from a callback: must not wait for itself
+            waited.set()
+        elif job.status == DispyJob.Finished and job.result == 'slow':
+            time.sleep(3)
+
+    with SharedJobCluster(nap, callback=callback, **daemons.client_options()) as cluster:
+        holder['cluster'] = cluster
+        cluster.submit(0, 'waits')()
+        assert waited.wait(10)
+        cluster.submit(0, 'slow')()
+        started = time.monotonic()
+        assert cluster.wait(timeout=0.5) is False
+        assert time.monotonic() - started < 2
+        assert cluster.wait(timeout=10) is True
