@@ -292,3 +292,19 @@ def test_arbitrary_bytes_yield_valid_messages_or_protocol_error(chunks, split):
                 validate(kind, body)
     except ProtocolError:
         pass
+
+
+def test_link_send_on_a_closed_link_drops_the_frame():
+    """Senders other than a link's owner never have to handle a link that just closed."""
+    import socket
+
+    from dispyscheduler.link import Link
+    left, right = socket.socketpair()
+    try:
+        link = Link(left, peer='test')
+        assert link.send('closed', {}) is True
+        link.close()
+        assert link.send('closed', {}) is False
+    finally:
+        left.close()
+        right.close()

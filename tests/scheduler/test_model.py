@@ -494,3 +494,49 @@ def test_random_event_sequences_keep_counters_consistent(reentrant):
                 assert not any(node.clusters.get(cluster.cid) == READY
                                and len(node.jobs) < node.slots
                                for node in state.nodes.values())
+
+
+# computation failures, priorities, pinned jobs
+
+def test_failed_computation_puts_unstarted_jobs_back_and_places_them_elsewhere():
+    """A node whose computation failed (its host died) keeps its running jobs (the node ends
+    them) but the jobs it had not started go to another node."""
+    state = State(dispatch_depth=2)
+    cluster = new_cluster(state)
+    sick, _ = ready_node(state, 'sick', cpus=1)
+    jobs, dispatches = submit_many(state, cluster, 2)
+    assert [node for node, _ in dispatches] == [sick, sick]
+    state.job_started(sick, jobs[0].jid, 1.0)
+    healthy, _ = ready_node(state, 'healthy', cpus=1)
+    cluster_, stranded, dispatches = state.compute_failed(sick, cluster.cid)
+    assert cluster_ is cluster and stranded == []
+    assert dispatches == [(healthy, jobs[1])]
+    assert list(sick.jobs.values()) == [jobs[0]]
+    check_invariants(state)
+    assert state.job_done(sick, jobs[0].jid, 9)[0] is jobs[0]
+    assert state.job_done(sick, jobs[1].jid, 9) == (None, [])  # its late report is dropped
+    check_invariants(state)
+
+
+def test_priority_then_submission_order():
+    state = State(dispatch_depth=1)
+    cluster = new_cluster(state)
+    jobs = [state.submit(cluster, uid, b'', priority=priority)[0]
+            for uid, priority in enumerate((0, 5, 0, 5, 9))]
+    node, dispatches = ready_node(state, 'a', cpus=5)
+    assert [job.uid for _, job in dispatches] == [4, 1, 3, 0, 2]
+    assert {job for _, job in dispatches} == set(jobs)
+
+
+def test_pinned_jobs_wait_for_their_node_and_end_with_it():
+    state = State(dispatch_depth=1)
+    cluster = new_cluster(state)
+    node, _ = ready_node(state, 'a', cpus=1)
+    other, _ = ready_node(state, 'b', cpus=1)
+    pinned = [state.submit(cluster, uid, b'', pinned='a')[0] for uid in range(3)]
+    assert pinned[0].node is node and pinned[1].node is None
+    assert other.jobs == {}  # pinned jobs never go elsewhere
+    requeued, lost, _ = state.remove_node(node)
+    assert requeued == [] and set(lost) == set(pinned)
+    assert all(job.status == CANCELLED for job in pinned)
+    check_invariants(state)
