@@ -88,6 +88,16 @@ def test_class_instances_as_argument_and_result(shared):
     assert (result.x, result.y) == (11, 2)
 
 
+def distance(point):
+    return Point(0, 0).moved(point.x).x  # uses the class through a global name
+
+
+def test_depends_instance_brings_its_class(shared):
+    with SharedJobCluster(distance, depends=[Point(5, 5)], **shared.client_options()) as cluster:
+        job = cluster.submit(Point(7, 1))
+        assert job() == 7, job.exception
+
+
 # 2. depends
 
 
@@ -111,6 +121,12 @@ def test_depends_with_a_data_file_and_a_module(shared, tmp_path):
         jobs = run_all(cluster, [cluster.submit(n) for n in range(6)])
     assert [job.result for job in jobs] == [1000 + 3 * n for n in range(6)], \
         [job.exception for job in jobs]
+
+    def shipped_copies():
+        return [root for root, _, names in os.walk(shared.directory)
+                if 'helper_module.py' in names]
+    # cleanup=True (the default): the nodes remove the files they were sent at close
+    wait_for(lambda: not shipped_copies(), 10, 'the shipped files to be removed')
 
 
 def read_job_file(name):
