@@ -17,11 +17,12 @@ _API = {
     'DispyNode': 'dispyscheduler.client.job',
     'NodeAllocate': 'dispyscheduler.client.job',
     'ClusterStatus': 'dispyscheduler.client.job',
+    'recover_jobs': 'dispyscheduler.client.cluster',
     'AuthenticationError': 'dispyscheduler.auth',
 }
 
 __all__ = ['SharedJobCluster', 'DispyJob', 'DispyNode', 'NodeAllocate', 'ClusterStatus',
-           'AuthenticationError', 'logger']
+           'recover_jobs', 'AuthenticationError', 'logger']
 
 
 def __getattr__(name):

@@ -14,6 +14,7 @@ from .constants import (
     DEFAULT_DEST_PATH_PREFIX,
     DEFAULT_NODE_DEST_PATH_PREFIX,
     MAX_FILE_SIZE,
+    MAX_NODE_LOSSES,
     NODE_PORT,
     PING_INTERVAL,
     PING_INTERVAL_RANGE,
@@ -135,6 +136,9 @@ def scheduler_parser():
     parser.add_argument('--state_dir', metavar='DIR',
                         help='where the scheduler keeps its state (default: DEST_PATH_PREFIX/'
                              'state)')
+    parser.add_argument('--max_node_losses', type=int, default=MAX_NODE_LOSSES, metavar='N',
+                        help='a job whose runs lost this many nodes ends Abandoned '
+                             '(default %(default)d)')
     return parser
 
 
@@ -215,6 +219,8 @@ def scheduler_main(argv=None):
         parser.error('--cluster_keyfile needs --cluster_certfile')
     if options.ext_ip_addr and options.ip_addr and len(options.ext_ip_addr) > len(options.ip_addr):
         parser.error('more --ext_ip_addr than -i addresses to pair them with')
+    if options.max_node_losses < 1:
+        parser.error('argument --max_node_losses: must be at least 1')
     configure_logging(options.debug)
     from .tls import TLSConfigError, server_context
     try:
@@ -225,15 +231,21 @@ def scheduler_main(argv=None):
             cluster_tls = server_context(options.cluster_certfile, options.cluster_keyfile)
     except TLSConfigError as exc:
         return fail(parser.prog, str(exc))
+    from .scheduler.store import Store, StoreError
     try:
         prepare_directory(options.dest_path_prefix)
         options.state_dir = options.state_dir or os.path.join(options.dest_path_prefix, 'state')
         state_lock = lock_state_dir(options.state_dir)
     except OSError as exc:
         return fail(parser.prog, str(exc))
+    try:
+        store = Store(options.state_dir)
+    except StoreError as exc:
+        state_lock.close()
+        return fail(parser.prog, str(exc))
     from .scheduler.server import Scheduler
     try:
-        Scheduler(options, node_tls, cluster_tls).run()
+        Scheduler(options, store, node_tls, cluster_tls).run()
     except OSError as exc:  # a port in use, an address not on this host
         return fail(parser.prog, 'cannot listen: %s' % (exc,))
     finally:

@@ -125,3 +125,17 @@ NODE_CLOSED = 16
 
 FILE_TIMEOUT = 60.0
 """Seconds a peer may take between two chunks of a file it is sending."""
+
+COMMIT_INTERVAL = 0.005
+"""Seconds the scheduler lets state changes gather before committing them in one transaction
+(group commit): a submission waits at most this long for its acknowledgement."""
+
+MAX_NODE_LOSSES = 3
+"""Default ``--max_node_losses``: a job whose runs have killed or lost this many nodes ends
+``Abandoned`` instead of going round the cluster for ever."""
+
+NODE_SHUTDOWN_GRACE = 30.0
+"""Seconds a node told to stop (SIGTERM) lets its running jobs finish before killing them."""
+
+CLIENT_RECONNECT_TIMEOUT = 600.0
+"""Seconds a client keeps trying to reach its scheduler again before abandoning its jobs."""

@@ -73,6 +73,15 @@ def broadcast_targets(bound_addr):
     return targets
 
 
+def resolve(host):
+    """The IPv4 addresses of ``host`` (empty, with a warning, if it cannot be resolved)."""
+    try:
+        return sorted({info[4][0] for info in socket.getaddrinfo(host, None, socket.AF_INET)})
+    except OSError as exc:
+        logger.warning('cannot resolve %s: %s', host, exc)
+        return []
+
+
 def udp_socket(address, port):
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

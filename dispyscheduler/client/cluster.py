@@ -1,27 +1,34 @@
 """``SharedJobCluster``: a user's program's handle on the shared scheduler.
 
 Plain threads and blocking sockets; importing this never monkey-patches the user's process.
-One long-lived link to the scheduler carries submissions out and statuses and results in: a
-reader thread applies what arrives to the jobs, a writer thread sends what ``submit`` queued,
-and callbacks run one at a time, in order, on a thread of their own.
+One long-lived link to the scheduler (``connection.py``, which reconnects and resumes the
+cluster when it breaks) carries submissions out and statuses and results in: a reader thread
+applies what arrives to the jobs, a writer thread sends what ``submit`` queued, and callbacks
+run one at a time, in order, on a thread of their own. A submission is kept until the
+scheduler says it is saved, and sent again after a reconnect; results are acknowledged as
+they arrive, and a result that arrives twice is dropped.
+
+The cluster's credential is written to a recovery file, so that ``recover_jobs`` in another
+process can collect the results of a program that was killed.
 """
 
 import copy
+import glob
 import itertools
+import json
 import logging
 import os
 import socket
 import threading
 import time
 
-from ..auth import AUTH_FAILED, AuthenticationError, handshake
-from ..constants import (ABANDONED, CLIENT_CLUSTER_TIMEOUT, CONNECT_TIMEOUT, FINAL_STATUSES,
-                         HANDSHAKE_TIMEOUT, NODE_CLOSED, NODE_INITIALIZED, PROVISIONAL_RESULT,
+from ..constants import (ABANDONED, CLIENT_CLUSTER_TIMEOUT, CLIENT_RECONNECT_TIMEOUT,
+                         FINAL_STATUSES, NODE_CLOSED, NODE_INITIALIZED, PROVISIONAL_RESULT,
                          RUNNING, SCHEDULER_CLIENT_PORT, TERMINATED)
 from ..files import FileRefused, IncomingFiles, check_size, read_chunks
-from ..link import ConnectionClosed, Link, set_nodelay
 from ..protocol import ProtocolError
 from .callbacks import CallbackRunner
+from .connection import Refused, SchedulerConnection
 from .computation import collect_depends, pack_computation, pack_value, unpack_result
 from .job import ClusterStatus, DispyJob, DispyNode, NodeAllocate
 
@@ -52,7 +59,8 @@ class SharedJobCluster:
                  scheduler_port=SCHEDULER_CLIENT_PORT, loglevel=logging.WARNING, setup=None,
                  cleanup=True, reentrant=False, secret='', keyfile=None, certfile=None,
                  cafile=None, scheduler_host=None, job_status=None, cluster_status=None,
-                 job_timeout=None, **dispy_options):
+                 job_timeout=None, recover_file=None,
+                 reconnect_timeout=CLIENT_RECONNECT_TIMEOUT, **dispy_options):
         logger.setLevel(loglevel)
         for name in dispy_options:
             if name not in IGNORED_OPTIONS:
@@ -60,88 +68,118 @@ class SharedJobCluster:
                                 % (name,))
             logger.info('option %s has no effect with dispyscheduler', name)
         del ext_ip_addr  # results return on the client's own connection: nothing to announce
-        self._job_status = job_status or callback
-        self._cluster_status = cluster_status
-        self._job_timeout = job_timeout
         packed = pack_computation(computation, depends, setup, cleanup)
         self._allocators, node_files = self._node_allocations(nodes or ['*'])
         files = packed.files + node_files
-        self.name = os.path.basename(computation) if isinstance(computation, str) else \
+        name = os.path.basename(computation) if isinstance(computation, str) else \
             getattr(computation, '__name__', str(computation))
+        host = scheduler_node or scheduler_host
+        connection = SchedulerConnection(
+            [host] if host else ['127.0.0.1', socket.gethostname()], scheduler_port, ip_addr,
+            port, secret, (certfile, keyfile, cafile), reconnect_timeout)
+        self._prepare(name, connection, job_status or callback, cluster_status, job_timeout)
+        link = connection.connect()
+        try:
+            body = self._create(link, packed.code, nodes or ['*'], files,
+                                [name for name, _, _ in node_files], reentrant, cleanup)
+        except BaseException:
+            link.sock.close()
+            raise
+        self._attached(link, body)
+        if recover_file is not False:
+            self._write_recover_file(recover_file, host or '127.0.0.1', scheduler_port)
+
+    def _prepare(self, name, connection, job_status, cluster_status, job_timeout):
+        """What every cluster object holds, new or recovered."""
+        self.name = name
+        self.cid = None
+        self._connection = connection
+        self._job_status = job_status
+        self._cluster_status = cluster_status
+        self._job_timeout = job_timeout
+        self._allocators = getattr(self, '_allocators', [])
         self._jobs = {}  # uid -> DispyJob not yet final
+        self._unsaved = {}  # uid -> submission the scheduler has not said it saved
         self._nodes = {}  # ip_addr -> DispyNode
         self._uids = itertools.count(1)
         self._incoming = {}  # uid -> IncomingFiles of files its job sends back
         self._closing = False
         self._closed = threading.Event()
         self._lost = None
+        self._recovering = False  # accept results of jobs this process did not submit
+        self._recovered = {}  # uid -> DispyJob of those, finished or not
+        self._pending_known = threading.Event()
+        self._recover_file = None
         self._start_time = time.time()
-        has_callbacks = self._job_status or self._cluster_status
-        self._callbacks = CallbackRunner() if has_callbacks else None
-        host = scheduler_node or scheduler_host
-        self._link = self._connect([host] if host else ['127.0.0.1', socket.gethostname()],
-                                   scheduler_port, ip_addr, port, secret,
-                                   (certfile, keyfile, cafile))
-        try:
-            body = self._create(packed.code, nodes or ['*'], files,
-                                [name for name, _, _ in node_files], reentrant, cleanup)
-        except BaseException:
-            self._link.sock.close()
-            raise
+        self._callbacks = CallbackRunner() if job_status or cluster_status else None
+
+    def _attached(self, link, body):
+        """The scheduler accepted the cluster: start the threads."""
         self.cid = body['cid']
+        self._credential = body['credential']
         self._max_file_size = body['max_file_size']
-        self._threads = [threading.Thread(target=self._link.run_writer, daemon=True,
-                                          name='dispyscheduler-writer'),
-                         threading.Thread(target=self._read, daemon=True,
-                                          name='dispyscheduler-reader')]
-        for thread in self._threads:
-            thread.start()
+        self._connection.start(link, self._on_message, self._resume, self._resumed,
+                               self._give_up)
         if self._callbacks is not None:
             self._callbacks.start()
 
-    def _connect(self, hosts, port, ip_addr, local_port, secret, tls_files):
-        """Connect and authenticate; raises with a message that says what went wrong."""
-        errors = []
-        for host in hosts:
-            try:
-                sock = socket.create_connection(
-                    (host, port), CONNECT_TIMEOUT,
-                    (ip_addr or '', local_port) if ip_addr or local_port else None)
-                break
-            except OSError as exc:
-                errors.append('%s:%s: %s' % (host, port, exc))
-        else:
-            raise ConnectionError('cannot reach the scheduler (%s)' % '; '.join(errors))
-        set_nodelay(sock)
-        where = '%s:%s' % (host, port)
-        deadline = time.monotonic() + HANDSHAKE_TIMEOUT
+    def _resume(self, link):
+        """Attach a new link to this cluster (after a reconnect, or to recover it); the
+        scheduler's ``cluster_ok`` body."""
+        link.send_now('cluster_resume', {'cid': self.cid, 'credential': self._credential})
         try:
-            if any(tls_files):
-                from ..tls import TLSSocket, client_context
-                sock = TLSSocket(sock, client_context(*tls_files), server_side=False)
-                sock.settimeout(HANDSHAKE_TIMEOUT)
-                sock.do_handshake()
-            sock.settimeout(None)
-            link = Link(sock, where)
-            handshake(link, secret, 'client', 'scheduler', initiator=True, deadline=deadline)
-            return link
-        except AuthenticationError:
-            sock.close()
-            raise AuthenticationError(
-                '%s: the scheduler at %s did not accept this cluster\'s secret (it must be the '
-                "scheduler's --cluster_secret)" % (AUTH_FAILED, where)) from None
-        except (ConnectionClosed, ConnectionResetError, BrokenPipeError) as exc:
-            sock.close()
-            raise ConnectionError('the scheduler at %s dropped the connection during the '
-                                  'handshake (%s); does it require TLS? then pass certfile= '
-                                  'or cafile=' % (where, exc)) from None
-        except BaseException:
-            sock.close()
-            raise
+            return link.expect('cluster_ok', time.monotonic() + CLIENT_CLUSTER_TIMEOUT)
+        except ProtocolError as exc:
+            raise Refused(str(exc)) from None
 
-    def _create(self, code, nodes, files, node_files, reentrant, cleanup):
+    @classmethod
+    def _recover(cls, record, path, secret, tls_files, loglevel):
+        """A cluster object attached to the cluster described by a recovery file."""
+        logger.setLevel(loglevel)
+        cluster = cls.__new__(cls)
+        connection = SchedulerConnection([record['scheduler']], record['port'], None, 0,
+                                         secret, tls_files, CLIENT_RECONNECT_TIMEOUT)
+        cluster._prepare(record['name'], connection, None, None, None)
+        cluster.cid = record['cid']
+        cluster._credential = bytes.fromhex(record['credential'])
+        cluster._recovering = True
+        cluster._recover_file = os.path.abspath(path)
+        link = connection.connect()
+        try:
+            body = cluster._resume(link)
+        except BaseException:
+            link.sock.close()
+            raise
+        cluster._attached(link, body)
+        return cluster
+
+    def _resumed(self):
+        """Send again what the scheduler may not have saved before the link broke."""
+        for body in list(self._unsaved.values()):
+            self._connection.send('submit', body)
+
+    def _give_up(self, reason):
+        self._lost = reason
+        logger.error('cluster %s: %s; %d unfinished jobs abandoned', self.cid, reason,
+                     len(self._jobs))
+        for uid in list(self._jobs):
+            self._end(uid, ABANDONED, None, reason)
+        self._closed.set()
+
+    def _write_recover_file(self, path, host, port):
+        """Where and how to find this cluster again (``recover_jobs``); only the owner may
+        read it, for it holds the cluster's credential."""
+        path = path or '_dispyscheduler_%s_%d.json' % (time.strftime('%Y%m%d%H%M%S'), self.cid)
+        record = {'scheduler': host, 'port': port, 'cid': self.cid,
+                  'credential': self._credential.hex(), 'name': self.name}
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, 'w') as handle:
+            json.dump(record, handle)
+        self._recover_file = os.path.abspath(path)
+
+    def _create(self, link, code, nodes, files, node_files, reentrant, cleanup):
         """Send the computation and its files; the scheduler's ``cluster_ok`` body."""
-        self._link.send_now('cluster_new', {
+        link.send_now('cluster_new', {
             'name': self.name, 'code': code, 'nodes': _node_patterns(nodes),
             'reentrant': bool(reentrant), 'cleanup': bool(cleanup),
             'files': [[name, os.path.getsize(path), mode] for name, path, mode in files],
@@ -149,13 +187,12 @@ class SharedJobCluster:
         try:
             for name, path, _ in files:
                 for offset, data, last in read_chunks(path):
-                    self._link.send_now('cluster_file', {'name': name, 'offset': offset,
-                                                         'data': data, 'last': last})
+                    link.send_now('cluster_file', {'name': name, 'offset': offset,
+                                                   'data': data, 'last': last})
         except (ConnectionError, OSError):
             pass  # the scheduler refused the files; its reason is read below
         try:
-            return self._link.expect('cluster_ok',
-                                     time.monotonic() + CLIENT_CLUSTER_TIMEOUT)
+            return link.expect('cluster_ok', time.monotonic() + CLIENT_CLUSTER_TIMEOUT)
         except ProtocolError as exc:
             raise ValueError('the scheduler refused the computation: %s' % (exc,)) from None
 
@@ -202,16 +239,21 @@ class SharedJobCluster:
         payload = pack_value((args, kwargs), 'job arguments')
         if isinstance(node, DispyNode):
             node = node.ip_addr
+        tag = None if job_id is None else pack_value(job_id, 'job id')
         uid = next(self._uids)
         job = DispyJob(args, kwargs)
         job._uid = uid
         job.id = uid if job_id is None else job_id
+        body = {'uid': uid, 'args': payload, 'files': files, 'priority': priority,
+                'timeout': None if timeout is None else float(timeout), 'node': node,
+                'tag': tag}
         self._jobs[uid] = job
-        if not self._link.send('submit', {'uid': uid, 'args': payload, 'files': files,
-                                          'timeout': None if timeout is None else float(timeout),
-                                          'priority': priority, 'node': node}):
+        self._unsaved[uid] = body
+        self._connection.send('submit', body)  # if the link is down, sent on reconnecting
+        if self._lost is not None:  # given up meanwhile: this job would wait for ever
+            self._unsaved.pop(uid, None)
             self._jobs.pop(uid, None)
-            raise ConnectionError(self._lost or 'the connection to the scheduler is closed')
+            raise ConnectionError(self._lost)
         return job
 
     def _job_files(self, paths):
@@ -230,7 +272,7 @@ class SharedJobCluster:
         """Cancel a queued or running job; returns 0, or -1 if it had already ended."""
         if job.status in FINAL_STATUSES or job._uid not in self._jobs:
             return -1
-        self._link.send('cancel', {'uid': job._uid})
+        self._connection.send('cancel', {'uid': job._uid})
         return 0
 
     def wait(self, timeout=None):
@@ -254,16 +296,18 @@ class SharedJobCluster:
         if not terminate:
             self.wait(timeout)
         self._closing = True
-        if self._lost is None and not self._link.closed:
-            self._link.send('close', {'terminate': bool(terminate)})
+        if self._lost is None and self._connection.send('close',
+                                                        {'terminate': bool(terminate)}):
             if not self._closed.wait(CLIENT_CLUSTER_TIMEOUT):
                 logger.warning('scheduler did not confirm closing cluster %s', self.cid)
-        self._link.close()
+        self._connection.close()
         if self._callbacks is not None:
             self._callbacks.stop()
-        for thread in self._threads:
-            if thread is not threading.current_thread():
-                thread.join(5)
+        if self._recover_file and self._lost is None:
+            try:
+                os.unlink(self._recover_file)
+            except OSError:
+                pass
 
     shutdown = close
 
@@ -322,31 +366,26 @@ class SharedJobCluster:
                 break
         else:
             cpus = body['cpus']  # matched a plain pattern: the whole node
-        self._link.send('node_allocation', {'key': body['key'], 'cpus': max(0, cpus),
-                                            'setup_args': setup_args, 'files': files})
+        self._connection.send('node_allocation', {'key': body['key'], 'cpus': max(0, cpus),
+                                                  'setup_args': setup_args, 'files': files})
 
     # what the scheduler sends
 
-    def _read(self):
-        try:
-            self._link.run_reader(self._on_message)
-        except Exception as exc:  # a bug or a bad frame must not leave jobs waiting forever
-            logger.exception('reading from the scheduler failed')
-            reason = 'connection to the scheduler failed: %s' % (exc,)
-        else:
-            reason = 'connection to the scheduler was lost'
-        if not self._closing:
-            self._lost = reason
-            logger.error('cluster %s: %s; %d unfinished jobs abandoned', self.cid, reason,
-                         len(self._jobs))
-            for uid in list(self._jobs):
-                self._end(uid, ABANDONED, None, reason)
-        self._closed.set()
-
     def _on_message(self, kind, body):
         if kind == 'job_end':
-            self._link.send('result_ack', {'ids': [body['uid']]})
+            self._connection.send('result_ack', {'ids': [body['uid']]})
+            self._unsaved.pop(body['uid'], None)
+            if self._recovering and body['uid'] not in self._jobs:
+                self._adopt(body['uid'], body['tag'])
             self._end(body['uid'], body['status'], body, body['exception'])
+        elif kind == 'submitted':
+            for uid in body['uids']:
+                self._unsaved.pop(uid, None)
+        elif kind == 'jobs_pending':
+            if self._recovering:
+                for uid, tag in body['jobs']:
+                    self._adopt(uid, tag)
+                self._pending_known.set()
         elif kind == 'job_status':
             job = self._jobs.get(body['uid'])
             if job is not None and body['status'] == RUNNING:
@@ -437,6 +476,13 @@ class SharedJobCluster:
         self._notify(job)
         job.finish.set()
 
+    def _adopt(self, uid, tag):
+        """A job of this cluster submitted by the process being recovered."""
+        if uid not in self._recovered:
+            job = self._jobs[uid] = self._recovered[uid] = DispyJob(None, None)
+            job._uid = uid
+            job.id = unpack_result(tag) if tag is not None else uid
+
     def _notify(self, job):
         if self._callbacks is None:
             return
@@ -465,3 +511,39 @@ def _node_patterns(nodes):
             raise TypeError('nodes entries are host names, addresses or patterns, '
                             '(host, port) pairs or NodeAllocate objects; got %r' % (entry,))
     return patterns
+
+
+def recover_jobs(recover_file=None, timeout=None, terminate_pending=False, secret='',
+                 keyfile=None, certfile=None, cafile=None, loglevel=logging.WARNING):
+    """Collect the jobs of a cluster whose program went away (was killed, lost power).
+
+    ``recover_file`` is the file ``SharedJobCluster`` wrote (by default the newest
+    ``_dispyscheduler_*.json`` here); ``secret`` and the TLS files are the cluster's. Waits up
+    to ``timeout`` seconds (None: as long as it takes) for the jobs still running, then
+    returns every job whose result had not been collected, with ``id``, ``status``,
+    ``result``, ``exception``, output and times; with ``terminate_pending`` the jobs still
+    pending at the timeout are cancelled. Once everything is collected the cluster is closed;
+    otherwise it stays, and ``recover_jobs`` may be called again.
+    """
+    if recover_file is None:
+        found = sorted(glob.glob('_dispyscheduler_*.json'), key=os.path.getmtime)
+        if not found:
+            raise FileNotFoundError('no _dispyscheduler_*.json recovery file in %s'
+                                    % (os.getcwd(),))
+        recover_file = found[-1]
+    with open(recover_file) as handle:
+        record = json.load(handle)
+    cluster = SharedJobCluster._recover(record, recover_file, secret,
+                                        (certfile, keyfile, cafile), loglevel)
+    cluster._pending_known.wait(CLIENT_CLUSTER_TIMEOUT)
+    finished = cluster.wait(timeout)
+    if not finished and terminate_pending:
+        for job in list(cluster._jobs.values()):
+            cluster.cancel(job)
+        finished = cluster.wait(CLIENT_CLUSTER_TIMEOUT)
+    if finished:
+        cluster.close()
+    else:
+        cluster._closing = True
+        cluster._connection.close()
+    return [cluster._recovered[uid] for uid in sorted(cluster._recovered)]

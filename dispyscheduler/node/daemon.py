@@ -28,6 +28,7 @@ from ..constants import (
     CANCELLED,
     CONNECT_TIMEOUT,
     HANDSHAKE_TIMEOUT,
+    NODE_SHUTDOWN_GRACE,
     PULSE_INTERVAL,
     RECONNECT_DELAY_RANGE,
     TERMINATED,
@@ -50,6 +51,10 @@ class NodeDaemon:
 
     zombie_check_interval = 30.0
     """Seconds between checks for computations whose scheduler has been gone too long."""
+
+    shutdown_grace = NODE_SHUTDOWN_GRACE
+    """Seconds a node told to stop lets its running jobs finish and their results reach the
+    scheduler before it kills them."""
 
     def __init__(self, options, tls_context=None):
         self.options = options
@@ -96,6 +101,7 @@ class NodeDaemon:
                     self.cpus, self.options.node_port)
         self.stopped.wait()
         logger.info('stopping')
+        self.leave()
         if self.link is not None:
             self.link.close()
         self.duties.kill()
@@ -104,6 +110,23 @@ class NodeDaemon:
             computation.close(cleanup=True)
         for sock in udp.values():
             sock.close()
+
+    def leave(self):
+        """Hand the jobs not started back to the scheduler, and give the running ones
+        ``shutdown_grace`` seconds to finish and their results time to be acknowledged."""
+        unstarted = [job for job in self.jobs.values() if job.worker is None]
+        for job in unstarted:
+            job.cancelled = True
+            del self.jobs[job.jid]
+        self.send('node_leaving', {'jobs': [job.jid for job in unstarted]})
+        deadline = time.monotonic() + self.shutdown_grace
+        while (self.jobs or self.unacked) and self.link is not None:
+            if time.monotonic() > deadline:
+                logger.warning('stopping with %d jobs still running', len(self.jobs))
+                return
+            gevent.sleep(0.05)
+
+    # discovery
 
     def announce(self, udp):
         """Tell schedulers on this host's networks that this node exists (by broadcast, never
@@ -172,7 +195,8 @@ class NodeDaemon:
                 link.send_now('node_info', {
                     'name': self.name, 'ip_addr': self.ip_addr,
                     'port': self.options.node_port, 'cpus': self.cpus,
-                    'platform': platform.platform()})
+                    'platform': platform.platform(),
+                    'jobs': list(self.jobs) + list(self.unacked)})
                 welcome = link.expect('welcome', time.monotonic() + HANDSHAKE_TIMEOUT)
         except BaseException:
             sock.close()

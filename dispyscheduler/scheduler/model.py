@@ -9,13 +9,17 @@ node first appears, over the nodes or clusters it may pair with.
 A cluster's queue is a heap ordered by job priority, then submission order, so a job put back
 after its node was lost goes before later ones. Jobs pinned to a node (``submit_node``) wait in
 a queue of their own for that node.
+
+After a restart, jobs that were on nodes wait for their nodes to come back and say which of
+them they still hold (``reattach``); a node that does not return within the grace period is
+handled as lost (``expire_awaiting``).
 """
 
 import collections
 import heapq
 import itertools
 
-from ..constants import CANCELLED, CREATED, RUNNING
+from ..constants import ABANDONED, CANCELLED, CREATED, RUNNING
 from .policy import LoadIndex, fair_share_pick, node_matches
 
 OFFERED = 'offered'  # waiting for the client's NodeAllocate to say how many CPUs to use
@@ -26,10 +30,13 @@ FAILED = 'failed'  # setup failed there, or the client's allocation refused the 
 
 class Job:
     __slots__ = ('jid', 'uid', 'cluster', 'args', 'node', 'status', 'start_time', 'cancelling',
-                 'priority', 'timeout', 'files', 'pinned')
+                 'priority', 'timeout', 'files', 'pinned', 'tag', 'lost_nodes')
 
-    def __init__(self, jid, uid, cluster, args, priority=0, timeout=None, files=(), pinned=None):
+    def __init__(self, jid, uid, cluster, args, priority=0, timeout=None, files=(), pinned=None,
+                 tag=None):
         self.jid = jid
+        self.tag = tag  # the client's job id (pickled), for a client recovering results
+        self.lost_nodes = 0  # nodes that died or vanished while holding this job
         self.uid = uid
         self.cluster = cluster
         self.args = args
@@ -152,15 +159,99 @@ class Node:
 class State:
     """Every cluster, node and unfinished job the scheduler knows, with their indexes."""
 
-    def __init__(self, dispatch_depth):
+    def __init__(self, dispatch_depth, max_node_losses=3, epoch=0, next_cid=1):
         self.dispatch_depth = dispatch_depth
+        self.max_node_losses = max_node_losses
         self.nodes = {}  # key -> Node
         self.clusters = {}  # cid -> Cluster
         self.jobs = {}  # jid -> Job, every unfinished job
         self.free_nodes = LoadIndex()  # nodes with a free slot, least loaded first
-        self.next_cid = itertools.count(1).__next__
-        self.next_jid = itertools.count(1).__next__
+        self.awaiting = {}  # node key -> {jid: Job} it held before a restart
+        self.next_cid = itertools.count(next_cid).__next__
+        # job ids of each incarnation of the scheduler are apart, so a result for a job of a
+        # previous incarnation that was never saved can never be taken for a new job's
+        self.next_jid = itertools.count((epoch << 40) + 1).__next__
         self.tick = itertools.count(1).__next__
+
+    def restore(self, clusters, jobs):
+        """Rebuild clusters and unfinished jobs saved before a restart. Jobs that were on a
+        node wait in ``awaiting`` for that node; the others are queued."""
+        for row in clusters:
+            cluster = Cluster(row['cid'], row['name'], row['code'], row['patterns'],
+                              row['reentrant'], row['cleanup'], row['allocate'])
+            cluster.files, cluster.node_files = row['files'], row['node_files']
+            cluster.directory = row['directory']
+            self.clusters[cluster.cid] = cluster
+        for row in jobs:
+            cluster = self.clusters.get(row['cid'])
+            if cluster is None:
+                continue
+            job = Job(row['jid'], row['uid'], cluster, row['args'], row['priority'],
+                      row['timeout'], row['files'], row['pinned'], row['tag'])
+            job.lost_nodes = row['lost_nodes']
+            cluster.jobs[job.uid] = job
+            self.jobs[job.jid] = job
+            if row['node'] is not None:
+                self.awaiting.setdefault(row['node'], {})[job.jid] = job
+            elif job.pinned is None:
+                cluster.queue.push(job)
+            else:
+                cluster.pinned[job.pinned].push(job)
+
+    def reattach(self, node, held):
+        """A node that held jobs before a restart came back holding the jobs ``held``: those
+        stay on it; the others it lost go back to the queue (returned, requeued)."""
+        requeued = []
+        for jid, job in self.awaiting.pop(node.key, {}).items():
+            if jid in held:
+                node.jobs[jid] = job
+                job.node = node
+                node.jobs_of[job.cluster.cid] += 1
+                job.cluster.in_flight += 1
+            else:
+                self._requeue(job)
+                requeued.append(job)
+        self._load_changed(node)
+        return requeued
+
+    def expire_awaiting(self):
+        """The grace period after a restart is over: jobs of nodes that did not come back are
+        handled as lost with their node. Returns ``(requeued, lost, dispatches)``."""
+        requeued, lost = [], []
+        for waiting in self.awaiting.values():
+            for job in waiting.values():
+                self._lose(job, requeued, lost)
+        self.awaiting = {}
+        dispatches = []
+        for cluster in {job.cluster for job in requeued}:
+            dispatches.extend(self.place(cluster))
+        return requeued, lost, dispatches
+
+    def _requeue(self, job):
+        job.node = None
+        job.start_time = None
+        job.status = CREATED
+        if job.pinned is None:
+            job.cluster.queue.push(job)
+        else:
+            job.cluster.pinned[job.pinned].push(job)
+
+    def _lose(self, job, requeued, lost):
+        """``job`` was on a node that died: requeue it if its cluster allows (and it has not
+        outlived too many nodes already), else end it."""
+        job.lost_nodes += 1
+        if job.cancelling:
+            self._end(job, CANCELLED)
+            lost.append(job)
+        elif job.lost_nodes >= self.max_node_losses:
+            self._end(job, ABANDONED)
+            lost.append(job)
+        elif job.cluster.reentrant and job.pinned is None:
+            self._requeue(job)
+            requeued.append(job)
+        else:
+            self._end(job, CANCELLED)
+            lost.append(job)
 
     # clusters
 
@@ -192,6 +283,9 @@ class State:
             else:
                 del job.node.jobs[job.jid]
                 running.append((job.node, job))
+        for waiting in self.awaiting.values():
+            for job in cluster.jobs.values():
+                waiting.pop(job.jid, None)
         cluster.jobs.clear()
         cluster.queue = JobQueue()
         cluster.pinned.clear()
@@ -218,8 +312,9 @@ class State:
 
     def remove_node(self, node):
         """A node is gone. Its jobs of reentrant clusters go back to their queues, ahead of
-        later ones; the others, jobs being cancelled, and jobs pinned to it (running or
-        waiting) are returned as lost. Returns ``(requeued, lost, dispatches)``."""
+        later ones; the others, jobs being cancelled, jobs pinned to it (running or waiting)
+        and jobs that have now lost ``max_node_losses`` nodes are returned as lost (ended
+        Cancelled, or Abandoned for the last). Returns ``(requeued, lost, dispatches)``."""
         if self.nodes.get(node.key) is node:
             del self.nodes[node.key]
         self.free_nodes.discard(node)
@@ -235,17 +330,8 @@ class State:
                     lost.append(job)
         node.clusters = {}
         for job in sorted(node.jobs.values(), key=lambda job: job.jid):
-            cluster = job.cluster
-            cluster.in_flight -= 1
-            job.node = None
-            job.start_time = None
-            if cluster.reentrant and not job.cancelling and job.pinned is None:
-                job.status = CREATED
-                cluster.queue.push(job)
-                requeued.append(job)
-            else:
-                self._end(job, CANCELLED)
-                lost.append(job)
+            job.cluster.in_flight -= 1
+            self._lose(job, requeued, lost)
         node.jobs = {}
         node.jobs_of.clear()
         dispatches = []
@@ -278,37 +364,59 @@ class State:
     def compute_failed(self, node, cid):
         """Setup failed on a node, or its worker host died: the node takes no more of the
         cluster's jobs, and those sent there that never started go back to the queue. Returns
-        ``(cluster, stranded, dispatches)``: ``stranded`` are jobs pinned to the node, ended."""
+        ``(cluster, stranded, requeued, dispatches)``: ``stranded`` are jobs pinned to the node,
+        ended; ``requeued`` those put back in the queue."""
         cluster = self.clusters.get(cid)
         if cid in node.clusters:
             node.clusters[cid] = FAILED
         if cluster is None:
-            return None, [], []
+            return None, [], [], []
         cluster.ready_nodes.discard(node)
         waiting = cluster.pinned.pop(node.key, None)
         stranded = waiting.jobs() if waiting else []
         for job in stranded:
             self._end(job, CANCELLED)
-        unstarted = [job for job in node.jobs.values()
-                     if job.cluster is cluster and job.status != RUNNING]
-        for job in unstarted:
-            del node.jobs[job.jid]
-            node.jobs_of[cid] -= 1
-            cluster.in_flight -= 1
-            job.node = None
+        requeued = []
+        for job in [job for job in node.jobs.values()
+                    if job.cluster is cluster and job.status != RUNNING]:
+            self._take_back(node, job)
             if job.pinned is None:
-                cluster.queue.push(job)
+                self._requeue(job)
+                requeued.append(job)
             else:
                 self._end(job, CANCELLED)
                 stranded.append(job)
         self._load_changed(node)
-        return cluster, stranded, self.place(cluster) + self.fill_node(node)
+        return cluster, stranded, requeued, self.place(cluster) + self.fill_node(node)
+
+    def node_leaving(self, node, unstarted):
+        """A node shutting down hands back the jobs it has not started (``unstarted`` ids)
+        and takes no more. Returns ``(requeued, dispatches)``."""
+        node.slots = 0
+        self.free_nodes.discard(node)
+        requeued = []
+        for jid in unstarted:
+            job = node.jobs.get(jid)
+            if job is not None and job.status != RUNNING:
+                self._take_back(node, job)
+                self._requeue(job)
+                requeued.append(job)
+        dispatches = []
+        for cluster in {job.cluster for job in requeued}:
+            dispatches.extend(self.place(cluster))
+        return requeued, dispatches
+
+    def _take_back(self, node, job):
+        del node.jobs[job.jid]
+        node.jobs_of[job.cluster.cid] -= 1
+        job.cluster.in_flight -= 1
 
     # jobs
 
-    def submit(self, cluster, uid, args, priority=0, timeout=None, files=(), pinned=None):
+    def submit(self, cluster, uid, args, priority=0, timeout=None, files=(), pinned=None,
+               tag=None):
         """Queue a job; returns it with the dispatches it allows."""
-        job = Job(self.next_jid(), uid, cluster, args, priority, timeout, files, pinned)
+        job = Job(self.next_jid(), uid, cluster, args, priority, timeout, files, pinned, tag)
         cluster.jobs[uid] = job
         self.jobs[job.jid] = job
         if pinned is None:
@@ -403,7 +511,11 @@ class State:
         if job.node is not None:
             job.cancelling = True
             return job, job.node
-        queue = cluster.queue if job.pinned is None else cluster.pinned[job.pinned]
-        queue.forget(job)
+        for waiting in self.awaiting.values():
+            if waiting.pop(job.jid, None) is not None:
+                break  # it was on a node before a restart, not in a queue
+        else:
+            queue = cluster.queue if job.pinned is None else cluster.pinned[job.pinned]
+            queue.forget(job)
         self._end(job, CANCELLED)
         return job, None

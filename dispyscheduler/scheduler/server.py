@@ -1,9 +1,14 @@
-"""The scheduler daemon's I/O: two StreamServers, discovery, the pulse watchdog.
+"""The scheduler daemon: listeners, the state store, and its long-lived duties.
 
 Nodes connect on ``--port`` and clients on ``--scheduler_port``; each connection is served by
-one greenlet that authenticates the peer and then reads its messages top to bottom, turning
-each into an event on the model (``model.State``) and sending what the event asks for. Two
-long-lived duties run beside them: discovery pings and the pulse watchdog.
+one greenlet (``nodes.NodeSide``, ``clients.ClientSide``) that authenticates the peer and then
+reads its messages top to bottom, turning each into an event on the model (``model.State``).
+Beside them run the duties: the store's flusher (group commits), the pulse watchdog, and
+discovery pings.
+
+At start the scheduler reloads what its store kept: clusters, unfinished jobs and undelivered
+results. Clients and nodes reconnect on their own; nodes say which jobs they still hold, and
+jobs of nodes that do not come back within the grace period are handled as lost.
 
 The scheduler never unpickles anything: computations, arguments and results are opaque bytes
 that it routes between clients and nodes.
@@ -11,10 +16,7 @@ that it routes between clients and nodes.
 
 import logging
 import os
-import shutil
 import signal
-import socket
-import tempfile
 import time
 
 import gevent
@@ -23,20 +25,20 @@ from gevent.server import StreamServer
 
 from .. import discovery
 from ..auth import AuthenticationError, handshake
-from ..constants import (CANCELLED, DISPATCH_DEPTH, FILE_TIMEOUT, HANDSHAKE_TIMEOUT,
-                         NODE_CLOSED, NODE_INITIALIZED, PULSES_MISSED_BEFORE_DEAD, TERMINATED)
-from ..files import (MAX_FILES, FileRefused, IncomingFiles, check_manifest_entry, check_size,
-                     read_chunks, safe_relative_path)
+from ..constants import (COMMIT_INTERVAL, DISPATCH_DEPTH, HANDSHAKE_TIMEOUT,
+                         PULSES_MISSED_BEFORE_DEAD)
 from ..duties import Duties
 from ..link import Link, set_nodelay
 from ..protocol import ProtocolError
 from ..tls import TLSError, TLSSocket
-from .model import FAILED, READY, State
+from .clients import ClientSide
+from .model import State
+from .nodes import NodeSide
 
 logger = logging.getLogger(__name__)
 
 
-class Scheduler:
+class Scheduler(NodeSide, ClientSide):
     """The shared scheduler. Tunables are class attributes; the rest comes from the command
     line (``cli.scheduler_parser``)."""
 
@@ -47,23 +49,53 @@ class Scheduler:
     """Jobs in flight per node CPU (one running, the rest waiting on the node)."""
 
     missed_pulses = PULSES_MISSED_BEFORE_DEAD
-    """A node silent for this many pulse intervals is presumed dead."""
+    """A node silent for this many pulse intervals is presumed dead; after a restart, nodes
+    have as long to come back before the jobs they held are handled as lost."""
 
-    def __init__(self, options, node_tls=None, cluster_tls=None):
+    commit_interval = COMMIT_INTERVAL
+    """Seconds the flusher lets a batch of state changes grow before committing it."""
+
+    def __init__(self, options, store, node_tls=None, cluster_tls=None):
         self.options = options
+        self.store = store
         self.node_tls = node_tls
         self.cluster_tls = cluster_tls
-        self.state = State(self.dispatch_depth)
-        self.scheduler_id = os.urandom(8).hex()
         self.stopped = gevent.event.Event()
         self.duties = Duties(self.stopped)
+        self.store_dirty = gevent.event.Event()
+        store.notify = self.store_dirty.set
         self.servers = []
         self.started = time.time()
+        self.credentials = {}  # cid -> the credential that lets a client resume the cluster
+        self.restore()
 
-    # lifecycle
+    def restore(self):
+        """Reload the store; a scheduler restarted with the same ``--state_dir`` goes on."""
+        epoch = (self.store.meta('epoch') or 0) + 1
+        self.store.set_meta_now('epoch', epoch)
+        self.scheduler_id = self.store.meta('scheduler_id')
+        if self.scheduler_id is None:
+            self.scheduler_id = os.urandom(8).hex()
+            self.store.set_meta_now('scheduler_id', self.scheduler_id)
+        self.state = State(self.dispatch_depth, self.options.max_node_losses, epoch,
+                           self.store.meta('next_cid') or 1)
+        clusters, jobs, results = self.store.load()
+        self.state.restore(clusters, jobs)
+        now = time.monotonic()
+        for row in clusters:
+            self.credentials[row['cid']] = row['credential']
+            self.state.clusters[row['cid']].orphaned_since = now
+        for cid, message in results:
+            self.state.clusters[cid].results[message['uid']] = message
+        self.awaiting_until = now + self.missed_pulses * self.options.pulse_interval
+        if clusters:
+            logger.info('restored %d clusters, %d unfinished jobs (%d on nodes) and %d '
+                        'undelivered results', len(clusters), len(jobs),
+                        sum(len(waiting) for waiting in self.state.awaiting.values()),
+                        len(results))
 
     def run(self):
-        """Serve until SIGTERM or SIGINT."""
+        """Serve until SIGTERM or SIGINT; then save what is pending and stop."""
         addresses = self.options.ip_addr or ['']
         for address in addresses:
             for port, handler in ((self.options.port, self.serve_node),
@@ -77,8 +109,9 @@ class Scheduler:
                                      self.options.port)
         for sock in udp.values():
             self.duties.spawn(discovery.receive_loop, sock, self.options.node_secret,
-                            lambda kind, body, source, sock=sock:
-                            self.on_datagram(sock, kind, body, source))
+                              lambda kind, body, source, sock=sock:
+                              self.on_datagram(sock, kind, body, source))
+        flusher = self.duties.spawn(self.flush_store)
         self.duties.spawn(self.discovery_loop, udp)
         self.duties.spawn(self.pulse_watchdog)
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -90,7 +123,10 @@ class Scheduler:
         logger.info('stopping')
         for server in self.servers:
             server.close()
+        failed = flusher.dead and flusher.exception is not None
         self.duties.kill()
+        if not failed:
+            self.store.commit_now()
         for node in list(self.state.nodes.values()):
             node.link.close()
         for cluster in self.state.clusters.values():
@@ -98,6 +134,7 @@ class Scheduler:
                 cluster.owner.close()
         for sock in udp.values():
             sock.close()
+        self.store.close()
 
     def accept(self, sock, tls_context, secret, peer_role, address):
         """TLS (if configured) and authentication of a new connection; its Link, or None
@@ -122,145 +159,31 @@ class Scheduler:
             logger.warning('dropped %s connection from %s: %s', peer_role, address[0], exc)
         return None
 
-    # nodes
+    # duties
 
-    def serve_node(self, sock, address):
-        link = self.accept(sock, self.node_tls, self.options.node_secret, 'node', address)
-        if link is None:
-            return
-        try:
-            info = link.expect('node_info', time.monotonic() + self.handshake_timeout)
-        except (ProtocolError, OSError) as exc:
-            logger.warning('dropped node connection from %s: %s', address[0], exc)
-            return
-        key = '%s:%d' % (info['ip_addr'], info['port'])
-        old = self.state.nodes.get(key)
-        if old is not None:
-            self.node_lost(old, 'the node connected again')
-        node, clusters = self.state.add_node(key, info['name'], info['ip_addr'], info['port'],
-                                             max(1, info['cpus']))
-        node.platform = info['platform']
-        node.link = link
-        node.last_heard = time.monotonic()
-        writer = gevent.spawn(link.run_writer)
-        link.send('welcome', {'pulse_interval': self.options.pulse_interval,
-                              'scheduler_id': self.scheduler_id})
-        for cluster in clusters:
-            self.offer_or_install(node, cluster)
-        logger.info('node %s (%s) joined with %d CPUs', key, node.name, node.cpus)
-        reason = 'its connection closed'
-        try:
-            link.run_reader(lambda kind, body: self.on_node_message(node, kind, body))
-        except ProtocolError as exc:
-            reason = 'it sent a bad frame (%s)' % (exc,)
-        finally:
-            self.node_lost(node, reason)
-            writer.kill(block=False)
+    def flush_store(self):
+        """Commit what handlers recorded, in batches, off the hub (on its threadpool); then
+        run what waited for it (acknowledgements)."""
+        threadpool = gevent.get_hub().threadpool
+        while True:
+            self.store_dirty.wait()
+            self.store_dirty.clear()
+            gevent.sleep(self.commit_interval)
+            operations, actions = self.store.take_batch()
+            if operations:
+                threadpool.apply(self.store.commit, (operations,))
+            for action, args in actions:
+                action(*args)
 
-    def offer_or_install(self, node, cluster):
-        """Install a cluster's computation on a node, or first ask the client's NodeAllocate
-        how many of the node's CPUs to use (the answer comes as ``node_allocation``)."""
-        if not cluster.allocate:
-            self.install(node, cluster)
-        elif cluster.owner is not None:
-            cluster.owner.send('node_offer', {'key': node.key, 'ip_addr': node.ip_addr,
-                                              'name': node.name, 'cpus': node.cpus,
-                                              'platform': node.platform})
-
-    def install(self, node, cluster):
-        """Send the computation and then its files (from the scheduler's copy, in chunks)."""
-        cpus, setup_args, node_files = cluster.allocations.get(node.key, (0, None, ()))
-        files = [entry for entry in cluster.files
-                 if entry[0] not in cluster.node_files or entry[0] in node_files]
-        node.link.send('compute', {'cid': cluster.cid, 'name': cluster.name,
-                                   'code': cluster.code, 'files': files, 'cpus': cpus,
-                                   'setup_args': setup_args})
-        if files:
-            gevent.spawn(self.stream_files, node, cluster, files)
-
-    def stream_files(self, node, cluster, files):
-        link = node.link
-        for name, _, _ in files:
-            path = os.path.join(cluster.directory, safe_relative_path(name))
-            for offset, data, last in read_chunks(path):
-                if link.closed:
-                    return
-                link.send('compute_file', {'cid': cluster.cid, 'name': name, 'offset': offset,
-                                           'data': data, 'last': last})
-                link.wait_until_drained()
-
-    def on_node_message(self, node, kind, body):
-        node.last_heard = time.monotonic()
-        if kind == 'job_done':
-            job, dispatches = self.state.job_done(node, body['jid'], body['status'])
-            node.link.send('result_ack', {'ids': [body['jid']]})
-            if job is not None:
-                self.deliver(job, node, body)
-                self.dispatch(dispatches)
-        elif kind == 'job_started':
-            job = self.state.job_started(node, body['jid'], body['start_time'])
-            if job is not None and job.cluster.owner is not None:
-                job.cluster.owner.send('job_status', {
-                    'uid': job.uid, 'status': job.status, 'ip_addr': node.ip_addr,
-                    'start_time': body['start_time']})
-        elif kind == 'provisional':
-            job = node.jobs.get(body['jid'])
-            if job is not None and job.cluster.owner is not None:
-                job.cluster.owner.send('provisional_result', {
-                    'uid': job.uid, 'result': body['result'], 'ip_addr': node.ip_addr})
-        elif kind == 'job_file':
-            job = node.jobs.get(body['jid'])
-            if job is not None and job.cluster.owner is not None:
-                job.cluster.owner.send('file_part', {
-                    'uid': job.uid, 'name': body['name'], 'offset': body['offset'],
-                    'data': body['data'], 'last': body['last']})
-        elif kind == 'pulse':
-            node.busy = body['busy']
-        elif kind == 'compute_ready':
-            cluster = self.state.clusters.get(body['cid'])
-            if cluster is None:  # the cluster closed while the node installed it
-                node.link.send('uninstall', {'cid': body['cid'], 'cleanup': True})
-                return
-            dispatches = self.state.compute_ready(node, cluster.cid)
-            self.notify_node(cluster, node, NODE_INITIALIZED)
-            self.dispatch(dispatches)
-        elif kind == 'compute_failed':
-            cluster, stranded, dispatches = self.state.compute_failed(node, body['cid'])
-            if cluster is not None:
-                self.warn_client(cluster, 'computation could not be set up on node %s: %s'
-                                 % (node.key, body['reason']))
-                for job in stranded:
-                    self.end_job(job, CANCELLED, 'job was submitted to node %s, where the '
-                                 'computation could not be set up' % (node.key,))
-                self.dispatch(dispatches)
-        else:
-            raise ProtocolError('unexpected %r from a node' % (kind,))
-
-    def node_lost(self, node, reason):
-        """A node's link is gone: its jobs go back to the queue or end, as their cluster asks."""
-        node.link.close()
-        if self.state.nodes.get(node.key) is not node:
-            return
-        used_by = [self.state.clusters[cid] for cid, state in node.clusters.items()
-                   if state == READY and cid in self.state.clusters]
-        requeued, lost, dispatches = self.state.remove_node(node)
-        for cluster in used_by:
-            self.notify_node(cluster, node, NODE_CLOSED)
-        logger.warning('node %s lost: %s (%d jobs requeued, %d cancelled)', node.key, reason,
-                       len(requeued), len(lost))
-        for job in lost:
-            self.end_job(job, CANCELLED, 'job was cancelled' if job.cancelling else
-                         'node %s (%s) was lost while running this job: %s'
-                         % (node.key, node.name, reason))
-        self.dispatch(dispatches)
-
-    def dispatch(self, dispatches):
-        for node, job in dispatches:
-            node.link.send('job', {'jid': job.jid, 'cid': job.cluster.cid, 'args': job.args,
-                                   'timeout': job.timeout, 'files': job.files})
+    def wait_until_durable(self):
+        """Block this greenlet until what was recorded so far is committed."""
+        done = gevent.event.Event()
+        self.store.when_durable(done.set)
+        done.wait()
 
     def pulse_watchdog(self):
-        """Presume silent nodes dead and clean up clusters whose clients left long ago."""
+        """Presume silent nodes dead, give up on nodes that did not return after a restart,
+        and clean up clusters whose clients left long ago."""
         interval = self.options.pulse_interval
         while True:
             gevent.sleep(interval)
@@ -269,6 +192,13 @@ class Scheduler:
             for node in list(self.state.nodes.values()):
                 if now - node.last_heard > silence:
                     self.node_lost(node, 'no pulse for %d seconds' % (now - node.last_heard))
+            if self.state.awaiting and now > self.awaiting_until:
+                missing = ', '.join(sorted(self.state.awaiting))
+                requeued, lost, dispatches = self.state.expire_awaiting()
+                logger.warning('nodes %s did not come back after the restart (%d jobs '
+                               'requeued, %d ended)', missing, len(requeued), len(lost))
+                self.handle_lost_jobs(requeued, lost, dispatches, 'the node running this job '
+                                      'did not come back after the scheduler restarted')
             zombie_after = self.options.zombie_interval * 60
             for cluster in list(self.state.clusters.values()):
                 if (cluster.owner is None and cluster.orphaned_since is not None
@@ -277,188 +207,6 @@ class Scheduler:
                     logger.info('cluster %s: client gone for %d minutes; cleaning up',
                                 cluster.cid, (now - cluster.orphaned_since) // 60)
                     self.close_cluster(cluster)
-
-    # clients
-
-    def serve_client(self, sock, address):
-        link = self.accept(sock, self.cluster_tls, self.options.cluster_secret, 'client',
-                           address)
-        if link is None:
-            return
-        try:
-            request = link.expect('cluster_new', time.monotonic() + self.handshake_timeout)
-            patterns = resolve_patterns(request['nodes'])
-            if not all(isinstance(name, str) for name in request['node_files']):
-                raise ProtocolError('cluster_new: node_files must be file names')
-            staging = self.receive_cluster_files(link, request['files'])
-        except FileRefused as exc:
-            logger.warning('refused cluster from %s: %s', address[0], exc)
-            link.send_now('error', {'reason': str(exc)})
-            return
-        except (ProtocolError, OSError) as exc:
-            logger.warning('dropped client connection from %s: %s', address[0], exc)
-            return
-        cluster, nodes = self.state.add_cluster(request['name'], request['code'], patterns,
-                                                request['reentrant'], request['cleanup'],
-                                                request['allocate'])
-        cluster.files = request['files']
-        cluster.node_files = set(request['node_files'])
-        if staging is not None:
-            cluster.directory = os.path.join(self.options.dest_path_prefix, str(cluster.cid))
-            shutil.rmtree(cluster.directory, ignore_errors=True)
-            os.rename(staging, cluster.directory)
-        cluster.owner = link
-        writer = gevent.spawn(link.run_writer)
-        link.send('cluster_ok', {'cid': cluster.cid, 'max_file_size': self.options.max_file_size})
-        for node in nodes:
-            self.offer_or_install(node, cluster)
-        logger.info('cluster %s (%s) from %s, %d nodes match', cluster.cid, cluster.name,
-                    address[0], len(nodes))
-        try:
-            link.run_reader(lambda kind, body: self.on_client_message(cluster, kind, body))
-        except ProtocolError as exc:
-            logger.warning('client of cluster %s sent a bad frame: %s', cluster.cid, exc)
-        finally:
-            writer.kill(block=False)
-            if cluster.owner is link:
-                cluster.owner = None
-                cluster.orphaned_since = time.monotonic()
-                if cluster.cid in self.state.clusters:
-                    logger.info('client of cluster %s left without closing it', cluster.cid)
-
-    def receive_cluster_files(self, link, manifest):
-        """Receive a new cluster's files (announced in ``manifest``) into a staging directory;
-        returns its path, or None when there are none."""
-        if not manifest:
-            return None
-        if len(manifest) > MAX_FILES:
-            raise FileRefused('%d files; at most %d are accepted' % (len(manifest), MAX_FILES))
-        modes = {}
-        for entry in manifest:
-            check_manifest_entry(entry, self.options.max_file_size)
-            modes[entry[0]] = entry[2]
-        staging = tempfile.mkdtemp(prefix='incoming-', dir=self.options.dest_path_prefix)
-        incoming = IncomingFiles(staging, self.options.max_file_size)
-        try:
-            while len(incoming.done) < len(modes):
-                chunk = link.expect('cluster_file', time.monotonic() + FILE_TIMEOUT)
-                if chunk['name'] not in modes:
-                    raise FileRefused('file %r was not announced' % (chunk['name'],))
-                incoming.chunk(chunk['name'], chunk['offset'], chunk['data'], chunk['last'],
-                               modes[chunk['name']])
-        except BaseException:
-            incoming.abort()
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        return staging
-
-    def on_client_message(self, cluster, kind, body):
-        if cluster.cid not in self.state.clusters and kind != 'result_ack':
-            if kind == 'submit':  # sent while the cluster was closing
-                self.end_submitted(cluster, body['uid'], CANCELLED, 'cluster is closed')
-            return
-        if kind == 'submit':
-            if body['uid'] in cluster.jobs or body['uid'] in cluster.results:
-                return  # a resend of a job already here
-            self.submit(cluster, body)
-        elif kind == 'node_allocation':
-            node = self.state.nodes.get(body['key'])
-            if node is not None and self.state.allocate(node, cluster.cid, body['cpus'],
-                                                        body['setup_args'], body['files']):
-                self.install(node, cluster)
-        elif kind == 'result_ack':
-            for uid in body['ids']:
-                cluster.results.pop(uid, None)
-        elif kind == 'cancel':
-            job, node = self.state.cancel(cluster, body['uid'])
-            if node is not None:
-                node.link.send('cancel_job', {'jid': job.jid})
-            elif job is not None:
-                self.end_job(job, CANCELLED, 'job was cancelled before it ran')
-        elif kind == 'close':
-            self.close_cluster(cluster)
-            cluster.owner.send('closed', {})
-        else:
-            raise ProtocolError('unexpected %r from a client' % (kind,))
-
-    def submit(self, cluster, body):
-        """A new job: its files and its node (``submit_node``) are checked first; a job that
-        cannot run ends at once with the reason."""
-        files = body['files']
-        try:
-            for entry in files:
-                if not (isinstance(entry, list) and len(entry) == 3
-                        and isinstance(entry[1], bytes) and isinstance(entry[2], int)):
-                    raise FileRefused('invalid job file entry')
-                safe_relative_path(entry[0])
-                check_size(entry[0], len(entry[1]), self.options.max_file_size)
-        except FileRefused as exc:
-            self.end_submitted(cluster, body['uid'], TERMINATED, str(exc))
-            return
-        pinned = None
-        if body['node'] is not None:
-            node = next((node for node in self.state.nodes.values()
-                         if node.answers_to(body['node']) and cluster.cid in node.clusters
-                         and node.clusters[cluster.cid] != FAILED), None)
-            if node is None:
-                self.end_submitted(cluster, body['uid'], CANCELLED, 'node %s is not available '
-                                   'to this cluster' % (body['node'],))
-                return
-            pinned = node.key
-        job, dispatches = self.state.submit(cluster, body['uid'], body['args'],
-                                            body['priority'], body['timeout'], files, pinned)
-        self.dispatch(dispatches)
-
-    def end_submitted(self, cluster, uid, status, reason):
-        self.send_result(cluster, {'uid': uid, 'status': status, 'result': None,
-                                   'exception': reason, 'stdout': '', 'stderr': '',
-                                   'start_time': None, 'end_time': time.time(),
-                                   'ip_addr': None})
-
-    def notify_node(self, cluster, node, status):
-        if cluster.owner is not None:
-            cluster.owner.send('node_status', {'ip_addr': node.ip_addr, 'name': node.name,
-                                               'cpus': node.cpus, 'status': status})
-
-    def close_cluster(self, cluster):
-        if cluster.cid not in self.state.clusters:
-            return
-        nodes, queued, running, dispatches = self.state.remove_cluster(cluster)
-        for node in nodes:
-            node.link.send('uninstall', {'cid': cluster.cid, 'cleanup': cluster.cleanup})
-        for job in queued:
-            self.end_job(job, CANCELLED, 'cluster was closed before the job ran')
-        for node, job in running:
-            self.end_job(job, CANCELLED, 'cluster was closed while the job ran on %s' % node.key)
-        self.dispatch(dispatches)
-        if cluster.directory is not None:
-            shutil.rmtree(cluster.directory, ignore_errors=True)
-        logger.info('cluster %s (%s) closed', cluster.cid, cluster.name)
-
-    def deliver(self, job, node, reply):
-        """Pass a node's result to the job's client, and keep it until acknowledged."""
-        message = {'uid': job.uid, 'status': reply['status'], 'result': reply['result'],
-                   'exception': reply['exception'], 'stdout': reply['stdout'],
-                   'stderr': reply['stderr'], 'start_time': reply['start_time'],
-                   'end_time': reply['end_time'], 'ip_addr': node.ip_addr}
-        self.send_result(job.cluster, message)
-
-    def end_job(self, job, status, reason):
-        """Tell the client a job ended without a result from a node."""
-        self.send_result(job.cluster, {
-            'uid': job.uid, 'status': status, 'result': None, 'exception': reason,
-            'stdout': '', 'stderr': '', 'start_time': job.start_time, 'end_time': time.time(),
-            'ip_addr': job.node.ip_addr if job.node is not None else None})
-
-    def send_result(self, cluster, message):
-        cluster.results[message['uid']] = message
-        if cluster.owner is not None:
-            cluster.owner.send('job_end', message)
-
-    def warn_client(self, cluster, reason):
-        logger.warning('cluster %s: %s', cluster.cid, reason)
-        if cluster.owner is not None:
-            cluster.owner.send('cluster_warning', {'reason': reason})
 
     # discovery
 
@@ -476,7 +224,7 @@ class Scheduler:
                     if host == '*':
                         targets.extend(discovery.broadcast_targets(address))
                     else:
-                        targets.extend(ip for ip in resolve(host) if ip not in linked)
+                        targets.extend(ip for ip in discovery.resolve(host) if ip not in linked)
                 for target in targets:
                     discovery.send(sock, self.options.node_secret, 'ping', body,
                                    (target, self.options.node_port))
@@ -501,34 +249,3 @@ class Scheduler:
         if not address and ext:
             return ext[0]
         return address
-
-
-def resolve(host):
-    try:
-        return sorted({info[4][0] for info in socket.getaddrinfo(host, None, socket.AF_INET)})
-    except OSError as exc:
-        logger.warning('cannot resolve node %s: %s', host, exc)
-        return []
-
-
-def resolve_patterns(nodes):
-    """A cluster's ``nodes`` as ``(pattern, port)`` pairs; a host name also matches the
-    addresses it resolves to."""
-    patterns = []
-    for entry in nodes:
-        if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)
-                and isinstance(entry[1], int)):
-            raise ProtocolError('cluster_new: bad nodes entry %r' % (entry,))
-        pattern, port = entry
-        patterns.append((pattern, port))
-        if not any(ch in pattern for ch in '*?[') and not _is_ip(pattern):
-            patterns.extend((ip, port) for ip in resolve(pattern))
-    return patterns
-
-
-def _is_ip(text):
-    try:
-        socket.inet_aton(text)
-        return text.count('.') == 3
-    except OSError:
-        return False

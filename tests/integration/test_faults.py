@@ -137,17 +137,20 @@ def test_computation_host_dying_moves_unstarted_jobs_elsewhere(daemons):
     daemons.scheduler.wait_log('could not be set up on node 127.0.0.2')
 
 
-def test_lost_scheduler_abandons_jobs_and_submit_raises(daemons):
+def test_scheduler_gone_for_good_abandons_jobs_and_submit_raises(daemons):
+    """The client retries for ``reconnect_timeout`` seconds, then gives up with a reason."""
     daemons.start_scheduler()
     daemons.start_node('127.0.0.2')
-    cluster = SharedJobCluster(nap, **daemons.client_options())
+    cluster = SharedJobCluster(nap, reconnect_timeout=2, **daemons.client_options())
     try:
         job = cluster.submit(30, 'never')
         wait_for(lambda: job.status == DispyJob.Running, 20, 'the job to run')
         daemons.scheduler.stop()
+        stopped = time.monotonic()
         job()
+        assert 1.5 < time.monotonic() - stopped < 10
         assert job.status == DispyJob.Abandoned
-        assert 'scheduler' in job.exception
+        assert 'could not be reached again in 2 seconds' in job.exception
         with pytest.raises(ConnectionError):
             cluster.submit(0, 'late')
         assert cluster.wait(timeout=5)

@@ -104,7 +104,7 @@ def test_failed_install_gets_no_jobs():
     state = State(dispatch_depth=2)
     cluster = new_cluster(state)
     node, _ = state.add_node('a', 'a', '10.0.0.1', 1, 2)
-    assert state.compute_failed(node, cluster.cid) == (cluster, [], [])
+    assert state.compute_failed(node, cluster.cid) == (cluster, [], [], [])
     assert node.clusters[cluster.cid] == FAILED
     _, dispatches = submit_many(state, cluster, 2)
     assert dispatches == [] and cluster.queued == 2
@@ -508,8 +508,8 @@ def test_failed_computation_puts_unstarted_jobs_back_and_places_them_elsewhere()
     assert [node for node, _ in dispatches] == [sick, sick]
     state.job_started(sick, jobs[0].jid, 1.0)
     healthy, _ = ready_node(state, 'healthy', cpus=1)
-    cluster_, stranded, dispatches = state.compute_failed(sick, cluster.cid)
-    assert cluster_ is cluster and stranded == []
+    cluster_, stranded, requeued, dispatches = state.compute_failed(sick, cluster.cid)
+    assert cluster_ is cluster and stranded == [] and requeued == [jobs[1]]
     assert dispatches == [(healthy, jobs[1])]
     assert list(sick.jobs.values()) == [jobs[0]]
     check_invariants(state)

@@ -1,0 +1,154 @@
+"""The client's connection to its scheduler, kept up for as long as the cluster lives.
+
+When the link breaks (the scheduler restarted, the network dropped) the reader thread
+reconnects with back-off, resumes the cluster with its credential and lets the cluster send
+again what the scheduler had not acknowledged; the user's program sees only a delay. It gives
+up after ``reconnect_timeout`` seconds, or at once if the scheduler no longer knows the
+cluster or refuses the secret.
+"""
+
+import logging
+import socket
+import threading
+import time
+
+from ..auth import AUTH_FAILED, AuthenticationError, handshake
+from ..constants import CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT, RECONNECT_DELAY_RANGE
+from ..link import ConnectionClosed, Link, set_nodelay
+from ..protocol import ProtocolError
+
+logger = logging.getLogger('dispyscheduler')
+
+
+class Refused(Exception):
+    """The scheduler answered, and said no: reconnecting cannot help."""
+
+
+class SchedulerConnection:
+    def __init__(self, hosts, port, ip_addr, local_port, secret, tls_files, reconnect_timeout):
+        self.hosts = hosts
+        self.port = port
+        self.source = (ip_addr or '', local_port) if ip_addr or local_port else None
+        self.secret = secret
+        self.tls_files = tls_files
+        self.reconnect_timeout = reconnect_timeout
+        self.link = None
+        self.closing = False
+        self.threads = []
+
+    def connect(self):
+        """A new authenticated link; raises with a message that says what went wrong."""
+        errors = []
+        for host in self.hosts:
+            try:
+                sock = socket.create_connection((host, self.port), CONNECT_TIMEOUT, self.source)
+                break
+            except OSError as exc:
+                errors.append('%s:%s: %s' % (host, self.port, exc))
+        else:
+            raise ConnectionError('cannot reach the scheduler (%s)' % '; '.join(errors))
+        set_nodelay(sock)
+        where = '%s:%s' % (host, self.port)
+        deadline = time.monotonic() + HANDSHAKE_TIMEOUT
+        try:
+            if any(self.tls_files):
+                from ..tls import TLSSocket, client_context
+                sock = TLSSocket(sock, client_context(*self.tls_files), server_side=False)
+                sock.settimeout(HANDSHAKE_TIMEOUT)
+                sock.do_handshake()
+            sock.settimeout(None)
+            link = Link(sock, where)
+            handshake(link, self.secret, 'client', 'scheduler', initiator=True,
+                      deadline=deadline)
+            return link
+        except AuthenticationError:
+            sock.close()
+            raise AuthenticationError(
+                '%s: the scheduler at %s did not accept this cluster\'s secret (it must be the '
+                "scheduler's --cluster_secret)" % (AUTH_FAILED, where)) from None
+        except (ConnectionClosed, ConnectionResetError, BrokenPipeError) as exc:
+            sock.close()
+            raise ConnectionError('the scheduler at %s dropped the connection during the '
+                                  'handshake (%s); does it require TLS? then pass certfile= '
+                                  'or cafile=' % (where, exc)) from None
+        except BaseException:
+            sock.close()
+            raise
+
+    def start(self, link, handle, resume, resumed, lost):
+        """Serve ``link``: ``handle(kind, body)`` for each message; after a reconnect,
+        ``resume(link)`` re-attaches the cluster (raising ``Refused`` if it cannot) and
+        ``resumed()`` follows; ``lost(reason)`` when the connection is given up."""
+        self.handle, self.resume, self.resumed, self.lost = handle, resume, resumed, lost
+        self.link = link
+        self.start_writer(link)
+        reader = threading.Thread(target=self.read_loop, daemon=True,
+                                  name='dispyscheduler-reader')
+        self.threads.append(reader)
+        reader.start()
+
+    def start_writer(self, link):
+        writer = threading.Thread(target=link.run_writer, daemon=True,
+                                  name='dispyscheduler-writer')
+        self.threads.append(writer)
+        writer.start()
+
+    def send(self, kind, body):
+        """Queue a message; False if it could not be (the link is down: it is reconnecting,
+        or given up)."""
+        return self.link.send(kind, body)
+
+    def read_loop(self):
+        link = self.link
+        while True:
+            try:
+                link.run_reader(self.handle)
+                reason = 'connection to the scheduler was lost'
+            except Exception as exc:  # a bug or a bad frame must not leave jobs waiting
+                logger.exception('reading from the scheduler failed')
+                reason = 'connection to the scheduler failed: %s' % (exc,)
+            if self.closing:
+                return
+            link = self.reconnect(reason)
+            if link is None:
+                return
+
+    def reconnect(self, reason):
+        """Connect again and resume; the new link, or None once given up (after ``lost``)."""
+        logger.warning('%s; reconnecting', reason)
+        deadline = time.monotonic() + self.reconnect_timeout
+        delay, largest = RECONNECT_DELAY_RANGE
+        while not self.closing:
+            try:
+                link = self.connect()
+                try:
+                    self.resume(link)
+                except BaseException:
+                    link.sock.close()
+                    raise
+            except (Refused, AuthenticationError) as exc:
+                self.lost('%s, and resuming the cluster failed: %s' % (reason, exc))
+                return None
+            except (OSError, ProtocolError) as exc:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self.lost('%s, and the scheduler could not be reached again in %g '
+                              'seconds: %s' % (reason, self.reconnect_timeout, exc))
+                    return None
+                time.sleep(min(delay, remaining))
+                delay = min(2 * delay, largest)
+                continue
+            logger.warning('reconnected to the scheduler')
+            self.link = link
+            self.start_writer(link)
+            self.resumed()
+            return link
+        return None
+
+    def close(self):
+        self.closing = True
+        if self.link is not None:
+            self.link.close()
+        for thread in self.threads:
+            if thread is not threading.current_thread():
+                thread.join(5)

@@ -1,0 +1,190 @@
+"""The scheduler's durable state: an SQLite database (WAL mode) in ``--state_dir``.
+
+What is kept: each cluster (with its credential, so its client can resume it), each job not
+yet ended (and the node it was sent to), and each result the client has not acknowledged.
+What is not: anything that can be learned again (nodes, links, queue order beyond priority
+and submission).
+
+Writes are batched (group commit): event handlers only record operations; a flusher greenlet
+commits everything recorded since its last pass in one transaction, on the hub's threadpool
+so that the fsync never blocks the scheduler, and only then runs the actions that had to wait
+for durability (acknowledging a submission to its client, a result to its node). So a submit
+is acknowledged once its batch is on disk, never one fsync per job.
+"""
+
+import logging
+import os
+import sqlite3
+
+import msgpack
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+SCHEMA = '''
+CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB);
+CREATE TABLE clusters (
+    cid INTEGER PRIMARY KEY, name TEXT, code BLOB, patterns BLOB, reentrant INTEGER,
+    cleanup INTEGER, allocate INTEGER, files BLOB, node_files BLOB, directory TEXT,
+    credential BLOB);
+CREATE TABLE jobs (
+    jid INTEGER PRIMARY KEY, cid INTEGER, uid INTEGER, args BLOB, priority INTEGER,
+    timeout REAL, files BLOB, pinned TEXT, tag BLOB, node TEXT, lost_nodes INTEGER);
+CREATE INDEX jobs_by_cluster ON jobs (cid);
+CREATE TABLE results (cid INTEGER, uid INTEGER, message BLOB, PRIMARY KEY (cid, uid));
+'''
+
+
+class StoreError(Exception):
+    """The state database cannot be used; the message says which file and why."""
+
+
+def pack(value):
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def unpack(data):
+    return msgpack.unpackb(data, raw=False)
+
+
+class Store:
+    """One scheduler's state database. Not thread-safe: ``commit`` runs on one thread at a
+    time (the flusher's), everything else on the hub."""
+
+    def __init__(self, state_dir):
+        self.path = os.path.join(state_dir, 'state.sqlite')
+        self.operations = []  # (sql, parameters) recorded since the last commit
+        self.after_commit = []  # actions waiting for those operations to be durable
+        try:
+            fresh = not os.path.exists(self.path)
+            self.db = sqlite3.connect(self.path, check_same_thread=False,
+                                      isolation_level=None)
+            self.db.execute('PRAGMA journal_mode=WAL')
+            self.db.execute('PRAGMA synchronous=FULL')
+            if fresh:
+                self.db.executescript('BEGIN;' + SCHEMA + 'COMMIT;')
+                self.db.execute("INSERT INTO meta VALUES ('version', ?)", (SCHEMA_VERSION,))
+            version = self.meta('version')
+            if version != SCHEMA_VERSION:
+                raise StoreError('%s has state version %r; this scheduler reads version %d'
+                                 % (self.path, version, SCHEMA_VERSION))
+            self.db.execute('BEGIN IMMEDIATE')  # fails now, not later, on a read-only file
+            self.db.execute('COMMIT')
+        except sqlite3.Error as exc:
+            raise StoreError('cannot use state database %s: %s' % (self.path, exc)) from None
+
+    def close(self):
+        self.db.close()
+
+    def meta(self, key, default=None):
+        row = self.db.execute('SELECT value FROM meta WHERE key = ?', (key,)).fetchone()
+        return default if row is None else row[0]
+
+    def set_meta_now(self, key, value):
+        """Write one meta value at once (at start: the scheduler's incarnation)."""
+        self.db.execute('INSERT OR REPLACE INTO meta VALUES (?, ?)', (key, value))
+
+    # recording (no I/O until the next commit)
+
+    def record(self, sql, parameters=()):
+        self.operations.append((sql, parameters))
+        self.notify()
+
+    def when_durable(self, action, *args):
+        """Run ``action(*args)`` once everything recorded so far is committed."""
+        self.after_commit.append((action, args))
+        self.notify()
+
+    def notify(self):
+        """Replaced by the scheduler with a wake-up of its flusher."""
+
+    def put_cluster(self, cluster, credential):
+        self.record('INSERT OR REPLACE INTO clusters VALUES (?,?,?,?,?,?,?,?,?,?,?)', (
+            cluster.cid, cluster.name, cluster.code, pack([list(p) for p in cluster.patterns]),
+            int(cluster.reentrant), int(cluster.cleanup), int(cluster.allocate),
+            pack(cluster.files), pack(sorted(cluster.node_files)), cluster.directory,
+            credential))
+        self.record("INSERT OR REPLACE INTO meta VALUES ('next_cid', ?)", (cluster.cid + 1,))
+
+    def delete_cluster(self, cid):
+        self.record('DELETE FROM clusters WHERE cid = ?', (cid,))
+        self.record('DELETE FROM jobs WHERE cid = ?', (cid,))
+        self.record('DELETE FROM results WHERE cid = ?', (cid,))
+
+    def put_job(self, job):
+        self.record('INSERT OR REPLACE INTO jobs VALUES (?,?,?,?,?,?,?,?,?,?,?)', (
+            job.jid, job.cluster.cid, job.uid, job.args, job.priority, job.timeout,
+            pack(job.files), job.pinned, job.tag, job.node.key if job.node else None,
+            job.lost_nodes))
+
+    def job_moved(self, job):
+        """The job was sent to a node, or came back from one."""
+        self.record('UPDATE jobs SET node = ?, lost_nodes = ? WHERE jid = ?',
+                    (job.node.key if job.node else None, job.lost_nodes, job.jid))
+
+    def job_ended(self, cid, jid, message):
+        """A job ended (or a submission was refused, ``jid`` None): its row goes, its final
+        message waits for the client's acknowledgement."""
+        if jid is not None:
+            self.record('DELETE FROM jobs WHERE jid = ?', (jid,))
+        self.record('INSERT OR REPLACE INTO results VALUES (?,?,?)',
+                    (cid, message['uid'], pack(message)))
+
+    def result_acknowledged(self, cid, uid):
+        self.record('DELETE FROM results WHERE cid = ? AND uid = ?', (cid, uid))
+
+    # committing
+
+    def has_pending(self):
+        return bool(self.operations or self.after_commit)
+
+    def take_batch(self):
+        """Everything recorded so far, to be committed by ``commit``."""
+        batch = self.operations, self.after_commit
+        self.operations, self.after_commit = [], []
+        return batch
+
+    def commit(self, operations):
+        """Apply ``operations`` in one transaction (called on a threadpool thread)."""
+        self.db.execute('BEGIN')
+        try:
+            for sql, parameters in operations:
+                self.db.execute(sql, parameters)
+            self.db.execute('COMMIT')
+        except BaseException:
+            self.db.execute('ROLLBACK')
+            raise
+
+    def commit_now(self):
+        """Commit what is recorded, here and now (at start and at shutdown)."""
+        operations, actions = self.take_batch()
+        if operations:
+            self.commit(operations)
+        for action, args in actions:
+            action(*args)
+
+    # loading at start
+
+    def load(self):
+        """``(clusters, jobs, results)`` as rows: dicts for clusters and jobs, and
+        ``(cid, message)`` for results."""
+        clusters = []
+        for row in self.db.execute('SELECT * FROM clusters ORDER BY cid'):
+            (cid, name, code, patterns, reentrant, cleanup, allocate, files, node_files,
+             directory, credential) = row
+            clusters.append(dict(
+                cid=cid, name=name, code=code, patterns=[tuple(p) for p in unpack(patterns)],
+                reentrant=bool(reentrant), cleanup=bool(cleanup), allocate=bool(allocate),
+                files=unpack(files), node_files=set(unpack(node_files)), directory=directory,
+                credential=credential))
+        jobs = []
+        for row in self.db.execute('SELECT * FROM jobs ORDER BY jid'):
+            (jid, cid, uid, args, priority, timeout, files, pinned, tag, node,
+             lost_nodes) = row
+            jobs.append(dict(jid=jid, cid=cid, uid=uid, args=args, priority=priority,
+                             timeout=timeout, files=unpack(files), pinned=pinned, tag=tag,
+                             node=node, lost_nodes=lost_nodes))
+        results = [(cid, unpack(message)) for cid, message in
+                   self.db.execute('SELECT cid, message FROM results ORDER BY cid, uid')]
+        return clusters, jobs, results
