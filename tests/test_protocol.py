@@ -26,7 +26,7 @@ MESSAGES = [
     ('result_ack', {'ids': [1, 2, 3]}),
     ('job_end', {'uid': 3, 'status': 8, 'result': None, 'exception': 'Traceback…',
                  'stdout': 'ünïcode', 'stderr': 'e', 'start_time': None, 'end_time': None,
-                 'ip_addr': None}),
+                 'ip_addr': None, 'tag': None}),
 ]
 
 
@@ -81,7 +81,7 @@ def test_frames_fed_one_byte_at_a_time():
 
 def test_many_frames_in_one_feed():
     messages = [('submit', {'uid': uid, 'args': bytes([uid % 256]) * (uid % 50), 'files': [],
-                            'timeout': None, 'priority': 0, 'node': None})
+                            'timeout': None, 'priority': 0, 'node': None, 'tag': None})
                 for uid in range(1000)]
     stream = b''.join(encode(kind, body) for kind, body in messages)
     decoder = FrameDecoder()
