@@ -78,6 +78,14 @@ class Daemon:
     def alive(self):
         return self.process.poll() is None
 
+    def kill(self):
+        """``kill -9`` of the daemon's whole process group (it and its workers)."""
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait()
+
     def stop(self, timeout=10):
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -123,7 +131,8 @@ class Cluster:
         return daemon
 
     def start_scheduler(self, *extra, nodes=('127.0.0.2', '127.0.0.3'), ip='127.0.0.1',
-                        node_secret=NODE_SECRET, cluster_secret=CLUSTER_SECRET, wait=True):
+                        node_secret=NODE_SECRET, cluster_secret=CLUSTER_SECRET, wait=True,
+                        name='scheduler'):
         argv = [os.path.join(BIN, 'dispyscheduler'), '-i', ip, '-p', str(self.port),
                 '--scheduler_port', str(self.scheduler_port), '--node_port',
                 str(self.node_port), '--node_secret', node_secret, '--cluster_secret',
@@ -131,7 +140,7 @@ class Cluster:
                 '--ping_interval', '1', '--pulse_interval', '1']
         for node in nodes:
             argv += ['-n', node]
-        self.scheduler = self.spawn('scheduler', argv + list(extra))
+        self.scheduler = self.spawn(name, argv + list(extra))
         if wait:
             self.scheduler.wait_log('serving nodes')
         return self.scheduler

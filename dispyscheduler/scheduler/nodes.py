@@ -45,8 +45,12 @@ class NodeSide:
         requeued = self.state.reattach(node, held)
         for job in requeued:
             self.store.job_moved(job)
-        for jid in held.difference(node.jobs):
-            link.send('cancel_job', {'jid': jid})  # it runs elsewhere now, or has ended
+        stale = held.difference(node.jobs)
+        if stale:
+            logger.info('node %s came back holding %d jobs that run elsewhere now or have '
+                        'ended; told it to drop them', key, len(stale))
+        for jid in stale:
+            link.send('cancel_job', {'jid': jid})
         for cluster in clusters:
             self.offer_or_install(node, cluster)
         for cluster in {job.cluster for job in requeued}:

@@ -15,7 +15,6 @@ that it routes between clients and nodes.
 """
 
 import logging
-import os
 import signal
 import time
 
@@ -71,13 +70,8 @@ class Scheduler(NodeSide, ClientSide):
 
     def restore(self):
         """Reload the store; a scheduler restarted with the same ``--state_dir`` goes on."""
-        epoch = (self.store.meta('epoch') or 0) + 1
-        self.store.set_meta_now('epoch', epoch)
-        self.scheduler_id = self.store.meta('scheduler_id')
-        if self.scheduler_id is None:
-            self.scheduler_id = os.urandom(8).hex()
-            self.store.set_meta_now('scheduler_id', self.scheduler_id)
-        self.state = State(self.dispatch_depth, self.options.max_node_losses, epoch,
+        self.scheduler_id = self.store.scheduler_id
+        self.state = State(self.dispatch_depth, self.options.max_node_losses, self.store.epoch,
                            self.store.meta('next_cid') or 1)
         clusters, jobs, results = self.store.load()
         self.state.restore(clusters, jobs)

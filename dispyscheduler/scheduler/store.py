@@ -69,8 +69,15 @@ class Store:
             if version != SCHEMA_VERSION:
                 raise StoreError('%s has state version %r; this scheduler reads version %d'
                                  % (self.path, version, SCHEMA_VERSION))
-            self.db.execute('BEGIN IMMEDIATE')  # fails now, not later, on a read-only file
-            self.db.execute('COMMIT')
+            # a new incarnation of the scheduler; writing it now also finds, at start rather
+            # than later, a database that cannot be written
+            self.epoch = (self.meta('epoch') or 0) + 1
+            self.scheduler_id = self.meta('scheduler_id') or os.urandom(8).hex()
+            with self.db:
+                self.db.execute('BEGIN')
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('epoch', ?)", (self.epoch,))
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('scheduler_id', ?)",
+                                (self.scheduler_id,))
         except sqlite3.Error as exc:
             raise StoreError('cannot use state database %s: %s' % (self.path, exc)) from None
 
@@ -80,10 +87,6 @@ class Store:
     def meta(self, key, default=None):
         row = self.db.execute('SELECT value FROM meta WHERE key = ?', (key,)).fetchone()
         return default if row is None else row[0]
-
-    def set_meta_now(self, key, value):
-        """Write one meta value at once (at start: the scheduler's incarnation)."""
-        self.db.execute('INSERT OR REPLACE INTO meta VALUES (?, ?)', (key, value))
 
     # recording (no I/O until the next commit)
 
