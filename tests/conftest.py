@@ -9,6 +9,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from daemons import Cluster  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def in_temporary_directory(tmp_path, monkeypatch):
+    """Each test runs in a directory of its own: files clients write there (recovery files,
+    files jobs send back) never land in the checkout."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture
 def daemons(tmp_path, request):
     """Real daemons on loopback for one test; every process they started must be gone after."""

@@ -6,6 +6,7 @@ Each daemon runs as a subprocess in a session of its own, on a loopback address 
 session is left: a worker process that outlived its node is a test failure.
 """
 
+import ctypes
 import os
 import random
 import re
@@ -61,7 +62,8 @@ class Daemon:
         self.log_file = open(log_path, 'wb')
         self.process = subprocess.Popen(argv, stdout=self.log_file, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, start_new_session=True,
-                                        cwd=os.path.dirname(log_path))
+                                        cwd=os.path.dirname(log_path),
+                                        preexec_fn=die_with_parent)
 
     @property
     def pid(self):
@@ -95,6 +97,13 @@ class Daemon:
                 self.process.kill()
                 self.process.wait()
         self.log_file.close()
+
+
+def die_with_parent():
+    """In the child before exec: SIGTERM it if the test process dies (a test run killed
+    half way must not leave daemons behind)."""
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL('libc.so.6', use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def session_members(sid):
