@@ -139,3 +139,7 @@ NODE_SHUTDOWN_GRACE = 30.0
 
 CLIENT_RECONNECT_TIMEOUT = 600.0
 """Seconds a client keeps trying to reach its scheduler again before abandoning its jobs."""
+
+RESULT_RETENTION = 24
+"""Zombie intervals (a day, by default) that undelivered results of a cluster whose client is
+gone are kept for a client to collect them (``recover_jobs``); its nodes are freed after one."""

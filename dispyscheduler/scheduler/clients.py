@@ -63,6 +63,9 @@ class ClientSide:
         else:
             logger.info('cluster %s (%s) resumed from %s; %d results to deliver', cluster.cid,
                         cluster.name, address[0], len(cluster.results))
+            if cluster.dormant:
+                for node in self.state.revive(cluster):
+                    self.offer_or_install(node, cluster)
             self.catch_up(cluster)
         try:
             link.run_reader(lambda kind, body: self.on_client_message(cluster, kind, body))

@@ -106,6 +106,7 @@ class Cluster:
         self.directory = None  # where the scheduler keeps them
         self.owner = None  # the client's link while it is connected
         self.orphaned_since = None  # when the client left without closing
+        self.dormant = False  # its client is long gone: uninstalled, kept for its results
 
     def __repr__(self):
         return '<Cluster %s %s>' % (self.cid, self.name)
@@ -297,6 +298,26 @@ class State:
             dispatches.extend(self.fill_node(node))
         return nodes, queued, running, dispatches
 
+    def retire(self, cluster):
+        """A cluster with nothing to run whose client is long gone keeps its results but
+        frees its nodes: returns the nodes to uninstall it from."""
+        nodes = [node for node in self.nodes.values() if node.clusters.pop(cluster.cid, None)]
+        for node in nodes:
+            node.jobs_of.pop(cluster.cid, None)
+        cluster.ready_nodes.clear()
+        cluster.allocations.clear()
+        cluster.dormant = True
+        return nodes
+
+    def revive(self, cluster):
+        """A retired cluster's client came back: the nodes to install it on again."""
+        cluster.dormant = False
+        nodes = [node for node in self.nodes.values()
+                 if node_matches(cluster.patterns, node.ip_addr, node.name, node.port)]
+        for node in nodes:
+            node.clusters[cluster.cid] = OFFERED if cluster.allocate else INSTALLING
+        return nodes
+
     # nodes
 
     def add_node(self, key, name, ip_addr, port, cpus):
@@ -304,7 +325,8 @@ class State:
         node = Node(key, name, ip_addr, port, cpus, cpus * self.dispatch_depth)
         self.nodes[key] = node
         clusters = [cluster for cluster in self.clusters.values()
-                    if node_matches(cluster.patterns, ip_addr, name, port)]
+                    if not cluster.dormant and node_matches(cluster.patterns, ip_addr, name,
+                                                            port)]
         for cluster in clusters:
             node.clusters[cluster.cid] = OFFERED if cluster.allocate else INSTALLING
         self._load_changed(node)

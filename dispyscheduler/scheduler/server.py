@@ -25,7 +25,7 @@ from gevent.server import StreamServer
 from .. import discovery
 from ..auth import AuthenticationError, handshake
 from ..constants import (COMMIT_INTERVAL, DISPATCH_DEPTH, HANDSHAKE_TIMEOUT,
-                         PULSES_MISSED_BEFORE_DEAD)
+                         PULSES_MISSED_BEFORE_DEAD, RESULT_RETENTION)
 from ..duties import Duties
 from ..link import Link, set_nodelay
 from ..protocol import ProtocolError
@@ -193,14 +193,29 @@ class Scheduler(NodeSide, ClientSide):
                                'requeued, %d ended)', missing, len(requeued), len(lost))
                 self.handle_lost_jobs(requeued, lost, dispatches, 'the node running this job '
                                       'did not come back after the scheduler restarted')
-            zombie_after = self.options.zombie_interval * 60
-            for cluster in list(self.state.clusters.values()):
-                if (cluster.owner is None and cluster.orphaned_since is not None
-                        and now - cluster.orphaned_since > zombie_after
-                        and not cluster.in_flight and not cluster.queued):
-                    logger.info('cluster %s: client gone for %d minutes; cleaning up',
-                                cluster.cid, (now - cluster.orphaned_since) // 60)
+            self.clean_up_after_gone_clients(now)
+
+    def clean_up_after_gone_clients(self, now):
+        """A cluster whose client has been gone ``--zombie_interval`` with nothing left to run
+        frees its nodes; its undelivered results wait ``RESULT_RETENTION`` intervals for a
+        client to collect them, then the cluster is removed."""
+        zombie_after = self.options.zombie_interval * 60
+        for cluster in list(self.state.clusters.values()):
+            if (cluster.owner is None and cluster.orphaned_since is not None
+                    and not cluster.in_flight and not cluster.queued):
+                gone = now - cluster.orphaned_since
+                if gone > zombie_after * RESULT_RETENTION or (gone > zombie_after
+                                                              and not cluster.results):
+                    logger.info('cluster %s: client gone for %d minutes; removing it',
+                                cluster.cid, gone // 60)
                     self.close_cluster(cluster)
+                elif gone > zombie_after and not cluster.dormant:
+                    logger.info('cluster %s: client gone for %d minutes; freeing its nodes, '
+                                'keeping %d results for it', cluster.cid, gone // 60,
+                                len(cluster.results))
+                    for node in self.state.retire(cluster):
+                        node.link.send('uninstall', {'cid': cluster.cid,
+                                                     'cleanup': cluster.cleanup})
 
     # discovery
 

@@ -263,3 +263,25 @@ def test_a_job_that_kills_its_nodes_is_abandoned_after_three(daemons):
         job()
     assert job.status == DispyJob.Abandoned
     assert 'lost 3 nodes' in job.exception
+
+
+def test_gone_clients_cluster_frees_its_nodes_and_keeps_its_results(daemons, tmp_path):
+    """After --zombie_interval with its client gone and nothing left to run, a cluster's
+    nodes are freed, but its undelivered results stay for recover_jobs."""
+    daemons.start_scheduler('--zombie_interval', '0.05')  # 3 seconds
+    node = daemons.start_node('127.0.0.2')
+    script = tmp_path / 'doomed_client.py'
+    script.write_text(RECOVERY_PROGRAM)
+    doomed = subprocess.Popen([sys.executable, str(script), str(daemons.scheduler_port),
+                               CLUSTER_SECRET], stdout=subprocess.PIPE, cwd=str(tmp_path),
+                              env=dict(os.environ, PYTHONPATH=REPO))
+    try:
+        assert doomed.stdout.readline().strip() == b'submitted'
+        doomed.kill()
+    finally:
+        doomed.kill()
+        doomed.wait()
+    daemons.scheduler.wait_log(r'freeing its nodes, keeping 12 results', timeout=60)
+    node.wait_log('uninstalled computation 1')
+    jobs = recover_jobs(str(tmp_path / 'recover.json'), secret=CLUSTER_SECRET, timeout=30)
+    assert {job.id: job.result for job in jobs} == {'job-%d' % n: n * 10 for n in range(12)}
