@@ -106,21 +106,25 @@ def die_with_parent():
     ctypes.CDLL('libc.so.6', use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def session_members(sid):
-    """PIDs of live processes in session ``sid`` (zombies excluded)."""
-    members = []
+def processes():
+    """``(pid, state, ppid, sid, cmdline)`` of every process on this host."""
     for entry in os.listdir('/proc'):
         if not entry.isdigit():
             continue
         try:
             with open('/proc/%s/stat' % entry) as handle:
                 stat = handle.read()
+            with open('/proc/%s/cmdline' % entry, 'rb') as handle:
+                cmdline = handle.read()
         except OSError:
-            continue
+            continue  # it ended meanwhile
         fields = stat[stat.rindex(')') + 2:].split()
-        if fields[0] != 'Z' and int(fields[3]) == sid:
-            members.append(int(entry))
-    return members
+        yield int(entry), fields[0], int(fields[1]), int(fields[3]), cmdline
+
+
+def session_members(sid):
+    """PIDs of live processes in session ``sid`` (zombies excluded)."""
+    return [pid for pid, state, _, session, _ in processes() if session == sid and state != 'Z']
 
 
 class Cluster:

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from daemons import CLUSTER_SECRET, NODE_SECRET, REPO, wait_for
+from daemons import CLUSTER_SECRET, NODE_SECRET, REPO, processes, wait_for
 
 from dispyscheduler import DispyJob, SharedJobCluster
 from dispyscheduler.auth import sign_datagram
@@ -98,21 +98,8 @@ def test_result_larger_than_the_limit_ends_the_job(daemons):
 
 def host_processes(node_pid):
     """PIDs of the computation host processes a node daemon started."""
-    found = []
-    for entry in os.listdir('/proc'):
-        if not entry.isdigit():
-            continue
-        try:
-            with open('/proc/%s/stat' % entry) as handle:
-                stat = handle.read()
-            with open('/proc/%s/cmdline' % entry, 'rb') as handle:
-                cmdline = handle.read()
-        except OSError:
-            continue
-        ppid = int(stat[stat.rindex(')') + 2:].split()[1])
-        if ppid == node_pid and b'dispyscheduler.node.worker' in cmdline:
-            found.append(int(entry))
-    return found
+    return [pid for pid, _, ppid, _, cmdline in processes()
+            if ppid == node_pid and b'dispyscheduler.node.worker' in cmdline]
 
 
 def test_computation_host_dying_moves_unstarted_jobs_elsewhere(daemons):

@@ -121,21 +121,25 @@ time.sleep(60)
 '''
 
 
+def run_and_kill_a_client(daemons, directory):
+    """Run RECOVERY_PROGRAM and kill it once it has submitted its jobs."""
+    script = directory / 'doomed_client.py'
+    script.write_text(RECOVERY_PROGRAM)
+    doomed = subprocess.Popen([sys.executable, str(script), str(daemons.scheduler_port),
+                               CLUSTER_SECRET], stdout=subprocess.PIPE, cwd=str(directory),
+                              env=dict(os.environ, PYTHONPATH=REPO))
+    try:
+        assert doomed.stdout.readline().strip() == b'submitted'
+    finally:
+        doomed.kill()
+        doomed.wait()
+
+
 def test_client_killed_and_its_results_collected_by_another_process(daemons, tmp_path):
     daemons.start_scheduler()
     daemons.start_node('127.0.0.2')
     daemons.start_node('127.0.0.3')
-    script = tmp_path / 'doomed_client.py'
-    script.write_text(RECOVERY_PROGRAM)
-    doomed = subprocess.Popen([sys.executable, str(script), str(daemons.scheduler_port),
-                               CLUSTER_SECRET], stdout=subprocess.PIPE, cwd=str(tmp_path),
-                              env=dict(os.environ, PYTHONPATH=REPO))
-    try:
-        assert doomed.stdout.readline().strip() == b'submitted'
-        doomed.kill()
-    finally:
-        doomed.kill()
-        doomed.wait()
+    run_and_kill_a_client(daemons, tmp_path)
     jobs = recover_jobs(str(tmp_path / 'recover.json'), secret=CLUSTER_SECRET, timeout=60)
     assert sorted(job.id for job in jobs) == sorted('job-%d' % n for n in range(12))
     assert all(job.status == DispyJob.Finished for job in jobs)
@@ -270,17 +274,7 @@ def test_gone_clients_cluster_frees_its_nodes_and_keeps_its_results(daemons, tmp
     nodes are freed, but its undelivered results stay for recover_jobs."""
     daemons.start_scheduler('--zombie_interval', '0.05')  # 3 seconds
     node = daemons.start_node('127.0.0.2')
-    script = tmp_path / 'doomed_client.py'
-    script.write_text(RECOVERY_PROGRAM)
-    doomed = subprocess.Popen([sys.executable, str(script), str(daemons.scheduler_port),
-                               CLUSTER_SECRET], stdout=subprocess.PIPE, cwd=str(tmp_path),
-                              env=dict(os.environ, PYTHONPATH=REPO))
-    try:
-        assert doomed.stdout.readline().strip() == b'submitted'
-        doomed.kill()
-    finally:
-        doomed.kill()
-        doomed.wait()
+    run_and_kill_a_client(daemons, tmp_path)
     daemons.scheduler.wait_log(r'freeing its nodes, keeping 12 results', timeout=60)
     node.wait_log('uninstalled computation 1')
     jobs = recover_jobs(str(tmp_path / 'recover.json'), secret=CLUSTER_SECRET, timeout=30)
