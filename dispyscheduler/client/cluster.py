@@ -35,7 +35,7 @@ from .job import ClusterStatus, DispyJob, DispyNode, NodeAllocate
 logger = logging.getLogger('dispyscheduler')
 
 IGNORED_OPTIONS = ('dest_path', 'pulse_interval', 'ping_interval', 'poll_interval',
-                   'fault_recover', 'recover_file', 'client_port', 'dispy_port', 'host',
+                   'fault_recover', 'client_port', 'dispy_port', 'host',
                    'ext_host', 'exclusive', 'ipv4_udp_multicast', 'node_port')
 """dispy constructor options with no meaning here (the scheduler decides intervals, and
 results come back on the client's own connection); accepted so that programs run unchanged."""
@@ -69,7 +69,7 @@ class SharedJobCluster:
             logger.info('option %s has no effect with dispyscheduler', name)
         del ext_ip_addr  # results return on the client's own connection: nothing to announce
         packed = pack_computation(computation, depends, setup, cleanup)
-        self._allocators, node_files = self._node_allocations(nodes or ['*'])
+        allocators, node_files = self._node_allocations(nodes or ['*'])
         files = packed.files + node_files
         name = os.path.basename(computation) if isinstance(computation, str) else \
             getattr(computation, '__name__', str(computation))
@@ -78,6 +78,7 @@ class SharedJobCluster:
             [host] if host else ['127.0.0.1', socket.gethostname()], scheduler_port, ip_addr,
             port, secret, (certfile, keyfile, cafile), reconnect_timeout)
         self._prepare(name, connection, job_status or callback, cluster_status, job_timeout)
+        self._allocators = allocators
         link = connection.connect()
         try:
             body = self._create(link, packed.code, nodes or ['*'], files,
@@ -87,7 +88,7 @@ class SharedJobCluster:
             raise
         self._attached(link, body)
         if recover_file is not False:
-            self._write_recover_file(recover_file, host or '127.0.0.1', scheduler_port)
+            self._write_recover_file(recover_file, connection.host, scheduler_port)
 
     def _prepare(self, name, connection, job_status, cluster_status, job_timeout):
         """What every cluster object holds, new or recovered."""
@@ -97,7 +98,7 @@ class SharedJobCluster:
         self._job_status = job_status
         self._cluster_status = cluster_status
         self._job_timeout = job_timeout
-        self._allocators = getattr(self, '_allocators', [])
+        self._allocators = []  # (NodeAllocate, names of its own files)
         self._jobs = {}  # uid -> DispyJob not yet final
         self._unsaved = {}  # uid -> submission the scheduler has not said it saved
         self._nodes = {}  # ip_addr -> DispyNode

@@ -32,6 +32,7 @@ class SchedulerConnection:
         self.secret = secret
         self.tls_files = tls_files
         self.reconnect_timeout = reconnect_timeout
+        self.host = None  # the one of ``hosts`` that answered
         self.link = None
         self.closing = False
         self.threads = []
@@ -48,6 +49,7 @@ class SchedulerConnection:
         else:
             raise ConnectionError('cannot reach the scheduler (%s)' % '; '.join(errors))
         set_nodelay(sock)
+        self.host = host
         where = '%s:%s' % (host, self.port)
         deadline = time.monotonic() + HANDSHAKE_TIMEOUT
         try:
