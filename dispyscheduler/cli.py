@@ -7,9 +7,10 @@ hand over to the daemon.
 
 import argparse
 import os
+import signal
 import sys
 
-from . import __version__
+from . import __version__, config
 from .constants import (
     DEFAULT_DEST_PATH_PREFIX,
     DEFAULT_NODE_DEST_PATH_PREFIX,
@@ -24,9 +25,6 @@ from .constants import (
     SCHEDULER_NODE_PORT,
     ZOMBIE_INTERVAL,
 )
-
-LOG_FORMAT = '%(asctime)s %(name)s %(levelname)s %(message)s'
-
 
 class ArgumentParser(argparse.ArgumentParser):
     """An argparse parser whose errors are one line (and exit status 2)."""
@@ -92,6 +90,18 @@ def ip_address(text):
 def common_options(parser):
     parser.add_argument('-d', '--debug', action='store_true', help='log debug messages')
     parser.add_argument('--version', action='version', version='%(prog)s ' + __version__)
+    parser.add_argument('--config', metavar='FILE',
+                        help='read options from FILE (an INI file with a [%s] section); the '
+                             'command line wins' % parser.prog)
+    parser.add_argument('--save_config', metavar='FILE',
+                        help='write the effective options to FILE and exit')
+    parser.add_argument('--daemon', action='store_true',
+                        help='detach from the terminal and write a pid file')
+    parser.add_argument('--pid_file', metavar='FILE',
+                        help='pid file with --daemon (default: $PIDFILE, else '
+                             '/var/run/%s.pid)' % parser.prog)
+    parser.add_argument('--log_file', metavar='FILE',
+                        help='log to FILE instead of stderr; SIGHUP reopens it (logrotate)')
     parser.add_argument('--zombie_interval', type=positive_number, default=ZOMBIE_INTERVAL,
                         metavar='MINUTES',
                         help='minutes after which work of a peer that went away is cleaned '
@@ -174,12 +184,6 @@ def monkey_patch():
     monkey.patch_all()
 
 
-def configure_logging(debug):
-    import logging
-    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format=LOG_FORMAT,
-                        stream=sys.stderr)
-
-
 def fail(prog, message):
     sys.stderr.write('%s: error: %s\n' % (prog, message))
     return 2
@@ -202,17 +206,37 @@ def lock_state_dir(path):
         handle.seek(0)
         raise OSError('state directory %s is in use by another dispyscheduler (pid %s)'
                       % (path, handle.read().strip() or '?')) from None
+    write_lock_owner(handle)
+    return handle
+
+
+def write_lock_owner(handle):
     handle.seek(0)
     handle.truncate()
     handle.write('%d\n' % os.getpid())
     handle.flush()
-    return handle
+
+
+def start_running(parser, options):
+    """``--daemon`` and logging: what both daemons do once everything is checked."""
+    if options.daemon:
+        for name in ('dest_path_prefix', 'state_dir', 'log_file', 'config'):
+            value = getattr(options, name, None)
+            if value:  # the daemon runs in /
+                setattr(options, name, os.path.abspath(value))
+        options.pid_file = os.path.abspath(options.pid_file
+                                           or config.default_pid_file(parser.prog))
+        config.daemonize(options.pid_file)
+    log_file = config.configure_logging(options.debug, options.log_file)
+    if log_file is not None:
+        import gevent
+        gevent.signal_handler(signal.SIGHUP, log_file.reopen)
 
 
 def scheduler_main(argv=None):
     monkey_patch()
     parser = scheduler_parser()
-    options = parser.parse_args(argv)
+    options = config.parse_args(parser, argv)
     if options.node_keyfile and not options.node_certfile:
         parser.error('--node_keyfile needs --node_certfile')
     if options.cluster_keyfile and not options.cluster_certfile:
@@ -221,7 +245,9 @@ def scheduler_main(argv=None):
         parser.error('more --ext_ip_addr than -i addresses to pair them with')
     if options.max_node_losses < 1:
         parser.error('argument --max_node_losses: must be at least 1')
-    configure_logging(options.debug)
+    if options.save_config:
+        config.save_config(parser, options, options.save_config)
+        return 0
     from .tls import TLSConfigError, server_context
     try:
         node_tls = cluster_tls = None
@@ -232,16 +258,18 @@ def scheduler_main(argv=None):
     except TLSConfigError as exc:
         return fail(parser.prog, str(exc))
     from .scheduler.store import Store, StoreError
+    options.state_dir = options.state_dir or os.path.join(options.dest_path_prefix, 'state')
     try:
         prepare_directory(options.dest_path_prefix)
-        options.state_dir = options.state_dir or os.path.join(options.dest_path_prefix, 'state')
         state_lock = lock_state_dir(options.state_dir)
-    except OSError as exc:
+        Store(options.state_dir).close()  # a database that cannot be used fails here, at once
+    except (OSError, StoreError) as exc:
         return fail(parser.prog, str(exc))
+    start_running(parser, options)
+    write_lock_owner(state_lock)
     try:
         store = Store(options.state_dir)
     except StoreError as exc:
-        state_lock.close()
         return fail(parser.prog, str(exc))
     from .scheduler.server import Scheduler
     try:
@@ -256,7 +284,7 @@ def scheduler_main(argv=None):
 def node_main(argv=None):
     monkey_patch()
     parser = node_parser()
-    options = parser.parse_args(argv)
+    options = config.parse_args(parser, argv)
     if options.keyfile and not options.certfile:
         parser.error('--keyfile needs --certfile')
     available = os.cpu_count() or 1
@@ -264,7 +292,9 @@ def node_main(argv=None):
         options.cpus = available + options.cpus
         if options.cpus < 1:
             parser.error('argument -c/--cpus: leaves no CPU to use (%d available)' % available)
-    configure_logging(options.debug)
+    if options.save_config:
+        config.save_config(parser, options, options.save_config)
+        return 0
     from .tls import TLSConfigError, client_context
     try:
         tls_context = client_context(options.certfile, options.keyfile) if options.certfile \
@@ -272,6 +302,7 @@ def node_main(argv=None):
         prepare_directory(options.dest_path_prefix)
     except (TLSConfigError, OSError) as exc:
         return fail(parser.prog, str(exc))
+    start_running(parser, options)
     from .node.daemon import NodeDaemon
     try:
         NodeDaemon(options, tls_context).run()
