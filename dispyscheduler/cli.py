@@ -16,6 +16,8 @@ from .constants import (
     DEFAULT_NODE_DEST_PATH_PREFIX,
     MAX_FILE_SIZE,
     MAX_NODE_LOSSES,
+    MAX_UNAUTHENTICATED,
+    MAX_UNAUTHENTICATED_PER_SOURCE,
     NODE_PORT,
     PING_INTERVAL,
     PING_INTERVAL_RANGE,
@@ -48,6 +50,17 @@ def number_between(low, high):
 
 def positive_number(text):
     return number_between(1e-3, float('inf'))(text)
+
+
+def count(text):
+    """A whole number, at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError('%r is not a whole number' % (text,)) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError('must be at least 1, not %s' % (text,))
+    return value
 
 
 def port(text):
@@ -134,6 +147,12 @@ def scheduler_parser():
     parser.add_argument('--node_certfile', help='TLS certificate for the node link')
     parser.add_argument('--cluster_keyfile', help='TLS key for the client link')
     parser.add_argument('--cluster_certfile', help='TLS certificate for the client link')
+    parser.add_argument('--node_cafile', metavar='FILE',
+                        help='CA certificates: nodes must show a certificate they signed '
+                             '(mutual TLS on the node link)')
+    parser.add_argument('--cluster_cafile', metavar='FILE',
+                        help='CA certificates: clients must show a certificate they signed '
+                             '(mutual TLS on the client link)')
     parser.add_argument('--pulse_interval', type=number_between(*PULSE_INTERVAL_RANGE),
                         default=PULSE_INTERVAL, metavar='SECONDS',
                         help='seconds between node pulses; a node silent for 5 intervals is '
@@ -149,6 +168,13 @@ def scheduler_parser():
     parser.add_argument('--max_node_losses', type=int, default=MAX_NODE_LOSSES, metavar='N',
                         help='a job whose runs lost this many nodes ends Abandoned '
                              '(default %(default)d)')
+    parser.add_argument('--max_unauthenticated', type=count, default=MAX_UNAUTHENTICATED,
+                        metavar='N', help='connections in their handshake at once; past this '
+                                          'the oldest is dropped (default %(default)d)')
+    parser.add_argument('--max_unauthenticated_per_source', type=count,
+                        default=MAX_UNAUTHENTICATED_PER_SOURCE, metavar='N',
+                        help='connections in their handshake from one address; past this new '
+                             'ones are refused (default %(default)d)')
     return parser
 
 
@@ -168,6 +194,9 @@ def node_parser():
     parser.add_argument('-s', '--secret', default='', help="the scheduler's --node_secret")
     parser.add_argument('--certfile', help='TLS certificate (turns TLS on)')
     parser.add_argument('--keyfile', help='TLS key, if not in the certificate file')
+    parser.add_argument('--cafile', metavar='FILE',
+                        help="CA certificates that must have signed the scheduler's "
+                             'certificate (turns TLS on)')
     parser.add_argument('--scheduler_node', metavar='HOST',
                         help='connect to this scheduler at start, retrying until it is there')
     parser.add_argument('--scheduler_port', type=port, default=SCHEDULER_NODE_PORT,
@@ -218,7 +247,13 @@ def write_lock_owner(handle):
 
 
 def start_running(parser, options):
-    """``--daemon`` and logging: what both daemons do once everything is checked."""
+    """``--daemon``, logging, file limits: what both daemons do once everything is
+    checked."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else 65536
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))  # one per connection
     if options.daemon:
         for name in ('dest_path_prefix', 'state_dir', 'log_file', 'config'):
             value = getattr(options, name, None)
@@ -241,6 +276,9 @@ def scheduler_main(argv=None):
         parser.error('--node_keyfile needs --node_certfile')
     if options.cluster_keyfile and not options.cluster_certfile:
         parser.error('--cluster_keyfile needs --cluster_certfile')
+    for link in ('node', 'cluster'):
+        if getattr(options, link + '_cafile') and not getattr(options, link + '_certfile'):
+            parser.error('--%s_cafile needs --%s_certfile (TLS on that link)' % (link, link))
     if options.ext_ip_addr and options.ip_addr and len(options.ext_ip_addr) > len(options.ip_addr):
         parser.error('more --ext_ip_addr than -i addresses to pair them with')
     if options.max_node_losses < 1:
@@ -248,13 +286,15 @@ def scheduler_main(argv=None):
     if options.save_config:
         config.save_config(parser, options, options.save_config)
         return 0
-    from .tls import TLSConfigError, server_context
+    from .tls import TLSConfigError, make_context
     try:
         node_tls = cluster_tls = None
         if options.node_certfile:
-            node_tls = server_context(options.node_certfile, options.node_keyfile)
+            node_tls = make_context(options.node_certfile, options.node_keyfile,
+                                    options.node_cafile)
         if options.cluster_certfile:
-            cluster_tls = server_context(options.cluster_certfile, options.cluster_keyfile)
+            cluster_tls = make_context(options.cluster_certfile, options.cluster_keyfile,
+                                       options.cluster_cafile)
     except TLSConfigError as exc:
         return fail(parser.prog, str(exc))
     from .scheduler.store import Store, StoreError
@@ -295,10 +335,11 @@ def node_main(argv=None):
     if options.save_config:
         config.save_config(parser, options, options.save_config)
         return 0
-    from .tls import TLSConfigError, client_context
+    from .tls import TLSConfigError, make_context
     try:
-        tls_context = client_context(options.certfile, options.keyfile) if options.certfile \
-            else None
+        tls_context = None
+        if options.certfile or options.cafile:
+            tls_context = make_context(options.certfile, options.keyfile, options.cafile)
         prepare_directory(options.dest_path_prefix)
     except (TLSConfigError, OSError) as exc:
         return fail(parser.prog, str(exc))

@@ -30,6 +30,14 @@ HANDSHAKE_MAX_FRAME = 4096
 """Largest frame accepted before a peer has authenticated (a hello or a proof is tiny), so an
 unauthenticated peer cannot make a daemon hold 64 MB per connection."""
 
+MAX_UNAUTHENTICATED = 1024
+"""Default ``--max_unauthenticated``: connections still in their handshake, overall; past it
+the oldest of them is dropped for each new one."""
+
+MAX_UNAUTHENTICATED_PER_SOURCE = 128
+"""Default ``--max_unauthenticated_per_source``: connections still in their handshake from one
+address; past it, new ones from there are closed at once."""
+
 HANDSHAKE_TIMEOUT = 10.0
 """Seconds a peer has to finish hello and authentication before it is dropped."""
 

@@ -22,6 +22,7 @@ OPTIONAL_STR = (str, type(None))
 OPTIONAL_BYTES = (bytes, type(None))
 OPTIONAL_FLOAT = (float, int, type(None))
 NUMBER = (float, int)
+INT_LIST = 'list of int'  # a list whose items are all integers (ids)
 
 # Each message kind with its required fields and their types. Extra fields are ignored, so a
 # newer peer can add fields without breaking an older one.
@@ -32,8 +33,8 @@ SCHEMAS = {
     'error': {'reason': str},
     # node -> scheduler
     'node_info': {'name': str, 'ip_addr': str, 'port': int, 'cpus': int, 'platform': str,
-                  'jobs': list},
-    'node_leaving': {'jobs': list},
+                  'jobs': INT_LIST},
+    'node_leaving': {'jobs': INT_LIST},
     'pulse': {'busy': int},
     'compute_ready': {'cid': int},
     'compute_failed': {'cid': int, 'reason': str},
@@ -51,7 +52,7 @@ SCHEMAS = {
     'job': {'jid': int, 'cid': int, 'args': bytes, 'timeout': OPTIONAL_FLOAT, 'files': list},
     'cancel_job': {'jid': int},
     'uninstall': {'cid': int, 'cleanup': bool},
-    'result_ack': {'ids': list},
+    'result_ack': {'ids': INT_LIST},
     # client -> scheduler
     'cluster_new': {'name': str, 'code': bytes, 'nodes': list, 'reentrant': bool,
                     'cleanup': bool, 'files': list, 'node_files': list, 'allocate': bool},
@@ -64,7 +65,7 @@ SCHEMAS = {
     'close': {'terminate': bool},
     # scheduler -> client
     'cluster_ok': {'cid': int, 'max_file_size': int, 'credential': bytes},
-    'submitted': {'uids': list},
+    'submitted': {'uids': INT_LIST},
     'job_status': {'uid': int, 'status': int, 'ip_addr': str, 'start_time': NUMBER},
     'provisional_result': {'uid': int, 'result': bytes, 'ip_addr': str},
     'file_part': {'uid': int, 'name': str, 'offset': int, 'data': bytes, 'last': bool},
@@ -128,7 +129,10 @@ def validate(kind, body):
         except KeyError:
             raise ProtocolError('%s: missing field %r' % (kind, field)) from None
         # bool is an int subclass, but a bool where a number is wanted is a type error
-        if isinstance(value, bool):
+        if types is INT_LIST:
+            ok = isinstance(value, list) and all(
+                isinstance(item, int) and not isinstance(item, bool) for item in value)
+        elif isinstance(value, bool):
             ok = types is bool or (isinstance(types, tuple) and bool in types)
         else:
             ok = isinstance(value, types)

@@ -7,6 +7,7 @@ same code waits cooperatively there and blocks a thread in the client. OpenSSL c
 are not thread-safe, so every call into one holds a lock, and no lock is held while waiting.
 """
 
+import datetime
 import select
 import threading
 import time
@@ -14,6 +15,7 @@ import time
 from OpenSSL import SSL
 
 MIN_TLS_VERSION = SSL.TLS1_2_VERSION
+TLS_HANDSHAKE_RECORD = b'\x16'  # the first byte a TLS client sends
 SEND_CHUNK = 256 * 1024
 
 
@@ -21,61 +23,62 @@ class TLSConfigError(ValueError):
     """A certificate, key or CA file cannot be used; the message names the file."""
 
 
-def _load(context, certfile, keyfile, cafile):
-    try:
-        context.use_certificate_chain_file(certfile)
-    except SSL.Error as exc:
-        raise TLSConfigError('cannot load certificate %s: %s' % (certfile, _reason(exc))) from None
-    try:
-        context.use_privatekey_file(keyfile or certfile)
-        context.check_privatekey()
-    except SSL.Error as exc:
-        raise TLSConfigError('cannot use key %s with certificate %s: %s'
-                             % (keyfile or certfile, certfile, _reason(exc))) from None
-    if cafile:
-        _require_peer_certificate(context, cafile)
-
-
-def _require_peer_certificate(context, cafile):
-    try:
-        context.load_verify_locations(cafile)
-    except SSL.Error as exc:
-        raise TLSConfigError('cannot load CA file %s: %s' % (cafile, _reason(exc))) from None
-    context.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT,
-                       lambda conn, cert, errno, depth, ok: bool(ok))
-
-
 def _check_file(path, what):
     try:
-        with open(path, 'rb'):
-            pass
+        with open(path, 'rb') as handle:
+            return handle.read()
     except OSError as exc:
         raise TLSConfigError('cannot read %s %s: %s' % (what, path, exc.strerror)) from None
 
 
-def server_context(certfile, keyfile=None, cafile=None):
-    """Context for a daemon's listening side; with ``cafile``, peers must show a certificate
-    signed by that CA."""
-    for path, what in ((certfile, 'certificate'), (keyfile, 'key'), (cafile, 'CA file')):
-        if path:
-            _check_file(path, what)
-    context = SSL.Context(SSL.TLS_METHOD)
-    context.set_min_proto_version(MIN_TLS_VERSION)
-    _load(context, certfile, keyfile, cafile)
-    return context
+def _check_dates(path, data):
+    """A certificate that has expired, or is not valid yet, is refused at start, not at the
+    first handshake."""
+    from cryptography import x509
+    try:
+        certificate = x509.load_pem_x509_certificate(data)
+    except ValueError as exc:
+        raise TLSConfigError('cannot load certificate %s: %s' % (path, exc)) from None
+    now = datetime.datetime.now(datetime.timezone.utc)
+    if certificate.not_valid_after_utc < now:
+        raise TLSConfigError('certificate %s expired on %s' % (
+            path, certificate.not_valid_after_utc.strftime('%Y-%m-%d %H:%M UTC')))
+    if certificate.not_valid_before_utc > now:
+        raise TLSConfigError('certificate %s is not valid before %s' % (
+            path, certificate.not_valid_before_utc.strftime('%Y-%m-%d %H:%M UTC')))
 
 
-def client_context(certfile=None, keyfile=None, cafile=None):
-    """Context for the connecting side; with ``cafile`` the server's certificate is checked."""
-    for path, what in ((certfile, 'certificate'), (keyfile, 'key'), (cafile, 'CA file')):
-        if path:
-            _check_file(path, what)
+def make_context(certfile=None, keyfile=None, cafile=None):
+    """A pyOpenSSL context, for either side: our certificate and key (the key may be in the
+    certificate file; a server needs them, a client shows them where the server verifies its
+    peers), and, with ``cafile``, verification of the peer's certificate against that CA (both
+    ways when both sides have one: mutual TLS). Raises ``TLSConfigError`` with a one-line
+    reason."""
     context = SSL.Context(SSL.TLS_METHOD)
     context.set_min_proto_version(MIN_TLS_VERSION)
     if certfile:
-        _load(context, certfile, keyfile, None)
+        _check_dates(certfile, _check_file(certfile, 'certificate'))
+        if keyfile:
+            _check_file(keyfile, 'key')
+        try:
+            context.use_certificate_chain_file(certfile)
+        except SSL.Error as exc:
+            raise TLSConfigError('cannot load certificate %s: %s'
+                                 % (certfile, _reason(exc))) from None
+        try:
+            context.use_privatekey_file(keyfile or certfile)
+            context.check_privatekey()
+        except SSL.Error as exc:
+            raise TLSConfigError('cannot use key %s with certificate %s: %s'
+                                 % (keyfile or certfile, certfile, _reason(exc))) from None
     if cafile:
-        _require_peer_certificate(context, cafile)
+        _check_file(cafile, 'CA file')
+        try:
+            context.load_verify_locations(cafile)
+        except SSL.Error as exc:
+            raise TLSConfigError('cannot load CA file %s: %s' % (cafile, _reason(exc))) from None
+        context.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT,
+                           lambda conn, cert, errno, depth, ok: bool(ok))
     return context
 
 

@@ -54,8 +54,8 @@ class SchedulerConnection:
         deadline = time.monotonic() + HANDSHAKE_TIMEOUT
         try:
             if any(self.tls_files):
-                from ..tls import TLSSocket, client_context
-                sock = TLSSocket(sock, client_context(*self.tls_files), server_side=False)
+                from ..tls import TLSSocket, make_context
+                sock = TLSSocket(sock, make_context(*self.tls_files), server_side=False)
                 sock.settimeout(HANDSHAKE_TIMEOUT)
                 sock.do_handshake()
             sock.settimeout(None)
@@ -63,6 +63,9 @@ class SchedulerConnection:
             handshake(link, self.secret, 'client', 'scheduler', initiator=True,
                       deadline=deadline)
             return link
+        except ProtocolError as exc:  # the scheduler refused us (TLS required, say)
+            sock.close()
+            raise ConnectionError('the scheduler at %s %s' % (where, exc)) from None
         except AuthenticationError:
             sock.close()
             raise AuthenticationError(
@@ -71,8 +74,9 @@ class SchedulerConnection:
         except (ConnectionClosed, ConnectionResetError, BrokenPipeError) as exc:
             sock.close()
             raise ConnectionError('the scheduler at %s dropped the connection during the '
-                                  'handshake (%s); does it require TLS? then pass certfile= '
-                                  'or cafile=' % (where, exc)) from None
+                                  'handshake (%s)%s' % (where, exc, '; does it use TLS on this '
+                                                        'port?' if any(self.tls_files) else
+                                                        '')) from None
         except BaseException:
             sock.close()
             raise

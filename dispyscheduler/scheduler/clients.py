@@ -192,6 +192,11 @@ class ClientSide:
         except FileRefused as exc:
             self.end_submitted(cluster, body['uid'], TERMINATED, str(exc))
             return
+        timeout = body['timeout']
+        if timeout is not None and not 0 < timeout < float('inf'):
+            self.end_submitted(cluster, body['uid'], TERMINATED,
+                               'invalid time limit %r' % (timeout,))
+            return
         pinned = None
         if body['node'] is not None:
             node = next((node for node in self.state.nodes.values()

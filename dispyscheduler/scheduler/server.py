@@ -14,8 +14,10 @@ The scheduler never unpickles anything: computations, arguments and results are 
 that it routes between clients and nodes.
 """
 
+import collections
 import logging
 import signal
+import socket
 import time
 
 import gevent
@@ -28,8 +30,8 @@ from ..constants import (COMMIT_INTERVAL, DISPATCH_DEPTH, HANDSHAKE_TIMEOUT,
                          PULSES_MISSED_BEFORE_DEAD, RESULT_RETENTION)
 from ..duties import Duties
 from ..link import Link, set_nodelay
-from ..protocol import ProtocolError
-from ..tls import TLSError, TLSSocket
+from ..protocol import ProtocolError, encode
+from ..tls import TLS_HANDSHAKE_RECORD, TLSError, TLSSocket
 from .clients import ClientSide
 from .model import State
 from .nodes import NodeSide
@@ -66,6 +68,8 @@ class Scheduler(NodeSide, ClientSide):
         self.servers = []
         self.started = time.time()
         self.credentials = {}  # cid -> the credential that lets a client resume the cluster
+        self.handshaking = collections.OrderedDict()  # greenlet -> peer address, oldest first
+        self.handshaking_from = collections.Counter()  # peer address -> how many of those
         self.restore()
 
     def restore(self):
@@ -132,12 +136,43 @@ class Scheduler(NodeSide, ClientSide):
 
     def accept(self, sock, tls_context, secret, peer_role, address):
         """TLS (if configured) and authentication of a new connection; its Link, or None
-        after logging why the peer was refused."""
+        after logging why the peer was refused.
+
+        Connections that have not authenticated yet are capped per address and overall, the
+        oldest dropped first, so idle or slow strangers cannot crowd out the users."""
+        source = address[0]
+        if self.handshaking_from[source] >= self.options.max_unauthenticated_per_source:
+            logger.warning('refused a %s connection from %s: %d connections from there are '
+                           'still in their handshake', peer_role, source,
+                           self.handshaking_from[source])
+            return None
+        while len(self.handshaking) >= self.options.max_unauthenticated:
+            oldest, oldest_source = self.handshaking.popitem(last=False)
+            self.handshaking_from[oldest_source] -= 1
+            logger.warning('dropped the oldest connection still in its handshake (from %s): '
+                           '%d are open', oldest_source, self.options.max_unauthenticated)
+            oldest.kill(block=False)
+        me = gevent.getcurrent()
+        self.handshaking[me] = source
+        self.handshaking_from[source] += 1
+        try:
+            return self.authenticate(sock, tls_context, secret, peer_role, address)
+        finally:
+            if self.handshaking.pop(me, None) is not None:
+                self.handshaking_from[source] -= 1
+                if not self.handshaking_from[source]:
+                    del self.handshaking_from[source]
+
+    def authenticate(self, sock, tls_context, secret, peer_role, address):
         set_nodelay(sock)
         deadline = time.monotonic() + self.handshake_timeout
         try:
             with gevent.Timeout(self.handshake_timeout):
                 if tls_context is not None:
+                    if sock.recv(1, socket.MSG_PEEK) not in (TLS_HANDSHAKE_RECORD, b''):
+                        # a plaintext peer: tell it in its own language, then close
+                        sock.sendall(encode('error', {'reason': 'TLS is required on this port'}))
+                        raise TLSError('plaintext peer on a TLS port')
                     sock = TLSSocket(sock, tls_context, server_side=True)
                     sock.do_handshake()
                 link = Link(sock, '%s:%s' % address[:2])

@@ -1,0 +1,478 @@
+"""Shared pieces of the benchmark drivers: stdlib only, so every system's venv can import it.
+
+Two roles live here:
+
+* the *driver* side (``run_suite``): start a system's daemons, run the workload phases by
+  spawning client processes, read the scheduler's CPU time and memory from /proc, print one
+  ``RESULT {json}`` line;
+* the *client* side (``client_main``): one client process of one phase. It connects (creates
+  its cluster), runs a few warm-up jobs, prints ``READY``, waits for ``GO`` on stdin, runs the
+  phase, prints ``RESULT {json}`` and disconnects. The driver reads the scheduler's CPU time
+  between ``READY`` and ``GO`` and after the last result, so cluster set-up and tear-down are
+  not counted.
+
+Every process a driver starts runs in a process group of its own inside the driver's session
+and is stopped by PID (SIGTERM to its group, then SIGKILL); anything still in the session
+afterwards is killed by PID and reported as a leftover.
+"""
+
+import ctypes
+import json
+import os
+import queue
+import random
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+CLK_TCK = os.sysconf('SC_CLK_TCK')
+NODE_SECRET = 'bench-node-secret'
+CLUSTER_SECRET = 'bench-cluster-secret'
+WARMUP_JOBS = 10
+MIN_RATE = 50.0
+"""Jobs per second below which a phase is given up as stalled (its timeout is
+``60 + n / MIN_RATE`` seconds)."""
+
+
+def phase_timeout(n):
+    return 60.0 + n / MIN_RATE
+
+
+# ---------------------------------------------------------------------------------- /proc
+
+def proc_stat(pid):
+    with open('/proc/%d/stat' % pid) as handle:
+        stat = handle.read()
+    return stat[stat.rindex(')') + 2:].split()
+
+
+def cpu_seconds(pid):
+    """utime + stime of ``pid`` in seconds (its own, not its children's)."""
+    fields = proc_stat(pid)
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def memory_kb(pid):
+    """``{'VmRSS': kB, 'VmHWM': kB}`` of ``pid``."""
+    values = {}
+    with open('/proc/%d/status' % pid) as handle:
+        for line in handle:
+            key, _, rest = line.partition(':')
+            if key in ('VmRSS', 'VmHWM'):
+                values[key] = int(rest.split()[0])
+    return values
+
+
+def session_members(sid, exclude=()):
+    """PIDs of live (non-zombie) processes in session ``sid``."""
+    members = []
+    for entry in os.listdir('/proc'):
+        if not entry.isdigit() or int(entry) in exclude:
+            continue
+        try:
+            fields = proc_stat(int(entry))
+        except (OSError, ValueError):
+            continue
+        if int(fields[3]) == sid and fields[0] != 'Z':
+            members.append(int(entry))
+    return members
+
+
+def group_members(pgid):
+    members = []
+    for entry in os.listdir('/proc'):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = proc_stat(int(entry))
+        except (OSError, ValueError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != 'Z':
+            members.append(int(entry))
+    return members
+
+
+def kill_pids(pids):
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+# ---------------------------------------------------------------------------------- ports
+
+def port_free(address, port):
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        with socket.socket(socket.AF_INET, kind) as sock:
+            if kind == socket.SOCK_STREAM:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((address, port))
+            except OSError:
+                return False
+    return True
+
+
+def free_ports(count=3, addresses=('127.0.0.1', '127.0.0.2', '127.0.0.3')):
+    """``count`` consecutive ports free for TCP and UDP on every address."""
+    for _ in range(200):
+        base = random.randrange(20000, 32000)
+        if all(port_free(a, base + i) for i in range(count) for a in addresses):
+            return list(range(base, base + count))
+    raise RuntimeError('no free ports found')
+
+
+# ---------------------------------------------------------------------------------- daemons
+
+def _child_setup():
+    """Before exec: own process group (so it can be stopped as a group, by its PID), and
+    SIGTERM if the driver dies."""
+    os.setpgid(0, 0)
+    ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class Daemon:
+    def __init__(self, name, argv, workdir, env=None):
+        self.name = name
+        self.log_path = os.path.join(workdir, name + '.log')
+        self.log_file = open(self.log_path, 'wb')
+        self.process = subprocess.Popen(argv, stdout=self.log_file, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, cwd=workdir, env=env,
+                                        preexec_fn=_child_setup)
+        self.pid = self.process.pid
+
+    def log(self):
+        with open(self.log_path, errors='replace') as handle:
+            return handle.read()
+
+    def alive(self):
+        return self.process.poll() is None
+
+    def wait_log(self, pattern, count=1, timeout=60):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if len(re.findall(pattern, self.log())) >= count:
+                return
+            if not self.alive():
+                raise RuntimeError('%s exited (%s) before %r; log tail: %s' % (
+                    self.name, self.process.returncode, pattern, tail(self.log())))
+            time.sleep(0.05)
+        raise RuntimeError('timed out waiting for %r in %s log; tail: %s' % (
+            pattern, self.name, tail(self.log())))
+
+    def stop(self, timeout=10):
+        """SIGTERM to the daemon's process group (its PID), SIGKILL to what is left."""
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        deadline = time.monotonic() + 5
+        while group_members(self.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        kill_pids(group_members(self.pid))
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        self.log_file.close()
+
+
+def tail(text, lines=8):
+    return ' | '.join(text.strip().splitlines()[-lines:])[-1500:]
+
+
+def log_problems(daemons):
+    """Lines of daemon logs that look like trouble: count and the first few, per daemon."""
+    problems = {}
+    pattern = re.compile(r'Traceback|ERROR|Error|WARNING|warning|exception', re.I)
+    for daemon in daemons:
+        try:
+            lines = [line for line in daemon.log().splitlines() if pattern.search(line)]
+        except OSError:
+            continue
+        if lines:
+            problems[daemon.name] = {'count': len(lines), 'first': lines[:5]}
+    return problems
+
+
+# ---------------------------------------------------------------------------------- clients
+
+class ClientProcess:
+    """One client process of a phase: READY / GO / RESULT over its stdin and stdout."""
+
+    def __init__(self, argv, workdir, name, env=None):
+        self.name = name
+        self.stderr_path = os.path.join(workdir, name + '.stderr')
+        self.stderr = open(self.stderr_path, 'wb')
+        self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=self.stderr, cwd=workdir, env=env,
+                                        preexec_fn=_child_setup, text=True, bufsize=1)
+        self.pid = self.process.pid
+        self.lines = queue.Queue()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        for line in self.process.stdout:
+            self.lines.put(line.rstrip('\n'))
+        self.lines.put(None)
+
+    def expect(self, prefix, deadline):
+        """The first stdout line starting with ``prefix``, before ``deadline`` (monotonic)."""
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise RuntimeError('%s: timed out waiting for %s; stderr: %s' % (
+                    self.name, prefix, self.stderr_tail()))
+            try:
+                line = self.lines.get(timeout=min(remaining, 1.0))
+            except queue.Empty:
+                continue
+            if line is None:
+                self.process.wait(5)
+                raise RuntimeError('%s exited (%s) before %s; stderr: %s' % (
+                    self.name, self.process.returncode, prefix, self.stderr_tail()))
+            if line.startswith(prefix):
+                return line[len(prefix):].strip()
+
+    def go(self):
+        self.process.stdin.write('GO\n')
+        self.process.stdin.flush()
+
+    def stderr_tail(self):
+        try:
+            with open(self.stderr_path, errors='replace') as handle:
+                return tail(handle.read())
+        except OSError:
+            return ''
+
+    def finish(self, timeout=60):
+        """Let it close its cluster and exit; kill its group if it does not."""
+        try:
+            self.process.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.process.wait(10)
+        kill_pids(group_members(self.pid))
+        self.stderr.close()
+
+
+def percentile(values, fraction):
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    rank = max(1, int(-(-fraction * len(ordered) // 1)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def run_phase(spawn_client, scheduler_pid, mode, n, clients, workdir, label):
+    """Run one phase with ``clients`` client processes sharing ``n`` jobs; return its record."""
+    per_client = [n // clients + (1 if i < n % clients else 0) for i in range(clients)]
+    procs = []
+    try:
+        for index, count in enumerate(per_client):
+            procs.append(spawn_client(mode, count, '%s-c%d' % (label, index)))
+        deadline = time.monotonic() + 120
+        for proc in procs:
+            proc.expect('READY', deadline)
+        cpu0 = cpu_seconds(scheduler_pid)
+        wall0 = time.monotonic()
+        for proc in procs:
+            proc.go()
+        deadline = time.monotonic() + phase_timeout(n)
+        outcomes = [json.loads(proc.expect('RESULT', deadline)) for proc in procs]
+        wall1 = time.monotonic()
+        cpu1 = cpu_seconds(scheduler_pid)
+        memory = memory_kb(scheduler_pid)
+    finally:
+        for proc in procs:
+            proc.finish()
+    record = {'mode': mode, 'n': n, 'clients': clients,
+              'errors': sum(o['errors'] for o in outcomes),
+              'error_samples': [s for o in outcomes for s in o.get('error_samples', [])][:5],
+              'sched_cpu_s': cpu1 - cpu0, 'sched_rss_kb_after': memory.get('VmRSS'),
+              'driver_wall_s': wall1 - wall0}
+    if mode == 'throughput':
+        start = min(o['t_start'] for o in outcomes)
+        end = max(o['t_end'] for o in outcomes)
+        record.update(wall_s=end - start, throughput=n / (end - start),
+                      submit_s=max(o['submit_s'] for o in outcomes),
+                      max_gap_s=max(o['max_gap_s'] for o in outcomes),
+                      sched_cpu_s_per_1000=(cpu1 - cpu0) * 1000.0 / n)
+    else:
+        latencies = [x for o in outcomes for x in o['latencies']]
+        record.update(latency_median_ms=1000 * statistics.median(latencies),
+                      latency_p90_ms=1000 * percentile(latencies, 0.9),
+                      latency_max_ms=1000 * max(latencies))
+    return record
+
+
+def run_suite(system, spawn_client, scheduler_pid, sizes, latency_n, workdir, extra=None):
+    """All phases of one run of one system: latency, then for each size one client and two
+    clients. Returns the result dict (``failed`` set if a phase failed)."""
+    result = {'system': system, 'phases': [], 'failed': None}
+    result.update(extra or {})
+    plan = [('latency', latency_n, 1)]
+    for n in sizes:
+        plan += [('throughput', n, 1), ('throughput', n, 2)]
+    for mode, n, clients in plan:
+        label = '%s-%d-%dc' % (mode, n, clients)
+        try:
+            record = run_phase(spawn_client, scheduler_pid, mode, n, clients, workdir, label)
+        except Exception as exc:
+            result['failed'] = '%s: %s' % (label, exc)
+            break
+        result['phases'].append(record)
+        if record['errors']:
+            result['failed'] = '%s: %d jobs failed or missing, e.g. %s' % (
+                label, record['errors'], record['error_samples'][:2])
+            break
+    try:
+        memory = memory_kb(scheduler_pid)
+        result['sched_peak_rss_kb'] = memory.get('VmHWM')
+        result['sched_rss_kb_end'] = memory.get('VmRSS')
+    except OSError as exc:
+        result['failed'] = result['failed'] or 'scheduler gone: %s' % exc
+    return result
+
+
+def emit(result):
+    print('RESULT ' + json.dumps(result), flush=True)
+
+
+def driver_main(system, start, spawn_client_factory, argv=None):
+    """Common ``run`` entry of a per-system driver.
+
+    ``start(workdir)`` starts the daemons and returns ``(daemons, scheduler_pid, extra)``;
+    ``spawn_client_factory(workdir, state)`` returns ``spawn_client(mode, n, name)``.
+    """
+    import argparse
+    parser = argparse.ArgumentParser()
+    parser.add_argument('--sizes', default='2000,20000')
+    parser.add_argument('--latency', type=int, default=50)
+    parser.add_argument('--workdir', required=True)
+    args = parser.parse_args(argv)
+    sizes = [int(x) for x in args.sizes.split(',') if x]
+    os.makedirs(args.workdir, exist_ok=True)
+    daemons = []
+    result = {'system': system, 'failed': None}
+    try:
+        daemons, scheduler_pid, extra, state = start(args.workdir)
+        spawn_client = spawn_client_factory(args.workdir, state)
+        result = run_suite(system, spawn_client, scheduler_pid, sizes, args.latency,
+                           args.workdir, extra)
+    except Exception as exc:
+        result['failed'] = 'start: %s' % (exc,)
+    finally:
+        result['log_problems'] = log_problems(daemons)
+        for daemon in reversed(daemons):
+            daemon.stop()
+        me = os.getpid()
+        if os.getsid(0) == me:  # only in a session of its own (run.py starts it so)
+            leftovers = session_members(me, exclude=(me,))
+            if leftovers:
+                kill_pids(leftovers)
+                result['leftovers'] = leftovers
+    emit(result)
+    return 0
+
+
+def client_main(open_cluster, argv=None):
+    """Common ``client`` entry. ``open_cluster(options)`` returns an object with
+    ``batch(n, deadline) -> (errors, samples, submit_s, max_gap_s)``,
+    ``one(i, deadline) -> error or None`` and ``close()``."""
+    import argparse
+    parser = argparse.ArgumentParser()
+    parser.add_argument('--mode', choices=('throughput', 'latency'), required=True)
+    parser.add_argument('--n', type=int, required=True)
+    parser.add_argument('--options', default='{}', help='JSON: connection options')
+    args = parser.parse_args(argv)
+    options = json.loads(args.options)
+    session = open_cluster(options)
+    try:
+        deadline = time.monotonic() + 120
+        errors, samples, _, _ = session.batch(WARMUP_JOBS, deadline)
+        if errors:
+            raise RuntimeError('warm-up jobs failed: %s' % samples)
+        print('READY', flush=True)
+        if sys.stdin.readline().strip() != 'GO':
+            return 1
+        deadline = time.monotonic() + phase_timeout(args.n)
+        out = {'n': args.n}
+        if args.mode == 'throughput':
+            out['t_start'] = time.monotonic()
+            errors, samples, submit_s, max_gap_s = session.batch(args.n, deadline)
+            out['t_end'] = time.monotonic()
+            out.update(errors=errors, error_samples=samples, submit_s=submit_s,
+                       max_gap_s=max_gap_s)
+        else:
+            latencies, errors, samples = [], 0, []
+            for i in range(args.n):
+                t0 = time.perf_counter()
+                error = session.one(i, deadline)
+                latencies.append(time.perf_counter() - t0)
+                if error:
+                    errors += 1
+                    samples.append(error)
+            out.update(latencies=latencies, errors=errors, error_samples=samples[:5])
+        print('RESULT ' + json.dumps(out), flush=True)
+        sys.stdin.readline()  # the driver closes stdin once it has read the scheduler's CPU
+    finally:
+        session.close()
+    return 0
+
+
+class DispyApiSession:
+    """``batch``/``one`` over dispy's job API (``job.finish``, ``job.status``, ``job.result``),
+    which dispy and dispyscheduler share."""
+
+    def __init__(self, cluster, finished_status):
+        self.cluster = cluster
+        self.finished = finished_status
+
+    def _check(self, job, expected, deadline):
+        if not job.finish.wait(max(0.0, deadline - time.monotonic())):
+            return 'job %s: no result before the deadline (status %s)' % (expected, job.status)
+        if job.status != self.finished or job.result != expected:
+            return 'job %s: status %s result %r exception %s' % (
+                expected, job.status, job.result, str(job.exception)[-300:])
+        return None
+
+    def batch(self, n, deadline):
+        t0 = time.monotonic()
+        jobs = [self.cluster.submit(i) for i in range(n)]
+        submit_s = time.monotonic() - t0
+        errors, samples, last, max_gap = 0, [], time.monotonic(), 0.0
+        for i, job in enumerate(jobs):
+            error = self._check(job, i, deadline)
+            now = time.monotonic()
+            max_gap, last = max(max_gap, now - last), now
+            if error:
+                errors += 1
+                if len(samples) < 5:
+                    samples.append(error)
+        return errors, samples, submit_s, max_gap
+
+    def one(self, i, deadline):
+        return self._check(self.cluster.submit(i), i, deadline)
+
+    def close(self):
+        self.cluster.close()

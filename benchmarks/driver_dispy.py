@@ -1,0 +1,103 @@
+"""Benchmark driver for dispy 4.15.2 (the real one, from PyPI): ``run`` starts dispy's own
+``dispyscheduler.py`` on 127.0.0.1 and two ``dispynode.py`` (127.0.0.2, 127.0.0.3, --cpus 2),
+and runs the phases; ``client`` is one client process (``dispy.SharedJobCluster``).
+
+dispy broadcasts (UDP) to find nodes and schedulers, so ``run`` refuses to start unless its
+network namespace has no interface but ``lo``: run.py starts it as ``unshare --net ...``, and
+scheduler, nodes and clients are all its children in that namespace.
+
+dispy uses fixed ports (9700 client/scheduler TCP, 9701 nodes, 9702 shared scheduler), which
+is fine in a private namespace. dispy 4.15.2 finds its own address with ``netifaces`` if that is
+installed and by resolving the given host otherwise; pip does not install netifaces with dispy
+and it is not needed here, since every address is given explicitly.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import bench_common as bc  # noqa: E402
+
+
+def setup():
+    # dispynode 4.15.2 runs jobs in a "setup process" only when setup leaves a global behind;
+    # without it, each job is a multiprocessing.Process whose pid is read after start(), and a
+    # sub-millisecond job can be reaped first: AttributeError in job_request, a lost result.
+    global bench_ready
+    bench_ready = True
+    return 0
+
+
+def compute(n):
+    return n
+
+
+def dispy_script(name):
+    return os.path.join(os.path.dirname(sys.executable), name)
+
+
+def private_network():
+    """Bring ``lo`` up; fail unless ``lo`` is the only interface in this namespace."""
+    names = [name for _, name in socket.if_nameindex()]
+    if names != ['lo']:
+        raise RuntimeError('refusing to run dispy: network namespace has interfaces %s '
+                           '(run it under "unshare --net")' % names)
+    subprocess.run(['ip', 'link', 'set', 'lo', 'up'], check=True, timeout=10)
+
+
+def start(workdir):
+    private_network()
+    env = dict(os.environ, PYTHONUNBUFFERED='1')
+    daemons = []
+    try:
+        scheduler = bc.Daemon('scheduler', [
+            sys.executable, dispy_script('dispyscheduler.py'), '--daemon', '-i', '127.0.0.1',
+            '-n', '127.0.0.2', '-n', '127.0.0.3', '--node_secret', bc.NODE_SECRET,
+            '--cluster_secret', bc.CLUSTER_SECRET,
+            '--dest_path_prefix', os.path.join(workdir, 'scheduler')], workdir, env)
+        daemons.append(scheduler)
+        scheduler.wait_log(r'Scheduler at 127\.0\.0\.1')
+        for ip in ('127.0.0.2', '127.0.0.3'):
+            daemons.append(bc.Daemon('node-' + ip, [
+                sys.executable, dispy_script('dispynode.py'), '--daemon', '-i', ip,
+                '--cpus', '2', '-s', bc.NODE_SECRET, '--scheduler_host', '127.0.0.1',
+                '--dest_path_prefix', os.path.join(workdir, 'node-' + ip)], workdir, env))
+        scheduler.wait_log(r'Discovered 127\.0\.0\.[23]:\d+', count=2)
+    except Exception:
+        for daemon in reversed(daemons):
+            daemon.stop()
+        raise
+    from importlib.metadata import version
+    extra = {'version': 'dispy %s, pycos %s' % (version('dispy'), version('pycos')),
+             'scheduler': 'dispy/dispyscheduler.py', 'python': sys.version.split()[0]}
+    return daemons, scheduler.pid, extra, {}
+
+
+def spawn_client_factory(workdir, state):
+    def spawn(mode, n, name):
+        options = json.dumps({'recover_file': os.path.join(workdir, '_dispy_' + name)})
+        return bc.ClientProcess([sys.executable, os.path.abspath(__file__), 'client', '--mode',
+                                 mode, '--n', str(n), '--options', options], workdir, name)
+    return spawn
+
+
+def open_cluster(options):
+    import dispy
+    # ip_addr only picks the address family (dispy ignores it for binding); host is the
+    # client's address; client_port=0 lets two clients run at once.
+    cluster = dispy.SharedJobCluster(compute, setup=setup, scheduler_host='127.0.0.1',
+                                     host='127.0.0.1', ip_addr='127.0.0.1', client_port=0,
+                                     secret=bc.CLUSTER_SECRET, loglevel=dispy.logger.ERROR,
+                                     recover_file=options['recover_file'])
+    return bc.DispyApiSession(cluster, dispy.DispyJob.Finished)
+
+
+if __name__ == '__main__':
+    if sys.argv[1:2] == ['client']:
+        sys.exit(bc.client_main(open_cluster, sys.argv[2:]))
+    sys.exit(bc.driver_main('dispy', start, spawn_client_factory, sys.argv[2:]))

@@ -1,0 +1,81 @@
+"""Benchmark driver for this project: ``run`` starts bin/dispyscheduler on 127.0.0.1 and two
+bin/dispynode (127.0.0.2, 127.0.0.3, --cpus 2) from the checkout, and runs the phases;
+``client`` is one client process (``from dispyscheduler import SharedJobCluster``).
+
+Run with a Python that has requirements.txt installed (run.py uses .venvs/dispyscheduler).
+"""
+
+import json
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+BIN = os.path.join(REPO, 'bin')
+sys.path.insert(0, HERE)
+
+import bench_common as bc  # noqa: E402
+
+
+def setup():
+    global bench_ready
+    bench_ready = True
+    return 0
+
+
+def compute(n):
+    return n
+
+
+def start(workdir):
+    port, node_port, client_port = bc.free_ports(3)
+    daemons = []
+    try:
+        scheduler = bc.Daemon('scheduler', [
+            sys.executable, os.path.join(BIN, 'dispyscheduler'), '-i', '127.0.0.1',
+            '-p', str(port), '--scheduler_port', str(client_port), '--node_port', str(node_port),
+            '--node_secret', bc.NODE_SECRET, '--cluster_secret', bc.CLUSTER_SECRET,
+            '--dest_path_prefix', os.path.join(workdir, 'scheduler'),
+            '-n', '127.0.0.2', '-n', '127.0.0.3'], workdir)
+        daemons.append(scheduler)
+        scheduler.wait_log('serving nodes')
+        for ip in ('127.0.0.2', '127.0.0.3'):
+            daemons.append(bc.Daemon('node-' + ip, [
+                sys.executable, os.path.join(BIN, 'dispynode'), '-i', ip, '--cpus', '2',
+                '-s', bc.NODE_SECRET, '-p', str(node_port), '--scheduler_node', '127.0.0.1',
+                '--scheduler_port', str(port),
+                '--dest_path_prefix', os.path.join(workdir, 'node-' + ip)], workdir))
+        scheduler.wait_log(r'node 127\.0\.0\.[23]:\d+ .* joined', count=2)
+    except Exception:
+        for daemon in reversed(daemons):
+            daemon.stop()
+        raise
+    sys.path.insert(0, REPO)
+    import dispyscheduler
+    extra = {'version': 'dispyscheduler %s (checkout)' % dispyscheduler.__version__,
+             'scheduler': 'bin/dispyscheduler', 'python': sys.version.split()[0]}
+    return daemons, scheduler.pid, extra, {'client_port': client_port}
+
+
+def spawn_client_factory(workdir, state):
+    options = json.dumps({'scheduler_port': state['client_port']})
+
+    def spawn(mode, n, name):
+        return bc.ClientProcess([sys.executable, os.path.abspath(__file__), 'client', '--mode',
+                                 mode, '--n', str(n), '--options', options], workdir, name)
+    return spawn
+
+
+def open_cluster(options):
+    sys.path.insert(0, REPO)
+    from dispyscheduler import DispyJob, SharedJobCluster
+    cluster = SharedJobCluster(compute, setup=setup, scheduler_node='127.0.0.1',
+                               scheduler_port=options['scheduler_port'],
+                               secret=bc.CLUSTER_SECRET)
+    return bc.DispyApiSession(cluster, DispyJob.Finished)
+
+
+if __name__ == '__main__':
+    if sys.argv[1:2] == ['client']:
+        sys.exit(bc.client_main(open_cluster, sys.argv[2:]))
+    sys.exit(bc.driver_main('dispyscheduler', start, spawn_client_factory, sys.argv[2:]))

@@ -1,0 +1,249 @@
+"""Whatever a network sends, the daemons stay up and serve everyone else.
+
+Every kind of bad input goes to every port (the scheduler's TCP ports for nodes and clients,
+its UDP port, the nodes' UDP port; nodes listen on no TCP port) while a normal client runs 50
+jobs and 600 idle connections are held open. Then the connection caps, and a fuzzer that
+speaks the protocol after authenticating.
+"""
+
+import os
+import random
+import socket
+import struct
+import threading
+import time
+
+import msgpack
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from daemons import CLUSTER_SECRET, wait_for
+
+from dispyscheduler import SharedJobCluster
+from dispyscheduler.auth import handshake
+from dispyscheduler.link import Link
+from dispyscheduler.protocol import SCHEMAS, encode
+
+IDLE_SOURCES = ['127.0.0.%d' % n for n in range(10, 20)]
+
+
+def square(n):
+    return n * n
+
+
+def frame(payload):
+    return struct.pack('>I', len(payload)) + payload
+
+
+BAD_STREAMS = {
+    'random bytes': lambda: os.urandom(2000),
+    '4 GB length prefix': lambda: b'\xff\xff\xff\xff' + os.urandom(100),
+    'truncated msgpack': lambda: frame(msgpack.packb(['hello', {'version': 1}])[:6]),
+    'frame cut short': lambda: struct.pack('>I', 100) + msgpack.packb(['hello', {}])[:5],
+    'msgpack of the wrong shape': lambda: frame(msgpack.packb([1, 2, 3])),
+    'unknown message kind': lambda: frame(msgpack.packb(['launch_missiles', {}])),
+    'hello with wrong field types': lambda: frame(msgpack.packb(
+        ['hello', {'version': 'one', 'role': 7, 'nonce': 'x'}])),
+    'a proof before any hello': lambda: frame(msgpack.packb(['auth', {'proof': b'x' * 32}])),
+    'HTTP request': lambda: b'GET / HTTP/1.1\r\nHost: scheduler\r\n\r\n',
+    'TLS client hello on a plaintext port': lambda: b'\x16\x03\x01\x02\x00\x01\x00\x01\xfc',
+}
+
+BAD_DATAGRAMS = [b'', b'\x00', os.urandom(1400), os.urandom(60000),
+                 b'\x00' * 32 + msgpack.packb(['ping', {'addr': 'x', 'port': 1}])]
+
+
+def send_stream(port, data, source='127.0.0.4'):
+    """Send ``data``, then read until the daemon closes the connection."""
+    with socket.create_connection(('127.0.0.1', port), timeout=15,
+                                  source_address=(source, 0)) as sock:
+        try:
+            sock.sendall(data)
+            while sock.recv(65536):
+                pass
+        except (ConnectionResetError, BrokenPipeError):
+            pass  # closed on us: just as good
+
+
+def open_idle(port, count, sources):
+    """``count`` connections that say nothing, spread over ``sources``."""
+    sockets = []
+    for n in range(count):
+        sock = socket.socket()
+        sock.bind((sources[n % len(sources)], 0))
+        sock.connect(('127.0.0.1', port))
+        sockets.append(sock)
+    return sockets
+
+
+def closed_by_peer(sock):
+    """Whether the daemon closed ``sock`` (reading past its hello, without waiting)."""
+    sock.setblocking(False)
+    try:
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                return True
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+def slow_sender(port, seconds, stop):
+    """A frame header, then one byte a second (never a whole handshake)."""
+    with socket.create_connection(('127.0.0.1', port), timeout=30,
+                                  source_address=('127.0.0.5', 0)) as sock:
+        try:
+            sock.sendall(struct.pack('>I', 100))
+            for _ in range(int(seconds)):
+                if stop.is_set():
+                    return
+                sock.sendall(b'\x00')
+                time.sleep(1)
+        except OSError:
+            pass
+
+
+def test_every_kind_of_bad_input_on_every_port(daemons):
+    daemons.start_scheduler()
+    node = daemons.start_node('127.0.0.2')
+    tcp_ports = {'node port': daemons.port, 'client port': daemons.scheduler_port}
+    idle = []
+    stop = threading.Event()
+    slow = [threading.Thread(target=slow_sender, args=(port, 20, stop), daemon=True)
+            for port in tcp_ports.values()]
+    try:
+        for port in tcp_ports.values():
+            idle += open_idle(port, 300, IDLE_SOURCES)  # 600 in all
+        for thread in slow:
+            thread.start()
+        with SharedJobCluster(square, **daemons.client_options()) as cluster:
+            jobs = [cluster.submit(n) for n in range(50)]
+            for name, make in BAD_STREAMS.items():
+                for port in tcp_ports.values():
+                    send_stream(port, make())
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                udp.bind(('127.0.0.4', 0))
+                for datagram in BAD_DATAGRAMS:
+                    udp.sendto(datagram, ('127.0.0.1', daemons.port))
+                    udp.sendto(datagram, ('127.0.0.2', daemons.node_port))
+            assert cluster.wait(timeout=60)
+            assert [job.result for job in jobs] == [n * n for n in range(50)]
+            # the 600 idle connections are still being held while a second round runs
+            assert sum(1 for sock in idle if sock.fileno() != -1) == 600
+            assert cluster.submit(12)() == 144
+    finally:
+        stop.set()
+        for sock in idle:
+            sock.close()
+    assert daemons.scheduler.alive() and node.alive()
+    log = daemons.scheduler.log()
+    for reason in ('exceeds the limit of 4096', 'undecodable frame', 'unknown message kind',
+                   'field', 'expected hello'):
+        assert reason in log, reason
+    # the idle and slow ones are dropped when their handshake time is up
+    daemons.scheduler.wait_log('did not complete the handshake in 10 seconds', timeout=30)
+
+
+def test_connection_caps_per_source_and_overall(daemons):
+    daemons.start_scheduler('--max_unauthenticated', '50',
+                            '--max_unauthenticated_per_source', '30')
+    daemons.start_node('127.0.0.2')
+    first = open_idle(daemons.scheduler_port, 30, ['127.0.0.10'])
+    extra = open_idle(daemons.scheduler_port, 5, ['127.0.0.10'])
+    wait_for(lambda: all(closed_by_peer(sock) for sock in extra), 5,
+             'connections over the per-source cap to be closed')
+    second = open_idle(daemons.scheduler_port, 30, ['127.0.0.11'])
+    # 60 in their handshake would pass the overall cap of 50: the 10 oldest went
+    wait_for(lambda: sum(closed_by_peer(sock) for sock in first) == 10, 5,
+             'the 10 oldest to be dropped')
+    assert first[:10] == [sock for sock in first if closed_by_peer(sock)]
+    assert not any(closed_by_peer(sock) for sock in second)
+    with SharedJobCluster(square, **daemons.client_options()) as cluster:
+        assert cluster.submit(3)() == 9
+    for sock in first + extra + second:
+        sock.close()
+    assert 'dropped the oldest connection still in its handshake' in daemons.scheduler.log()
+    assert 'still in their handshake' in daemons.scheduler.log()
+
+
+@pytest.fixture(scope='module')
+def scheduler_for_fuzzing(tmp_path_factory):
+    from daemons import Cluster
+    cluster = Cluster(tmp_path_factory.mktemp('fuzz'))
+    cluster.start_scheduler()
+    cluster.start_node('127.0.0.2')
+    yield cluster
+    leftovers = cluster.stop_all()
+    assert not leftovers, leftovers
+
+
+def authenticated_client(cluster):
+    sock = socket.create_connection(('127.0.0.1', cluster.scheduler_port), timeout=10)
+    link = Link(sock, 'fuzzer')
+    handshake(link, CLUSTER_SECRET, 'client', 'scheduler', True, time.monotonic() + 10)
+    return link
+
+
+values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2 ** 63, 2 ** 64 - 1) | st.floats()
+    | st.text(max_size=20) | st.binary(max_size=40),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8),
+                                                                      children, max_size=4),
+    max_leaves=12)
+
+
+def message_for(kind):
+    """A message of ``kind`` whose fields have the right names and any values."""
+    return st.fixed_dictionaries({field: values for field in SCHEMAS[kind]}).map(
+        lambda body: (kind, body))
+
+
+messages = st.sampled_from(sorted(SCHEMAS)).flatmap(message_for)
+
+
+def new_cluster_message():
+    from dispyscheduler.client.computation import pack_computation
+    return {'name': 'fuzz', 'code': pack_computation(square).code, 'nodes': [['*', 0]],
+            'reentrant': False, 'cleanup': True, 'files': [], 'node_files': [],
+            'allocate': False}
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.booleans(), st.lists(messages, min_size=1, max_size=6))
+def test_fuzzing_an_authenticated_client_link(scheduler_for_fuzzing, with_cluster, sequence):
+    """After a valid handshake (and, half the time, a valid new cluster), any sequence of
+    messages (right names, any values) costs the sender at most its connection; the
+    scheduler keeps serving."""
+    link = authenticated_client(scheduler_for_fuzzing)
+    try:
+        if with_cluster:
+            link.send_now('cluster_new', new_cluster_message())
+            link.expect('cluster_ok', time.monotonic() + 10)
+        for kind, body in sequence:
+            try:
+                link.send_now(kind, body)
+            except OSError:
+                break
+    finally:
+        link.sock.close()
+    with SharedJobCluster(square, **scheduler_for_fuzzing.client_options()) as cluster:
+        value = random.randrange(1000)
+        assert cluster.submit(value)() == value * value
+    for daemon in scheduler_for_fuzzing.daemons:
+        assert daemon.alive()
+        assert 'Traceback' not in daemon.log(), daemon.log()[-3000:]
+
+
+def test_plaintext_client_on_a_tls_port_is_told_tls_is_required(daemons, tmp_path):
+    from test_end_to_end import make_self_signed
+    cert, key = make_self_signed(tmp_path)
+    daemons.start_scheduler('--cluster_certfile', cert, '--cluster_keyfile', key)
+    started = time.monotonic()
+    with pytest.raises(ConnectionError, match='TLS is required on this port'):
+        SharedJobCluster(square, **daemons.client_options())
+    assert time.monotonic() - started < 5
+    wait_for(lambda: 'plaintext peer on a TLS port' in daemons.scheduler.log(), 5, 'the log')
+    assert encode('closed', {})  # the module's own encoder is what the client speaks
