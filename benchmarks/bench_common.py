@@ -315,7 +315,8 @@ def run_phase(spawn_client, scheduler_pid, mode, n, clients, workdir, label):
         end = max(o['t_end'] for o in outcomes)
         record.update(wall_s=end - start, throughput=n / (end - start),
                       submit_s=max(o['submit_s'] for o in outcomes),
-                      max_gap_s=max(o['max_gap_s'] for o in outcomes),
+                      max_gap_s=max((o['max_gap_s'] for o in outcomes
+                                     if o['max_gap_s'] is not None), default=None),
                       sched_cpu_s_per_1000=(cpu1 - cpu0) * 1000.0 / n)
     else:
         latencies = [x for o in outcomes for x in o['latencies']]
@@ -347,7 +348,8 @@ def run_suite(system, spawn_client, scheduler_pid, sizes, latency_n, workdir, ex
             break
     try:
         memory = memory_kb(scheduler_pid)
-        result['sched_peak_rss_kb'] = memory.get('VmHWM')
+        seen = [p['sched_rss_kb_after'] for p in result['phases']]
+        result['sched_peak_rss_kb'] = max([memory.get('VmHWM', 0)] + seen)
         result['sched_rss_kb_end'] = memory.get('VmRSS')
     except OSError as exc:
         result['failed'] = result['failed'] or 'scheduler gone: %s' % exc

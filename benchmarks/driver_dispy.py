@@ -17,6 +17,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -50,6 +51,21 @@ def private_network():
     subprocess.run(['ip', 'link', 'set', 'lo', 'up'], check=True, timeout=10)
 
 
+def wait_listening(daemon, ip, port, timeout=60):
+    """dispy logs its listening and discovery at debug level only, and debug logging of every
+    job would slow it down: wait until the port takes connections instead."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not daemon.alive():
+            raise RuntimeError('%s exited; log: %s' % (daemon.name, bc.tail(daemon.log())))
+        try:
+            socket.create_connection((ip, port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError('%s: nothing listening on %s:%s' % (daemon.name, ip, port))
+
+
 def start(workdir):
     private_network()
     env = dict(os.environ, PYTHONUNBUFFERED='1')
@@ -61,13 +77,14 @@ def start(workdir):
             '--cluster_secret', bc.CLUSTER_SECRET,
             '--dest_path_prefix', os.path.join(workdir, 'scheduler')], workdir, env)
         daemons.append(scheduler)
-        scheduler.wait_log(r'Scheduler at 127\.0\.0\.1')
+        wait_listening(scheduler, '127.0.0.1', 9702)
         for ip in ('127.0.0.2', '127.0.0.3'):
             daemons.append(bc.Daemon('node-' + ip, [
                 sys.executable, dispy_script('dispynode.py'), '--daemon', '-i', ip,
                 '--cpus', '2', '-s', bc.NODE_SECRET, '--scheduler_host', '127.0.0.1',
                 '--dest_path_prefix', os.path.join(workdir, 'node-' + ip)], workdir, env))
-        scheduler.wait_log(r'Discovered 127\.0\.0\.[23]:\d+', count=2)
+        for daemon, ip in zip(daemons[1:], ('127.0.0.2', '127.0.0.3')):
+            wait_listening(daemon, ip, 9701)
     except Exception:
         for daemon in reversed(daemons):
             daemon.stop()
@@ -94,6 +111,13 @@ def open_cluster(options):
                                      host='127.0.0.1', ip_addr='127.0.0.1', client_port=0,
                                      secret=bc.CLUSTER_SECRET, loglevel=dispy.logger.ERROR,
                                      recover_file=options['recover_file'])
+    # the nodes that the scheduler has set this computation up on; the driver cannot see
+    # dispy's discovery (debug-level logs only), so each client waits for both nodes here
+    deadline = time.monotonic() + 60
+    while len(cluster.status().nodes) < 2:
+        if time.monotonic() > deadline:
+            raise RuntimeError('dispy: fewer than 2 nodes after 60 s: %s' % cluster.status().nodes)
+        time.sleep(0.1)
     return bc.DispyApiSession(cluster, dispy.DispyJob.Finished)
 
 

@@ -177,7 +177,7 @@ def test_init_script_life_cycle(name, services, tmp_path):
     service.check('start', 0)
     assert os.path.exists(service.pid_file)
     pid = service.pid()
-    assert alive(pid)
+    assert alive(pid) and service.sessions
     with open('/proc/%d/cmdline' % pid, 'rb') as handle:
         assert os.path.join(BIN, name).encode() in handle.read().split(b'\0')
     assert str(pid) in service.check('status', 0).stdout
@@ -261,6 +261,9 @@ def test_init_scripts_run_a_working_cluster(services, tmp_path):
         assert [job.result for job in jobs] == [n ** 3 for n in range(6)]
         assert {job.status for job in jobs} == {DispyJob.Finished}
         assert {job.ip_addr for job in jobs} == {'127.0.0.2'}
+        # the node's worker processes are in its session: the checks below see them
+        assert len(node.sessions) == 1
+        assert len(session_members(next(iter(node.sessions)))) > 1
     finally:
         cluster.close()
     sessions = set(node.sessions)

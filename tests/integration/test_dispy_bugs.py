@@ -84,12 +84,9 @@ def test_cancelling_queued_jobs_leaves_the_cluster_able_to_close(daemons):
 def test_tls_peer_verification(daemons, tmp_path):
     """dispy's TLS never verifies the peer: here a client given a CA refuses a scheduler
     whose certificate that CA did not sign."""
-    from test_end_to_end import make_self_signed
-
-    (tmp_path / 'server').mkdir()
-    (tmp_path / 'other').mkdir()
-    cert, key = make_self_signed(tmp_path / 'server')
-    other_cert, _ = make_self_signed(tmp_path / 'other')
+    from certs import self_signed
+    cert, key = self_signed(tmp_path, 'server')
+    other_cert, _ = self_signed(tmp_path, 'other')
     daemons.start_scheduler('--cluster_certfile', cert, '--cluster_keyfile', key)
     daemons.start_node('127.0.0.2')
     with SharedJobCluster(nap, cafile=cert, **daemons.client_options()) as cluster:

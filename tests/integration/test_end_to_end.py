@@ -12,6 +12,7 @@ import sys
 import time
 
 import pytest
+from certs import self_signed
 from daemons import BIN, CLUSTER_SECRET, REPO, wait_for
 
 from dispyscheduler import AuthenticationError, DispyJob, SharedJobCluster
@@ -200,7 +201,7 @@ def test_node_lost_cancels_or_requeues(daemons):
 
 def test_scheduler_and_nodes_with_tls(daemons, tmp_path):
     """TLS on both links (self-signed certificates): a whole run."""
-    cert, key = make_self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     daemons.start_scheduler('--node_certfile', cert, '--node_keyfile', key,
                             '--cluster_certfile', cert, '--cluster_keyfile', key)
     daemons.start_node('127.0.0.2', '--certfile', cert, '--keyfile', key)
@@ -219,32 +220,6 @@ def test_ext_ip_addr_is_announced(daemons):
     node.wait_log('pinged by scheduler at 127.0.0.6')
     with SharedJobCluster(square, **daemons.client_options()) as cluster:
         assert cluster.submit(3)() == 9
-
-
-def make_self_signed(directory):
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, 'dispyscheduler-test')])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = str(directory / 'cert.pem'), str(directory / 'key.pem')
-    with open(cert_path, 'wb') as handle:
-        handle.write(cert.public_bytes(serialization.Encoding.PEM))
-    with open(key_path, 'wb') as handle:
-        handle.write(key.private_bytes(serialization.Encoding.PEM,
-                                       serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
-    return cert_path, key_path
 
 
 @pytest.mark.parametrize('program, argv, complaint', [

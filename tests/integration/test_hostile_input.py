@@ -238,8 +238,8 @@ def test_fuzzing_an_authenticated_client_link(scheduler_for_fuzzing, with_cluste
 
 
 def test_plaintext_client_on_a_tls_port_is_told_tls_is_required(daemons, tmp_path):
-    from test_end_to_end import make_self_signed
-    cert, key = make_self_signed(tmp_path)
+    from certs import self_signed
+    cert, key = self_signed(tmp_path)
     daemons.start_scheduler('--cluster_certfile', cert, '--cluster_keyfile', key)
     started = time.monotonic()
     with pytest.raises(ConnectionError, match='TLS is required on this port'):

@@ -1,0 +1,110 @@
+"""Benchmark driver for dask.distributed: ``run`` starts ``dask scheduler`` on 127.0.0.1 and two
+``dask worker`` (127.0.0.2, 127.0.0.3, one worker process of 2 threads each, with dask's default
+nanny), each a separate process, so the scheduler's CPU and memory can be read from /proc as
+for the other systems (a LocalCluster would run the scheduler inside the client process);
+``client`` is one client process (``distributed.Client``).
+
+Throughput is ``client.map(compute, range(n), pure=False)`` then ``wait`` and ``gather``;
+latency is sequential ``client.submit(compute, i, pure=False).result()``.
+"""
+
+import json
+import os
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import bench_common as bc  # noqa: E402
+
+
+def compute(n):
+    return n
+
+
+def dask_cli():
+    return os.path.join(os.path.dirname(sys.executable), 'dask')
+
+
+def start(workdir):
+    port = bc.free_ports(1)[0]
+    address = 'tcp://127.0.0.1:%d' % port
+    env = None
+    daemons = []
+    try:
+        scheduler = bc.Daemon('scheduler', [
+            sys.executable, dask_cli(), 'scheduler', '--host', '127.0.0.1', '--port', str(port),
+            '--no-dashboard'], workdir, env)
+        daemons.append(scheduler)
+        scheduler.wait_log(r'Scheduler at:\s+tcp://127\.0\.0\.1')
+        for ip in ('127.0.0.2', '127.0.0.3'):
+            daemons.append(bc.Daemon('worker-' + ip, [
+                sys.executable, dask_cli(), 'worker', address, '--host', ip,
+                '--nworkers', '1', '--nthreads', '2', '--no-dashboard',
+                '--local-directory', os.path.join(workdir, 'worker-' + ip)], workdir, env))
+        from distributed import Client
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(2, timeout=60)
+    except Exception:
+        for daemon in reversed(daemons):
+            daemon.stop()
+        raise
+    import dask
+    import distributed
+    extra = {'version': 'dask %s, distributed %s' % (dask.__version__, distributed.__version__),
+             'scheduler': 'dask scheduler', 'python': sys.version.split()[0]}
+    return daemons, scheduler.pid, extra, {'address': address}
+
+
+def spawn_client_factory(workdir, state):
+    options = json.dumps({'address': state['address']})
+
+    def spawn(mode, n, name):
+        return bc.ClientProcess([sys.executable, os.path.abspath(__file__), 'client', '--mode',
+                                 mode, '--n', str(n), '--options', options], workdir, name)
+    return spawn
+
+
+class DaskSession:
+    def __init__(self, address):
+        from distributed import Client
+        self.client = Client(address, timeout=60)
+
+    def batch(self, n, deadline):
+        from distributed import wait
+        t0 = time.monotonic()
+        futures = self.client.map(compute, range(n), pure=False)
+        submit_s = time.monotonic() - t0
+        errors, samples = 0, []
+        try:
+            wait(futures, timeout=max(0.1, deadline - time.monotonic()))
+            results = self.client.gather(futures, errors='skip')
+        except Exception as exc:
+            return n, ['%s: %s' % (type(exc).__name__, exc)], submit_s, None
+        if results != list(range(n)):
+            bad = [f for f in futures if f.status != 'finished']
+            errors = max(len(bad), 1)
+            samples = ['%s: %s' % (f.key, f.status) for f in bad[:5]] or ['wrong results']
+        return errors, samples, submit_s, None
+
+    def one(self, i, deadline):
+        try:
+            result = self.client.submit(compute, i, pure=False).result(
+                timeout=max(0.1, deadline - time.monotonic()))
+        except Exception as exc:
+            return 'job %s: %s: %s' % (i, type(exc).__name__, exc)
+        return None if result == i else 'job %s: result %r' % (i, result)
+
+    def close(self):
+        self.client.close()
+
+
+def open_cluster(options):
+    return DaskSession(options['address'])
+
+
+if __name__ == '__main__':
+    if sys.argv[1:2] == ['client']:
+        sys.exit(bc.client_main(open_cluster, sys.argv[2:]))
+    sys.exit(bc.driver_main('dask', start, spawn_client_factory, sys.argv[2:]))

@@ -1,0 +1,304 @@
+#!/usr/bin/env python3
+"""Benchmark dispyscheduler against dispy 4.15.2 and dask.distributed on the same workload.
+
+    python3 benchmarks/run.py [--quick] [--systems dispyscheduler,dispy,dask] [--runs 3]
+
+Creates (once) a virtual environment per system under benchmarks/.venvs/, then runs each
+system's driver (driver_<system>.py, in that system's venv, in a session of its own; dispy's
+inside ``unshare --net``) once per run, interleaved (run 1: every system, run 2: ...), and
+prints machine-readable lines on stdout:
+
+    RUN system=S run=K metric=M n=N clients=C value=V         one value of one run
+    BENCH system=S metric=M n=N clients=C min=.. median=.. max=.. runs=R
+    BENCH system=S status=failed run=K reason="..."
+    RATIO metric=M n=N clients=C better=higher dispyscheduler/dispy=.. dispyscheduler/dask=..
+    SUMMARY elapsed_s=.. runs=.. systems=..
+
+Ratios are of medians, this project's over the peer's; ``better`` says which way is good.
+Progress goes to stderr as lines starting with ``#``. Needs root for dispy (``unshare``).
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+VENVS = os.path.join(HERE, '.venvs')
+SYSTEMS = ('dispyscheduler', 'dispy', 'dask')
+OURS = 'dispyscheduler'
+MIN_RATE = 50.0  # as bench_common.MIN_RATE: slower than this counts as stalled
+
+
+def note(*parts):
+    print('#', *parts, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------- venvs
+
+def venv_specs():
+    with open(os.path.join(REPO, 'requirements.txt')) as handle:
+        requirements = handle.read()
+    return {
+        # this project's dependencies only: its code runs from the checkout (bin/, the package)
+        'dispyscheduler': (['-r', os.path.join(REPO, 'requirements.txt')], requirements),
+        'dispy': (['dispy==4.15.2'], 'dispy==4.15.2'),
+        'dask': (['dask[distributed]'], 'dask[distributed]'),
+    }
+
+
+def ensure_venv(name, timeout=900):
+    """The venv of ``name``, created and filled by pip once; rebuilt when its spec changes.
+    Returns the path of its python."""
+    args, spec = venv_specs()[name]
+    path = os.path.join(VENVS, name)
+    python = os.path.join(path, 'bin', 'python')
+    stamp = os.path.join(path, '.bench-spec')
+    digest = hashlib.sha256(spec.encode()).hexdigest()
+    try:
+        with open(stamp) as handle:
+            if handle.read().strip() == digest and os.path.exists(python):
+                return python
+    except OSError:
+        pass
+    note('creating venv %s (pip install %s)' % (path, ' '.join(args)))
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(VENVS, exist_ok=True)
+    subprocess.run([sys.executable, '-m', 'venv', path], check=True, timeout=120)
+    subprocess.run([python, '-m', 'pip', 'install', '--quiet', '--disable-pip-version-check']
+                   + args, check=True, timeout=timeout)
+    with open(stamp, 'w') as handle:
+        handle.write(digest + '\n')
+    return python
+
+
+# ---------------------------------------------------------------------------------- drivers
+
+def session_members(sid):
+    members = []
+    for entry in os.listdir('/proc'):
+        if not entry.isdigit():
+            continue
+        try:
+            with open('/proc/%s/stat' % entry) as handle:
+                stat = handle.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(')') + 2:].split()
+        if int(fields[3]) == sid and fields[0] != 'Z':
+            members.append(int(entry))
+    return members
+
+
+def driver_timeout(sizes, latency):
+    phases = [latency] + [n for n in sizes for _ in (1, 2)]
+    return 120 + sum(60 + 120 + n / MIN_RATE for n in phases)
+
+
+def run_driver(system, python, run, sizes, latency, workdir):
+    """One run of one system; returns its result dict (``failed`` set on failure)."""
+    argv = [python, os.path.join(HERE, 'driver_%s.py' % system), 'run',
+            '--sizes', ','.join(map(str, sizes)), '--latency', str(latency),
+            '--workdir', workdir]
+    if system == 'dispy':
+        # dispy broadcasts: scheduler, nodes and clients all live in a private network
+        # namespace where only lo exists (the driver checks it and brings lo up)
+        argv = ['unshare', '--net', '--'] + argv
+    os.makedirs(workdir, exist_ok=True)
+    timeout = driver_timeout(sizes, latency)
+    started = time.monotonic()
+    with open(os.path.join(workdir, 'driver.stderr'), 'wb') as stderr:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=stderr,
+                                stdin=subprocess.DEVNULL, start_new_session=True, cwd=workdir)
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+            reason = None
+        except subprocess.TimeoutExpired:
+            reason = 'driver timed out after %.0f s' % timeout
+            for pid in session_members(proc.pid):  # the driver and all it started, by PID
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            out, _ = proc.communicate(timeout=30)
+    leftovers = session_members(proc.pid)
+    for pid in leftovers:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    result = None
+    for line in out.decode(errors='replace').splitlines():
+        if line.startswith('RESULT '):
+            result = json.loads(line[len('RESULT '):])
+    if result is None:
+        with open(os.path.join(workdir, 'driver.stderr'), errors='replace') as handle:
+            err = ' | '.join(handle.read().strip().splitlines()[-5:])[-800:]
+        result = {'system': system, 'phases': [],
+                  'failed': reason or 'driver exited %s without a result: %s' % (
+                      proc.returncode, err)}
+    if leftovers:
+        result.setdefault('leftovers', []).extend(leftovers)
+    result['run'] = run
+    result['driver_s'] = time.monotonic() - started
+    return result
+
+
+# ---------------------------------------------------------------------------------- report
+
+def values_of(result):
+    """``{(metric, n, clients): value}`` of one run's result."""
+    values = {}
+    for phase in result.get('phases', []):
+        n, clients = phase['n'], phase['clients']
+        if phase['errors']:
+            continue
+        if phase['mode'] == 'latency':
+            values[('latency_median_ms', n, clients)] = phase['latency_median_ms']
+            values[('latency_p90_ms', n, clients)] = phase['latency_p90_ms']
+        else:
+            values[('throughput_jobs_per_s', n, clients)] = phase['throughput']
+            values[('sched_cpu_s_per_1000_jobs', n, clients)] = phase['sched_cpu_s_per_1000']
+    if result.get('sched_peak_rss_kb') and not result.get('failed'):
+        values[('sched_peak_rss_mb', None, None)] = result['sched_peak_rss_kb'] / 1024.0
+    return values
+
+
+BETTER = {'throughput_jobs_per_s': 'higher', 'latency_median_ms': 'lower',
+          'latency_p90_ms': 'lower', 'sched_cpu_s_per_1000_jobs': 'lower',
+          'sched_peak_rss_mb': 'lower'}
+
+
+def key_text(key):
+    metric, n, clients = key
+    text = 'metric=%s' % metric
+    if n is not None:
+        text += ' n=%d clients=%d' % (n, clients)
+    return text
+
+
+def fmt(value):
+    if value >= 100:
+        return '%.0f' % value
+    if value >= 10:
+        return '%.1f' % value
+    if value >= 1:
+        return '%.2f' % value
+    return '%.3g' % value
+
+
+def report(results, systems, elapsed, runs):
+    collected = {system: {} for system in systems}
+    for result in results:
+        for key, value in values_of(result).items():
+            collected[result['system']].setdefault(key, []).append(value)
+    order = []
+    for system in systems:
+        for key in collected[system]:
+            if key not in order:
+                order.append(key)
+    order.sort(key=lambda k: (list(BETTER).index(k[0]), k[1] or 0, k[2] or 0))
+    medians = {}
+    for system in systems:
+        for key in order:
+            vals = collected[system].get(key)
+            if not vals:
+                continue
+            med = statistics.median(vals)
+            medians[(system, key)] = med
+            print('BENCH system=%s %s min=%s median=%s max=%s runs=%d' % (
+                system, key_text(key), fmt(min(vals)), fmt(med), fmt(max(vals)), len(vals)))
+    for result in results:
+        if result.get('failed'):
+            print('BENCH system=%s status=failed run=%d reason=%s' % (
+                result['system'], result['run'], shlex.quote(result['failed'][:600])))
+    peers = [s for s in systems if s != OURS]
+    if OURS in systems and peers:
+        for key in order:
+            ours = medians.get((OURS, key))
+            parts = []
+            for peer in peers:
+                theirs = medians.get((peer, key))
+                ratio = ours / theirs if ours is not None and theirs else None
+                parts.append('%s/%s=%s' % (OURS, peer, 'NA' if ratio is None else
+                                           '%.2f' % ratio))
+            print('RATIO %s better=%s %s' % (key_text(key), BETTER[key[0]], ' '.join(parts)))
+    print('SUMMARY elapsed_s=%.0f runs=%d systems=%s failed_runs=%d' % (
+        elapsed, runs, ','.join(systems), sum(1 for r in results if r.get('failed'))))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--quick', action='store_true',
+                        help='N=500, 1 run, 20 latency jobs: checks that everything works')
+    parser.add_argument('--systems', default=','.join(SYSTEMS))
+    parser.add_argument('--runs', type=int, default=None, help='default 3 (1 with --quick)')
+    parser.add_argument('--sizes', default=None, help='job counts, default 2000,20000')
+    parser.add_argument('--latency', type=int, default=None, help='sequential jobs, default 50')
+    parser.add_argument('--json', default=None, help='also write every raw result here')
+    parser.add_argument('--keep', action='store_true', help='keep the work directory (logs)')
+    args = parser.parse_args()
+    systems = [s for s in args.systems.split(',') if s]
+    unknown = set(systems) - set(SYSTEMS)
+    if unknown:
+        parser.error('unknown systems: %s' % ', '.join(sorted(unknown)))
+    runs = args.runs or (1 if args.quick else 3)
+    sizes = [int(x) for x in (args.sizes or ('500' if args.quick else '2000,20000')).split(',')]
+    latency = args.latency or (20 if args.quick else 50)
+    started = time.monotonic()
+    note('load average at start: %s' % ' '.join(open('/proc/loadavg').read().split()[:3]))
+
+    pythons, results = {}, []
+    for system in systems:
+        try:
+            pythons[system] = ensure_venv(system)
+        except Exception as exc:
+            results.append({'system': system, 'run': 0, 'phases': [],
+                            'failed': 'venv: %s' % exc})
+            note('venv for %s failed: %s' % (system, exc))
+    workroot = tempfile.mkdtemp(prefix='dispyscheduler-bench-')
+    note('work directory %s; sizes %s, latency %d, %d run(s)' % (workroot, sizes, latency, runs))
+    for run in range(1, runs + 1):
+        for system in systems:
+            if system not in pythons:
+                continue
+            note('run %d/%d: %s ...' % (run, runs, system))
+            result = run_driver(system, pythons[system], run, sizes, latency,
+                                os.path.join(workroot, '%s-run%d' % (system, run)))
+            results.append(result)
+            for key, value in sorted(values_of(result).items(), key=lambda kv: str(kv[0])):
+                print('RUN system=%s run=%d %s value=%s' % (system, run, key_text(key),
+                                                            fmt(value)), flush=True)
+            note('run %d/%d: %s done in %.0f s%s' % (
+                run, runs, system, result['driver_s'],
+                ', FAILED: ' + result['failed'] if result.get('failed') else ''))
+            if result.get('log_problems'):
+                note('%s log lines that look like trouble: %s' % (
+                    system, json.dumps(result['log_problems'])[:800]))
+            if result.get('leftovers'):
+                note('%s left processes behind (killed): %s' % (system, result['leftovers']))
+    elapsed = time.monotonic() - started
+    report(results, systems, elapsed, runs)
+    if args.json:
+        with open(args.json, 'w') as handle:
+            json.dump({'sizes': sizes, 'latency': latency, 'runs': runs, 'results': results,
+                       'elapsed_s': elapsed}, handle, indent=1)
+    if args.keep or any(r.get('failed') for r in results):
+        note('logs kept in %s' % workroot)
+    else:
+        shutil.rmtree(workroot, ignore_errors=True)
+    return 1 if any(r.get('failed') for r in results) else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
