@@ -6,6 +6,7 @@ hand over to the daemon.
 """
 
 import argparse
+import logging
 import os
 import signal
 import sys
@@ -261,11 +262,11 @@ def start_running(parser, options):
                 setattr(options, name, os.path.abspath(value))
         options.pid_file = os.path.abspath(options.pid_file
                                            or config.default_pid_file(parser.prog))
-        config.daemonize(options.pid_file)
+        config.daemonize()
     log_file = config.configure_logging(options.debug, options.log_file)
-    if log_file is not None:
-        import gevent
-        gevent.signal_handler(signal.SIGHUP, log_file.reopen)
+    import gevent
+    # SIGHUP (logrotate, ``systemctl reload``) reopens the log file, and never kills
+    gevent.signal_handler(signal.SIGHUP, log_file.reopen if log_file else lambda: None)
 
 
 def scheduler_main(argv=None):
@@ -305,17 +306,20 @@ def scheduler_main(argv=None):
         Store(options.state_dir).close()  # a database that cannot be used fails here, at once
     except (OSError, StoreError) as exc:
         return fail(parser.prog, str(exc))
+    from .scheduler.server import Listeners, Scheduler
+    try:
+        listeners = Listeners(options)
+    except OSError as exc:  # a port in use, an address not on this host
+        return fail(parser.prog, 'cannot listen on %s' % (exc,))
     start_running(parser, options)
     write_lock_owner(state_lock)
     try:
         store = Store(options.state_dir)
     except StoreError as exc:
+        logging.getLogger('dispyscheduler').error('%s', exc)
         return fail(parser.prog, str(exc))
-    from .scheduler.server import Scheduler
     try:
-        Scheduler(options, store, node_tls, cluster_tls).run()
-    except OSError as exc:  # a port in use, an address not on this host
-        return fail(parser.prog, 'cannot listen: %s' % (exc,))
+        Scheduler(options, store, listeners, node_tls, cluster_tls).run()
     finally:
         state_lock.close()
     return 0
@@ -327,14 +331,14 @@ def node_main(argv=None):
     options = config.parse_args(parser, argv)
     if options.keyfile and not options.certfile:
         parser.error('--keyfile needs --certfile')
+    if options.save_config:  # as given: "all CPUs" stays all CPUs of whichever host
+        config.save_config(parser, options, options.save_config)
+        return 0
     available = os.cpu_count() or 1
     if options.cpus <= 0:
         options.cpus = available + options.cpus
         if options.cpus < 1:
             parser.error('argument -c/--cpus: leaves no CPU to use (%d available)' % available)
-    if options.save_config:
-        config.save_config(parser, options, options.save_config)
-        return 0
     from .tls import TLSConfigError, make_context
     try:
         tls_context = None
@@ -343,10 +347,12 @@ def node_main(argv=None):
         prepare_directory(options.dest_path_prefix)
     except (TLSConfigError, OSError) as exc:
         return fail(parser.prog, str(exc))
-    start_running(parser, options)
     from .node.daemon import NodeDaemon
+    node = NodeDaemon(options, tls_context)
     try:
-        NodeDaemon(options, tls_context).run()
+        node.bind()
     except OSError as exc:
         return fail(parser.prog, 'cannot listen: %s' % (exc,))
+    start_running(parser, options)
+    node.run()
     return 0

@@ -84,9 +84,9 @@ def save_config(parser, options, path):
         config.write(handle)
 
 
-def daemonize(pid_file):
-    """Detach from the terminal (double fork, new session) and write ``pid_file``, which is
-    removed again at exit."""
+def daemonize():
+    """Detach from the terminal (double fork, new session). The daemon writes its pid file
+    once it is ready (``write_pid_file``)."""
     if os.fork() > 0:
         os._exit(0)
     os.setsid()
@@ -97,10 +97,10 @@ def daemonize(pid_file):
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
     os.close(devnull)
-    write_pid_file(pid_file)
 
 
 def write_pid_file(path):
+    """Write this process's pid to ``path``; it is removed again at exit."""
     with open(path, 'w') as handle:
         handle.write('%d\n' % os.getpid())
     pid = os.getpid()

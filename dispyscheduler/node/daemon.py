@@ -33,6 +33,7 @@ from ..constants import (
     RECONNECT_DELAY_RANGE,
     TERMINATED,
 )
+from ..config import write_pid_file
 from ..duties import Duties
 from ..files import FileRefused, check_manifest_entry
 from ..link import ConnectionClosed, Link, set_nodelay
@@ -81,15 +82,19 @@ class NodeDaemon:
 
     # lifecycle
 
+    def bind(self):
+        """Open the node's sockets (before it detaches, so that errors reach the terminal)."""
+        self.local_listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.local_listener.bind('\0' + self.local_address)
+        self.local_listener.listen(128)
+        addresses = [self.options.ip_addr] if self.options.ip_addr else []
+        self.udp = discovery.open_sockets(addresses, self.options.node_port)
+
     def run(self):
         """Serve until SIGTERM or SIGINT; then stop every computation and return."""
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind('\0' + self.local_address)
-        listener.listen(128)
-        local_server = StreamServer(listener, self.serve_local)
+        local_server = StreamServer(self.local_listener, self.serve_local)
         local_server.start()
-        addresses = [self.options.ip_addr] if self.options.ip_addr else []
-        udp = discovery.open_sockets(addresses, self.options.node_port)
+        udp = self.udp
         for sock in udp.values():
             self.duties.spawn(discovery.receive_loop, sock, self.options.secret, self.on_datagram)
         self.duties.spawn(self.scheduler_connector)
@@ -97,6 +102,8 @@ class NodeDaemon:
         self.announce(udp)
         for signum in (signal.SIGTERM, signal.SIGINT):
             gevent.signal_handler(signum, self.stopped.set)
+        if self.options.daemon:
+            write_pid_file(self.options.pid_file)  # now it answers SIGTERM: ready
         logger.info('dispynode %s serving with %d CPUs (discovery on UDP port %d)', self.name,
                     self.cpus, self.options.node_port)
         self.stopped.wait()

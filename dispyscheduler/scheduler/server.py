@@ -26,6 +26,7 @@ from gevent.server import StreamServer
 
 from .. import discovery
 from ..auth import AuthenticationError, handshake
+from ..config import write_pid_file
 from ..constants import (COMMIT_INTERVAL, DISPATCH_DEPTH, HANDSHAKE_TIMEOUT,
                          PULSES_MISSED_BEFORE_DEAD, RESULT_RETENTION)
 from ..duties import Duties
@@ -37,6 +38,32 @@ from .model import State
 from .nodes import NodeSide
 
 logger = logging.getLogger(__name__)
+
+
+class Listeners:
+    """The scheduler's sockets, bound before it detaches (``--daemon``), so that a port in use
+    is reported on the terminal, with exit status 2."""
+
+    def __init__(self, options):
+        self.addresses = options.ip_addr or ['']
+        self.tcp = []  # (socket, 'node' or 'client')
+        for address in self.addresses:
+            for port, role in ((options.port, 'node'), (options.scheduler_port, 'client')):
+                self.tcp.append((tcp_listener(address, port), role))
+        self.udp = discovery.open_sockets([address for address in self.addresses if address],
+                                          options.port)
+
+
+def tcp_listener(address, port, backlog=1024):
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # restart on the same port
+    try:
+        sock.bind((address, port))
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        raise OSError('%s:%d: %s' % (address or '*', port, exc.strerror)) from None
+    return sock
 
 
 class Scheduler(NodeSide, ClientSide):
@@ -56,9 +83,10 @@ class Scheduler(NodeSide, ClientSide):
     commit_interval = COMMIT_INTERVAL
     """Seconds the flusher lets a batch of state changes grow before committing it."""
 
-    def __init__(self, options, store, node_tls=None, cluster_tls=None):
+    def __init__(self, options, store, listeners, node_tls=None, cluster_tls=None):
         self.options = options
         self.store = store
+        self.listeners = listeners
         self.node_tls = node_tls
         self.cluster_tls = cluster_tls
         self.stopped = gevent.event.Event()
@@ -94,17 +122,11 @@ class Scheduler(NodeSide, ClientSide):
 
     def run(self):
         """Serve until SIGTERM or SIGINT; then save what is pending and stop."""
-        addresses = self.options.ip_addr or ['']
-        for address in addresses:
-            for port, handler in ((self.options.port, self.serve_node),
-                                  (self.options.scheduler_port, self.serve_client)):
-                server = StreamServer((address, port), handler)
-                server.init_socket()
-                self.servers.append(server)
-        for server in self.servers:
+        for sock, role in self.listeners.tcp:
+            server = StreamServer(sock, self.serve_node if role == 'node' else self.serve_client)
             server.start()
-        udp = discovery.open_sockets([address for address in addresses if address],
-                                     self.options.port)
+            self.servers.append(server)
+        udp = self.listeners.udp
         for sock in udp.values():
             self.duties.spawn(discovery.receive_loop, sock, self.options.node_secret,
                               lambda kind, body, source, sock=sock:
@@ -114,9 +136,11 @@ class Scheduler(NodeSide, ClientSide):
         self.duties.spawn(self.pulse_watchdog)
         for signum in (signal.SIGTERM, signal.SIGINT):
             gevent.signal_handler(signum, self.stopped.set)
+        if self.options.daemon:
+            write_pid_file(self.options.pid_file)  # now it answers SIGTERM: ready
         logger.info('dispyscheduler serving nodes on port %d and clients on port %d (%s)',
                     self.options.port, self.options.scheduler_port,
-                    ', '.join(address or 'all addresses' for address in addresses))
+                    ', '.join(address or 'all addresses' for address in self.listeners.addresses))
         self.stopped.wait()
         logger.info('stopping')
         for server in self.servers:
