@@ -16,11 +16,13 @@ setup(
         'pyOpenSSL>=24.0',
         'cryptography>=42.0',
         'cloudpickle>=3.0',
+        'prometheus_client>=0.17',
     ],
     extras_require={'test': ['pytest>=8.0', 'hypothesis>=6.100']},
     entry_points={'console_scripts': [
         'dispyscheduler = dispyscheduler.cli:scheduler_main',
         'dispynode = dispyscheduler.cli:node_main',
+        'dispyscheduler-status = dispyscheduler.report:main',
     ]},
     license='MIT',
 )

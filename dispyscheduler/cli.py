@@ -53,6 +53,12 @@ def positive_number(text):
     return number_between(1e-3, float('inf'))(text)
 
 
+def http_address(text):
+    """``[HOST:]PORT`` for ``--httpd``; the host defaults to 127.0.0.1 (this host only)."""
+    host, _, number = text.rpartition(':')
+    return (ip_address(host) if host else '127.0.0.1'), port(number)
+
+
 def count(text):
     """A whole number, at least 1."""
     try:
@@ -169,6 +175,9 @@ def scheduler_parser():
     parser.add_argument('--max_node_losses', type=int, default=MAX_NODE_LOSSES, metavar='N',
                         help='a job whose runs lost this many nodes ends Abandoned '
                              '(default %(default)d)')
+    parser.add_argument('--httpd', type=http_address, metavar='[HOST:]PORT',
+                        help='serve the status page, /status (JSON) and /metrics (Prometheus) '
+                             'on PORT, at HOST (default 127.0.0.1); off unless given')
     parser.add_argument('--max_unauthenticated', type=count, default=MAX_UNAUTHENTICATED,
                         metavar='N', help='connections in their handshake at once; past this '
                                           'the oldest is dropped (default %(default)d)')

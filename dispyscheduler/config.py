@@ -76,6 +76,8 @@ def save_config(parser, options, path):
             continue
         if isinstance(value, bool):
             value = 'yes' if value else 'no'
+        elif isinstance(value, tuple):  # an address: host:port, as given
+            value = ':'.join(str(part) for part in value)
         elif isinstance(value, list):
             value = '\n'.join(str(item) for item in value)
         config.set(parser.prog, action.dest, str(value))

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 
@@ -276,14 +277,27 @@ class SharedJobCluster:
         self._connection.send('cancel', {'uid': job._uid})
         return 0
 
-    def wait(self, timeout=None):
+    def wait(self, timeout=None, progress=None):
         """Wait until every submitted job has ended and its callbacks have run; False if
-        ``timeout`` (seconds) passed first."""
+        ``timeout`` (seconds) passed first. ``progress`` shows a progress bar on stderr (by
+        default, when stderr is a terminal)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        for job in list(self._jobs.values()):
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not job.finish.wait(remaining):
-                return False
+        jobs = list(self._jobs.values())
+        if progress is None:
+            progress = sys.stderr.isatty()
+        bar = ProgressBar(len(jobs), sys.stderr) if progress and jobs else None
+        for job in jobs:
+            while not job.finish.is_set():
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    if bar is not None:
+                        bar.finish(sum(1 for job in jobs if job.finish.is_set()))
+                    return False
+                step = remaining if bar is None else min(bar.refresh, remaining or bar.refresh)
+                if not job.finish.wait(step) and bar is not None:
+                    bar.show(sum(1 for job in jobs if job.finish.is_set()))
+        if bar is not None:
+            bar.finish(len(jobs))
         return self._callbacks is None or self._callbacks.join(deadline)
 
     def __call__(self):
@@ -493,6 +507,29 @@ class SharedJobCluster:
         if self._cluster_status is not None:
             node = copy.copy(self._nodes.get(job.ip_addr)) if job.ip_addr else None
             self._callbacks.put(self._cluster_status, job.status, node, snapshot)
+
+
+class ProgressBar:
+    """``[#####.....]  120/1000 jobs  350.2 jobs/s``, redrawn in place."""
+
+    refresh = 0.25
+    width = 30
+
+    def __init__(self, total, stream):
+        self.total = total
+        self.stream = stream
+        self.started = time.monotonic()
+
+    def show(self, done, end=''):
+        filled = self.width * done // self.total
+        elapsed = time.monotonic() - self.started
+        self.stream.write('\r[%s%s] %*d/%d jobs  %.1f jobs/s%s' % (
+            '#' * filled, '.' * (self.width - filled), len(str(self.total)), done, self.total,
+            done / elapsed if elapsed > 0 else 0.0, end))
+        self.stream.flush()
+
+    def finish(self, done):
+        self.show(done, '\n')
 
 
 def _node_patterns(nodes):

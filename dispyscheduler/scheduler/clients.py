@@ -210,6 +210,8 @@ class ClientSide:
         job, dispatches = self.state.submit(cluster, body['uid'], body['args'],
                                             body['priority'], body['timeout'], files, pinned,
                                             body['tag'])
+        job.submitted_at = time.monotonic()
+        self.metrics.submitted.inc()
         self.store.put_job(job)
         self.acknowledge_submit(cluster, job.uid)
         self.dispatch(dispatches)
@@ -265,6 +267,7 @@ class ClientSide:
     def send_result(self, cluster, message, job=None):
         """Keep a job's final message (saved) until the client acknowledges it, and send it."""
         cluster.results[message['uid']] = message
+        self.metrics.job_ended(message['status'])
         if cluster.cid in self.state.clusters:
             self.store.job_ended(cluster.cid, job.jid if job is not None else None, message)
         if cluster.owner is not None:

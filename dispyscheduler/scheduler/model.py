@@ -30,13 +30,14 @@ FAILED = 'failed'  # setup failed there, or the client's allocation refused the 
 
 class Job:
     __slots__ = ('jid', 'uid', 'cluster', 'args', 'node', 'status', 'start_time', 'cancelling',
-                 'priority', 'timeout', 'files', 'pinned', 'tag', 'lost_nodes')
+                 'priority', 'timeout', 'files', 'pinned', 'tag', 'lost_nodes', 'submitted_at')
 
     def __init__(self, jid, uid, cluster, args, priority=0, timeout=None, files=(), pinned=None,
                  tag=None):
         self.jid = jid
         self.tag = tag  # the client's job id (pickled), for a client recovering results
         self.lost_nodes = 0  # nodes that died or vanished while holding this job
+        self.submitted_at = None  # when, for the placement-time metric (set by the server)
         self.uid = uid
         self.cluster = cluster
         self.args = args
@@ -97,6 +98,7 @@ class Cluster:
         self.pinned = collections.defaultdict(JobQueue)  # node key -> jobs only it may run
         self.jobs = {}  # uid -> Job, every job not yet final
         self.in_flight = 0  # jobs dispatched to nodes
+        self.done = 0  # jobs ended
         self.last_served = 0
         self.ready_nodes = set()
         self.allocations = {}  # node key -> (cpus, setup_args, files) the client chose
@@ -499,6 +501,7 @@ class State:
     def _end(self, job, status):
         del self.jobs[job.jid]
         del job.cluster.jobs[job.uid]
+        job.cluster.done += 1
         job.status = status
 
     def job_started(self, node, jid, start_time):

@@ -179,6 +179,9 @@ class NodeSide:
 
     def dispatch(self, dispatches):
         for node, job in dispatches:
+            if job.submitted_at is not None:  # its first placement
+                self.metrics.placement.observe(time.monotonic() - job.submitted_at)
+                job.submitted_at = None
             self.store.job_moved(job)
             node.link.send('job', {'jid': job.jid, 'cid': job.cluster.cid, 'args': job.args,
                                    'timeout': job.timeout, 'files': job.files})

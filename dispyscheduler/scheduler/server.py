@@ -30,6 +30,7 @@ from ..config import write_pid_file
 from ..constants import (COMMIT_INTERVAL, DISPATCH_DEPTH, HANDSHAKE_TIMEOUT,
                          PULSES_MISSED_BEFORE_DEAD, RESULT_RETENTION)
 from ..duties import Duties
+from ..httpd import Metrics, StatusServer
 from ..link import Link, set_nodelay
 from ..protocol import ProtocolError, encode
 from ..tls import TLS_HANDSHAKE_RECORD, TLSError, TLSSocket
@@ -52,6 +53,7 @@ class Listeners:
                 self.tcp.append((tcp_listener(address, port), role))
         self.udp = discovery.open_sockets([address for address in self.addresses if address],
                                           options.port)
+        self.httpd = tcp_listener(*options.httpd) if options.httpd else None
 
 
 def tcp_listener(address, port, backlog=1024):
@@ -96,6 +98,7 @@ class Scheduler(NodeSide, ClientSide):
         self.servers = []
         self.started = time.time()
         self.credentials = {}  # cid -> the credential that lets a client resume the cluster
+        self.metrics = Metrics(self)
         self.handshaking = collections.OrderedDict()  # greenlet -> peer address, oldest first
         self.handshaking_from = collections.Counter()  # peer address -> how many of those
         self.restore()
@@ -126,6 +129,8 @@ class Scheduler(NodeSide, ClientSide):
             server = StreamServer(sock, self.serve_node if role == 'node' else self.serve_client)
             server.start()
             self.servers.append(server)
+        if self.listeners.httpd is not None:
+            StatusServer(self, self.listeners.httpd).start()
         udp = self.listeners.udp
         for sock in udp.values():
             self.duties.spawn(discovery.receive_loop, sock, self.options.node_secret,

@@ -1,0 +1,194 @@
+"""The scheduler's status over HTTP (``--httpd [HOST:]PORT``): JSON, Prometheus metrics, a page.
+
+``GET /status`` is the scheduler at a glance (nodes, clusters, uptime) as JSON; ``GET /metrics``
+is the Prometheus text exposition (prometheus_client); ``GET /`` is a page that shows the same
+as ``/status``, refreshed every second, a node's row red when its pulse is late. Read-only,
+and bound to 127.0.0.1 unless told otherwise: it shows who runs what, so expose it only where
+that is fine.
+"""
+
+import json
+import logging
+import time
+
+from gevent.pywsgi import WSGIServer
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+
+from . import __version__
+from .constants import FINISHED, STATUS_NAMES
+
+logger = logging.getLogger(__name__)
+
+PLACEMENT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
+                     5, 10, 30, 60, 300, 900, 3600)
+
+
+class Metrics:
+    """Counters kept as events happen; everything else is read from the state when scraped."""
+
+    def __init__(self, scheduler):
+        self.scheduler = scheduler
+        self.registry = CollectorRegistry()
+        self.submitted = Counter('dispyscheduler_jobs_submitted', 'Jobs submitted',
+                                 registry=self.registry)
+        self.finished = Counter('dispyscheduler_jobs_finished', 'Jobs that ended Finished',
+                                registry=self.registry)
+        self.failed = Counter('dispyscheduler_jobs_failed',
+                              'Jobs that ended otherwise (Terminated, Cancelled, Abandoned)',
+                              ['status'], registry=self.registry)
+        self.placement = Histogram('dispyscheduler_placement_seconds',
+                                   'From submission to dispatch to a node',
+                                   buckets=PLACEMENT_BUCKETS, registry=self.registry)
+        self.registry.register(self)
+
+    def job_ended(self, status):
+        if status == FINISHED:
+            self.finished.inc()
+        else:
+            self.failed.labels(STATUS_NAMES.get(status, str(status))).inc()
+
+    def collect(self):
+        state = self.scheduler.state
+        now = time.monotonic()
+        yield GaugeMetricFamily('dispyscheduler_jobs_queued', 'Jobs waiting for a node',
+                                value=sum(cluster.queued for cluster in state.clusters.values()))
+        yield GaugeMetricFamily('dispyscheduler_jobs_running', 'Jobs sent to nodes',
+                                value=sum(len(node.jobs) for node in state.nodes.values()))
+        yield GaugeMetricFamily('dispyscheduler_nodes', 'Nodes connected',
+                                value=len(state.nodes))
+        yield GaugeMetricFamily('dispyscheduler_clusters', 'Clusters', value=len(state.clusters))
+        busy = GaugeMetricFamily('dispyscheduler_node_busy_cpus', 'CPUs running jobs',
+                                 labels=['node'])
+        cpus = GaugeMetricFamily('dispyscheduler_node_cpus', 'CPUs of a node', labels=['node'])
+        pulse = GaugeMetricFamily('dispyscheduler_node_pulse_age_seconds',
+                                  'Seconds since a node was last heard from', labels=['node'])
+        for node in state.nodes.values():
+            busy.add_metric([node.key], node_busy(node))
+            cpus.add_metric([node.key], node.cpus)
+            pulse.add_metric([node.key], now - node.last_heard)
+        yield busy
+        yield cpus
+        yield pulse
+
+
+def node_busy(node):
+    """CPUs running jobs: jobs started there, at most its CPUs (the rest wait on the node)."""
+    return min(node.cpus, sum(1 for job in node.jobs.values() if job.start_time is not None))
+
+
+def status(scheduler):
+    """The scheduler at a glance, for ``/status`` and ``dispyscheduler-status``."""
+    state = scheduler.state
+    now = time.monotonic()
+    return {
+        'version': __version__,
+        'uptime': time.time() - scheduler.started,
+        'pulse_interval': scheduler.options.pulse_interval,
+        'nodes': [{'address': node.key, 'ip_addr': node.ip_addr, 'name': node.name,
+                   'cpus': node.cpus, 'busy': node_busy(node), 'jobs': len(node.jobs),
+                   'jobs_done': node.jobs_done, 'pulse_age': now - node.last_heard}
+                  for node in sorted(state.nodes.values(), key=lambda node: node.key)],
+        'clusters': [{'cid': cluster.cid, 'name': cluster.name,
+                      'owner': cluster.owner.peer if cluster.owner is not None else None,
+                      'queued': cluster.queued, 'running': cluster.in_flight,
+                      'done': cluster.done, 'nodes': len(cluster.ready_nodes)}
+                     for cluster in sorted(state.clusters.values(),
+                                           key=lambda cluster: cluster.cid)],
+    }
+
+
+class StatusServer:
+    def __init__(self, scheduler, listener):
+        self.scheduler = scheduler
+        self.server = WSGIServer(listener, self.application, log=None, error_log=logger)
+
+    def start(self):
+        self.server.start()
+
+    def stop(self):
+        self.server.stop(timeout=1)
+
+    def application(self, environ, start_response):
+        path = environ.get('PATH_INFO', '/')
+        if environ.get('REQUEST_METHOD') not in ('GET', 'HEAD'):
+            return self.reply(start_response, '405 Method Not Allowed', 'text/plain',
+                              b'only GET\n')
+        if path == '/status':
+            body = json.dumps(status(self.scheduler)).encode()
+            return self.reply(start_response, '200 OK', 'application/json', body)
+        if path == '/metrics':
+            body = generate_latest(self.scheduler.metrics.registry)
+            return self.reply(start_response, '200 OK',
+                              'text/plain; version=0.0.4; charset=utf-8', body)
+        if path in ('/', '/index.html'):
+            return self.reply(start_response, '200 OK', 'text/html; charset=utf-8', PAGE)
+        return self.reply(start_response, '404 Not Found', 'text/plain', b'not found\n')
+
+    @staticmethod
+    def reply(start_response, code, content_type, body):
+        start_response(code, [('Content-Type', content_type),
+                              ('Content-Length', str(len(body))),
+                              ('Cache-Control', 'no-store')])
+        return [body]
+
+
+PAGE = b'''<!doctype html>
+<html><head><meta charset="utf-8"><title>dispyscheduler</title>
+<style>
+body { font-family: sans-serif; margin: 1.5em; color: #222; }
+table { border-collapse: collapse; margin-bottom: 1.5em; }
+th, td { padding: 0.3em 0.8em; border-bottom: 1px solid #ddd; text-align: right; }
+th:first-child, td:first-child, td.text { text-align: left; }
+tr.late td { background: #fdd; color: #a00; }
+#summary { color: #555; }
+</style></head>
+<body>
+<h1>dispyscheduler</h1>
+<p id="summary">loading&hellip;</p>
+<h2>Nodes</h2>
+<table id="nodes"><thead><tr><th>Node</th><th>Name</th><th>CPUs</th><th>Busy</th>
+<th>Jobs</th><th>Jobs done</th><th>Last pulse</th></tr></thead><tbody></tbody></table>
+<h2>Clusters</h2>
+<table id="clusters"><thead><tr><th>Cluster</th><th>Name</th><th>Client</th><th>Nodes</th>
+<th>Queued</th><th>Running</th><th>Done</th></tr></thead><tbody></tbody></table>
+<script>
+function cell(row, text, cls) {
+  var td = document.createElement('td');
+  td.textContent = text;
+  if (cls) td.className = cls;
+  row.appendChild(td);
+}
+function fill(id, items, build) {
+  var body = document.querySelector('#' + id + ' tbody');
+  body.textContent = '';
+  items.forEach(function (item) { body.appendChild(build(item)); });
+}
+function refresh() {
+  fetch('status').then(function (reply) { return reply.json(); }).then(function (s) {
+    document.getElementById('summary').textContent = 'version ' + s.version + ', up ' +
+      Math.round(s.uptime) + ' s, ' + s.nodes.length + ' nodes, ' + s.clusters.length +
+      ' clusters';
+    fill('nodes', s.nodes, function (n) {
+      var row = document.createElement('tr');
+      row.id = 'node-' + n.address;
+      if (n.pulse_age > 2 * s.pulse_interval) row.className = 'late';
+      cell(row, n.address); cell(row, n.name, 'text'); cell(row, n.cpus); cell(row, n.busy);
+      cell(row, n.jobs); cell(row, n.jobs_done); cell(row, n.pulse_age.toFixed(1) + ' s ago');
+      return row;
+    });
+    fill('clusters', s.clusters, function (c) {
+      var row = document.createElement('tr');
+      cell(row, c.cid); cell(row, c.name, 'text'); cell(row, c.owner || '(gone)', 'text');
+      cell(row, c.nodes); cell(row, c.queued); cell(row, c.running); cell(row, c.done);
+      return row;
+    });
+  }).catch(function (error) {
+    document.getElementById('summary').textContent = 'cannot reach the scheduler: ' + error;
+  });
+}
+refresh();
+setInterval(refresh, 1000);
+</script>
+</body></html>
+'''
