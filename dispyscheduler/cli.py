@@ -215,6 +215,10 @@ def node_parser():
                         metavar='DIR', help="where computations' files are kept "
                                             '(default %(default)s)')
     parser.add_argument('--name', help='name shown for this node (default: host name)')
+    parser.add_argument('--ping_interval', type=number_between(*PING_INTERVAL_RANGE),
+                        default=PING_INTERVAL, metavar='SECONDS',
+                        help='seconds between announcements while the node has no scheduler '
+                             '(default %(default)g)')
     return parser
 
 

@@ -42,9 +42,11 @@ class DispyJob:
         self._uid = None
         self._node = None  # the DispyNode counting this job as running
 
-    def __call__(self, clear=False):
-        """Wait until the job ends and return its result (``clear`` drops it here)."""
-        self.finish.wait()
+    def __call__(self, clear=False, timeout=None):
+        """Wait until the job ends and return its result (``clear`` drops it here); with
+        ``timeout`` (seconds), return None if it has not ended by then."""
+        if not self.finish.wait(timeout):
+            return None
         result = self.result
         if clear:
             self.result = None

@@ -99,7 +99,7 @@ class NodeDaemon:
             self.duties.spawn(discovery.receive_loop, sock, self.options.secret, self.on_datagram)
         self.duties.spawn(self.scheduler_connector)
         self.duties.spawn(self.zombie_watchdog)
-        self.announce(udp)
+        self.duties.spawn(self.announce_loop, udp)
         for signum in (signal.SIGTERM, signal.SIGINT):
             gevent.signal_handler(signum, self.stopped.set)
         if self.options.daemon:
@@ -134,6 +134,14 @@ class NodeDaemon:
             gevent.sleep(0.05)
 
     # discovery
+
+    def announce_loop(self, udp):
+        """Announce this node at start, and every ``--ping_interval`` while it has no
+        scheduler (its own went away: another may take it)."""
+        while True:
+            if self.link is None:
+                self.announce(udp)
+            gevent.sleep(self.options.ping_interval)
 
     def announce(self, udp):
         """Tell schedulers on this host's networks that this node exists (by broadcast, never

@@ -109,6 +109,7 @@ class Cluster:
         self.owner = None  # the client's link while it is connected
         self.orphaned_since = None  # when the client left without closing
         self.dormant = False  # its client is long gone: uninstalled, kept for its results
+        self.nodeless_since = None  # when it was last without a node to run on (server's)
 
     def __repr__(self):
         return '<Cluster %s %s>' % (self.cid, self.name)
