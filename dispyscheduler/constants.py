@@ -62,9 +62,10 @@ PING_INTERVAL = 10.0
 PING_INTERVAL_RANGE = (1.0, 1000.0)
 """Allowed ``--ping_interval`` values (as in dispy)."""
 
-NO_NODE_WARNING = 10.0
-"""Seconds after which a client whose cluster no node has set up is warned (in its log), with
-the nodes the scheduler knows, so a typo in ``nodes`` or a missing node is seen at once."""
+NO_NODE_PINGS = 3
+"""Discovery rounds (``--ping_interval``) after which a client whose cluster no node has set up
+is warned in its log, with the nodes the scheduler knows, so that a typo in ``nodes`` or a
+missing node is seen at once instead of jobs waiting in silence."""
 
 ZOMBIE_INTERVAL = 60.0
 """Default ``--zombie_interval`` in minutes: a cluster whose client is gone and that has

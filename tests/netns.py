@@ -120,3 +120,12 @@ class Network:
         for namespace in reversed(self.namespaces):
             run('ip', 'netns', 'del', namespace, check=False)
         self.namespaces = []
+
+
+def drop_udp(network, host, port, percent):
+    """Make ``host`` lose ``percent`` % of the UDP datagrams arriving on ``port`` (nftables)."""
+    keep = max(1, 100 - percent)
+    rules = ('table inet lossy {\n chain input { type filter hook input priority 0;\n'
+             '  udp dport %d numgen random mod 100 >= %d drop;\n }\n}\n' % (port, keep))
+    subprocess.run(['ip', 'netns', 'exec', network.ns(host), 'nft', '-f', '-'], input=rules,
+                   text=True, check=True, capture_output=True, timeout=30)

@@ -27,7 +27,7 @@ from gevent.server import StreamServer
 from .. import discovery
 from ..auth import AuthenticationError, handshake
 from ..config import write_pid_file
-from ..constants import (COMMIT_INTERVAL, DISPATCH_DEPTH, HANDSHAKE_TIMEOUT, NO_NODE_WARNING,
+from ..constants import (COMMIT_INTERVAL, DISPATCH_DEPTH, HANDSHAKE_TIMEOUT, NO_NODE_PINGS,
                          PULSES_MISSED_BEFORE_DEAD, RESULT_RETENTION)
 from ..duties import Duties
 from ..httpd import Metrics, StatusServer
@@ -261,19 +261,20 @@ class Scheduler(NodeSide, ClientSide):
             self.clean_up_after_gone_clients(now)
 
     def warn_clusters_without_nodes(self, now):
-        """Tell a client whose cluster no node has set up for ``NO_NODE_WARNING`` seconds
-        (once), so that jobs waiting for ever are not a mystery."""
+        """Tell a client whose cluster no node has set up for ``NO_NODE_PINGS`` discovery
+        rounds (once), so that jobs waiting for ever are not a mystery."""
+        wait = NO_NODE_PINGS * self.options.ping_interval
         for cluster in self.state.clusters.values():
             if cluster.ready_nodes or cluster.dormant:
                 cluster.nodeless_since = None
             elif cluster.nodeless_since is None:
                 cluster.nodeless_since = now
-            elif now - cluster.nodeless_since > NO_NODE_WARNING and cluster.owner is not None:
+            elif now - cluster.nodeless_since > wait and cluster.owner is not None:
                 cluster.nodeless_since = float('inf')  # said once
                 known = ', '.join(sorted(self.state.nodes)) or 'none'
                 self.warn_client(cluster, 'no node has set up this cluster in %d seconds; its '
                                  'nodes are %s; nodes known to the scheduler: %s' % (
-                                     NO_NODE_WARNING, ', '.join(
+                                     wait, ', '.join(
                                          '%s%s' % (pattern, ':%d' % port if port else '')
                                          for pattern, port in cluster.patterns), known))
 

@@ -5,6 +5,7 @@ and real worker processes. The ``daemons`` fixture fails a test that leaves a pr
 """
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -294,3 +295,28 @@ def test_silent_node_is_presumed_dead_and_used_again_when_back(daemons):
         jobs = [cluster.submit(0.2, n) for n in range(8)]
         cluster.wait(timeout=30)
         assert {job.ip_addr for job in jobs} == {'127.0.0.2', '127.0.0.3'}
+
+
+def test_node_started_before_its_scheduler_joins_when_it_appears(daemons):
+    """--scheduler_node: the node keeps trying, with back-off, until the scheduler is there."""
+    node = daemons.start_node('127.0.0.2', wait=False)
+    node.wait_log('cannot reach scheduler at 127.0.0.1')
+    daemons.start_scheduler()
+    daemons.scheduler.wait_log(r'node 127\.0\.0\.2:\d+ .* joined', timeout=20)
+    with SharedJobCluster(square, **daemons.client_options()) as cluster:
+        assert cluster.submit(4)() == 16
+
+
+def test_cluster_without_nodes_warns_its_client_and_job_can_time_out(daemons, caplog):
+    daemons.start_scheduler(nodes=('127.0.0.9',))
+    with caplog.at_level(logging.WARNING, logger='dispyscheduler'):
+        with SharedJobCluster(square, nodes=['127.0.0.7'], **daemons.client_options()) as cluster:
+            job = cluster.submit(3)
+            started = time.monotonic()
+            assert job(timeout=1) is None
+            assert 1 <= time.monotonic() - started < 3
+            wait_for(lambda: 'no node has set up this cluster' in caplog.text, 20,
+                     'the warning')
+            cluster.close(terminate=True)
+    assert 'its nodes are 127.0.0.7' in caplog.text
+    assert job.status == DispyJob.Cancelled

@@ -227,3 +227,18 @@ def test_link_down_mid_run_and_back(hosts):
     assert summary['ended'] == [1] * 12
     wait_for(lambda: scheduler.log().count('node 10.99.1.2:51348 (') >= 2, 30,
              'the node to rejoin')
+
+
+@pytest.mark.skipif(not netns.nat_available(),
+                    reason="nftables (nft) is not installed: .ci/run installs Debian's "
+                           'nftables package when it can')
+def test_discovery_when_most_pings_are_lost(hosts):
+    """Pings repeat every --ping_interval: a node that loses 80 % of them still joins."""
+    one_lan(hosts)
+    netns.drop_udp(hosts.net, 'n1', 51348, 80)
+    scheduler = hosts.scheduler('sched', '-i', '10.99.1.1')
+    scheduler.wait_log('serving nodes')
+    hosts.node('n1')
+    scheduler.wait_log(r'node 10\.99\.1\.2:51348 .* joined', timeout=60)
+    summary = finish(hosts.client('sched', '10.99.1.1', 10))
+    assert summary['ip_addrs'] == ['10.99.1.2']
