@@ -20,6 +20,8 @@ import types
 
 import cloudpickle
 
+from .. import serialize
+
 INSTALLED_PATHS = tuple(os.path.realpath(path) for path in {
     sysconfig.get_paths()['stdlib'], sysconfig.get_paths()['purelib'],
     sysconfig.get_paths()['platlib'], sys.prefix, sys.base_prefix})
@@ -127,10 +129,10 @@ def pack_computation(computation, depends=(), setup=None, cleanup=True, setup_ar
 
 def pack_value(value, what):
     try:
-        return cloudpickle.dumps(value)
+        return serialize.dumps(value)
     except Exception as exc:
         raise TypeError('%s cannot be pickled: %s' % (what, exc)) from exc
 
 
 def unpack_result(data):
-    return cloudpickle.loads(data)
+    return serialize.loads(data)

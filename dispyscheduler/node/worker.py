@@ -28,6 +28,7 @@ import cloudpickle
 
 from ..constants import (FINISHED, MAX_JOB_OUTPUT, MAX_RESULT_SIZE, NODE_DISPY_MODULES,
                          TERMINATED)
+from .. import serialize
 from ..files import read_chunks
 from ..protocol import FrameDecoder, encode
 
@@ -86,7 +87,7 @@ def dispy_provisional_result(result, timeout=None):
     if JobContext.jid is None:
         return -1
     try:
-        data = cloudpickle.dumps(result)
+        data = serialize.dumps(result)
     except Exception:
         traceback.print_exc()
         return -1
@@ -304,7 +305,7 @@ def run_job(computation, job):
     start_time = time.time()
     result = exception = None
     try:
-        args, kwargs = cloudpickle.loads(job['args'])
+        args, kwargs = serialize.loads(job['args'])
         if computation.get('program'):
             value = run_program(computation['program'], args, stdout, stderr)
         else:
@@ -318,7 +319,7 @@ def run_job(computation, job):
     else:
         status = FINISHED
         try:
-            result = cloudpickle.dumps(value)
+            result = serialize.dumps(value)
         except Exception as exc:
             status = TERMINATED
             exception = 'result of type %s cannot be pickled: %s' % (type(value).__name__, exc)

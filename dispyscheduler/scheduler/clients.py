@@ -90,6 +90,7 @@ class ClientSide:
                                             request['allocate'])
         cluster.files = request['files']
         cluster.node_files = set(request['node_files'])
+        self.prepare_acknowledgements(cluster)
         if staging is not None:
             cluster.directory = os.path.join(self.options.dest_path_prefix, str(cluster.cid))
             shutil.rmtree(cluster.directory, ignore_errors=True)
@@ -98,6 +99,12 @@ class ClientSide:
         self.store.put_cluster(cluster, credential)
         self.wait_until_durable()
         return cluster
+
+    def prepare_acknowledgements(self, cluster):
+        def acknowledge_submits(uids):
+            if cluster.owner is not None:
+                cluster.owner.send('submitted', {'uids': uids})
+        cluster.acknowledge_submits = acknowledge_submits
 
     def resumed_cluster(self, request):
         cluster = self.state.clusters.get(request['cid'])
@@ -217,12 +224,9 @@ class ClientSide:
         self.dispatch(dispatches)
 
     def acknowledge_submit(self, cluster, uid):
-        """Tell the client its job is saved (once it is): it need not send it again."""
-        self.store.when_durable(self.send_to_owner, cluster, 'submitted', {'uids': [uid]})
-
-    def send_to_owner(self, cluster, kind, body):
-        if cluster.owner is not None:
-            cluster.owner.send(kind, body)
+        """Tell the client its job is saved (once it is): it need not send it again. One
+        message per batch carries every job of the cluster saved in it."""
+        self.store.acknowledge_when_durable(cluster, cluster.acknowledge_submits, uid)
 
     def end_submitted(self, cluster, uid, status, reason):
         """A submission refused at once: it ends without becoming a job."""

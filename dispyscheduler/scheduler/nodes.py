@@ -38,6 +38,7 @@ class NodeSide:
                                              max(1, info['cpus']))
         node.platform = info['platform']
         node.link = link
+        node.acknowledge_results = lambda ids: link.send('result_ack', {'ids': ids})
         node.last_heard = time.monotonic()
         writer = gevent.spawn(link.run_writer)
         link.send('welcome', {'pulse_interval': self.options.pulse_interval,
@@ -106,7 +107,7 @@ class NodeSide:
                 node.link.send('result_ack', {'ids': [body['jid']]})
                 return
             self.deliver(job, node, body)
-            self.store.when_durable(node.link.send, 'result_ack', {'ids': [body['jid']]})
+            self.store.acknowledge_when_durable(node, node.acknowledge_results, body['jid'])
             self.dispatch(dispatches)
         elif kind == 'job_started':
             job = self.state.job_started(node, body['jid'], body['start_time'])

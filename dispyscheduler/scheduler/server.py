@@ -116,6 +116,8 @@ class Scheduler(NodeSide, ClientSide):
             self.state.clusters[row['cid']].orphaned_since = now
         for cid, message in results:
             self.state.clusters[cid].results[message['uid']] = message
+        for cluster in self.state.clusters.values():
+            self.prepare_acknowledgements(cluster)
         self.awaiting_until = now + self.missed_pulses * self.options.pulse_interval
         if clusters:
             logger.info('restored %d clusters, %d unfinished jobs (%d on nodes) and %d '
@@ -227,9 +229,9 @@ class Scheduler(NodeSide, ClientSide):
             self.store_dirty.wait()
             self.store_dirty.clear()
             gevent.sleep(self.commit_interval)
-            operations, actions = self.store.take_batch()
-            if operations:
-                threadpool.apply(self.store.commit, (operations,))
+            statements, actions = self.store.take_batch()
+            if statements:
+                threadpool.apply(self.store.commit, (statements,))
             for action, args in actions:
                 action(*args)
 

@@ -48,14 +48,28 @@ def unpack(data):
     return msgpack.unpackb(data, raw=False)
 
 
+class Batch:
+    """Changes recorded since the last commit, kept by row, so that a job submitted and ended
+    (and its result acknowledged) within one batch costs the database nothing."""
+
+    def __init__(self):
+        self.jobs = {}  # jid -> Job whose row to write as it is when the batch is taken
+        self.new_jobs = set()  # jids first saved in this batch
+        self.ended_jobs = set()  # jids whose rows go
+        self.results = {}  # (cid, uid) -> final message to keep for the client
+        self.acknowledged = set()  # (cid, uid) of results the client has now
+        self.clusters = []  # (sql, parameters) for clusters, in order, after the rest
+        self.actions = []  # (action, args) to run once the batch is committed
+        self.acknowledgements = {}  # link -> (send, [items]): one message each
+
+
 class Store:
     """One scheduler's state database. Not thread-safe: ``commit`` runs on one thread at a
     time (the flusher's), everything else on the hub."""
 
     def __init__(self, state_dir):
         self.path = os.path.join(state_dir, 'state.sqlite')
-        self.operations = []  # (sql, parameters) recorded since the last commit
-        self.after_commit = []  # actions waiting for those operations to be durable
+        self.batch = Batch()
         try:
             fresh = not os.path.exists(self.path)
             self.db = sqlite3.connect(self.path, check_same_thread=False,
@@ -90,70 +104,101 @@ class Store:
 
     # recording (no I/O until the next commit)
 
-    def record(self, sql, parameters=()):
-        self.operations.append((sql, parameters))
-        self.notify()
-
-    def when_durable(self, action, *args):
-        """Run ``action(*args)`` once everything recorded so far is committed."""
-        self.after_commit.append((action, args))
-        self.notify()
-
     def notify(self):
         """Replaced by the scheduler with a wake-up of its flusher."""
 
+    def when_durable(self, action, *args):
+        """Run ``action(*args)`` once everything recorded so far is committed."""
+        self.batch.actions.append((action, args))
+        self.notify()
+
+    def acknowledge_when_durable(self, key, send, item):
+        """Add ``item`` to the acknowledgement ``send(items)`` that goes to ``key`` (a link)
+        once everything recorded so far is committed: one message per peer per batch."""
+        group = self.batch.acknowledgements.get(key)
+        if group is None:
+            group = self.batch.acknowledgements[key] = (send, [])
+        group[1].append(item)
+        self.notify()
+
     def put_cluster(self, cluster, credential):
-        self.record('INSERT OR REPLACE INTO clusters VALUES (?,?,?,?,?,?,?,?,?,?,?)', (
-            cluster.cid, cluster.name, cluster.code, pack([list(p) for p in cluster.patterns]),
-            int(cluster.reentrant), int(cluster.cleanup), int(cluster.allocate),
-            pack(cluster.files), pack(sorted(cluster.node_files)), cluster.directory,
-            credential))
-        self.record("INSERT OR REPLACE INTO meta VALUES ('next_cid', ?)", (cluster.cid + 1,))
+        self.batch.clusters.append((
+            'INSERT OR REPLACE INTO clusters VALUES (?,?,?,?,?,?,?,?,?,?,?)',
+            (cluster.cid, cluster.name, cluster.code,
+             pack([list(p) for p in cluster.patterns]), int(cluster.reentrant),
+             int(cluster.cleanup), int(cluster.allocate), pack(cluster.files),
+             pack(sorted(cluster.node_files)), cluster.directory, credential)))
+        self.batch.clusters.append(("INSERT OR REPLACE INTO meta VALUES ('next_cid', ?)",
+                                    (cluster.cid + 1,)))
+        self.notify()
 
     def delete_cluster(self, cid):
-        self.record('DELETE FROM clusters WHERE cid = ?', (cid,))
-        self.record('DELETE FROM jobs WHERE cid = ?', (cid,))
-        self.record('DELETE FROM results WHERE cid = ?', (cid,))
+        self.batch.clusters.extend([('DELETE FROM clusters WHERE cid = ?', (cid,)),
+                                    ('DELETE FROM jobs WHERE cid = ?', (cid,)),
+                                    ('DELETE FROM results WHERE cid = ?', (cid,))])
+        self.notify()
 
     def put_job(self, job):
-        self.record('INSERT OR REPLACE INTO jobs VALUES (?,?,?,?,?,?,?,?,?,?,?)', (
-            job.jid, job.cluster.cid, job.uid, job.args, job.priority, job.timeout,
-            pack(job.files), job.pinned, job.tag, job.node.key if job.node else None,
-            job.lost_nodes))
+        self.batch.jobs[job.jid] = job
+        self.batch.new_jobs.add(job.jid)
+        self.notify()
 
     def job_moved(self, job):
         """The job was sent to a node, or came back from one."""
-        self.record('UPDATE jobs SET node = ?, lost_nodes = ? WHERE jid = ?',
-                    (job.node.key if job.node else None, job.lost_nodes, job.jid))
+        self.batch.jobs[job.jid] = job
+        self.notify()
 
     def job_ended(self, cid, jid, message):
         """A job ended (or a submission was refused, ``jid`` None): its row goes, its final
         message waits for the client's acknowledgement."""
+        batch = self.batch
         if jid is not None:
-            self.record('DELETE FROM jobs WHERE jid = ?', (jid,))
-        self.record('INSERT OR REPLACE INTO results VALUES (?,?,?)',
-                    (cid, message['uid'], pack(message)))
+            batch.jobs.pop(jid, None)
+            batch.ended_jobs.add(jid)
+        batch.results[(cid, message['uid'])] = message
+        batch.acknowledged.discard((cid, message['uid']))
+        self.notify()
 
     def result_acknowledged(self, cid, uid):
-        self.record('DELETE FROM results WHERE cid = ? AND uid = ?', (cid, uid))
+        if self.batch.results.pop((cid, uid), None) is None:
+            self.batch.acknowledged.add((cid, uid))
+        self.notify()
 
     # committing
 
-    def has_pending(self):
-        return bool(self.operations or self.after_commit)
-
     def take_batch(self):
-        """Everything recorded so far, to be committed by ``commit``."""
-        batch = self.operations, self.after_commit
-        self.operations, self.after_commit = [], []
-        return batch
+        """What was recorded since the last batch, as ``(statements, actions)``: the SQL to
+        commit (rows that came and went within the batch are left out) and what waits for
+        it. Runs on the hub, so the rows are read from the jobs as they are now."""
+        batch, self.batch = self.batch, Batch()
+        statements = []
+        if batch.jobs:
+            statements.append(('INSERT OR REPLACE INTO jobs VALUES (?,?,?,?,?,?,?,?,?,?,?)', [
+                (job.jid, job.cluster.cid, job.uid, job.args, job.priority, job.timeout,
+                 pack(job.files), job.pinned, job.tag, job.node.key if job.node else None,
+                 job.lost_nodes) for job in batch.jobs.values()]))
+        saved_before = batch.ended_jobs - batch.new_jobs  # rows written by an earlier batch
+        if saved_before:
+            statements.append(('DELETE FROM jobs WHERE jid = ?',
+                               [(jid,) for jid in saved_before]))
+        if batch.results:
+            statements.append(('INSERT OR REPLACE INTO results VALUES (?,?,?)',
+                               [(cid, uid, pack(message))
+                                for (cid, uid), message in batch.results.items()]))
+        if batch.acknowledged:
+            statements.append(('DELETE FROM results WHERE cid = ? AND uid = ?',
+                               list(batch.acknowledged)))
+        statements.extend((sql, [parameters]) for sql, parameters in batch.clusters)
+        actions = batch.actions + [(send, (items,)) for send, items
+                                   in batch.acknowledgements.values()]
+        return statements, actions
 
-    def commit(self, operations):
-        """Apply ``operations`` in one transaction (called on a threadpool thread)."""
+    def commit(self, statements):
+        """Apply ``statements`` in one transaction (called on a threadpool thread)."""
         self.db.execute('BEGIN')
         try:
-            for sql, parameters in operations:
-                self.db.execute(sql, parameters)
+            for sql, rows in statements:
+                self.db.executemany(sql, rows)
             self.db.execute('COMMIT')
         except BaseException:
             self.db.execute('ROLLBACK')
@@ -161,9 +206,9 @@ class Store:
 
     def commit_now(self):
         """Commit what is recorded, here and now (at start and at shutdown)."""
-        operations, actions = self.take_batch()
-        if operations:
-            self.commit(operations)
+        statements, actions = self.take_batch()
+        if statements:
+            self.commit(statements)
         for action, args in actions:
             action(*args)
 
