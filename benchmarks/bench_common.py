@@ -375,7 +375,7 @@ def driver_main(system, start, spawn_client_factory, argv=None):
     sizes = [int(x) for x in args.sizes.split(',') if x]
     os.makedirs(args.workdir, exist_ok=True)
     daemons = []
-    result = {'system': system, 'failed': None}
+    result = {'system': system, 'phases': [], 'failed': None}
     try:
         daemons, scheduler_pid, extra, state = start(args.workdir)
         spawn_client = spawn_client_factory(args.workdir, state)

@@ -7,6 +7,7 @@ Run with a Python that has requirements.txt installed (run.py uses .venvs/dispys
 
 import json
 import os
+import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -52,7 +53,12 @@ def start(workdir):
         raise
     sys.path.insert(0, REPO)
     import dispyscheduler
-    extra = {'version': 'dispyscheduler %s (checkout)' % dispyscheduler.__version__,
+    try:
+        commit = subprocess.run(['git', '-C', REPO, 'describe', '--always', '--dirty'],
+                                capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = 'unknown'
+    extra = {'version': 'dispyscheduler %s (checkout %s)' % (dispyscheduler.__version__, commit),
              'scheduler': 'bin/dispyscheduler', 'python': sys.version.split()[0]}
     return daemons, scheduler.pid, extra, {'client_port': client_port}
 

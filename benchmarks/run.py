@@ -12,7 +12,8 @@ prints machine-readable lines on stdout:
     BENCH system=S metric=M n=N clients=C min=.. median=.. max=.. runs=R
     BENCH system=S status=failed run=K reason="..."
     RATIO metric=M n=N clients=C better=higher dispyscheduler/dispy=.. dispyscheduler/dask=..
-    SUMMARY elapsed_s=.. runs=.. systems=..
+    SYSTEM system=S version=.. python=.. scheduler=..
+    SUMMARY elapsed_s=.. runs=.. systems=.. failed_runs=..
 
 Ratios are of medians, this project's over the peer's; ``better`` says which way is good.
 Progress goes to stderr as lines starting with ``#``. Needs root for dispy (``unshare``).
@@ -99,6 +100,29 @@ def session_members(sid):
     return members
 
 
+def kill_session(sid):
+    """SIGKILL, by PID, every process of session ``sid`` (a driver and all it started)."""
+    members = session_members(sid)
+    for pid in members:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return members
+
+
+def die_with_parent():
+    """In the driver before exec: SIGTERM if run.py dies; its daemons and clients get the
+    same from it in turn."""
+    import ctypes
+    ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def loadavg():
+    with open('/proc/loadavg') as handle:
+        return ' '.join(handle.read().split()[:3])
+
+
 def driver_timeout(sizes, latency):
     phases = [latency] + [n for n in sizes for _ in (1, 2)]
     return 120 + sum(60 + 120 + n / MIN_RATE for n in phases)
@@ -115,27 +139,23 @@ def run_driver(system, python, run, sizes, latency, workdir):
         argv = ['unshare', '--net', '--'] + argv
     os.makedirs(workdir, exist_ok=True)
     timeout = driver_timeout(sizes, latency)
+    load_before = loadavg()
     started = time.monotonic()
     with open(os.path.join(workdir, 'driver.stderr'), 'wb') as stderr:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=stderr,
-                                stdin=subprocess.DEVNULL, start_new_session=True, cwd=workdir)
+                                stdin=subprocess.DEVNULL, start_new_session=True, cwd=workdir,
+                                preexec_fn=die_with_parent)
         try:
             out, _ = proc.communicate(timeout=timeout)
             reason = None
         except subprocess.TimeoutExpired:
             reason = 'driver timed out after %.0f s' % timeout
-            for pid in session_members(proc.pid):  # the driver and all it started, by PID
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            kill_session(proc.pid)
             out, _ = proc.communicate(timeout=30)
-    leftovers = session_members(proc.pid)
-    for pid in leftovers:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        except BaseException:  # ^C: take the driver and all it started down, by PID
+            kill_session(proc.pid)
+            raise
+    leftovers = kill_session(proc.pid)
     result = None
     for line in out.decode(errors='replace').splitlines():
         if line.startswith('RESULT '):
@@ -150,6 +170,8 @@ def run_driver(system, python, run, sizes, latency, workdir):
         result.setdefault('leftovers', []).extend(leftovers)
     result['run'] = run
     result['driver_s'] = time.monotonic() - started
+    result['loadavg_before'] = load_before
+    result['loadavg_after'] = loadavg()
     return result
 
 
@@ -197,6 +219,13 @@ def fmt(value):
 
 
 def report(results, systems, elapsed, runs):
+    for system in systems:
+        for result in results:
+            if result['system'] == system and result.get('version'):
+                print('SYSTEM system=%s version=%s python=%s scheduler=%s' % (
+                    system, shlex.quote(result['version']), result.get('python'),
+                    shlex.quote(result.get('scheduler', ''))))
+                break
     collected = {system: {} for system in systems}
     for result in results:
         for key, value in values_of(result).items():
@@ -248,6 +277,8 @@ def main():
     parser.add_argument('--json', default=None, help='also write every raw result here')
     parser.add_argument('--keep', action='store_true', help='keep the work directory (logs)')
     args = parser.parse_args()
+    # SIGTERM unwinds like ^C: the driver running then is killed with all it started, by PID
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     systems = [s for s in args.systems.split(',') if s]
     unknown = set(systems) - set(SYSTEMS)
     if unknown:
@@ -256,7 +287,7 @@ def main():
     sizes = [int(x) for x in (args.sizes or ('500' if args.quick else '2000,20000')).split(',')]
     latency = args.latency or (20 if args.quick else 50)
     started = time.monotonic()
-    note('load average at start: %s' % ' '.join(open('/proc/loadavg').read().split()[:3]))
+    note('load average at start: %s (%d CPUs)' % (loadavg(), os.cpu_count()))
 
     pythons, results = {}, []
     for system in systems:
@@ -279,8 +310,9 @@ def main():
             for key, value in sorted(values_of(result).items(), key=lambda kv: str(kv[0])):
                 print('RUN system=%s run=%d %s value=%s' % (system, run, key_text(key),
                                                             fmt(value)), flush=True)
-            note('run %d/%d: %s done in %.0f s%s' % (
-                run, runs, system, result['driver_s'],
+            note('run %d/%d: %s done in %.0f s (load average %s before, %s after)%s' % (
+                run, runs, system, result['driver_s'], result['loadavg_before'],
+                result['loadavg_after'],
                 ', FAILED: ' + result['failed'] if result.get('failed') else ''))
             if result.get('log_problems'):
                 note('%s log lines that look like trouble: %s' % (
