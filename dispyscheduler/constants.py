@@ -72,9 +72,11 @@ ZOMBIE_INTERVAL = 60.0
 nothing running is cleaned up after this long; a node drops computations of a scheduler it has
 not heard from for this long."""
 
-DISPATCH_DEPTH = 2
-"""Jobs the scheduler keeps in flight per node CPU: one running and one waiting on the node,
-so a worker never idles for a scheduler round trip between jobs."""
+MAX_DISPATCH_DEPTH = 8
+"""Most jobs the scheduler keeps in flight per node CPU (one running, the rest waiting on the
+node, so a worker never idles for a round trip between jobs). Each cluster gets a depth by how
+long its jobs run (``policy.dispatch_depth``): deep for millisecond jobs, one for long ones,
+which then never wait on a busy node while another is idle."""
 
 RECONNECT_DELAY_RANGE = (0.1, 5.0)
 """Back-off (first, largest delay in seconds) for a node reconnecting to its scheduler."""

@@ -10,7 +10,6 @@ new fork of the host, so the computation keeps its full set of workers.
 
 import logging
 import os
-import select
 import shutil
 import signal
 import subprocess
@@ -21,7 +20,6 @@ from contextlib import nullcontext
 import gevent
 import gevent.event
 import gevent.queue
-from gevent.monkey import get_original
 
 from ..constants import CANCELLED, TERMINATED, WORKER_START_TIMEOUT
 from ..files import FileRefused, IncomingFiles, write_file
@@ -29,8 +27,6 @@ from ..protocol import ProtocolError
 from . import worker as worker_program
 
 logger = logging.getLogger(__name__)
-
-_original_poll = get_original('select', 'poll')
 
 WORKER_EXIT_WAIT = 1.0
 """Seconds to wait for the host's account of how a dead worker ended, for the job's error."""
@@ -76,6 +72,7 @@ class Computation:
         self.file_error = None
         self.queue = gevent.queue.Queue()
         self.workers = {}  # pid -> NodeJob or None, for every connected worker
+        self.idle_workers = {}  # pid -> greenlet serving a worker that waits for a job
         self.worker_exits = {}  # pid -> AsyncResult with how the worker ended
         self.host_link = gevent.event.AsyncResult()
         self.load_done = gevent.event.Event()
@@ -151,6 +148,9 @@ class Computation:
         def on_message(kind, body):
             if kind == 'worker_exit':
                 self.exit_of(body['pid']).set(body['how'])
+                idle = self.idle_workers.get(body['pid'])
+                if idle is not None:  # it died waiting for a job: it must not take one
+                    idle.kill(block=False)
                 gevent.spawn_later(2 * WORKER_EXIT_WAIT, self.worker_exits.pop, body['pid'], None)
                 if not self.closing:
                     link.send('fork', {'count': 1})
@@ -162,24 +162,26 @@ class Computation:
     def serve_worker(self, link, pid):
         """Run this computation's jobs on one worker, until the worker or the node stops.
 
-        A job is taken only once this worker is seen alive, so a worker that died while idle
-        (killed from outside, say) leaves the job to the others instead of failing it."""
+        A worker that dies while idle (killed from outside, say) is reported by the host, and
+        its greenlet is killed there (``serve_host``) before it takes a job; a job it had taken
+        but not yet sent goes back to the queue."""
         self.workers[pid] = None
+        job = None
         try:
             while True:
+                self.idle_workers[pid] = gevent.getcurrent()
                 self.queue.peek()
-                if self.closing or not idle_and_connected(link.sock):
+                if self.closing:
                     return
                 try:
                     job = self.queue.get_nowait()
                 except gevent.queue.Empty:
                     continue  # another worker took it
                 with self.node.cpu_slots:
-                    if not idle_and_connected(link.sock):
-                        self.queue.put(job)
-                        return
                     if job.cancelled or self.closing:
+                        job = None
                         continue
+                    del self.idle_workers[pid]
                     self.workers[pid] = job
                     job.worker = pid
                     self.node.job_started(job)
@@ -201,7 +203,13 @@ class Computation:
                         return
                     self.workers[pid] = None
                     self.node.job_finished(job, reply)
+                    job = None
+        except gevent.GreenletExit:
+            if job is not None and job.worker is None:
+                self.queue.put(job)  # taken, never sent: another worker runs it
+            raise
         finally:
+            self.idle_workers.pop(pid, None)
             self.workers.pop(pid, None)
             link.close()
             link.sock.close()
@@ -289,13 +297,6 @@ class Computation:
         if self.host_process is not None and self.host_process.poll() is None:
             self.host_process.kill()
             self.host_process.wait()
-
-
-def idle_and_connected(sock):
-    """An idle worker sends nothing, so a readable socket means it is gone (EOF)."""
-    poller = _original_poll()
-    poller.register(sock.fileno(), select.POLLIN | select.POLLHUP | select.POLLERR)
-    return not poller.poll(0)
 
 
 def failure_reply(job, status, exception):

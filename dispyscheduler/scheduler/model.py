@@ -20,7 +20,8 @@ import heapq
 import itertools
 
 from ..constants import ABANDONED, CANCELLED, CREATED, RUNNING
-from .policy import LoadIndex, fair_share_pick, node_matches
+from ..constants import MAX_DISPATCH_DEPTH
+from .policy import RUNTIME_WEIGHT, LoadIndex, dispatch_depth, fair_share_pick, node_matches
 
 OFFERED = 'offered'  # waiting for the client's NodeAllocate to say how many CPUs to use
 INSTALLING = 'installing'
@@ -99,6 +100,8 @@ class Cluster:
         self.jobs = {}  # uid -> Job, every job not yet final
         self.in_flight = 0  # jobs dispatched to nodes
         self.done = 0  # jobs ended
+        self.mean_runtime = None  # of its jobs, a running mean
+        self.depth = dispatch_depth(None)  # jobs in flight per CPU it may use
         self.last_served = 0
         self.ready_nodes = set()
         self.allocations = {}  # node key -> (cpus, setup_args, files) the client chose
@@ -119,11 +122,19 @@ class Cluster:
         return len(self.queue)
 
     def limit_on(self, node):
-        """Most of this cluster's jobs in flight on ``node``."""
+        """Most of this cluster's jobs in flight on ``node``: its depth for each CPU it may
+        use there (all, or what its NodeAllocate gave it)."""
         allocation = self.allocations.get(node.key)
-        if allocation is None or not allocation[0]:
-            return node.slots
-        return min(node.slots, allocation[0] * (node.slots // node.cpus))
+        cpus = allocation[0] if allocation is not None and allocation[0] else node.cpus
+        return min(node.slots, cpus * self.depth)
+
+    def ran(self, runtime):
+        """A job of this cluster ran ``runtime`` seconds: adjust how deep to dispatch."""
+        if self.mean_runtime is None:
+            self.mean_runtime = runtime
+        else:
+            self.mean_runtime += RUNTIME_WEIGHT * (runtime - self.mean_runtime)
+        self.depth = dispatch_depth(self.mean_runtime)
 
     def wants(self, node):
         """Whether a free slot on ``node`` could take one of this cluster's queued jobs."""
@@ -163,8 +174,8 @@ class Node:
 class State:
     """Every cluster, node and unfinished job the scheduler knows, with their indexes."""
 
-    def __init__(self, dispatch_depth, max_node_losses=3, epoch=0, next_cid=1):
-        self.dispatch_depth = dispatch_depth
+    def __init__(self, max_depth=MAX_DISPATCH_DEPTH, max_node_losses=3, epoch=0, next_cid=1):
+        self.max_depth = max_depth
         self.max_node_losses = max_node_losses
         self.nodes = {}  # key -> Node
         self.clusters = {}  # cid -> Cluster
@@ -325,7 +336,7 @@ class State:
 
     def add_node(self, key, name, ip_addr, port, cpus):
         """A node that joined, and the clusters to offer it to (see ``add_cluster``)."""
-        node = Node(key, name, ip_addr, port, cpus, cpus * self.dispatch_depth)
+        node = Node(key, name, ip_addr, port, cpus, cpus * self.max_depth)
         self.nodes[key] = node
         clusters = [cluster for cluster in self.clusters.values()
                     if not cluster.dormant and node_matches(cluster.patterns, ip_addr, name,
@@ -513,13 +524,15 @@ class State:
             job.start_time = start_time
         return job
 
-    def job_done(self, node, jid, status):
-        """A node reports a final status. Returns the job (None for a late or repeated
-        report) and the dispatches the freed slot allows."""
+    def job_done(self, node, jid, status, runtime=None):
+        """A node reports a final status (and how long the job ran). Returns the job (None
+        for a late or repeated report) and the dispatches the freed slot allows."""
         job = node.jobs.pop(jid, None)
         if job is None:
             return None, []
         cluster = job.cluster
+        if runtime is not None:
+            cluster.ran(runtime)
         cluster.in_flight -= 1
         node.jobs_of[cluster.cid] -= 1
         self._end(job, status)

@@ -102,7 +102,10 @@ class NodeSide:
     def on_node_message(self, node, kind, body):
         node.last_heard = time.monotonic()
         if kind == 'job_done':
-            job, dispatches = self.state.job_done(node, body['jid'], body['status'])
+            started = body['start_time']
+            job, dispatches = self.state.job_done(
+                node, body['jid'], body['status'],
+                body['end_time'] - started if started is not None else None)
             if job is None:  # a repeat, or a job that ended otherwise: nothing to keep
                 node.link.send('result_ack', {'ids': [body['jid']]})
                 return

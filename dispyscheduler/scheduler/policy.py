@@ -22,6 +22,25 @@ def node_matches(patterns, ip_addr, name, port):
     return False
 
 
+RUNTIME_WEIGHT = 0.2
+"""Weight of the newest job's run time in a cluster's running mean."""
+
+DEPTHS = ((0.005, 8), (0.05, 4), (1.0, 2))
+"""(run time under which, jobs in flight per CPU): a job of under 5 ms is mostly overhead, so
+8 wait their turn on the node; jobs of a second or more go one per CPU."""
+
+
+def dispatch_depth(mean_runtime):
+    """Jobs in flight per node CPU for a cluster whose jobs run ``mean_runtime`` seconds (None
+    while none has ended)."""
+    if mean_runtime is None:
+        return 2
+    for limit, depth in DEPTHS:
+        if mean_runtime < limit:
+            return depth
+    return 1
+
+
 def fair_share_pick(clusters, on_node=None):
     """Of clusters with queued jobs, the one whose turn it is on a node with a free slot.
 

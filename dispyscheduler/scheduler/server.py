@@ -27,7 +27,7 @@ from gevent.server import StreamServer
 from .. import discovery
 from ..auth import AuthenticationError, handshake
 from ..config import write_pid_file
-from ..constants import (COMMIT_INTERVAL, DISPATCH_DEPTH, HANDSHAKE_TIMEOUT, NO_NODE_PINGS,
+from ..constants import (COMMIT_INTERVAL, MAX_DISPATCH_DEPTH, HANDSHAKE_TIMEOUT, NO_NODE_PINGS,
                          PULSES_MISSED_BEFORE_DEAD, RESULT_RETENTION)
 from ..duties import Duties
 from ..httpd import Metrics, StatusServer
@@ -75,8 +75,8 @@ class Scheduler(NodeSide, ClientSide):
     handshake_timeout = HANDSHAKE_TIMEOUT
     """Seconds a new connection has to authenticate and say who it is."""
 
-    dispatch_depth = DISPATCH_DEPTH
-    """Jobs in flight per node CPU (one running, the rest waiting on the node)."""
+    max_depth = MAX_DISPATCH_DEPTH
+    """Most jobs in flight per node CPU (see ``policy.dispatch_depth``)."""
 
     missed_pulses = PULSES_MISSED_BEFORE_DEAD
     """A node silent for this many pulse intervals is presumed dead; after a restart, nodes
@@ -106,7 +106,7 @@ class Scheduler(NodeSide, ClientSide):
     def restore(self):
         """Reload the store; a scheduler restarted with the same ``--state_dir`` goes on."""
         self.scheduler_id = self.store.scheduler_id
-        self.state = State(self.dispatch_depth, self.options.max_node_losses, self.store.epoch,
+        self.state = State(self.max_depth, self.options.max_node_losses, self.store.epoch,
                            self.store.meta('next_cid') or 1)
         clusters, jobs, results = self.store.load()
         self.state.restore(clusters, jobs)

@@ -54,7 +54,7 @@ def check_invariants(state):
 # installs
 
 def test_install_lists_follow_node_patterns():
-    state = State(dispatch_depth=2)
+    state = State(max_depth=2)
     local, _ = state.add_node('a', 'alpha', '127.0.0.1', 51348, 1)
     remote, _ = state.add_node('b', 'beta', '10.0.0.2', 51348, 1)
     other_port, _ = state.add_node('c', 'gamma', '127.0.0.3', 9000, 1)
@@ -75,7 +75,7 @@ def test_install_lists_follow_node_patterns():
 
 
 def test_compute_ready_only_for_an_installing_cluster():
-    state = State(dispatch_depth=2)
+    state = State(max_depth=2)
     cluster = new_cluster(state, patterns=[('10.0.0.1', 0)])
     node, _ = state.add_node('a', 'a', '10.0.0.1', 1, 1)
     outsider, _ = state.add_node('b', 'b', '10.0.0.2', 1, 1)
@@ -88,7 +88,7 @@ def test_compute_ready_only_for_an_installing_cluster():
 
 
 def test_no_dispatch_before_compute_ready():
-    state = State(dispatch_depth=2)
+    state = State(max_depth=2)
     cluster = new_cluster(state)
     node, clusters = state.add_node('a', 'a', '10.0.0.1', 1, 2)
     assert clusters == [cluster]
@@ -101,7 +101,7 @@ def test_no_dispatch_before_compute_ready():
 
 
 def test_failed_install_gets_no_jobs():
-    state = State(dispatch_depth=2)
+    state = State(max_depth=2)
     cluster = new_cluster(state)
     node, _ = state.add_node('a', 'a', '10.0.0.1', 1, 2)
     assert state.compute_failed(node, cluster.cid) == (cluster, [], [], [])
@@ -114,7 +114,7 @@ def test_failed_install_gets_no_jobs():
 
 def test_submit_dispatches_to_the_least_loaded_node():
     """Load is jobs per CPU: a 4-CPU node takes four jobs for every one of a 1-CPU node."""
-    state = State(dispatch_depth=2)
+    state = State(max_depth=2)
     cluster = new_cluster(state)
     small, _ = ready_node(state, 'small', cpus=1)  # 2 slots
     big, _ = ready_node(state, 'big', cpus=4)  # 8 slots
@@ -131,7 +131,7 @@ def test_submit_dispatches_to_the_least_loaded_node():
 
 
 def test_two_equal_nodes_alternate():
-    state = State(dispatch_depth=2)
+    state = State(max_depth=2)
     cluster = new_cluster(state)
     first, _ = ready_node(state, 'first', cpus=2)
     second, _ = ready_node(state, 'second', cpus=2)
@@ -141,19 +141,37 @@ def test_two_equal_nodes_alternate():
 
 
 def test_slots_cap_jobs_in_flight_per_node():
-    state = State(dispatch_depth=3)
+    """A cluster starts two deep per CPU; short jobs make it deeper, up to the node's slots."""
+    state = State(max_depth=3)
     cluster = new_cluster(state)
     node, _ = ready_node(state, 'a', cpus=2)
     assert node.slots == 6
     jobs, dispatches = submit_many(state, cluster, 10)
-    assert [job for _, job in dispatches] == jobs[:6]
-    assert len(node.jobs) == 6 and cluster.in_flight == 6 and cluster.queued == 4
-    assert node not in state.free_nodes
+    assert [job for _, job in dispatches] == jobs[:4]
+    assert len(node.jobs) == 4 and cluster.in_flight == 4 and cluster.queued == 6
+    _, refill = state.job_done(node, jobs[0].jid, FINISHED, runtime=0.001)
+    assert cluster.depth == 8  # millisecond jobs: as deep as it goes
+    assert [job for _, job in refill] == jobs[4:7]  # the node's 6 slots are the limit now
+    assert len(node.jobs) == 6 and node not in state.free_nodes
+    check_invariants(state)
+
+
+def test_long_jobs_go_one_per_cpu():
+    """Jobs of a second or more never wait on a busy node while another node is free."""
+    state = State()
+    cluster = new_cluster(state)
+    node, _ = ready_node(state, 'a', cpus=2)
+    jobs, dispatches = submit_many(state, cluster, 6)
+    assert len(dispatches) == 4
+    _, refill = state.job_done(node, jobs[0].jid, FINISHED, runtime=30.0)
+    assert cluster.depth == 1 and refill == []  # 3 in flight already, over the new limit
+    other, dispatches = ready_node(state, 'b', cpus=2)
+    assert [node for node, _ in dispatches] == [other, other]
     check_invariants(state)
 
 
 def test_job_done_frees_a_slot_and_fills_it_from_the_queue():
-    state = State(dispatch_depth=1)
+    state = State(max_depth=1)
     cluster = new_cluster(state)
     node, _ = ready_node(state, 'a', cpus=1)
     jobs, _ = submit_many(state, cluster, 3)
@@ -168,7 +186,7 @@ def test_job_done_frees_a_slot_and_fills_it_from_the_queue():
 
 
 def test_job_done_with_empty_queue_returns_node_to_free_index():
-    state = State(dispatch_depth=1)
+    state = State(max_depth=1)
     cluster = new_cluster(state)
     node, _ = ready_node(state, 'a', cpus=1)
     (job,), _ = submit_many(state, cluster, 1)
@@ -180,7 +198,7 @@ def test_job_done_with_empty_queue_returns_node_to_free_index():
 
 
 def test_fifo_within_a_cluster():
-    state = State(dispatch_depth=1)
+    state = State(max_depth=1)
     cluster = new_cluster(state)
     node, _ = ready_node(state, 'a', cpus=1)
     jobs, dispatches = submit_many(state, cluster, 50)
@@ -193,7 +211,7 @@ def test_fifo_within_a_cluster():
 
 
 def test_job_started_for_a_job_not_on_that_node_is_ignored():
-    state = State(dispatch_depth=1)
+    state = State(max_depth=1)
     cluster = new_cluster(state)
     node, _ = ready_node(state, 'a')
     other, _ = ready_node(state, 'b')
@@ -215,7 +233,7 @@ def test_fair_share_small_cluster_not_stuck_behind_a_big_one():
     job: the remaining 10 - S/2 = 6 B jobs need at most 2 * 6 completions. In all at most
     4 + 4 + 12 = 20 (18 today); 30 leaves room for tie-break details. Strict FIFO across
     clusters would need 10,000 completions, so this fails if fair share breaks."""
-    state = State(dispatch_depth=2)
+    state = State(max_depth=2)
     a = new_cluster(state, 'a')
     b = new_cluster(state, 'b')
     nodes = [ready_node(state, key, cpus=2)[0] for key in ('n1', 'n2')]
@@ -243,7 +261,7 @@ def test_fair_share_small_cluster_not_stuck_behind_a_big_one():
 
 
 def test_freed_slots_go_to_a_cluster_that_became_ready_later():
-    state = State(dispatch_depth=1)
+    state = State(max_depth=1)
     a = new_cluster(state, 'a')
     b = new_cluster(state, 'b')
     node, _ = state.add_node('n', 'n', '10.0.0.1', 1, 4)
@@ -265,7 +283,7 @@ def test_two_busy_clusters_share_each_node_instead_of_owning_one():
     """A got node n1 to itself and B got n2 (each was ready on only one node when it
     submitted). Once both are ready everywhere, each freed slot goes to the cluster with the
     fewest jobs on that node, so within one round of completions every node runs both."""
-    state = State(dispatch_depth=2)
+    state = State(max_depth=2)
     a = new_cluster(state, 'a')
     b = new_cluster(state, 'b')
     n1, _ = state.add_node('n1', 'n1', '10.0.0.1', 1, 2)
@@ -290,7 +308,7 @@ def test_two_busy_clusters_share_each_node_instead_of_owning_one():
 # cancel
 
 def test_cancel_queued_job():
-    state = State(dispatch_depth=1)
+    state = State(max_depth=1)
     cluster = new_cluster(state)
     node, _ = ready_node(state, 'a', cpus=1)
     jobs, _ = submit_many(state, cluster, 4)  # jobs[0] on the node, 1..3 queued
@@ -309,7 +327,7 @@ def test_cancel_queued_job():
 
 
 def test_cancel_dispatched_job_names_its_node():
-    state = State(dispatch_depth=1)
+    state = State(max_depth=1)
     cluster = new_cluster(state)
     node, _ = ready_node(state, 'a', cpus=1)
     (job,), _ = submit_many(state, cluster, 1)
@@ -320,13 +338,13 @@ def test_cancel_dispatched_job_names_its_node():
 
 
 def test_cancel_unknown_job():
-    state = State(dispatch_depth=1)
+    state = State(max_depth=1)
     cluster = new_cluster(state)
     assert state.cancel(cluster, 12345) == (None, None)
 
 
 def test_cancel_all_queued_then_place_dispatches_nothing():
-    state = State(dispatch_depth=1)
+    state = State(max_depth=1)
     cluster = new_cluster(state)
     node, _ = state.add_node('a', 'a', '10.0.0.1', 1, 2)
     jobs, _ = submit_many(state, cluster, 3)
@@ -339,7 +357,7 @@ def test_cancel_all_queued_then_place_dispatches_nothing():
 # lost nodes
 
 def test_remove_node_requeues_reentrant_jobs_in_order_at_the_front():
-    state = State(dispatch_depth=2)
+    state = State(max_depth=2)
     cluster = new_cluster(state, reentrant=True)
     big, _ = ready_node(state, 'big', cpus=2)  # 4 slots
     jobs, _ = submit_many(state, cluster, 6)  # 0..3 on big, 4 and 5 queued
@@ -368,7 +386,7 @@ def test_remove_node_requeues_reentrant_jobs_in_order_at_the_front():
 
 
 def test_remove_node_loses_non_reentrant_jobs():
-    state = State(dispatch_depth=2)
+    state = State(max_depth=2)
     cluster = new_cluster(state, reentrant=False)
     node, _ = ready_node(state, 'a', cpus=1)
     other, _ = ready_node(state, 'b', cpus=1)
@@ -388,7 +406,7 @@ def test_cancelled_running_job_is_not_requeued_when_its_node_is_lost():
     """Regression: ``cancel`` of a dispatched job once recorded nothing, so a node lost before
     it reported the job's end had ``remove_node`` requeue the job of a reentrant cluster and
     run it again, and its client never heard it was cancelled. It must end as cancelled."""
-    state = State(dispatch_depth=1)
+    state = State(max_depth=1)
     cluster = new_cluster(state, reentrant=True)
     ready_node(state, 'a')
     ready_node(state, 'b')
@@ -403,7 +421,7 @@ def test_cancelled_running_job_is_not_requeued_when_its_node_is_lost():
 
 
 def test_remove_node_twice_is_harmless():
-    state = State(dispatch_depth=1)
+    state = State(max_depth=1)
     cluster = new_cluster(state, reentrant=True)
     node, _ = ready_node(state, 'a')
     submit_many(state, cluster, 1)
@@ -414,7 +432,7 @@ def test_remove_node_twice_is_harmless():
 
 def test_replaced_node_is_not_removed_by_the_old_ones_removal():
     """A node that reconnected under the same key must survive removal of its old object."""
-    state = State(dispatch_depth=1)
+    state = State(max_depth=1)
     new_cluster(state)
     old, _ = ready_node(state, 'a')
     new, _ = ready_node(state, 'a')
@@ -425,7 +443,7 @@ def test_replaced_node_is_not_removed_by_the_old_ones_removal():
 # removed clusters
 
 def test_remove_cluster_returns_everything_and_frees_slots_for_others():
-    state = State(dispatch_depth=2)
+    state = State(max_depth=2)
     a = new_cluster(state, 'a')
     b = new_cluster(state, 'b')
     node, _ = ready_node(state, 'n', cpus=1)  # 2 slots
@@ -450,7 +468,7 @@ def test_remove_cluster_returns_everything_and_frees_slots_for_others():
 
 
 def test_late_job_done_for_unknown_jid():
-    state = State(dispatch_depth=1)
+    state = State(max_depth=1)
     cluster = new_cluster(state)
     node, _ = ready_node(state, 'a')
     assert state.job_done(node, 424242, FINISHED) == (None, [])
@@ -466,7 +484,7 @@ def test_random_event_sequences_keep_counters_consistent(reentrant):
     step with the queues and node tables."""
     import random
     rng = random.Random(reentrant)
-    state = State(dispatch_depth=2)
+    state = State(max_depth=2)
     clusters = [new_cluster(state, name, reentrant=reentrant) for name in 'abc']
     uid = 0
     for step in range(3000):
@@ -501,7 +519,7 @@ def test_random_event_sequences_keep_counters_consistent(reentrant):
 def test_failed_computation_puts_unstarted_jobs_back_and_places_them_elsewhere():
     """A node whose computation failed (its host died) keeps its running jobs (the node ends
     them) but the jobs it had not started go to another node."""
-    state = State(dispatch_depth=2)
+    state = State(max_depth=2)
     cluster = new_cluster(state)
     sick, _ = ready_node(state, 'sick', cpus=1)
     jobs, dispatches = submit_many(state, cluster, 2)
@@ -519,7 +537,7 @@ def test_failed_computation_puts_unstarted_jobs_back_and_places_them_elsewhere()
 
 
 def test_priority_then_submission_order():
-    state = State(dispatch_depth=1)
+    state = State(max_depth=1)
     cluster = new_cluster(state)
     jobs = [state.submit(cluster, uid, b'', priority=priority)[0]
             for uid, priority in enumerate((0, 5, 0, 5, 9))]
@@ -529,7 +547,7 @@ def test_priority_then_submission_order():
 
 
 def test_pinned_jobs_wait_for_their_node_and_end_with_it():
-    state = State(dispatch_depth=1)
+    state = State(max_depth=1)
     cluster = new_cluster(state)
     node, _ = ready_node(state, 'a', cpus=1)
     other, _ = ready_node(state, 'b', cpus=1)

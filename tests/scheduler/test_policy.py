@@ -178,3 +178,12 @@ def test_fair_share_ignores_clusters_with_nothing_queued():
     assert fair_share_pick([idle, busy], {2: 9}) is busy
     assert fair_share_pick([idle]) is None
     assert fair_share_pick([]) is None
+
+
+def test_dispatch_depth_by_run_time():
+    from dispyscheduler.scheduler.policy import dispatch_depth
+    assert dispatch_depth(None) == 2
+    assert dispatch_depth(0.0001) == dispatch_depth(0.004) == 8
+    assert dispatch_depth(0.01) == 4
+    assert dispatch_depth(0.5) == 2
+    assert dispatch_depth(1.0) == dispatch_depth(3600) == 1
