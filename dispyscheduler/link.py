@@ -36,6 +36,11 @@ class Link:
 
     recv_size = RECV_SIZE
 
+    direct = False
+    """Whether ``send`` may write in the caller's thread when nothing is queued (saves waking
+    the writer: the client's links, where each thread is costly to wake; the daemons keep the
+    writer greenlet, so that a slow peer never blocks a reader)."""
+
     def __init__(self, sock, peer=None, max_frame_size=MAX_FRAME_SIZE):
         self.sock = sock
         self.peer = peer or _peer_name(sock)
@@ -45,6 +50,7 @@ class Link:
         self.inbox = collections.deque()  # decoded during the handshake, not yet handled
         self.outbox = collections.deque()
         self.drained = threading.Event()  # set when the writer has taken all queued frames
+        self.sending = threading.Lock()  # one sendall at a time, in order
         self.wakeup = threading.Event()
         self.closed = False
 
@@ -91,7 +97,19 @@ class Link:
         learns of that from its reader, so senders elsewhere need not handle it."""
         if self.closed:
             return False
-        self.outbox.append(encode(kind, body))
+        frame = encode(kind, body)
+        if self.direct and not self.outbox and self.sending.acquire(blocking=False):
+            try:
+                if not self.outbox:  # nothing queued before it: it may go now, in order
+                    self.sock.sendall(frame)
+                    return True
+            except OSError as exc:
+                logger.debug('send to %s failed: %s', self.peer, exc)
+                self.close()
+                return False
+            finally:
+                self.sending.release()
+        self.outbox.append(frame)
         if not self.wakeup.is_set():
             self.wakeup.set()
         return True
@@ -114,11 +132,12 @@ class Link:
                 self.wakeup.wait()
                 self.wakeup.clear()
                 if self.outbox:
-                    chunks = []
-                    while self.outbox:
-                        chunks.append(self.outbox.popleft())
-                    self.drained.set()
-                    self.sock.sendall(b''.join(chunks) if len(chunks) > 1 else chunks[0])
+                    with self.sending:
+                        chunks = []
+                        while self.outbox:
+                            chunks.append(self.outbox.popleft())
+                        self.drained.set()
+                        self.sock.sendall(b''.join(chunks) if len(chunks) > 1 else chunks[0])
         except (OSError, ValueError) as exc:  # ValueError: the socket was closed under us
             logger.debug('send to %s failed: %s', self.peer, exc)
         finally:

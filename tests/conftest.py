@@ -21,12 +21,11 @@ def daemons(tmp_path, request):
     """Real daemons on loopback for one test; every process they started must be gone after."""
     cluster = Cluster(tmp_path)
     yield cluster
-    leftovers = cluster.stop_all()
     failed = getattr(request.node, 'rep_call', None)
     if failed is not None and failed.failed:
         for daemon in cluster.daemons:
             sys.stderr.write('----- %s log -----\n%s\n' % (daemon.name, daemon.log()[-5000:]))
-    assert not leftovers, 'processes left running after the test: %s' % (leftovers,)
+    cluster.stop_and_check()
 
 
 @pytest.hookimpl(tryfirst=True, hookwrapper=True)

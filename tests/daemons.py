@@ -80,6 +80,10 @@ class Daemon:
     def alive(self):
         return self.process.poll() is None
 
+    def crashes(self):
+        """Greenlets that died of an unexpected exception (gevent logs each one)."""
+        return [line for line in self.log().splitlines() if '> failed with ' in line]
+
     def kill(self):
         """``kill -9`` of the daemon's whole process group (it and its workers)."""
         try:
@@ -97,6 +101,11 @@ class Daemon:
                 self.process.kill()
                 self.process.wait()
         self.log_file.close()
+
+
+def check_no_crashes(daemons):
+    crashes = [(daemon.name, line) for daemon in daemons for line in daemon.crashes()]
+    assert not crashes, 'greenlets died of errors: %s' % (crashes,)
 
 
 def die_with_parent():
@@ -175,6 +184,13 @@ class Cluster:
                        secret=CLUSTER_SECRET)
         options.update(overrides)
         return options
+
+    def stop_and_check(self):
+        """Stop every daemon, then fail if a process was left behind or a greenlet died of an
+        error in any daemon (an error a test's own checks may not see)."""
+        leftovers = self.stop_all()
+        assert not leftovers, 'processes left running after the test: %s' % (leftovers,)
+        check_no_crashes(self.daemons)
 
     def stop_all(self):
         """Stop every daemon; return the PIDs of processes any of them left behind."""

@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 
-from ..constants import (ABANDONED, CLIENT_CLUSTER_TIMEOUT, CLIENT_RECONNECT_TIMEOUT,
+from ..constants import (ABANDONED, CLIENT_CLUSTER_TIMEOUT, CLIENT_RECONNECT_TIMEOUT, CREATED,
                          FINAL_STATUSES, NODE_CLOSED, NODE_INITIALIZED, PROVISIONAL_RESULT,
                          RUNNING, SCHEDULER_CLIENT_PORT, TERMINATED)
 from ..files import FileRefused, IncomingFiles, check_size, read_chunks
@@ -388,11 +388,11 @@ class SharedJobCluster:
 
     def _on_message(self, kind, body):
         if kind == 'job_end':
-            self._connection.send('result_ack', {'ids': [body['uid']]})
             self._unsaved.pop(body['uid'], None)
             if self._recovering and body['uid'] not in self._jobs:
                 self._adopt(body['uid'], body['tag'])
             self._end(body['uid'], body['status'], body, body['exception'])
+            self._connection.send('result_ack', {'ids': [body['uid']]})
         elif kind == 'submitted':
             for uid in body['uids']:
                 self._unsaved.pop(uid, None)
@@ -404,13 +404,7 @@ class SharedJobCluster:
         elif kind == 'job_status':
             job = self._jobs.get(body['uid'])
             if job is not None and body['status'] == RUNNING:
-                job.status = RUNNING
-                job.ip_addr = body['ip_addr']
-                job.start_time = body['start_time']
-                job._node = self._nodes.get(job.ip_addr)
-                if job._node is not None:
-                    job._node.busy += 1
-                self._notify(job)
+                self._running(job, body['ip_addr'], body['start_time'])
         elif kind == 'provisional_result':
             job = self._jobs.get(body['uid'])
             if job is not None:
@@ -419,6 +413,8 @@ class SharedJobCluster:
                 except Exception:
                     logger.exception('provisional result of job %s cannot be unpickled', job.id)
                     return
+                if job.status == CREATED:
+                    self._running(job, body['ip_addr'], None)
                 job.status = PROVISIONAL_RESULT
                 self._notify(job)
         elif kind == 'file_part':
@@ -462,10 +458,22 @@ class SharedJobCluster:
         if not incoming.open:
             del self._incoming[body['uid']]
 
+    def _running(self, job, ip_addr, start_time):
+        job.status = RUNNING
+        job.ip_addr = ip_addr
+        job.start_time = start_time
+        job._node = self._nodes.get(ip_addr)
+        if job._node is not None:
+            job._node.busy += 1
+        self._notify(job)
+
     def _end(self, uid, status, body, exception):
         job = self._jobs.pop(uid, None)
         if job is None:
             return  # a result delivered again
+        if body is not None and body['start_time'] is not None and job.status == CREATED:
+            # a job that took a millisecond is reported once, at its end: it ran, though
+            self._running(job, body['ip_addr'], body['start_time'])
         if body is not None:
             job.stdout, job.stderr = body['stdout'], body['stderr']
             job.start_time, job.end_time = body['start_time'], body['end_time']

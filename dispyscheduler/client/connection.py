@@ -60,6 +60,7 @@ class SchedulerConnection:
                 sock.do_handshake()
             sock.settimeout(None)
             link = Link(sock, where)
+            link.direct = True
             handshake(link, self.secret, 'client', 'scheduler', initiator=True,
                       deadline=deadline)
             return link

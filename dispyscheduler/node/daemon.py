@@ -310,7 +310,8 @@ class NodeDaemon:
         try:
             computation.start(self.ip_addr)
         except ComputationError as exc:
-            logger.warning('computation %s (%s) failed to install: %s', cid, name, exc)
+            if self.computations.get(cid) is computation:  # not merely uninstalled meanwhile
+                logger.warning('computation %s (%s) failed to install: %s', cid, name, exc)
             self.fail_computation(computation, str(exc))
             return
         if self.computations.get(cid) is not computation:  # uninstalled while it started
@@ -378,8 +379,8 @@ class NodeDaemon:
         else:
             self.computations[job.cid].cancel(job)
 
-    def job_started(self, job):
-        self.send('job_started', {'jid': job.jid, 'start_time': time.time()})
+    def job_started(self, job, start_time):
+        self.send('job_started', {'jid': job.jid, 'start_time': start_time})
 
     def job_finished(self, job, reply):
         """Report a job's end, and keep the report until the scheduler acknowledges it. Ends

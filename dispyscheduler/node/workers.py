@@ -21,7 +21,7 @@ import gevent
 import gevent.event
 import gevent.queue
 
-from ..constants import CANCELLED, TERMINATED, WORKER_START_TIMEOUT
+from ..constants import CANCELLED, STARTED_REPORT_DELAY, TERMINATED, WORKER_START_TIMEOUT
 from ..files import FileRefused, IncomingFiles, write_file
 from ..protocol import ProtocolError
 from . import worker as worker_program
@@ -184,7 +184,6 @@ class Computation:
                     del self.idle_workers[pid]
                     self.workers[pid] = job
                     job.worker = pid
-                    self.node.job_started(job)
                     try:
                         reply = self.run_on_worker(job, link)
                     except FileRefused as exc:
@@ -204,6 +203,10 @@ class Computation:
                     self.workers[pid] = None
                     self.node.job_finished(job, reply)
                     job = None
+                if self.node.cpu_slots.linkcount():
+                    # others wait for this CPU (another computation's workers): let them have
+                    # it first; without this yield, a busy computation takes it straight back
+                    gevent.sleep(0)
         except gevent.GreenletExit:
             if job is not None and job.worker is None:
                 self.queue.put(job)  # taken, never sent: another worker runs it
@@ -224,15 +227,27 @@ class Computation:
             timeout = job.body['timeout']
             with gevent.Timeout(timeout, JobTimedOut) if timeout else nullcontext():
                 link.send_now('job', job.body)
-                while True:
-                    kind, body = link.recv_now()
-                    if kind == 'job_done':
-                        return body
-                    if kind not in ('provisional', 'job_file'):
-                        raise ProtocolError('worker sent %r' % (kind,))
-                    self.node.send(kind, body)
-                    if kind == 'job_file':
-                        self.node.wait_for_link_to_drain()
+                started = time.time()
+                # a job still running after a moment is reported started; one that ends
+                # sooner is reported once, at its end
+                report = gevent.get_hub().loop.timer(STARTED_REPORT_DELAY)
+                report.start(self.node.job_started, job, started)
+                try:
+                    while True:
+                        kind, body = link.recv_now()
+                        if kind == 'job_done':
+                            return body
+                        if kind not in ('provisional', 'job_file'):
+                            raise ProtocolError('worker sent %r' % (kind,))
+                        if report.active:  # it said something: it has started
+                            report.stop()
+                            self.node.job_started(job, started)
+                        self.node.send(kind, body)
+                        if kind == 'job_file':
+                            self.node.wait_for_link_to_drain()
+                finally:
+                    report.stop()
+                    report.close()
         finally:
             for path in written:
                 try:
@@ -271,10 +286,12 @@ class Computation:
         """Stop the computation: ``cleanup`` runs the user's cleanup and removes the files.
         Workers go down with their host; any that lost their host are killed here."""
         self.closing = True
-        link = self.host_link.get() if self.host_link.ready() else None
+        link = self.host_link.value if self.host_link.successful() else None
         if link is not None:
             link.send('exit', {'cleanup': bool(cleanup)})
         if not self.loaded:
+            if not self.host_link.ready():  # ``start`` waits for it: it never comes now
+                self.host_link.set_exception(ComputationError('uninstalled while it loaded'))
             self.kill_host()
         elif self.host_process is not None:
             try:

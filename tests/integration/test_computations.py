@@ -26,8 +26,7 @@ def shared(tmp_path_factory):
     cluster.start_node('127.0.0.2')
     cluster.start_node('127.0.0.3')
     yield cluster
-    leftovers = cluster.stop_all()
-    assert not leftovers, 'processes left running: %s' % (leftovers,)
+    cluster.stop_and_check()
 
 
 def run_all(cluster, jobs, timeout=60):

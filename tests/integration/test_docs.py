@@ -37,8 +37,7 @@ def readme_setup(tmp_path_factory):
             scheduler.wait_log(r'node %s:51348 .* joined' % address)
         yield directory
     finally:
-        leftovers = daemons.stop_all()
-    assert not leftovers, 'processes left running: %s' % (leftovers,)
+        daemons.stop_and_check()
 
 
 def run_program(path, cwd):

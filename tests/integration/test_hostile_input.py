@@ -176,8 +176,7 @@ def scheduler_for_fuzzing(tmp_path_factory):
     cluster.start_scheduler()
     cluster.start_node('127.0.0.2')
     yield cluster
-    leftovers = cluster.stop_all()
-    assert not leftovers, leftovers
+    cluster.stop_and_check()
 
 
 def authenticated_client(cluster):

@@ -12,7 +12,7 @@ import time
 import pytest
 
 import netns
-from daemons import BIN, REPO, Daemon, session_members, wait_for
+from daemons import BIN, REPO, Daemon, check_no_crashes, session_members, wait_for
 
 WHY_NOT = netns.available()
 pytestmark = pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or '')
@@ -104,6 +104,7 @@ def hosts(tmp_path, request):
         for daemon in world.daemons:
             sys.stderr.write('----- %s -----\n%s\n' % (daemon.name, daemon.log()[-4000:]))
     assert not leftovers, 'processes left running: %s' % (leftovers,)
+    check_no_crashes(world.daemons)
 
 
 def finish(program, timeout=120):
