@@ -93,6 +93,14 @@ DEFAULT_NODE_DEST_PATH_PREFIX = os.path.join(tempfile.gettempdir(), 'dispynode')
 MAX_FILE_SIZE = 0
 """Default ``--max_file_size`` in bytes; 0 means no limit beyond ``MAX_FRAME_SIZE``."""
 
+ACK_DELAY = 0.05
+"""Seconds an acknowledgement may wait to travel with other traffic (a client's for results,
+the scheduler's to nodes) before it is sent on its own: on a busy host every message is a
+process to wake."""
+
+ACK_BATCH = 256
+"""Acknowledgements that are sent at once, without waiting for other traffic."""
+
 STARTED_REPORT_DELAY = 0.002
 """A job that ends within this many seconds is not reported as started on its own: its end
 says when it started, and the client shows Running and the end together. Three messages through

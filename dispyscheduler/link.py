@@ -90,14 +90,17 @@ class Link:
 
     # running phase
 
-    def send(self, kind, body):
-        """Queue one message for the writer, which sends it with whatever else is queued.
+    def send(self, kind, body, *more):
+        """Queue one message (or several: ``more`` holds ``(kind, body)`` pairs), which the
+        writer sends with whatever else is queued.
 
         Returns False, dropping the message, when the link is closed: whoever owns the link
         learns of that from its reader, so senders elsewhere need not handle it."""
         if self.closed:
             return False
         frame = encode(kind, body)
+        if more:
+            frame = b''.join([frame] + [encode(*message) for message in more])
         if self.direct and not self.outbox and self.sending.acquire(blocking=False):
             try:
                 if not self.outbox:  # nothing queued before it: it may go now, in order

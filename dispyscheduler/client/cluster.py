@@ -23,7 +23,8 @@ import sys
 import threading
 import time
 
-from ..constants import (ABANDONED, CLIENT_CLUSTER_TIMEOUT, CLIENT_RECONNECT_TIMEOUT, CREATED,
+from ..constants import (ABANDONED, ACK_BATCH, ACK_DELAY, CLIENT_CLUSTER_TIMEOUT,
+                         CLIENT_RECONNECT_TIMEOUT, CREATED,
                          FINAL_STATUSES, NODE_CLOSED, NODE_INITIALIZED, PROVISIONAL_RESULT,
                          RUNNING, SCHEDULER_CLIENT_PORT, TERMINATED)
 from ..files import FileRefused, IncomingFiles, check_size, read_chunks
@@ -105,6 +106,9 @@ class SharedJobCluster:
         self._nodes = {}  # ip_addr -> DispyNode
         self._uids = itertools.count(1)
         self._incoming = {}  # uid -> IncomingFiles of files its job sends back
+        self._acks = []  # uids of results received and not acknowledged yet
+        self._acks_lock = threading.Lock()
+        self._ack_timer = None
         self._closing = False
         self._closed = threading.Event()
         self._lost = None
@@ -251,7 +255,8 @@ class SharedJobCluster:
                 'tag': tag}
         self._jobs[uid] = job
         self._unsaved[uid] = body
-        self._connection.send('submit', body)  # if the link is down, sent on reconnecting
+        # if the link is down, sent on reconnecting; acknowledgements waiting go along
+        self._connection.send('submit', body, *self._take_acks())
         if self._lost is not None:  # given up meanwhile: this job would wait for ever
             self._unsaved.pop(uid, None)
             self._jobs.pop(uid, None)
@@ -311,8 +316,8 @@ class SharedJobCluster:
         if not terminate:
             self.wait(timeout)
         self._closing = True
-        if self._lost is None and self._connection.send('close',
-                                                        {'terminate': bool(terminate)}):
+        closing = self._take_acks() + (('close', {'terminate': bool(terminate)}),)
+        if self._lost is None and self._connection.send(*closing[0], *closing[1:]):
             if not self._closed.wait(CLIENT_CLUSTER_TIMEOUT):
                 logger.warning('scheduler did not confirm closing cluster %s', self.cid)
         self._connection.close()
@@ -392,7 +397,7 @@ class SharedJobCluster:
             if self._recovering and body['uid'] not in self._jobs:
                 self._adopt(body['uid'], body['tag'])
             self._end(body['uid'], body['status'], body, body['exception'])
-            self._connection.send('result_ack', {'ids': [body['uid']]})
+            self._acknowledge(body['uid'])
         elif kind == 'submitted':
             for uid in body['uids']:
                 self._unsaved.pop(uid, None)
@@ -457,6 +462,33 @@ class SharedJobCluster:
             incoming.abort()
         if not incoming.open:
             del self._incoming[body['uid']]
+
+    def _acknowledge(self, uid):
+        """A result received: its acknowledgement goes with the next submission, after
+        ``ACK_DELAY`` at the latest, at once when many are waiting."""
+        with self._acks_lock:
+            self._acks.append(uid)
+            if len(self._acks) < ACK_BATCH:
+                if self._ack_timer is None:
+                    self._ack_timer = threading.Timer(ACK_DELAY, self._flush_acks)
+                    self._ack_timer.daemon = True
+                    self._ack_timer.start()
+                return
+        self._flush_acks()
+
+    def _take_acks(self):
+        """The acknowledgement waiting, as a message to send along, if any."""
+        with self._acks_lock:
+            if not self._acks:
+                return ()
+            acks, self._acks = self._acks, []
+        return (('result_ack', {'ids': acks}),)
+
+    def _flush_acks(self):
+        with self._acks_lock:
+            self._ack_timer = None
+        for kind, body in self._take_acks():
+            self._connection.send(kind, body)
 
     def _running(self, job, ip_addr, start_time):
         job.status = RUNNING

@@ -100,10 +100,10 @@ class SchedulerConnection:
         self.threads.append(writer)
         writer.start()
 
-    def send(self, kind, body):
-        """Queue a message; False if it could not be (the link is down: it is reconnecting,
-        or given up)."""
-        return self.link.send(kind, body)
+    def send(self, kind, body, *more):
+        """Queue a message (and ``more`` ``(kind, body)`` pairs, in one write); False if it
+        could not be (the link is down: it is reconnecting, or given up)."""
+        return self.link.send(kind, body, *more)
 
     def read_loop(self):
         link = self.link

@@ -102,8 +102,10 @@ class ClientSide:
 
     def prepare_acknowledgements(self, cluster):
         def acknowledge_submits(uids):
-            if cluster.owner is not None:
-                cluster.owner.send('submitted', {'uids': uids})
+            # a job that has ended meanwhile needs none: its result says it was received
+            waiting = [uid for uid in uids if uid in cluster.jobs]
+            if waiting and cluster.owner is not None:
+                cluster.owner.send('submitted', {'uids': waiting})
         cluster.acknowledge_submits = acknowledge_submits
 
     def resumed_cluster(self, request):

@@ -11,7 +11,7 @@ import time
 
 import gevent
 
-from ..constants import CANCELLED, NODE_CLOSED, NODE_INITIALIZED
+from ..constants import ACK_BATCH, ACK_DELAY, CANCELLED, NODE_CLOSED, NODE_INITIALIZED
 from ..files import read_chunks, safe_relative_path
 from ..protocol import ProtocolError
 from .model import READY
@@ -38,7 +38,8 @@ class NodeSide:
                                              max(1, info['cpus']))
         node.platform = info['platform']
         node.link = link
-        node.acknowledge_results = lambda ids: link.send('result_ack', {'ids': ids})
+        node.pending_acks = []
+        node.acknowledge_results = lambda ids: self.acknowledge_results(node, ids)
         node.last_heard = time.monotonic()
         writer = gevent.spawn(link.run_writer)
         link.send('welcome', {'pulse_interval': self.options.pulse_interval,
@@ -171,6 +172,25 @@ class NodeSide:
         self.handle_lost_jobs(requeued, lost, dispatches, 'node %s (%s) was lost while '
                               'running this job: %s' % (node.key, node.name, reason))
 
+    def acknowledge_results(self, node, ids):
+        """Saved results the node may forget. The acknowledgement travels with the next job
+        sent to the node (``dispatch``), or after ``ACK_DELAY`` (``flush_acknowledgements``),
+        or at once when many are waiting."""
+        node.pending_acks.extend(ids)
+        if len(node.pending_acks) >= ACK_BATCH:
+            self.send_acknowledgements(node)
+
+    def send_acknowledgements(self, node):
+        if node.pending_acks:
+            node.link.send('result_ack', {'ids': node.pending_acks})
+            node.pending_acks = []
+
+    def flush_acknowledgements(self):
+        while True:
+            gevent.sleep(ACK_DELAY)
+            for node in list(self.state.nodes.values()):
+                self.send_acknowledgements(node)
+
     def handle_lost_jobs(self, requeued, lost, dispatches, reason):
         for job in requeued:
             self.store.job_moved(job)
@@ -187,5 +207,6 @@ class NodeSide:
                 self.metrics.placement.observe(time.monotonic() - job.submitted_at)
                 job.submitted_at = None
             self.store.job_moved(job)
+            self.send_acknowledgements(node)  # in the same write as the job
             node.link.send('job', {'jid': job.jid, 'cid': job.cluster.cid, 'args': job.args,
                                    'timeout': job.timeout, 'files': job.files})

@@ -141,6 +141,7 @@ class Scheduler(NodeSide, ClientSide):
         flusher = self.duties.spawn(self.flush_store)
         self.duties.spawn(self.discovery_loop, udp)
         self.duties.spawn(self.pulse_watchdog)
+        self.duties.spawn(self.flush_acknowledgements)
         for signum in (signal.SIGTERM, signal.SIGINT):
             gevent.signal_handler(signum, self.stopped.set)
         if self.options.daemon:
