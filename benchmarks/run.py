@@ -13,6 +13,8 @@ prints machine-readable lines on stdout:
     BENCH system=S status=failed run=K reason="..."
     RATIO metric=M n=N clients=C better=higher dispyscheduler/dispy=.. dispyscheduler/dask=..
     SYSTEM system=S version=.. python=.. scheduler=..
+    TARGET name=.. value=.. target=.. met=yes|no            issue 7's targets, from the medians
+    SCALE ...                                               scale.py's lines (1,000 nodes)
     SUMMARY elapsed_s=.. runs=.. systems=.. failed_runs=..
 
 Ratios are of medians, this project's over the peer's; ``better`` says which way is good.
@@ -38,6 +40,16 @@ VENVS = os.path.join(HERE, '.venvs')
 SYSTEMS = ('dispyscheduler', 'dispy', 'dask')
 OURS = 'dispyscheduler'
 MIN_RATE = 50.0  # as bench_common.MIN_RATE: slower than this counts as stalled
+SCALE_TIMEOUT = 1800.0  # seconds for scale.py (the full one takes about a minute here)
+
+# (name, system the value is of, metric key (n None: any), divided by this peer's value or
+# None, target)
+TARGETS = (
+    ('throughput_20000_vs_dispy', OURS, ('throughput_jobs_per_s', 20000, 1), 'dispy', '>=', 20),
+    ('throughput_20000_vs_dask', OURS, ('throughput_jobs_per_s', 20000, 1), 'dask', '>=', 5),
+    ('latency_median_ms', OURS, ('latency_median_ms', None, 1), None, '<=', 0.5),
+    ('latency_p90_ms', OURS, ('latency_p90_ms', None, 1), None, '<=', 1.0),
+)
 
 
 def note(*parts):
@@ -200,6 +212,26 @@ BETTER = {'throughput_jobs_per_s': 'higher', 'latency_median_ms': 'lower',
           'sched_peak_rss_mb': 'lower'}
 
 
+def run_scale(python, quick):
+    """scale.py in this project's venv; its SCALE lines go straight to stdout. True if ok."""
+    note('scale: 1,000 simulated nodes, 1k/10k/100k queued jobs ...' if not quick else
+         'scale (quick): 100 simulated nodes, 1k/10k queued jobs ...')
+    argv = [python, os.path.join(HERE, 'scale.py')] + (['--quick'] if quick else [])
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True, cwd=REPO,
+                            preexec_fn=die_with_parent)
+    try:
+        returncode = proc.wait(SCALE_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        note('scale: timed out after %.0f s' % SCALE_TIMEOUT)
+        returncode = None
+    finally:
+        leftovers = kill_session(proc.pid)
+        proc.wait(30)
+    if leftovers:
+        note('scale left processes behind (killed): %s' % leftovers)
+    return returncode == 0
+
+
 def key_text(key):
     metric, n, clients = key
     text = 'metric=%s' % metric
@@ -261,6 +293,17 @@ def report(results, systems, elapsed, runs):
                 parts.append('%s/%s=%s' % (OURS, peer, 'NA' if ratio is None else
                                            '%.2f' % ratio))
             print('RATIO %s better=%s %s' % (key_text(key), BETTER[key[0]], ' '.join(parts)))
+    for name, system, key, peer, sense, target in TARGETS:
+        if key[1] is None:
+            key = next((k for k in order if k[0] == key[0]), key)
+        value = medians.get((system, key))
+        if peer is not None:
+            theirs = medians.get((peer, key))
+            value = value / theirs if value is not None and theirs else None
+        if value is not None:
+            met = value >= target if sense == '>=' else value <= target
+            print('TARGET name=%s value=%s target%s%s met=%s' % (
+                name, fmt(value), sense, target, 'yes' if met else 'no'))
     print('SUMMARY elapsed_s=%.0f runs=%d systems=%s failed_runs=%d' % (
         elapsed, runs, ','.join(systems), sum(1 for r in results if r.get('failed'))))
 
@@ -276,6 +319,8 @@ def main():
     parser.add_argument('--latency', type=int, default=None, help='sequential jobs, default 50')
     parser.add_argument('--json', default=None, help='also write every raw result here')
     parser.add_argument('--keep', action='store_true', help='keep the work directory (logs)')
+    parser.add_argument('--no_scale', action='store_true',
+                        help='skip scale.py (1,000 simulated nodes; 100 with --quick)')
     args = parser.parse_args()
     # SIGTERM unwinds like ^C: the driver running then is killed with all it started, by PID
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -319,6 +364,9 @@ def main():
                     system, json.dumps(result['log_problems'])[:800]))
             if result.get('leftovers'):
                 note('%s left processes behind (killed): %s' % (system, result['leftovers']))
+    scale_failed = False
+    if OURS in pythons and not args.no_scale:
+        scale_failed = not run_scale(pythons[OURS], args.quick)
     elapsed = time.monotonic() - started
     report(results, systems, elapsed, runs)
     if args.json:
@@ -329,7 +377,7 @@ def main():
         note('logs kept in %s' % workroot)
     else:
         shutil.rmtree(workroot, ignore_errors=True)
-    return 1 if any(r.get('failed') for r in results) else 0
+    return 1 if scale_failed or any(r.get('failed') for r in results) else 0
 
 
 if __name__ == '__main__':
