@@ -43,7 +43,8 @@ sys.path.insert(0, REPO)
 
 from dispyscheduler.auth import handshake  # noqa: E402
 from dispyscheduler.constants import CANCELLED, FINISHED  # noqa: E402
-from dispyscheduler.link import Link, set_nodelay  # noqa: E402
+from dispyscheduler.hublink import HubLink  # noqa: E402
+from dispyscheduler.link import set_nodelay  # noqa: E402
 
 HANDSHAKE_TIMEOUT = 30.0
 RESULT_NONE = pickle.dumps(None, protocol=pickle.HIGHEST_PROTOCOL)
@@ -201,7 +202,7 @@ class SimNode:
             sock.settimeout(None)
             set_nodelay(sock)
             with gevent.Timeout(HANDSHAKE_TIMEOUT):
-                link = Link(sock, '%s:%s' % (options.host, options.port))
+                link = HubLink(sock, '%s:%s' % (options.host, options.port))
                 deadline = time.monotonic() + HANDSHAKE_TIMEOUT
                 handshake(link, options.secret, 'node', 'scheduler', initiator=True,
                           deadline=deadline)

@@ -7,13 +7,16 @@ and bound to 127.0.0.1 unless told otherwise: it shows who runs what, so expose 
 that is fine.
 """
 
+import bisect
+import collections
+import itertools
 import json
 import logging
 import time
 
 from gevent.pywsgi import WSGIServer
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from . import __version__
 from .constants import FINISHED, STATUS_NAMES
@@ -25,32 +28,52 @@ PLACEMENT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
 
 
 class Metrics:
-    """Counters kept as events happen; everything else is read from the state when scraped."""
+    """Counters kept as events happen, as plain numbers (a prometheus_client ``Counter`` or
+    ``Histogram`` takes a lock on every update, a cost on every job's path); they and
+    everything read from the state are turned into metric families only when scraped."""
 
     def __init__(self, scheduler):
         self.scheduler = scheduler
         self.registry = CollectorRegistry()
-        self.submitted = Counter('dispyscheduler_jobs_submitted', 'Jobs submitted',
-                                 registry=self.registry)
-        self.finished = Counter('dispyscheduler_jobs_finished', 'Jobs that ended Finished',
-                                registry=self.registry)
-        self.failed = Counter('dispyscheduler_jobs_failed',
-                              'Jobs that ended otherwise (Terminated, Cancelled, Abandoned)',
-                              ['status'], registry=self.registry)
-        self.placement = Histogram('dispyscheduler_placement_seconds',
-                                   'From submission to dispatch to a node',
-                                   buckets=PLACEMENT_BUCKETS, registry=self.registry)
+        self.submitted = 0
+        self.finished = 0
+        self.failed = collections.Counter()  # status name -> jobs
+        self.placement_counts = [0] * (len(PLACEMENT_BUCKETS) + 1)  # the last one: +Inf
+        self.placement_sum = 0.0
         self.registry.register(self)
+
+    def job_submitted(self):
+        self.submitted += 1
 
     def job_ended(self, status):
         if status == FINISHED:
-            self.finished.inc()
+            self.finished += 1
         else:
-            self.failed.labels(STATUS_NAMES.get(status, str(status))).inc()
+            self.failed[STATUS_NAMES.get(status, str(status))] += 1
+
+    def job_placed(self, seconds):
+        self.placement_counts[bisect.bisect_left(PLACEMENT_BUCKETS, seconds)] += 1
+        self.placement_sum += seconds
 
     def collect(self):
         state = self.scheduler.state
         now = time.monotonic()
+        yield CounterMetricFamily('dispyscheduler_jobs_submitted', 'Jobs submitted',
+                                  value=self.submitted)
+        yield CounterMetricFamily('dispyscheduler_jobs_finished', 'Jobs that ended Finished',
+                                  value=self.finished)
+        failed = CounterMetricFamily(
+            'dispyscheduler_jobs_failed',
+            'Jobs that ended otherwise (Terminated, Cancelled, Abandoned)', labels=['status'])
+        for name, count in sorted(self.failed.items()):
+            failed.add_metric([name], count)
+        yield failed
+        cumulative = list(itertools.accumulate(self.placement_counts))
+        yield HistogramMetricFamily(
+            'dispyscheduler_placement_seconds', 'From submission to dispatch to a node',
+            buckets=[(repr(float(bound)), count) for bound, count
+                     in zip(PLACEMENT_BUCKETS, cumulative)] + [('+Inf', cumulative[-1])],
+            sum_value=self.placement_sum)
         yield GaugeMetricFamily('dispyscheduler_jobs_queued', 'Jobs waiting for a node',
                                 value=sum(cluster.queued for cluster in state.clusters.values()))
         yield GaugeMetricFamily('dispyscheduler_jobs_running', 'Jobs sent to nodes',

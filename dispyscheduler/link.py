@@ -113,9 +113,12 @@ class Link:
             finally:
                 self.sending.release()
         self.outbox.append(frame)
+        self.wake_writer()
+        return True
+
+    def wake_writer(self):
         if not self.wakeup.is_set():
             self.wakeup.set()
-        return True
 
     def wait_until_drained(self):
         """Wait until the writer has taken every queued frame: back-pressure for bulk data,

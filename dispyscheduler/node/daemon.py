@@ -36,7 +36,8 @@ from ..constants import (
 from ..config import write_pid_file
 from ..duties import Duties
 from ..files import FileRefused, check_manifest_entry
-from ..link import ConnectionClosed, Link, set_nodelay
+from ..hublink import HubLink
+from ..link import ConnectionClosed, set_nodelay
 from ..protocol import ProtocolError
 from ..tls import TLSError, TLSSocket
 from .workers import Computation, ComputationError, NodeJob, failure_reply
@@ -203,7 +204,7 @@ class NodeDaemon:
                 if self.tls_context is not None:
                     sock = TLSSocket(sock, self.tls_context, server_side=False)
                     sock.do_handshake()
-                link = Link(sock, '%s:%s' % address)
+                link = HubLink(sock, '%s:%s' % address)
                 handshake(link, self.options.secret, 'node', 'scheduler', initiator=True,
                           deadline=time.monotonic() + HANDSHAKE_TIMEOUT)
                 self.ip_addr = self.announced_address(sock)
@@ -394,7 +395,7 @@ class NodeDaemon:
 
     def serve_local(self, sock, address):
         """A host or worker process of a computation connecting back to this daemon."""
-        link = Link(sock, 'local worker')
+        link = HubLink(sock, 'local worker')
         try:
             hello = link.expect('worker_hello', time.monotonic() + HANDSHAKE_TIMEOUT)
         except (OSError, ProtocolError, ConnectionClosed) as exc:

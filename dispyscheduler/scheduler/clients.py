@@ -220,10 +220,10 @@ class ClientSide:
                                             body['priority'], body['timeout'], files, pinned,
                                             body['tag'])
         job.submitted_at = time.monotonic()
-        self.metrics.submitted.inc()
+        self.dispatch(dispatches)  # first: a job sent to a node leaves at once
+        self.metrics.job_submitted()
         self.store.put_job(job)
         self.acknowledge_submit(cluster, job.uid)
-        self.dispatch(dispatches)
 
     def acknowledge_submit(self, cluster, uid):
         """Tell the client its job is saved (once it is): it need not send it again. One
@@ -272,12 +272,12 @@ class ClientSide:
 
     def send_result(self, cluster, message, job=None):
         """Keep a job's final message (saved) until the client acknowledges it, and send it."""
+        if cluster.owner is not None:  # first: it leaves at once
+            cluster.owner.send('job_end', message)
         cluster.results[message['uid']] = message
         self.metrics.job_ended(message['status'])
         if cluster.cid in self.state.clusters:
             self.store.job_ended(cluster.cid, job.jid if job is not None else None, message)
-        if cluster.owner is not None:
-            cluster.owner.send('job_end', message)
 
     def notify_node(self, cluster, node, status):
         if cluster.owner is not None:

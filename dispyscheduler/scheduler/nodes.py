@@ -203,10 +203,14 @@ class NodeSide:
 
     def dispatch(self, dispatches):
         for node, job in dispatches:
+            acknowledgements = ()
+            if node.pending_acks:  # in the same write as the job
+                acknowledgements = [('result_ack', {'ids': node.pending_acks})]
+                node.pending_acks = []
+            node.link.send('job', {'jid': job.jid, 'cid': job.cluster.cid, 'args': job.args,
+                                   'timeout': job.timeout, 'files': job.files},
+                           *acknowledgements)
             if job.submitted_at is not None:  # its first placement
-                self.metrics.placement.observe(time.monotonic() - job.submitted_at)
+                self.metrics.job_placed(time.monotonic() - job.submitted_at)
                 job.submitted_at = None
             self.store.job_moved(job)
-            self.send_acknowledgements(node)  # in the same write as the job
-            node.link.send('job', {'jid': job.jid, 'cid': job.cluster.cid, 'args': job.args,
-                                   'timeout': job.timeout, 'files': job.files})

@@ -31,7 +31,8 @@ from ..constants import (COMMIT_INTERVAL, MAX_DISPATCH_DEPTH, HANDSHAKE_TIMEOUT,
                          PULSES_MISSED_BEFORE_DEAD, RESULT_RETENTION)
 from ..duties import Duties
 from ..httpd import Metrics, StatusServer
-from ..link import Link, set_nodelay
+from ..hublink import HubLink
+from ..link import set_nodelay
 from ..protocol import ProtocolError, encode
 from ..tls import TLS_HANDSHAKE_RECORD, TLSError, TLSSocket
 from .clients import ClientSide
@@ -207,7 +208,7 @@ class Scheduler(NodeSide, ClientSide):
                         raise TLSError('plaintext peer on a TLS port')
                     sock = TLSSocket(sock, tls_context, server_side=True)
                     sock.do_handshake()
-                link = Link(sock, '%s:%s' % address[:2])
+                link = HubLink(sock, '%s:%s' % address[:2])
                 handshake(link, secret, 'scheduler', peer_role, initiator=False,
                           deadline=deadline)
                 return link

@@ -1,0 +1,62 @@
+"""The daemons' kind of ``Link``: frames leave from the hub, without waking the writer.
+
+Waking a link's writer greenlet for every message costs a switch, an event and a lock on each
+side of each hop, and on a one-job-at-a-time path every hop pays it. A ``HubLink`` instead
+asks the hub to flush it once the greenlet that queued the frames yields (a hub callback, so
+everything queued by one handler, or one batch of handlers, still leaves in one write). The
+flush never waits: whatever the socket does not take at once (a slow peer, a full buffer, a
+TLS socket, which cannot write partially) goes to the writer greenlet as before, so no handler
+and no hub callback ever blocks on a peer.
+"""
+
+import logging
+
+import gevent
+import gevent.socket
+
+from .link import Link
+
+logger = logging.getLogger(__name__)
+
+
+class HubLink(Link):
+    """A ``Link`` in a gevent daemon; use it exactly like a ``Link``."""
+
+    def __init__(self, sock, peer=None, **options):
+        super().__init__(sock, peer, **options)
+        self.flush_pending = False
+        # a TLS socket or a wrapper cannot be written partially without waiting
+        self.nonblocking = isinstance(sock, gevent.socket.socket)
+        self.loop = gevent.get_hub().loop
+
+    def wake_writer(self):
+        if self.flush_pending:  # joins the frames already waiting for the flush
+            return
+        if len(self.outbox) == 1:  # the first since the last flush leaves at once
+            self.flush()
+        self.flush_pending = True  # those that follow before the sender yields, together
+        self.loop.run_callback(self.flush)
+
+    def flush(self):
+        """In the hub: send what is queued, as far as the socket takes it without waiting."""
+        self.flush_pending = False
+        if self.closed or not self.outbox:
+            return
+        if not self.nonblocking or self.sending.locked():  # the writer owns the socket now
+            super().wake_writer()
+            return
+        data = b''.join(self.outbox) if len(self.outbox) > 1 else self.outbox[0]
+        self.outbox.clear()
+        try:
+            sent = self.sock.send(data, 0, 0.0)  # timeout 0: never waits for the peer
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            logger.debug('send to %s failed: %s', self.peer, exc)
+            self.close()
+            return
+        if sent < len(data):
+            self.outbox.appendleft(data[sent:])
+            super().wake_writer()
+        else:
+            self.drained.set()
