@@ -44,8 +44,10 @@ HANDSHAKE_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 10.0
 """Seconds a TCP connect may take before it counts as failed."""
 
-RECV_SIZE = 256 * 1024
-"""Bytes asked of the kernel per read; big enough to take many small frames at once."""
+RECV_SIZE = 64 * 1024
+"""Bytes asked of the kernel per read: enough for hundreds of small frames at once, and below
+malloc's mmap threshold (128 KiB): a larger read buffer is mapped and unmapped on every read,
+which costs more than the read itself (15-20 us against 3 us here)."""
 
 PULSE_INTERVAL = 10.0
 """Default ``--pulse_interval``: seconds between a node's pulses to the scheduler."""

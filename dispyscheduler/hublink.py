@@ -29,6 +29,9 @@ class HubLink(Link):
         self.nonblocking = isinstance(sock, gevent.socket.socket)
         self.loop = gevent.get_hub().loop
 
+    def after_batch(self):
+        gevent.sleep(0)  # one busy peer must not starve the others; the flush runs now too
+
     def wake_writer(self):
         if self.flush_pending:  # joins the frames already waiting for the flush
             return

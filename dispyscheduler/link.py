@@ -6,8 +6,8 @@ gevent, its reader and writer are greenlets; in a user's program they are plain 
 
 Sending never blocks the caller: ``send`` appends an encoded frame to an outbox and wakes the
 writer, which joins everything queued since its last pass into one ``sendall``. The reader
-hands every frame of a read to the handler, then yields (``time.sleep(0)``, a gevent yield in
-the daemons) so one busy peer cannot starve the others.
+hands every frame of a read to the handler. The daemons use ``hublink.HubLink``, which sends
+from the hub and yields after each read so one busy peer cannot starve the others.
 """
 
 import collections
@@ -167,10 +167,14 @@ class Link:
                     return
                 for kind, body in self.decoder.messages_from(data):
                     handle(kind, body)
-                time.sleep(0)
+                self.after_batch()
         finally:
             self.close()
             self.sock.close()
+
+    def after_batch(self):
+        """Called after the frames of each read are handled. In a program's own thread there
+        is nothing to do (threads are preempted); a daemon yields here (``HubLink``)."""
 
     def _recv(self):
         data = self.sock.recv(self.recv_size)

@@ -27,7 +27,7 @@ import traceback
 import cloudpickle
 
 from ..constants import (FINISHED, MAX_JOB_OUTPUT, MAX_RESULT_SIZE, NODE_DISPY_MODULES,
-                         TERMINATED)
+                         RECV_SIZE, TERMINATED)
 from .. import serialize
 from ..files import read_chunks
 from ..protocol import FrameDecoder, encode
@@ -52,7 +52,7 @@ class Channel:
     def recv(self):
         """The next message, or None when the daemon closed the connection."""
         while not self.inbox:
-            data = self.sock.recv(1 << 20)
+            data = self.sock.recv(RECV_SIZE)
             if not data:
                 return None
             self.inbox.extend(self.decoder.messages_from(data))
