@@ -118,26 +118,34 @@ def encode(kind, body):
     return HEADER.pack(len(payload)) + payload
 
 
+def _allowed_types(types):
+    """The exact types a field may have: msgpack decodes to the built-in types themselves,
+    never to subclasses, and a bool where a number is wanted is a type error."""
+    if types is INT_LIST:
+        return INT_LIST
+    return frozenset(types) if isinstance(types, tuple) else frozenset((types,))
+
+
+CHECKS = {kind: tuple((field, _allowed_types(types)) for field, types in schema.items())
+          for kind, schema in SCHEMAS.items()}
+
+
 def validate(kind, body):
     """Check a decoded message against its schema; raise ``ProtocolError`` if it is off."""
-    schema = SCHEMAS.get(kind)
-    if schema is None:
+    checks = CHECKS.get(kind)
+    if checks is None:
         raise ProtocolError('unknown message kind %r' % (kind,))
-    for field, types in schema.items():
+    for field, allowed in checks:
         try:
             value = body[field]
         except KeyError:
             raise ProtocolError('%s: missing field %r' % (kind, field)) from None
-        # bool is an int subclass, but a bool where a number is wanted is a type error
-        if types is INT_LIST:
-            ok = isinstance(value, list) and all(
-                isinstance(item, int) and not isinstance(item, bool) for item in value)
-        elif isinstance(value, bool):
-            ok = types is bool or (isinstance(types, tuple) and bool in types)
-        else:
-            ok = isinstance(value, types)
-        if not ok:
-            raise ProtocolError('%s: field %r has type %s' % (kind, field, type(value).__name__))
+        if allowed is INT_LIST:
+            if type(value) is list and all(type(item) is int for item in value):
+                continue
+        elif type(value) in allowed:
+            continue
+        raise ProtocolError('%s: field %r has type %s' % (kind, field, type(value).__name__))
 
 
 class FrameDecoder:

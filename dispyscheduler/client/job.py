@@ -1,9 +1,9 @@
 """What a user's program holds: ``DispyJob`` for each job, ``DispyNode`` for each node its
 cluster uses, and ``NodeAllocate`` to choose nodes and CPUs."""
 
+import _thread
 import collections
 import fnmatch
-import threading
 import time
 
 from ..constants import (ABANDONED, CANCELLED, CREATED, FINISHED, NODE_CLOSED, NODE_INITIALIZED,
@@ -38,7 +38,7 @@ class DispyJob:
         self.start_time = None
         self.end_time = None
         self.ip_addr = None
-        self.finish = threading.Event()
+        self.finish = JobEnd()
         self._uid = None
         self._node = None  # the DispyNode counting this job as running
 
@@ -54,6 +54,37 @@ class DispyJob:
 
     def __repr__(self):
         return '<DispyJob %s %s>' % (self.id, STATUS_NAMES.get(self.status, self.status))
+
+
+class JobEnd:
+    """``job.finish``: set once when the job ends, waited on by any number of threads, as a
+    ``threading.Event`` (whose interface it has, but for ``clear``). One is made for every job,
+    so it is a single lock, held until the end, rather than an Event's condition and locks."""
+
+    __slots__ = ('_lock', '_set')
+
+    def __init__(self):
+        self._lock = _thread.allocate_lock()
+        self._lock.acquire()
+        self._set = False
+
+    def is_set(self):
+        return self._set
+
+    isSet = is_set
+
+    def set(self):
+        if not self._set:
+            self._set = True
+            self._lock.release()
+
+    def wait(self, timeout=None):
+        if self._set:
+            return True
+        if self._lock.acquire(True, -1 if timeout is None else max(0.0, timeout)):
+            self._lock.release()  # the next waiter goes through in turn
+            return True
+        return self._set
 
 
 class DispyNode:
