@@ -45,6 +45,11 @@ class Channel:
         self.sock.connect(address)
         self.decoder = FrameDecoder()
         self.inbox = []
+        # A process blocked in recv() on a Unix socket is woken each time the daemon reads
+        # what it sent (the kernel signals free space on the same wait queue): after every
+        # job. poll() for input only is woken by input only.
+        self.readable = select.poll()
+        self.readable.register(self.sock, select.POLLIN)
 
     def send(self, kind, body):
         self.sock.sendall(encode(kind, body))
@@ -52,6 +57,7 @@ class Channel:
     def recv(self):
         """The next message, or None when the daemon closed the connection."""
         while not self.inbox:
+            self.readable.poll()
             data = self.sock.recv(RECV_SIZE)
             if not data:
                 return None
