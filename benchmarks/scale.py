@@ -126,6 +126,14 @@ class Child(bc.ClientProcess):
         self.send(command)
         return self.expect(prefix, time.monotonic() + timeout)
 
+    def stop_with(self, command, timeout=10):
+        """Tell it to end (``command``); stopped by its PID if it has not within ``timeout``."""
+        try:
+            self.send(command)
+        except OSError:
+            pass
+        self.finish(timeout=timeout)
+
 
 class Profiler:
     """``py-spy record`` of the scheduler (raw format, without pausing it) until ``stop``."""
@@ -323,19 +331,11 @@ def run_level(queued, options, workdir):
         if profiler is not None:
             profiler.stop()
         for proc in procs:
-            try:
-                proc.send('QUIT')
-            except OSError:
-                pass
-            proc.finish(timeout=10)
+            proc.stop_with('QUIT')
         if scheduler is not None:
             scheduler.stop(timeout=30)
         if simulator is not None:
-            try:
-                simulator.send('quit')
-            except OSError:
-                pass
-            simulator.finish(timeout=10)
+            simulator.stop_with('quit')
         if scheduler is not None:
             record['log_problems'] = log_problems(scheduler.log_path)
     return record

@@ -396,8 +396,8 @@ class SharedJobCluster:
             self._unsaved.pop(body['uid'], None)
             if self._recovering and body['uid'] not in self._jobs:
                 self._adopt(body['uid'], body['tag'])
-            self._acknowledge(body['uid'])  # it goes later, with other traffic
-            self._end(body['uid'], body['status'], body, body['exception'])  # wakes waiters
+            self._end(body['uid'], body['status'], body, body['exception'])
+            self._acknowledge(body['uid'])
         elif kind == 'submitted':
             for uid in body['uids']:
                 self._unsaved.pop(uid, None)
