@@ -41,6 +41,10 @@ SYSTEMS = ('dispyscheduler', 'dispy', 'dask')
 OURS = 'dispyscheduler'
 MIN_RATE = 50.0  # as bench_common.MIN_RATE: slower than this counts as stalled
 SCALE_TIMEOUT = 1800.0  # seconds for scale.py (the full one takes about a minute here)
+SETTLE_SECONDS = 5.0
+"""Pause before each driver, after writing back dirty pages (``sync``), so that what the
+previous system left to the kernel (files to write, processes being reaped) is not charged to
+the next one."""
 
 # (name, system the value is of, metric key (n None: any), divided by this peer's value or
 # None, target)
@@ -348,6 +352,8 @@ def main():
         for system in systems:
             if system not in pythons:
                 continue
+            os.sync()
+            time.sleep(SETTLE_SECONDS)
             note('run %d/%d: %s ...' % (run, runs, system))
             result = run_driver(system, pythons[system], run, sizes, latency,
                                 os.path.join(workroot, '%s-run%d' % (system, run)))
