@@ -2,11 +2,12 @@
 
 Waking a link's writer greenlet for every message costs a switch, an event and a lock on each
 side of each hop, and on a one-job-at-a-time path every hop pays it. A ``HubLink`` instead
-asks the hub to flush it once the greenlet that queued the frames yields (a hub callback, so
-everything queued by one handler, or one batch of handlers, still leaves in one write). The
-flush never waits: whatever the socket does not take at once (a slow peer, a full buffer, a
-TLS socket, which cannot write partially) goes to the writer greenlet as before, so no handler
-and no hub callback ever blocks on a peer.
+writes the first frame queued since its last write at once, from the sender's greenlet, and
+asks the hub to flush the frames queued after it once that greenlet yields (a hub callback,
+so what one handler, or one batch of handlers, sends after its first frame still leaves in
+one write). No write ever waits: whatever the socket does not take at once (a slow peer, a
+full buffer, a TLS socket, which cannot write partially) goes to the writer greenlet as
+before, so no handler and no hub callback ever blocks on a peer.
 """
 
 import logging
@@ -41,7 +42,8 @@ class HubLink(Link):
         self.loop.run_callback(self.flush)
 
     def flush(self):
-        """In the hub: send what is queued, as far as the socket takes it without waiting."""
+        """Send what is queued, as far as the socket takes it without waiting; the writer
+        greenlet sends the rest."""
         self.flush_pending = False
         if self.closed or not self.outbox:
             return

@@ -1,0 +1,52 @@
+"""``HubLink`` in a gevent process (a subprocess, so that this one is not monkey-patched): a
+peer that stops reading never blocks the sender, and every frame arrives, in order."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SCRIPT = textwrap.dedent('''
+    import gevent.monkey
+    gevent.monkey.patch_all()
+    import socket, time
+    import gevent
+    from dispyscheduler.hublink import HubLink
+    from dispyscheduler.protocol import FrameDecoder
+
+    ours, theirs = socket.socketpair()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+    link = HubLink(ours, 'peer')
+    writer = gevent.spawn(link.run_writer)
+    payload = b'x' * 1000
+    started = time.monotonic()
+    for number in range(2000):  # about 2 MB: far more than the socket buffers hold
+        link.send('job_file', {'jid': number, 'name': 'f', 'offset': 0, 'data': payload,
+                               'last': False})
+    took = time.monotonic() - started
+    assert took < 1.0, 'send blocked for %.2f s on a peer that does not read' % took
+    assert link.outbox, 'the socket cannot have taken it all'
+    gevent.sleep(0.05)  # the flush and the writer run; the peer still reads nothing
+    decoder, seen = FrameDecoder(), []
+    theirs.setblocking(False)
+    deadline = time.monotonic() + 20
+    while len(seen) < 2000 and time.monotonic() < deadline:
+        try:
+            data = theirs.recv(65536)
+        except BlockingIOError:
+            gevent.sleep(0.001)
+            continue
+        seen.extend(body['jid'] for kind, body in decoder.messages_from(data))
+    assert seen == list(range(2000)), 'frames lost or out of order: %d' % len(seen)
+    link.close()
+    writer.join(5)
+    print('OK')
+''')
+
+
+def test_a_peer_that_does_not_read_never_blocks_the_sender():
+    done = subprocess.run([sys.executable, '-c', SCRIPT], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == 'OK', done.stderr[-2000:]
