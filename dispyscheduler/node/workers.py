@@ -170,9 +170,14 @@ class Computation:
         try:
             while True:
                 self.idle_workers[pid] = gevent.getcurrent()
-                self.queue.peek()
+                self.queue.peek()  # every idle worker's greenlet wakes for a job
                 if self.closing:
                     return
+                if next(reversed(self.idle_workers)) != pid:
+                    # the worker idle for the shortest time takes it, so jobs that come one
+                    # at a time keep going to the same, warm, process: let it run first
+                    gevent.sleep(0)
+                    continue
                 try:
                     job = self.queue.get_nowait()
                 except gevent.queue.Empty:
