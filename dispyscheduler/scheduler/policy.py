@@ -64,9 +64,12 @@ def fair_share_pick(clusters, on_node=None):
 class LoadIndex:
     """Nodes by load, least loaded first, with O(log n) updates.
 
-    A heap of ``(load, seq, node)`` entries; updating a node pushes a fresh entry and leaves
+    A heap of ``(load, -seq, node)`` entries; updating a node pushes a fresh entry and leaves
     the old one to be skipped when it surfaces (lazy deletion). The heap is rebuilt when stale
-    entries outnumber live ones, so it stays within twice the number of nodes.
+    entries outnumber live ones, so it stays within twice the number of nodes. Among equally
+    loaded nodes the one updated last comes first: a node that has just finished a job is
+    awake, its worker warm, so one job at a time keeps going to the same node rather than
+    waking each node in turn.
     """
 
     def __init__(self):
@@ -81,7 +84,7 @@ class LoadIndex:
         return node in self.current
 
     def update(self, node, load):
-        entry = (load, next(self.counter))
+        entry = (load, -next(self.counter))
         self.current[node] = entry
         heapq.heappush(self.heap, (entry[0], entry[1], node))
         if len(self.heap) > 2 * len(self.current) + 32:

@@ -126,18 +126,37 @@ def test_submit_dispatches_to_the_least_loaded_node():
         assert node.load - 1 / node.cpus == lowest  # its load before this job was minimal
         placed.append(node)
     assert placed.count(small) == 2 and placed.count(big) == 8
-    assert placed[:5] == [small, big, big, big, big]
+    assert placed[:5] == [big, small, big, big, big]  # the tie at 0: the node ready last
     check_invariants(state)
 
 
-def test_two_equal_nodes_alternate():
+def test_two_equal_nodes_share_a_batch_evenly():
+    """Each job goes to a least loaded node; of two equally loaded ones, to the one whose load
+    changed last."""
     state = State(max_depth=2)
     cluster = new_cluster(state)
     first, _ = ready_node(state, 'first', cpus=2)
     second, _ = ready_node(state, 'second', cpus=2)
     _, dispatches = submit_many(state, cluster, 8)
-    assert [node for node, _ in dispatches] == [first, second] * 4
+    assert [node for node, _ in dispatches] == [second, first, first, second] * 2
     assert len(first.jobs) == len(second.jobs) == 4
+
+
+def test_one_job_at_a_time_stays_on_the_node_that_ran_the_last():
+    """Jobs that come one at a time (each submitted when the previous ended) keep going to
+    the node that finished the previous one while it is as little loaded as any: it is awake
+    and its worker warm, rather than each node being woken in turn."""
+    state = State(max_depth=2)
+    cluster = new_cluster(state)
+    first, _ = ready_node(state, 'first', cpus=2)
+    second, _ = ready_node(state, 'second', cpus=2)
+    used = []
+    for uid in range(6):
+        job, ((node, _),) = state.submit(cluster, uid, b'')
+        used.append(node)
+        state.job_done(node, job.jid, FINISHED, runtime=0.001)
+    assert used == [second] * 6
+    check_invariants(state)
 
 
 def test_slots_cap_jobs_in_flight_per_node():
@@ -216,8 +235,8 @@ def test_job_started_for_a_job_not_on_that_node_is_ignored():
     node, _ = ready_node(state, 'a')
     other, _ = ready_node(state, 'b')
     (job,), _ = submit_many(state, cluster, 1)
-    assert job.node is node
-    assert state.job_started(other, job.jid, 1.0) is None
+    assert job.node is other  # the node ready last, of two equally loaded ones
+    assert state.job_started(node, job.jid, 1.0) is None
     assert job.status == CREATED
 
 

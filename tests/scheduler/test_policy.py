@@ -42,12 +42,15 @@ def test_empty_index_has_no_least_loaded():
     assert len(index) == 0
 
 
-def test_least_loaded_and_ties_go_to_the_earliest_update():
+def test_least_loaded_and_ties_go_to_the_latest_update():
+    """Among equally loaded nodes, the one updated last: it has just finished a job."""
     index = LoadIndex()
     index.update('a', 0.5)
     index.update('b', 0.25)
     index.update('c', 0.75)
     index.update('d', 0.25)
+    assert index.least_loaded(accept_all) == 'd'
+    index.update('b', 0.25)
     assert index.least_loaded(accept_all) == 'b'
     assert len(index) == 4 and 'c' in index and 'z' not in index
 
@@ -133,7 +136,7 @@ def test_heap_bounded_with_churn_and_matches_a_reference_model():
             model.pop(node, None)
         else:
             allowed = set(rng.sample(sorted(model), k=len(model) // 2)) if model else set()
-            expected = min((entry, name) for name, entry in model.items()
+            expected = min(((load, -step), name) for name, (load, step) in model.items()
                            if name in allowed)[1] if allowed else None
             assert index.least_loaded(lambda candidate: candidate in allowed) == expected
         assert set(index.current) == set(model)
