@@ -68,8 +68,9 @@ def memory_kb(pid):
     return values
 
 
-def session_members(sid, exclude=()):
-    """PIDs of live (non-zombie) processes in session ``sid``."""
+def _members(field, value, exclude=()):
+    """PIDs of live (non-zombie) processes whose /proc stat ``field`` (after the name) is
+    ``value``: 2 for the process group, 3 for the session."""
     members = []
     for entry in os.listdir('/proc'):
         if not entry.isdigit() or int(entry) in exclude:
@@ -78,23 +79,18 @@ def session_members(sid, exclude=()):
             fields = proc_stat(int(entry))
         except (OSError, ValueError):
             continue
-        if int(fields[3]) == sid and fields[0] != 'Z':
+        if int(fields[field]) == value and fields[0] != 'Z':
             members.append(int(entry))
     return members
+
+
+def session_members(sid, exclude=()):
+    """PIDs of live (non-zombie) processes in session ``sid``."""
+    return _members(3, sid, exclude)
 
 
 def group_members(pgid):
-    members = []
-    for entry in os.listdir('/proc'):
-        if not entry.isdigit():
-            continue
-        try:
-            fields = proc_stat(int(entry))
-        except (OSError, ValueError):
-            continue
-        if int(fields[2]) == pgid and fields[0] != 'Z':
-            members.append(int(entry))
-    return members
+    return _members(2, pgid)
 
 
 def kill_pids(pids):
@@ -130,11 +126,16 @@ def free_ports(count=3, addresses=('127.0.0.1', '127.0.0.2', '127.0.0.3')):
 
 # ---------------------------------------------------------------------------------- daemons
 
+def die_with_parent():
+    """Before exec: SIGTERM to this process when its parent dies."""
+    ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def _child_setup():
     """Before exec: own process group (so it can be stopped as a group, by its PID), and
     SIGTERM if the driver dies."""
     os.setpgid(0, 0)
-    ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    die_with_parent()
 
 
 class Daemon:

@@ -1,8 +1,9 @@
 """Many simulated nodes in one gevent process, for the scale benchmark (``scale.py``).
 
 Each simulated node opens its own link to the scheduler's node port and speaks the real
-protocol with the package's own modules: ``link.Link``, ``auth.handshake`` as a node, then
-``node_info`` / ``welcome``, then a writer greenlet and ``run_reader``. It installs every
+protocol with the package's own modules: ``hublink.HubLink`` (as the daemons),
+``auth.handshake`` as a node, then ``node_info`` / ``welcome``, then a writer greenlet and
+``run_reader``. It installs every
 computation at once (``compute`` -> ``compute_ready``) and answers every ``job`` at once with a
 ``job_done`` (Finished, result ``None``), but only while the shared gate is open: while it is
 held, jobs are kept and answered when it opens. The gate may open for a budget of jobs, after

@@ -37,9 +37,12 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 VENVS = os.path.join(HERE, '.venvs')
+sys.path.insert(0, HERE)
+
+import bench_common as bc  # noqa: E402  (stdlib only)
+
 SYSTEMS = ('dispyscheduler', 'dispy', 'dask')
 OURS = 'dispyscheduler'
-MIN_RATE = 50.0  # as bench_common.MIN_RATE: slower than this counts as stalled
 SCALE_TIMEOUT = 1800.0  # seconds for scale.py (the full one takes about a minute here)
 SETTLE_SECONDS = 5.0
 """Pause before each driver, after writing back dirty pages (``sync``), so that what the
@@ -100,38 +103,11 @@ def ensure_venv(name, timeout=900):
 
 # ---------------------------------------------------------------------------------- drivers
 
-def session_members(sid):
-    members = []
-    for entry in os.listdir('/proc'):
-        if not entry.isdigit():
-            continue
-        try:
-            with open('/proc/%s/stat' % entry) as handle:
-                stat = handle.read()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(')') + 2:].split()
-        if int(fields[3]) == sid and fields[0] != 'Z':
-            members.append(int(entry))
-    return members
-
-
 def kill_session(sid):
     """SIGKILL, by PID, every process of session ``sid`` (a driver and all it started)."""
-    members = session_members(sid)
-    for pid in members:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    members = bc.session_members(sid)
+    bc.kill_pids(members)
     return members
-
-
-def die_with_parent():
-    """In the driver before exec: SIGTERM if run.py dies; its daemons and clients get the
-    same from it in turn."""
-    import ctypes
-    ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def loadavg():
@@ -141,7 +117,7 @@ def loadavg():
 
 def driver_timeout(sizes, latency):
     phases = [latency] + [n for n in sizes for _ in (1, 2)]
-    return 120 + sum(60 + 120 + n / MIN_RATE for n in phases)
+    return 120 + sum(120 + bc.phase_timeout(n) for n in phases)  # + set-up per phase
 
 
 def run_driver(system, python, run, sizes, latency, workdir):
@@ -160,7 +136,7 @@ def run_driver(system, python, run, sizes, latency, workdir):
     with open(os.path.join(workdir, 'driver.stderr'), 'wb') as stderr:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=stderr,
                                 stdin=subprocess.DEVNULL, start_new_session=True, cwd=workdir,
-                                preexec_fn=die_with_parent)
+                                preexec_fn=bc.die_with_parent)
         try:
             out, _ = proc.communicate(timeout=timeout)
             reason = None
@@ -222,7 +198,7 @@ def run_scale(python, quick):
          'scale (quick): 100 simulated nodes, 1k/10k queued jobs ...')
     argv = [python, os.path.join(HERE, 'scale.py')] + (['--quick'] if quick else [])
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True, cwd=REPO,
-                            preexec_fn=die_with_parent)
+                            preexec_fn=bc.die_with_parent)
     try:
         returncode = proc.wait(SCALE_TIMEOUT)
     except subprocess.TimeoutExpired:
