@@ -368,7 +368,7 @@ class NodeDaemon:
             self.job_finished(job, failure_reply(
                 job, TERMINATED, 'computation %d is not installed on this node' % cid))
             return
-        computation.queue.put(job)
+        computation.put_job(job)
 
     def cancel_job(self, jid):
         job = self.jobs.get(jid)

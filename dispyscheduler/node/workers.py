@@ -8,6 +8,7 @@ computations. Cancelling a running job kills its worker; a worker that dies is r
 new fork of the host, so the computation keeps its full set of workers.
 """
 
+import collections
 import logging
 import os
 import shutil
@@ -19,7 +20,7 @@ from contextlib import nullcontext
 
 import gevent
 import gevent.event
-import gevent.queue
+from gevent.hub import Waiter
 
 from ..constants import CANCELLED, STARTED_REPORT_DELAY, TERMINATED, WORKER_START_TIMEOUT
 from ..files import FileRefused, IncomingFiles, write_file
@@ -70,9 +71,11 @@ class Computation:
         if not self.expected_files:
             self.files_ready.set()
         self.file_error = None
-        self.queue = gevent.queue.Queue()
+        self.queue = collections.deque()  # jobs that came while no worker was idle
         self.workers = {}  # pid -> NodeJob or None, for every connected worker
-        self.idle_workers = {}  # pid -> greenlet serving a worker that waits for a job
+        self.idle_workers = {}  # pid -> (greenlet, Waiter) of an idle worker; the last
+        # is the one idle for the shortest time
+        self.handed = {}  # pid -> job handed to a worker's greenlet that has not woken yet
         self.worker_exits = {}  # pid -> AsyncResult with how the worker ended
         self.host_link = gevent.event.AsyncResult()
         self.load_done = gevent.event.Event()
@@ -148,9 +151,9 @@ class Computation:
         def on_message(kind, body):
             if kind == 'worker_exit':
                 self.exit_of(body['pid']).set(body['how'])
-                idle = self.idle_workers.get(body['pid'])
+                idle = self.idle_workers.pop(body['pid'], None)
                 if idle is not None:  # it died waiting for a job: it must not take one
-                    idle.kill(block=False)
+                    idle[0].kill(block=False)
                 gevent.spawn_later(2 * WORKER_EXIT_WAIT, self.worker_exits.pop, body['pid'], None)
                 if not self.closing:
                     link.send('fork', {'count': 1})
@@ -159,34 +162,48 @@ class Computation:
             logger.error('worker host of %r exited (status %s)', self, self.host_process.wait())
             self.node.fail_computation(self, 'the worker host process exited')
 
+    def put_job(self, job):
+        """Hand a job to the worker idle the shortest time (so jobs that come one at a time
+        keep going to the same, warm, process), or queue it until a worker is free."""
+        if not self.idle_workers:
+            self.queue.append(job)
+            return
+        pid, (_, waiter) = self.idle_workers.popitem()
+        self.handed[pid] = job  # if its greenlet is killed before it wakes, the job goes back
+        gevent.get_hub().loop.run_callback(waiter.switch, job)
+
+    def next_job(self, pid):
+        """The next job for worker ``pid``, waiting for one; None once the node closes it."""
+        if self.queue:
+            return self.queue.popleft()
+        if self.closing:
+            return None
+        waiter = Waiter()
+        self.idle_workers[pid] = (gevent.getcurrent(), waiter)
+        try:
+            job = waiter.get()
+        finally:
+            self.idle_workers.pop(pid, None)
+        del self.handed[pid]
+        return job
+
     def serve_worker(self, link, pid):
         """Run this computation's jobs on one worker, until the worker or the node stops.
 
         A worker that dies while idle (killed from outside, say) is reported by the host, and
-        its greenlet is killed there (``serve_host``) before it takes a job; a job it had taken
-        but not yet sent goes back to the queue."""
+        its greenlet is killed there (``serve_host``) before it takes a job; a job handed to it
+        or taken but not yet sent goes back to the queue."""
         self.workers[pid] = None
         job = None
         try:
             while True:
-                self.idle_workers[pid] = gevent.getcurrent()
-                self.queue.peek()  # every idle worker's greenlet wakes for a job
-                if self.closing:
+                job = self.next_job(pid)
+                if job is None or self.closing:
                     return
-                if next(reversed(self.idle_workers)) != pid:
-                    # the worker idle for the shortest time takes it, so jobs that come one
-                    # at a time keep going to the same, warm, process: let it run first
-                    gevent.sleep(0)
-                    continue
-                try:
-                    job = self.queue.get_nowait()
-                except gevent.queue.Empty:
-                    continue  # another worker took it
                 with self.node.cpu_slots:
                     if job.cancelled or self.closing:
                         job = None
                         continue
-                    del self.idle_workers[pid]
                     self.workers[pid] = job
                     job.worker = pid
                     try:
@@ -213,8 +230,9 @@ class Computation:
                     # it first; without this yield, a busy computation takes it straight back
                     gevent.sleep(0)
         except gevent.GreenletExit:
+            job = job or self.handed.pop(pid, None)
             if job is not None and job.worker is None:
-                self.queue.put(job)  # taken, never sent: another worker runs it
+                self.put_job(job)  # taken, never sent: another worker runs it
             raise
         finally:
             self.idle_workers.pop(pid, None)
@@ -309,9 +327,9 @@ class Computation:
         if self.host_process is None or self.host_process.returncode != 0:
             for pid in list(self.workers):  # a host that did not exit cleanly left these
                 self.kill_worker(pid)
-        for _ in range(self.queue.qsize()):
-            self.queue.get_nowait()
-        self.queue.put(None)  # wakes idle workers' greenlets, which then see ``closing``
+        self.queue.clear()
+        while self.idle_workers:  # their greenlets wake, see ``closing`` and end
+            self.put_job(None)
         if cleanup:
             shutil.rmtree(self.directory, ignore_errors=True)
 
