@@ -1,5 +1,6 @@
 """``HubLink`` in a gevent process (a subprocess, so that this one is not monkey-patched): a
-peer that stops reading never blocks the sender, and every frame arrives, in order."""
+peer that stops reading never blocks the sender, and every frame arrives, in order; a peer
+that sends without pause never starves the other links' readers."""
 
 import os
 import subprocess
@@ -45,8 +46,60 @@ SCRIPT = textwrap.dedent('''
     print('OK')
 ''')
 
+FLOOD = textwrap.dedent('''
+    import gevent.monkey
+    gevent.monkey.patch_all()
+    import socket
+    import gevent
+    from dispyscheduler.hublink import HubLink
+    from dispyscheduler.protocol import encode
 
-def test_a_peer_that_does_not_read_never_blocks_the_sender():
-    done = subprocess.run([sys.executable, '-c', SCRIPT], cwd=REPO, capture_output=True,
+    busy, busy_peer = socket.socketpair()
+    quiet, quiet_peer = socket.socketpair()
+    for sock in (busy, busy_peer):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+    frame = encode('pulse', {'busy': 1})
+    busy_peer.setblocking(False)
+    sent = 0
+    try:
+        while sent < 40000:  # as much as the buffers take: input waiting at every read
+            busy_peer.send(frame * 100)
+            sent += 100
+    except BlockingIOError:
+        pass
+    quiet_peer.sendall(encode('pulse', {'busy': 2}))
+    handled = {'busy': 0, 'quiet_at': None}
+
+    def on_busy(kind, body):
+        handled['busy'] += 1
+
+    def on_quiet(kind, body):
+        handled['quiet_at'] = handled['busy']
+
+    readers = [gevent.spawn(HubLink(busy, 'busy').run_reader, on_busy),
+               gevent.spawn(HubLink(quiet, 'quiet').run_reader, on_quiet)]
+    with gevent.Timeout(20):
+        while handled['quiet_at'] is None or handled['busy'] < sent:
+            gevent.sleep(0.01)
+    assert sent > 5000, 'the buffers took only %d frames' % sent
+    assert handled['quiet_at'] < sent // 2, (
+        'the quiet link was read only after %d of %d frames of the busy one'
+        % (handled['quiet_at'], sent))
+    gevent.killall(readers)
+    print('OK')
+''')
+
+
+def run(script):
+    done = subprocess.run([sys.executable, '-c', script], cwd=REPO, capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == 'OK', done.stderr[-2000:]
+
+
+def test_a_peer_that_does_not_read_never_blocks_the_sender():
+    run(SCRIPT)
+
+
+def test_a_peer_that_sends_without_pause_does_not_starve_the_others():
+    run(FLOOD)
