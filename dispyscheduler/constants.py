@@ -156,9 +156,12 @@ NODE_CLOSED = 16
 FILE_TIMEOUT = 60.0
 """Seconds a peer may take between two chunks of a file it is sending."""
 
-COMMIT_INTERVAL = 0.005
+COMMIT_INTERVAL = 0.02
 """Seconds the scheduler lets state changes gather before committing them in one transaction
-(group commit): a submission waits at most this long for its acknowledgement."""
+(group commit): a submission waits at most this long for its acknowledgement, and a node for
+that of a result. Nothing is at risk meanwhile (the client keeps a submission and the node a
+result until then), and each commit costs a fsync and a thread's wake-up on a host that has
+few CPUs to spare: at 5 ms, with jobs one at a time, a tenth of a job's round trip."""
 
 MAX_NODE_LOSSES = 3
 """Default ``--max_node_losses``: a job whose runs have killed or lost this many nodes ends
@@ -166,6 +169,11 @@ MAX_NODE_LOSSES = 3
 
 NODE_SHUTDOWN_GRACE = 30.0
 """Seconds a node told to stop (SIGTERM) lets its running jobs finish before killing them."""
+
+READER_RETAKE_DELAY = 0.005
+"""Seconds without a thread waiting for a job after which a client's reader thread reads the
+scheduler's link again (``client/seat.py``): short enough that callbacks and statuses are not
+held up, long enough that a program waiting for one job after another never wakes it."""
 
 CLIENT_RECONNECT_TIMEOUT = 600.0
 """Seconds a client keeps trying to reach its scheduler again before abandoning its jobs."""
