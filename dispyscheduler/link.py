@@ -156,21 +156,29 @@ class Link:
         ``ProtocolError`` and exceptions of ``handle`` propagate (after closing the link).
         """
         try:
-            while self.inbox:
-                handle(*self.inbox.popleft())
             while not self.closed:
                 try:
-                    data = self._recv()
+                    messages = self.receive()
                 except (ConnectionClosed, OSError) as exc:
                     if not self.closed:
                         logger.debug('link to %s ended: %s', self.peer, exc)
                     return
-                for kind, body in self.decoder.messages_from(data):
+                for kind, body in messages:
                     handle(kind, body)
                 self.after_batch()
         finally:
             self.close()
             self.sock.close()
+
+    def receive(self):
+        """The messages one read brings (waiting for input if none has come); raises
+        ``ConnectionClosed`` or ``OSError`` once the connection has ended. ``run_reader``
+        reads with it, and so does a client's ``ReadSeat``."""
+        if self.inbox:  # decoded during the handshake
+            messages = list(self.inbox)
+            self.inbox.clear()
+            return messages
+        return self.decoder.messages_from(self._recv())
 
     def after_batch(self):
         """Called after the frames of each read are handled. In a program's own thread there

@@ -1,5 +1,8 @@
 """The client's connection to its scheduler, kept up for as long as the cluster lives.
 
+A thread waiting for a job's end reads the link itself when no other thread does, and the
+reader thread reads it the rest of the time (``seat.py``).
+
 When the link breaks (the scheduler restarted, the network dropped) the reader thread
 reconnects with back-off, resumes the cluster with its credential and lets the cluster send
 again what the scheduler had not acknowledged; the user's program sees only a delay. It gives
@@ -16,6 +19,7 @@ from ..auth import AUTH_FAILED, AuthenticationError, handshake
 from ..constants import CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT, RECONNECT_DELAY_RANGE
 from ..link import ConnectionClosed, Link, set_nodelay
 from ..protocol import ProtocolError
+from .seat import ReadSeat
 
 logger = logging.getLogger('dispyscheduler')
 
@@ -36,6 +40,10 @@ class SchedulerConnection:
         self.link = None
         self.closing = False
         self.threads = []
+        self.seat = ReadSeat()
+        # a TLS connection may hold decrypted input that poll() does not see: only the
+        # reader thread reads it
+        self.shared_reading = not any(tls_files)
 
     def connect(self):
         """A new authenticated link; raises with a message that says what went wrong."""
@@ -105,11 +113,32 @@ class SchedulerConnection:
         could not be (the link is down: it is reconnecting, or given up)."""
         return self.link.send(kind, body, *more)
 
+    def wait_for(self, finish, timeout):
+        """``finish.wait(timeout)`` for a job of this cluster (``JobEnd``), reading the link
+        meanwhile when no other thread does."""
+        link = self.link
+        if link is None or self.closing or not self.shared_reading:
+            return finish.wait_set(timeout)
+        return self.seat.wait_for(link, finish, timeout, self.handle, self.read_failed)
+
+    def read_failed(self, exc):
+        """A thread waiting for a job could not read the link: the reader thread connects
+        again (and says why the link ended when that was not the scheduler closing it)."""
+        if not isinstance(exc, (ConnectionClosed, OSError)):
+            logger.error('reading from the scheduler failed: %r', exc)
+
+    def wake_reader(self):
+        """Something other than a job's end is awaited: the reader thread reads now."""
+        self.seat.wake_reader()
+
     def read_loop(self):
         link = self.link
         while True:
             try:
-                link.run_reader(self.handle)
+                if self.shared_reading:
+                    self.seat.serve(link, self.handle)
+                else:
+                    link.run_reader(self.handle)
                 reason = 'connection to the scheduler was lost'
             except Exception as exc:  # a bug or a bad frame must not leave jobs waiting
                 logger.exception('reading from the scheduler failed')
@@ -156,6 +185,9 @@ class SchedulerConnection:
         self.closing = True
         if self.link is not None:
             self.link.close()
+        self.seat.wake_reader()
         for thread in self.threads:
             if thread is not threading.current_thread():
                 thread.join(5)
+        if not any(thread.is_alive() for thread in self.threads):
+            self.seat.close()

@@ -25,7 +25,7 @@ class DispyJob:
     Abandoned = ABANDONED
     Finished = FINISHED
 
-    def __init__(self, args, kwargs):
+    def __init__(self, args, kwargs, reader=None):
         self.id = None
         self.args = args
         self.kwargs = kwargs
@@ -38,7 +38,7 @@ class DispyJob:
         self.start_time = None
         self.end_time = None
         self.ip_addr = None
-        self.finish = JobEnd()
+        self.finish = JobEnd(reader)
         self._uid = None
         self._node = None  # the DispyNode counting this job as running
 
@@ -59,14 +59,18 @@ class DispyJob:
 class JobEnd:
     """``job.finish``: set once when the job ends, waited on by any number of threads, as a
     ``threading.Event`` (whose interface it has, but for ``clear``). One is made for every job,
-    so it is a single lock, held until the end, rather than an Event's condition and locks."""
+    so it is a single lock, held until the end, rather than an Event's condition and locks.
 
-    __slots__ = ('_lock', '_set')
+    ``reader(job_end, timeout)``, when given, waits in its place: it reads the scheduler's
+    link while it waits, if no other thread does (``seat.py``)."""
 
-    def __init__(self):
+    __slots__ = ('_lock', '_set', '_reader')
+
+    def __init__(self, reader=None):
         self._lock = _thread.allocate_lock()
         self._lock.acquire()
         self._set = False
+        self._reader = reader
 
     def is_set(self):
         return self._set
@@ -81,6 +85,12 @@ class JobEnd:
     def wait(self, timeout=None):
         if self._set:
             return True
+        if self._reader is not None:
+            return self._reader(self, timeout)
+        return self.wait_set(timeout)
+
+    def wait_set(self, timeout=None):
+        """Wait for another thread to ``set`` it."""
         if self._lock.acquire(True, -1 if timeout is None else max(0.0, timeout)):
             self._lock.release()  # the next waiter goes through in turn
             return True
