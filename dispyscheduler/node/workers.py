@@ -195,6 +195,9 @@ class Computation:
         or taken but not yet sent goes back to the queue."""
         self.workers[pid] = None
         job = None
+        # a job still running after a moment is reported started; one that ends sooner is
+        # reported once, at its end
+        report = gevent.get_hub().loop.timer(STARTED_REPORT_DELAY)
         try:
             while True:
                 job = self.next_job(pid)
@@ -207,7 +210,7 @@ class Computation:
                     self.workers[pid] = job
                     job.worker = pid
                     try:
-                        reply = self.run_on_worker(job, link)
+                        reply = self.run_on_worker(job, link, report)
                     except FileRefused as exc:
                         reply = failure_reply(job, TERMINATED, str(exc))
                     except (JobTimedOut, ProtocolError) as exc:
@@ -235,13 +238,15 @@ class Computation:
                 self.put_job(job)  # taken, never sent: another worker runs it
             raise
         finally:
+            report.close()
             self.idle_workers.pop(pid, None)
             self.workers.pop(pid, None)
             link.close()
             link.sock.close()
 
-    def run_on_worker(self, job, link):
-        """Send the job, pass its provisional results and files on, return its final reply."""
+    def run_on_worker(self, job, link, report):
+        """Send the job, pass its provisional results and files on, return its final reply;
+        ``report`` (a timer) reports it started if it runs for long."""
         written = []
         try:
             for name, data, mode in job.body['files']:
@@ -251,9 +256,6 @@ class Computation:
             with gevent.Timeout(timeout, JobTimedOut) if timeout else nullcontext():
                 link.send_now('job', job.body)
                 started = time.time()
-                # a job still running after a moment is reported started; one that ends
-                # sooner is reported once, at its end
-                report = gevent.get_hub().loop.timer(STARTED_REPORT_DELAY)
                 report.start(self.node.job_started, job, started)
                 try:
                     while True:
@@ -270,7 +272,6 @@ class Computation:
                             self.node.wait_for_link_to_drain()
                 finally:
                     report.stop()
-                    report.close()
         finally:
             for path in written:
                 try:

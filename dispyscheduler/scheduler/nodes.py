@@ -103,14 +103,15 @@ class NodeSide:
     def on_node_message(self, node, kind, body):
         node.last_heard = time.monotonic()
         if kind == 'job_done':
-            started = body['start_time']
-            job, dispatches = self.state.job_done(
-                node, body['jid'], body['status'],
-                body['end_time'] - started if started is not None else None)
+            job = node.jobs.get(body['jid'])
             if job is None:  # a repeat, or a job that ended otherwise: nothing to keep
                 node.link.send('result_ack', {'ids': [body['jid']]})
                 return
-            self.deliver(job, node, body)
+            self.deliver(job, node, body)  # first: the result leaves at once
+            started = body['start_time']
+            _, dispatches = self.state.job_done(
+                node, body['jid'], body['status'],
+                body['end_time'] - started if started is not None else None)
             self.store.acknowledge_when_durable(node, node.acknowledge_results, body['jid'])
             self.dispatch(dispatches)
         elif kind == 'job_started':
