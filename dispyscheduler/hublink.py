@@ -43,12 +43,7 @@ class HubLink(Link):
         """As ``Link.send_now``; a frame the socket takes at once (most) skips gevent's
         ``sendall``, which asks the kernel for the socket's buffer size on every call."""
         frame = encode(kind, body)
-        sent = 0
-        if self.nonblocking:
-            try:
-                sent = self.sock.send(frame, 0, 0.0)
-            except BlockingIOError:
-                pass
+        sent = self.send_nowait(frame)
         if sent < len(frame):
             self.sock.sendall(memoryview(frame)[sent:])
 
@@ -80,9 +75,7 @@ class HubLink(Link):
         data = b''.join(self.outbox) if len(self.outbox) > 1 else self.outbox[0]
         self.outbox.clear()
         try:
-            sent = self.sock.send(data, 0, 0.0)  # timeout 0: never waits for the peer
-        except BlockingIOError:
-            sent = 0
+            sent = self.send_nowait(data)
         except OSError as exc:
             logger.debug('send to %s failed: %s', self.peer, exc)
             self.close()
@@ -92,3 +85,13 @@ class HubLink(Link):
             super().wake_writer()
         else:
             self.drained.set()
+
+    def send_nowait(self, data):
+        """How much of ``data`` the socket takes without waiting for the peer (a TLS socket:
+        none); raises ``OSError`` if the connection is broken."""
+        if not self.nonblocking:
+            return 0
+        try:
+            return self.sock.send(data, 0, 0.0)  # timeout 0: never waits
+        except BlockingIOError:
+            return 0

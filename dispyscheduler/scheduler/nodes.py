@@ -182,9 +182,15 @@ class NodeSide:
             self.send_acknowledgements(node)
 
     def send_acknowledgements(self, node):
-        if node.pending_acks:
-            node.link.send('result_ack', {'ids': node.pending_acks})
-            node.pending_acks = []
+        for message in self.take_acknowledgements(node):
+            node.link.send(*message)
+
+    def take_acknowledgements(self, node):
+        """The node's waiting acknowledgements as a message to send (none if none wait)."""
+        if not node.pending_acks:
+            return ()
+        acknowledgements, node.pending_acks = node.pending_acks, []
+        return (('result_ack', {'ids': acknowledgements}),)
 
     def flush_acknowledgements(self):
         while True:
@@ -204,13 +210,9 @@ class NodeSide:
 
     def dispatch(self, dispatches):
         for node, job in dispatches:
-            acknowledgements = ()
-            if node.pending_acks:  # in the same write as the job
-                acknowledgements = [('result_ack', {'ids': node.pending_acks})]
-                node.pending_acks = []
             node.link.send('job', {'jid': job.jid, 'cid': job.cluster.cid, 'args': job.args,
                                    'timeout': job.timeout, 'files': job.files},
-                           *acknowledgements)
+                           *self.take_acknowledgements(node))  # in the same write
             if job.submitted_at is not None:  # its first placement
                 self.metrics.job_placed(time.monotonic() - job.submitted_at)
                 job.submitted_at = None
