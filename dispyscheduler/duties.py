@@ -1,11 +1,13 @@
-"""A daemon's long-lived greenlets (discovery, watchdogs, connectors) in one group.
+"""A daemon's long-lived greenlets (discovery, watchdogs, connectors) in one group, and the
+hook that puts every greenlet's crash in the daemon's log.
 
-If one of them dies of an error, the daemon stops rather than limp on without it: ``stopped``
-is set, which the daemon's main greenlet waits on.
+If a duty dies of an error, the daemon stops rather than limp on without it: ``stopped`` is
+set, which the daemon's main greenlet waits on.
 """
 
 import logging
 
+import gevent
 import gevent.pool
 
 logger = logging.getLogger(__name__)
@@ -22,8 +24,30 @@ class Duties:
         return greenlet
 
     def failed(self, greenlet):
-        logger.error('internal error in %s: %r; stopping', greenlet, greenlet.exception)
+        # its traceback is in the log already (``log_greenlet_errors``)
+        logger.error('internal error: duty %s died of %r; stopping', greenlet,
+                     greenlet.exception)
         self.stopped.set()
 
     def kill(self):
         self.group.kill()
+
+
+def log_greenlet_errors(hub=None):
+    """Report every greenlet that dies of an unexpected exception (a bug in a handler, a
+    duty, a hub callback) in the log, with its traceback, instead of on gevent's stderr, which
+    ``--daemon`` points at /dev/null. The line keeps gevent's own words ("<greenlet> failed
+    with ZeroDivisionError"), which the tests look for in every daemon's log."""
+    hub = hub or gevent.get_hub()
+
+    def print_exception(context, kind, value, tb):
+        if context is not None and not isinstance(context, str):
+            try:
+                context = hub.format_context(context)
+            except Exception:  # a greenlet whose repr fails must still be reported
+                context = repr(context)
+        name = getattr(kind, '__name__', 'exception')
+        logger.error('internal error: %s failed with %s', context or 'the hub', name,
+                     exc_info=(kind, value, tb) if value is not None else None)
+
+    hub.print_exception = print_exception

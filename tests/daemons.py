@@ -81,8 +81,10 @@ class Daemon:
         return self.process.poll() is None
 
     def crashes(self):
-        """Greenlets that died of an unexpected exception (gevent logs each one)."""
-        return [line for line in self.log().splitlines() if '> failed with ' in line]
+        """Internal errors: greenlets that died of an unexpected exception, handlers that
+        failed (the daemons log each one as an internal error)."""
+        return [line for line in self.log().splitlines()
+                if '> failed with ' in line or 'internal error' in line]
 
     def kill(self):
         """``kill -9`` of the daemon's whole process group (it and its workers)."""

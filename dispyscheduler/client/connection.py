@@ -16,7 +16,8 @@ import threading
 import time
 
 from ..auth import AUTH_FAILED, AuthenticationError, handshake
-from ..constants import CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT, RECONNECT_DELAY_RANGE
+from ..backoff import Backoff
+from ..constants import CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT
 from ..link import ConnectionClosed, Link, set_nodelay
 from ..protocol import ProtocolError
 from .seat import ReadSeat
@@ -153,7 +154,7 @@ class SchedulerConnection:
         """Connect again and resume; the new link, or None once given up (after ``lost``)."""
         logger.warning('%s; reconnecting', reason)
         deadline = time.monotonic() + self.reconnect_timeout
-        delay, largest = RECONNECT_DELAY_RANGE
+        backoff = Backoff()
         while not self.closing:
             try:
                 link = self.connect()
@@ -171,8 +172,7 @@ class SchedulerConnection:
                     self.lost('%s, and the scheduler could not be reached again in %g '
                               'seconds: %s' % (reason, self.reconnect_timeout, exc))
                     return None
-                time.sleep(min(delay, remaining))
-                delay = min(2 * delay, largest)
+                time.sleep(min(backoff.next_delay(), remaining))
                 continue
             logger.warning('reconnected to the scheduler')
             self.link = link

@@ -24,6 +24,7 @@ from gevent.server import StreamServer
 
 from .. import discovery
 from ..auth import AuthenticationError, handshake
+from ..backoff import Backoff
 from ..constants import (
     CANCELLED,
     CONNECT_TIMEOUT,
@@ -34,7 +35,7 @@ from ..constants import (
     TERMINATED,
 )
 from ..config import write_pid_file
-from ..duties import Duties
+from ..duties import Duties, log_greenlet_errors
 from ..files import FileRefused, check_manifest_entry
 from ..hublink import HubLink
 from ..link import ConnectionClosed, set_nodelay
@@ -93,6 +94,7 @@ class NodeDaemon:
 
     def run(self):
         """Serve until SIGTERM or SIGINT; then stop every computation and return."""
+        log_greenlet_errors()
         local_server = StreamServer(self.local_listener, self.serve_local)
         local_server.start()
         udp = self.udp
@@ -171,8 +173,7 @@ class NodeDaemon:
 
     def scheduler_connector(self):
         """Keep one link to the scheduler, reconnecting with back-off when it breaks."""
-        first, largest = self.reconnect_delays
-        delay = first
+        backoff = Backoff(*self.reconnect_delays)
         while True:
             if self.scheduler_addr is None:
                 self.scheduler_changed.wait()
@@ -189,9 +190,10 @@ class NodeDaemon:
                     UnicodeError) as exc:
                 logger.info('cannot reach scheduler at %s:%s: %s', address[0], address[1], exc)
                 linked = False
-            delay = first if linked else min(delay * 2, largest)
+            if linked:
+                backoff.reset()
             self.scheduler_changed.clear()
-            self.scheduler_changed.wait(delay)
+            self.scheduler_changed.wait(backoff.next_delay())
 
     def serve_scheduler(self, address):
         """Connect, authenticate and serve one link; returns True once it was established."""
@@ -228,6 +230,8 @@ class NodeDaemon:
             link.run_reader(self.on_scheduler_message)
         except ProtocolError as exc:
             logger.error('scheduler at %s:%s sent a bad frame: %s', address[0], address[1], exc)
+        except Exception:  # a bug here: logged as one, and the node links again
+            logger.exception('internal error: handling a message from the scheduler failed')
         finally:
             self.link = None
             self.last_scheduler_contact = time.monotonic()

@@ -64,6 +64,9 @@ class NodeSide:
             link.run_reader(lambda kind, body: self.on_node_message(node, kind, body))
         except ProtocolError as exc:
             reason = 'it sent a bad frame (%s)' % (exc,)
+        except Exception:  # a bug here, not the node's doing: said so, with its traceback
+            logger.exception('internal error: handling a message from node %s failed', key)
+            reason = 'the scheduler failed to handle its message (an internal error)'
         finally:
             self.node_lost(node, reason)
             writer.kill(block=False)

@@ -29,7 +29,7 @@ from ..auth import AuthenticationError, handshake
 from ..config import write_pid_file
 from ..constants import (COMMIT_INTERVAL, MAX_DISPATCH_DEPTH, HANDSHAKE_TIMEOUT, NO_NODE_PINGS,
                          PULSES_MISSED_BEFORE_DEAD, RESULT_RETENTION)
-from ..duties import Duties
+from ..duties import Duties, log_greenlet_errors
 from ..httpd import Metrics, StatusServer
 from ..hublink import HubLink
 from ..link import set_nodelay
@@ -128,6 +128,7 @@ class Scheduler(NodeSide, ClientSide):
 
     def run(self):
         """Serve until SIGTERM or SIGINT; then save what is pending and stop."""
+        log_greenlet_errors()
         for sock, role in self.listeners.tcp:
             server = StreamServer(sock, self.serve_node if role == 'node' else self.serve_client)
             server.start()
