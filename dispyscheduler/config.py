@@ -1,145 +1,218 @@
-"""How the daemons are run: option files, detaching, pid files, logging.
+"""The daemons' configuration, typed and checked: what a scheduler or a node needs to run.
 
-An option file is an INI file with a section named after the program (``[dispyscheduler]``
-or ``[dispynode]``) whose keys are the long option names; an option given more than once on
-the command line takes one value per line. Values on the command line win over the file.
+The command line (``cli.py``) builds these from its options and option files; a program can
+build them directly and start a daemon without argparse (a JobCluster's own scheduler, the
+tests, the benchmarks). ``check()`` applies the same rules the command line does, so a bad
+value is one clear ``ConfigError`` whichever way it came.
 """
 
-import argparse
-import configparser
-import logging
+from __future__ import annotations
+
+import dataclasses
+import math
 import os
-import sys
+from typing import NamedTuple, Optional
 
-LOG_FORMAT = '%(asctime)s %(name)s %(levelname)s %(message)s'
+from .constants import (
+    DEFAULT_DEST_PATH_PREFIX,
+    DEFAULT_NODE_DEST_PATH_PREFIX,
+    MAX_FILE_SIZE,
+    MAX_NODE_LOSSES,
+    MAX_UNAUTHENTICATED,
+    MAX_UNAUTHENTICATED_PER_SOURCE,
+    NODE_PORT,
+    PING_INTERVAL,
+    PING_INTERVAL_RANGE,
+    PULSE_INTERVAL,
+    PULSE_INTERVAL_RANGE,
+    SCHEDULER_CLIENT_PORT,
+    SCHEDULER_NODE_PORT,
+    ZOMBIE_INTERVAL,
+)
 
-NOT_SAVED = {'config', 'save_config', 'help', 'version'}
-"""Options that make no sense in an option file."""
+
+class ConfigError(ValueError):
+    """A configuration value is not acceptable; ``field`` names it, the message says why."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__('%s: %s' % (field, message))
+        self.field = field
+        self.reason = message
 
 
-def parse_args(parser, argv=None):
-    """Parse ``argv`` with the defaults of ``--config FILE`` (if given) under it."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    early = argparse.ArgumentParser(add_help=False)
-    early.add_argument('--config')
-    known, _ = early.parse_known_args(argv)
-    if known.config:
-        parser.set_defaults(**read_config(parser, known.config, argv))
-    return parser.parse_args(argv)
+# The rules for single values, shared by the dataclasses' ``check`` and the command line's
+# argument types: each takes a value of the right type, returns it, or raises ValueError.
+
+def number_between(low: float, high: float):
+    def check(value: float) -> float:
+        if math.isnan(value) or not low <= value <= high:
+            raise ValueError('must be between %g and %g, not %s' % (low, high, value))
+        return value
+    return check
 
 
-def read_config(parser, path, argv):
-    """Option values from ``path``, converted and checked as the command line would; options
-    repeated on the command line replace, not extend, the file's."""
-    config = configparser.ConfigParser(interpolation=None)
-    try:
-        with open(path) as handle:
-            config.read_file(handle)
-    except (OSError, configparser.Error) as exc:
-        parser.error('cannot read --config %s: %s' % (path, exc))
-    if not config.has_section(parser.prog):
-        parser.error('--config %s has no [%s] section' % (path, parser.prog))
-    actions = {action.dest: action for action in parser._actions}
-    values = {}
-    for key, text in config.items(parser.prog):
-        action = actions.get(key)
-        if action is None or key in NOT_SAVED:
-            parser.error('--config %s: unknown option %r' % (path, key))
-        given_here = any(arg == flag or arg.startswith(flag + '=')
-                         for arg in argv for flag in action.option_strings)
+check_pulse_interval = number_between(*PULSE_INTERVAL_RANGE)
+check_ping_interval = number_between(*PING_INTERVAL_RANGE)
+
+
+check_positive = number_between(1e-3, math.inf)
+
+
+def check_count(value: int) -> int:
+    if value < 1:
+        raise ValueError('must be at least 1, not %s' % (value,))
+    return value
+
+
+def check_size(value: int) -> int:
+    if value < 0:
+        raise ValueError('size cannot be negative: %s' % (value,))
+    return value
+
+
+def check_port(value: int, free_allowed: bool = False) -> int:
+    """A TCP/UDP port; 0 (any free port) only where the daemon reports what it got."""
+    low = 0 if free_allowed else 1
+    if not low <= value <= 65535:
+        raise ValueError('port must be between %d and 65535, not %s' % (low, value))
+    return value
+
+
+class TLSFiles(NamedTuple):
+    """One link's TLS: our certificate (and key, if not in the certificate file), and CA
+    certificates that must have signed the peer's (mutual TLS). ``tls.make_context(*files)``
+    makes its context."""
+
+    certfile: Optional[str] = None
+    keyfile: Optional[str] = None
+    cafile: Optional[str] = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.certfile or self.cafile)
+
+
+def _check_fields(config, rules) -> None:
+    """Apply ``rules`` (field name -> check function) to ``config``'s values."""
+    for name, rule in rules.items():
         try:
-            if isinstance(action, argparse._StoreTrueAction):
-                values[key] = config.getboolean(parser.prog, key)
-            elif isinstance(action, argparse._AppendAction):
-                if not given_here:
-                    values[key] = [convert(action, item) for item in text.split()]
-            else:
-                values[key] = convert(action, text.strip())
-        except (argparse.ArgumentTypeError, ValueError) as exc:
-            parser.error('--config %s: option %s: %s' % (path, key, exc))
-    return values
+            rule(getattr(config, name))
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(name, str(exc)) from None
 
 
-def convert(action, text):
-    return action.type(text) if action.type is not None else text
+@dataclasses.dataclass
+class SchedulerConfig:
+    """A scheduler. Field names are the command line's long options."""
+
+    nodes: list[str] = dataclasses.field(default_factory=list)
+    """Nodes to ping (names, addresses); empty: find them by broadcast."""
+    ip_addr: list[str] = dataclasses.field(default_factory=list)
+    """IPv4 addresses to listen on; empty: all."""
+    ext_ip_addr: list[str] = dataclasses.field(default_factory=list)
+    """Addresses announced to nodes instead of the ``ip_addr`` in the same place (NAT)."""
+    port: int = SCHEDULER_NODE_PORT
+    """TCP port for nodes, UDP port for discovery; 0: a free one."""
+    scheduler_port: int = SCHEDULER_CLIENT_PORT
+    """TCP port for clients; 0: a free one."""
+    node_port: int = NODE_PORT
+    """The nodes' UDP discovery port."""
+    node_secret: str = ''
+    cluster_secret: str = ''
+    node_tls: TLSFiles = TLSFiles()
+    cluster_tls: TLSFiles = TLSFiles()
+    pulse_interval: float = PULSE_INTERVAL
+    ping_interval: float = PING_INTERVAL
+    zombie_interval: float = ZOMBIE_INTERVAL
+    """Minutes."""
+    max_file_size: int = MAX_FILE_SIZE
+    dest_path_prefix: str = DEFAULT_DEST_PATH_PREFIX
+    state_dir: Optional[str] = None
+    """Where the state database lives; None: ``dest_path_prefix``/state."""
+    max_node_losses: int = MAX_NODE_LOSSES
+    httpd: Optional[tuple[str, int]] = None
+    """(address, port) of the status page; None: off."""
+    max_unauthenticated: int = MAX_UNAUTHENTICATED
+    max_unauthenticated_per_source: int = MAX_UNAUTHENTICATED_PER_SOURCE
+    pid_file: Optional[str] = None
+    """Written once the scheduler serves (``--daemon``); None: none."""
+
+    @property
+    def state_path(self) -> str:
+        return self.state_dir or os.path.join(self.dest_path_prefix, 'state')
+
+    def check(self) -> 'SchedulerConfig':
+        """Raise ``ConfigError`` for the first value that is off; return self."""
+        _check_fields(self, {
+            'port': lambda port: check_port(port, free_allowed=True),
+            'scheduler_port': lambda port: check_port(port, free_allowed=True),
+            'node_port': check_port,
+            'pulse_interval': check_pulse_interval,
+            'ping_interval': check_ping_interval,
+            'zombie_interval': check_positive,
+            'max_file_size': check_size,
+            'max_node_losses': check_count,
+            'max_unauthenticated': check_count,
+            'max_unauthenticated_per_source': check_count,
+        })
+        for link in ('node', 'cluster'):
+            files = getattr(self, link + '_tls')
+            if files.keyfile and not files.certfile:
+                raise ConfigError(link + '_keyfile', 'needs --%s_certfile' % link)
+            if files.cafile and not files.certfile:
+                raise ConfigError(link + '_cafile',
+                                  'needs --%s_certfile (TLS on that link)' % link)
+        if self.ext_ip_addr and self.ip_addr and len(self.ext_ip_addr) > len(self.ip_addr):
+            raise ConfigError('ext_ip_addr', 'more --ext_ip_addr than -i addresses to pair '
+                                             'them with')
+        return self
 
 
-def save_config(parser, options, path):
-    """Write the effective options to ``path`` (for ``--config``)."""
-    config = configparser.ConfigParser(interpolation=None)
-    config.add_section(parser.prog)
-    for action in parser._actions:
-        if action.dest in NOT_SAVED or not action.option_strings:
-            continue
-        value = getattr(options, action.dest, None)
-        if value is None or value == []:
-            continue
-        if isinstance(value, bool):
-            value = 'yes' if value else 'no'
-        elif isinstance(value, tuple):  # an address: host:port, as given
-            value = ':'.join(str(part) for part in value)
-        elif isinstance(value, list):
-            value = '\n'.join(str(item) for item in value)
-        config.set(parser.prog, action.dest, str(value))
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds secrets
-    with os.fdopen(fd, 'w') as handle:
-        config.write(handle)
+@dataclasses.dataclass
+class NodeConfig:
+    """A node. Field names are the command line's long options."""
 
+    cpus: int = 0
+    """Jobs run at once; 0: all CPUs, negative: all but that many (see ``cpu_count``)."""
+    ip_addr: Optional[str] = None
+    """The address to use and announce; None: the one that reaches the scheduler."""
+    ext_ip_addr: Optional[str] = None
+    """Announced instead of ``ip_addr`` (NAT)."""
+    node_port: int = NODE_PORT
+    """UDP port for discovery pings."""
+    secret: str = ''
+    """The scheduler's node secret."""
+    tls: TLSFiles = TLSFiles()
+    scheduler_node: Optional[str] = None
+    """Connect to this scheduler at start (retrying); None: wait to be pinged."""
+    scheduler_port: int = SCHEDULER_NODE_PORT
+    dest_path_prefix: str = DEFAULT_NODE_DEST_PATH_PREFIX
+    name: Optional[str] = None
+    """Shown for this node; None: the host name."""
+    ping_interval: float = PING_INTERVAL
+    zombie_interval: float = ZOMBIE_INTERVAL
+    """Minutes."""
+    max_file_size: int = MAX_FILE_SIZE
+    pid_file: Optional[str] = None
+    """Written once the node serves (``--daemon``); None: none."""
 
-def daemonize():
-    """Detach from the terminal (double fork, new session). The daemon writes its pid file
-    once it is ready (``write_pid_file``)."""
-    if os.fork() > 0:
-        os._exit(0)
-    os.setsid()
-    if os.fork() > 0:
-        os._exit(0)
-    os.chdir('/')
-    devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(devnull, fd)
-    os.close(devnull)
+    def cpu_count(self, available: Optional[int] = None) -> int:
+        """The CPUs to use on a host with ``available`` of them (default: this host's)."""
+        available = available or os.cpu_count() or 1
+        return self.cpus if self.cpus > 0 else available + self.cpus
 
-
-def write_pid_file(path):
-    """Write this process's pid to ``path``; it is removed again at exit."""
-    with open(path, 'w') as handle:
-        handle.write('%d\n' % os.getpid())
-    pid = os.getpid()
-
-    def remove():
-        if os.getpid() == pid:  # not in a forked child
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
-    import atexit
-    atexit.register(remove)
-
-
-def default_pid_file(prog):
-    """``$PIDFILE`` (as the init.d scripts set it), else ``/var/run/<prog>.pid``."""
-    return os.environ.get('PIDFILE') or '/var/run/%s.pid' % prog
-
-
-class ReopeningFileHandler(logging.FileHandler):
-    """A log file that ``reopen`` closes and opens again by name, so that logrotate can move
-    it away and signal the daemon (SIGHUP)."""
-
-    def reopen(self):
-        self.acquire()
-        try:
-            self.close()
-            self.stream = self._open()
-        finally:
-            self.release()
-
-
-def configure_logging(debug, log_file=None):
-    """Log to ``log_file`` (or stderr); returns the file's handler, or None."""
-    handler = ReopeningFileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if debug else logging.INFO)
-    return handler if log_file else None
+    def check(self) -> 'NodeConfig':
+        """Raise ``ConfigError`` for the first value that is off; return self."""
+        _check_fields(self, {
+            'node_port': check_port,
+            'scheduler_port': check_port,
+            'ping_interval': check_ping_interval,
+            'zombie_interval': check_positive,
+            'max_file_size': check_size,
+        })
+        if self.cpu_count() < 1:
+            raise ConfigError('cpus', 'leaves no CPU to use (%d available)'
+                              % (os.cpu_count() or 1))
+        if self.tls.keyfile and not self.tls.certfile:
+            raise ConfigError('keyfile', 'needs --certfile')
+        return self

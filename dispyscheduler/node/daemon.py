@@ -34,7 +34,7 @@ from ..constants import (
     RECONNECT_DELAY_RANGE,
     TERMINATED,
 )
-from ..config import write_pid_file
+from ..daemonize import write_pid_file
 from ..duties import Duties, log_greenlet_errors
 from ..files import FileRefused, check_manifest_entry
 from ..hublink import HubLink
@@ -105,7 +105,7 @@ class NodeDaemon:
         self.duties.spawn(self.announce_loop, udp)
         for signum in (signal.SIGTERM, signal.SIGINT):
             gevent.signal_handler(signum, self.stopped.set)
-        if self.options.daemon:
+        if self.options.pid_file:  # ``--daemon``
             write_pid_file(self.options.pid_file)  # now it answers SIGTERM: ready
         logger.info('dispynode %s serving with %d CPUs (discovery on UDP port %d)', self.name,
                     self.cpus, self.options.node_port)

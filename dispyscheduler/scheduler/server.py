@@ -26,7 +26,7 @@ from gevent.server import StreamServer
 
 from .. import discovery
 from ..auth import AuthenticationError, handshake
-from ..config import write_pid_file
+from ..daemonize import write_pid_file
 from ..constants import (COMMIT_INTERVAL, MAX_DISPATCH_DEPTH, HANDSHAKE_TIMEOUT, NO_NODE_PINGS,
                          PULSES_MISSED_BEFORE_DEAD, RESULT_RETENTION)
 from ..duties import Duties, log_greenlet_errors
@@ -146,7 +146,7 @@ class Scheduler(NodeSide, ClientSide):
         self.duties.spawn(self.flush_acknowledgements)
         for signum in (signal.SIGTERM, signal.SIGINT):
             gevent.signal_handler(signum, self.stopped.set)
-        if self.options.daemon:
+        if self.options.pid_file:  # ``--daemon``
             write_pid_file(self.options.pid_file)  # now it answers SIGTERM: ready
         logger.info('dispyscheduler serving nodes on port %d and clients on port %d (%s)',
                     self.options.port, self.options.scheduler_port,

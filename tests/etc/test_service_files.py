@@ -18,8 +18,8 @@ import sys
 import pytest
 from daemons import BIN, CLUSTER_SECRET, NODE_SECRET, REPO, free_ports, session_members, wait_for
 
-from dispyscheduler import DispyJob, SharedJobCluster, config
-from dispyscheduler.cli import node_parser, scheduler_parser
+from dispyscheduler import DispyJob, SharedJobCluster, optionfile
+from dispyscheduler.cli import OPTIONS, node_parser, scheduler_parser
 
 ETC = os.path.join(REPO, 'etc')
 NAMES = ('dispyscheduler', 'dispynode')
@@ -305,15 +305,14 @@ def test_config_example_round_trip(name, tmp_path):
                              '--save_config', saved], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, timeout=60)
     assert result.returncode == 0, result.stdout
-    parser = PARSERS[name]()
-    given = config.read_config(parser, example, [])
-    written = config.read_config(parser, saved, [])
+    given = optionfile.read_option_file(name, OPTIONS[name], example)
+    written = optionfile.read_option_file(name, OPTIONS[name], saved)
     assert given, 'no options in %s' % example
     for key, value in given.items():
         assert written.get(key) == value, (key, value, written.get(key))
     with open(example) as handle:
         commented = re.findall(r'^#\s*([a-z_]+)\s*=', handle.read(), re.M)
-    options = {action.dest for action in parser._actions} - config.NOT_SAVED
+    options = {option.dest for option in OPTIONS[name] if option.in_files}
     assert commented and set(commented) <= options, set(commented) - options
 
 
@@ -332,7 +331,7 @@ def test_defaults_examples_parse(name):
     for line in lines:
         argv = line.replace('/etc/%s.conf' % name, example).split()
         assert not {'--daemon', '--pid_file'} & set(argv)
-        config.parse_args(PARSERS[name](), argv)  # exits (fails the test) if refused
+        optionfile.parse_args(PARSERS[name](), OPTIONS[name], argv)  # exits if refused
 
 
 def unit(name):
