@@ -32,8 +32,8 @@ class Metrics:
     ``Histogram`` takes a lock on every update, a cost on every job's path); they and
     everything read from the state are turned into metric families only when scraped."""
 
-    def __init__(self, scheduler):
-        self.scheduler = scheduler
+    def __init__(self, state):
+        self.state = state
         self.registry = CollectorRegistry()
         self.submitted = 0
         self.finished = 0
@@ -56,7 +56,7 @@ class Metrics:
         self.placement_sum += seconds
 
     def collect(self):
-        state = self.scheduler.state
+        state = self.state
         now = time.monotonic()
         yield CounterMetricFamily('dispyscheduler_jobs_submitted', 'Jobs submitted',
                                   value=self.submitted)
@@ -100,20 +100,19 @@ def node_busy(node):
     return min(node.cpus, sum(1 for job in node.jobs.values() if job.start_time is not None))
 
 
-def status(scheduler):
+def status(state, peers, started, pulse_interval):
     """The scheduler at a glance, for ``/status`` and ``dispyscheduler-status``."""
-    state = scheduler.state
     now = time.monotonic()
     return {
         'version': __version__,
-        'uptime': time.time() - scheduler.started,
-        'pulse_interval': scheduler.options.pulse_interval,
+        'uptime': time.time() - started,
+        'pulse_interval': pulse_interval,
         'nodes': [{'address': node.key, 'ip_addr': node.ip_addr, 'name': node.name,
                    'cpus': node.cpus, 'busy': node_busy(node), 'jobs': len(node.jobs),
                    'jobs_done': node.jobs_done, 'pulse_age': now - node.last_heard}
                   for node in sorted(state.nodes.values(), key=lambda node: node.key)],
         'clusters': [{'cid': cluster.cid, 'name': cluster.name,
-                      'owner': cluster.owner.peer if cluster.owner is not None else None,
+                      'owner': owner(peers, cluster),
                       'queued': cluster.queued, 'running': cluster.in_flight,
                       'done': cluster.done, 'nodes': len(cluster.ready_nodes)}
                      for cluster in sorted(state.clusters.values(),
@@ -121,9 +120,18 @@ def status(scheduler):
     }
 
 
+def owner(peers, cluster):
+    """Where a cluster's client is connected from, or None."""
+    session = peers.client(cluster.cid)
+    return session.peer if session is not None else None
+
+
 class StatusServer:
-    def __init__(self, scheduler, listener):
-        self.scheduler = scheduler
+    """Serves ``status()`` (a callable returning the status) and the metrics ``registry``."""
+
+    def __init__(self, status, registry, listener):
+        self.status = status
+        self.registry = registry
         self.server = WSGIServer(listener, self.application, log=None, error_log=logger)
 
     def start(self):
@@ -138,10 +146,10 @@ class StatusServer:
             return self.reply(start_response, '405 Method Not Allowed', 'text/plain',
                               b'only GET\n')
         if path == '/status':
-            body = json.dumps(status(self.scheduler)).encode()
+            body = json.dumps(self.status()).encode()
             return self.reply(start_response, '200 OK', 'application/json', body)
         if path == '/metrics':
-            body = generate_latest(self.scheduler.metrics.registry)
+            body = generate_latest(self.registry)
             return self.reply(start_response, '200 OK',
                               'text/plain; version=0.0.4; charset=utf-8', body)
         if path in ('/', '/index.html'):

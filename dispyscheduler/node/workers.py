@@ -115,9 +115,12 @@ class Computation:
         env[worker_program.ENV_CID] = str(self.cid)
         env['PYTHONPATH'] = os.pathsep.join(filter(None, [_package_root(),
                                                           env.get('PYTHONPATH')]))
-        self.host_process = subprocess.Popen(
-            [sys.executable, '-m', 'dispyscheduler.node.worker'], cwd=self.directory, env=env,
-            stdin=subprocess.DEVNULL)
+        try:
+            self.host_process = subprocess.Popen(
+                [sys.executable, '-m', 'dispyscheduler.node.worker'], cwd=self.directory,
+                env=env, stdin=subprocess.DEVNULL)
+        except OSError as exc:  # its directory is gone: uninstalled while its files came
+            raise ComputationError('cannot start the computation: %s' % (exc,)) from None
         try:
             with gevent.Timeout(WORKER_START_TIMEOUT, ComputationError(
                     'computation did not load within %d seconds' % WORKER_START_TIMEOUT)):

@@ -1,8 +1,8 @@
 """The scheduler's state: clusters, nodes and jobs, and what each event does to them.
 
-Pure bookkeeping, no I/O: the server calls an event method (a job submitted, a node joined, a
-result arrived, a node lost) and performs what it returns, usually a list of ``(node, job)``
-dispatches. Indexes keep every event O(1) or O(log n) in the number of jobs and nodes; the
+Pure bookkeeping, no I/O, no links: the scheduler's parts call an event method (a job
+submitted, a node joined, a result arrived, a node lost) and perform what it returns: a named
+outcome (``Dispatch`` pairs to send, ``Rescheduled`` jobs, ...). Indexes keep every event O(1) or O(log n) in the number of jobs and nodes; the
 only loops are over the clusters installed on one node (a handful) and, when a cluster or a
 node first appears, over the nodes or clusters it may pair with.
 
@@ -15,12 +15,15 @@ them they still hold (``reattach``); a node that does not return within the grac
 handled as lost (``expire_awaiting``).
 """
 
+from __future__ import annotations
+
 import collections
+import dataclasses
 import heapq
 import itertools
+from typing import Any, NamedTuple, Optional
 
-from ..constants import ABANDONED, CANCELLED, CREATED, RUNNING
-from ..constants import MAX_DISPATCH_DEPTH
+from ..constants import ABANDONED, CANCELLED, CREATED, MAX_DISPATCH_DEPTH, RUNNING
 from .policy import RUNTIME_WEIGHT, LoadIndex, dispatch_depth, fair_share_pick, node_matches
 
 OFFERED = 'offered'  # waiting for the client's NodeAllocate to say how many CPUs to use
@@ -109,10 +112,9 @@ class Cluster:
         self.files = []  # [name, size, mode] of the computation's files
         self.node_files = set()  # names of those sent only to nodes whose allocation asks
         self.directory = None  # where the scheduler keeps them
-        self.owner = None  # the client's link while it is connected
-        self.orphaned_since = None  # when the client left without closing
+        self.credential = b''  # what lets a client resume the cluster
+        self.orphaned_since: Optional[float] = None  # when its client left without closing
         self.dormant = False  # its client is long gone: uninstalled, kept for its results
-        self.nodeless_since = None  # when it was last without a node to run on (server's)
 
     def __repr__(self):
         return '<Cluster %s %s>' % (self.cid, self.name)
@@ -157,7 +159,6 @@ class Node:
         self.busy = 0  # as the node last reported
         self.last_heard = 0.0
         self.platform = ''
-        self.link = None  # the node's link, for the server
 
     def __repr__(self):
         return '<Node %s>' % (self.key,)
@@ -169,6 +170,66 @@ class Node:
     def answers_to(self, name):
         """Whether ``name`` (from ``submit_node``) designates this node."""
         return name in (self.key, self.ip_addr, self.name)
+
+
+# What events return: named outcomes for the scheduler's parts to perform
+
+class Dispatch(NamedTuple):
+    """A job placed on a node: to be sent there."""
+    node: 'Node'
+    job: 'Job'
+
+
+@dataclasses.dataclass
+class Rescheduled:
+    """Jobs taken off a node (lost, leaving, its computation failed there, or it did not come
+    back after a restart): those put back in their queues (their saved node changes), those
+    ended here (their status says how; their clients must be told), and the dispatches the
+    requeued ones allow."""
+    requeued: list[Job] = dataclasses.field(default_factory=list)
+    ended: list[Job] = dataclasses.field(default_factory=list)
+    dispatches: list[Dispatch] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class ClusterRemoved:
+    """A cluster forgotten: the nodes to uninstall it from, its queued jobs (ended
+    Cancelled), its jobs that were on nodes (ended Cancelled; the uninstall stops them
+    there), and the dispatches the freed slots allow to other clusters."""
+    nodes: list[Node]
+    cancelled: list[Job]
+    interrupted: list[Dispatch]
+    dispatches: list[Dispatch]
+
+
+@dataclasses.dataclass
+class ClusterAdded:
+    """A new cluster, and the nodes to offer it to or install it on."""
+    cluster: Cluster
+    nodes: list[Node]
+
+
+@dataclasses.dataclass
+class NodeAdded:
+    """A node that joined, and the clusters to offer it to or install on it."""
+    node: Node
+    clusters: list[Cluster]
+
+
+@dataclasses.dataclass
+class Placed:
+    """A job submitted, or one that ended: the job (None for a late or repeated report) and
+    the dispatches the change allows."""
+    job: Optional[Job]
+    dispatches: list[Dispatch]
+
+
+@dataclasses.dataclass
+class Cancellation:
+    """A cancel: the job (None if unknown or ended), and the node to tell when it is on one
+    (None: it ended here, before it ran)."""
+    job: Optional[Job]
+    node: Optional[Node]
 
 
 class State:
@@ -196,6 +257,7 @@ class State:
                               row['reentrant'], row['cleanup'], row['allocate'])
             cluster.files, cluster.node_files = row['files'], row['node_files']
             cluster.directory = row['directory']
+            cluster.credential = row['credential']
             self.clusters[cluster.cid] = cluster
         for row in jobs:
             cluster = self.clusters.get(row['cid'])
@@ -215,8 +277,8 @@ class State:
 
     def reattach(self, node, held):
         """A node that held jobs before a restart came back holding the jobs ``held``: those
-        stay on it; the others it lost go back to the queue (returned, requeued)."""
-        requeued = []
+        stay on it; the others it lost go back to the queue. Returns ``Rescheduled``."""
+        outcome = Rescheduled()
         for jid, job in self.awaiting.pop(node.key, {}).items():
             if jid in held:
                 node.jobs[jid] = job
@@ -225,22 +287,24 @@ class State:
                 job.cluster.in_flight += 1
             else:
                 self._requeue(job)
-                requeued.append(job)
+                outcome.requeued.append(job)
         self._load_changed(node)
-        return requeued
+        return self._place_requeued(outcome)
 
     def expire_awaiting(self):
         """The grace period after a restart is over: jobs of nodes that did not come back are
-        handled as lost with their node. Returns ``(requeued, lost, dispatches)``."""
-        requeued, lost = [], []
+        handled as lost with their node."""
+        outcome = Rescheduled()
         for waiting in self.awaiting.values():
             for job in waiting.values():
-                self._lose(job, requeued, lost)
+                self._lose(job, outcome)
         self.awaiting = {}
-        dispatches = []
-        for cluster in {job.cluster for job in requeued}:
-            dispatches.extend(self.place(cluster))
-        return requeued, lost, dispatches
+        return self._place_requeued(outcome)
+
+    def _place_requeued(self, outcome: Rescheduled) -> Rescheduled:
+        for cluster in {job.cluster for job in outcome.requeued}:
+            outcome.dispatches.extend(self.place(cluster))
+        return outcome
 
     def _requeue(self, job):
         job.node = None
@@ -251,40 +315,38 @@ class State:
         else:
             job.cluster.pinned[job.pinned].push(job)
 
-    def _lose(self, job, requeued, lost):
+    def _lose(self, job, outcome):
         """``job`` was on a node that died: requeue it if its cluster allows (and it has not
         outlived too many nodes already), else end it."""
         job.lost_nodes += 1
         if job.cancelling:
             self._end(job, CANCELLED)
-            lost.append(job)
         elif job.lost_nodes >= self.max_node_losses:
             self._end(job, ABANDONED)
-            lost.append(job)
         elif job.cluster.reentrant and job.pinned is None:
             self._requeue(job)
-            requeued.append(job)
+            outcome.requeued.append(job)
+            return
         else:
             self._end(job, CANCELLED)
-            lost.append(job)
+        outcome.ended.append(job)
 
     # clusters
 
     def add_cluster(self, name, code, patterns, reentrant, cleanup, allocate=False):
         """A new cluster and the nodes to offer it to: its computation is installed on each
-        at once, or, with ``allocate``, once the client's NodeAllocate has accepted it."""
+        at once, or, with ``allocate``, once the client's NodeAllocate has accepted it.
+        Returns ``ClusterAdded``."""
         cluster = Cluster(self.next_cid(), name, code, patterns, reentrant, cleanup, allocate)
         self.clusters[cluster.cid] = cluster
         nodes = [node for node in self.nodes.values()
                  if node_matches(patterns, node.ip_addr, node.name, node.port)]
         for node in nodes:
             node.clusters[cluster.cid] = OFFERED if allocate else INSTALLING
-        return cluster, nodes
+        return ClusterAdded(cluster, nodes)
 
     def remove_cluster(self, cluster):
-        """Forget a cluster: returns the nodes to uninstall it from, its queued jobs (now
-        cancelled), its ``(node, job)`` pairs still running, and the dispatches that the freed
-        slots allow."""
+        """Forget a cluster; returns ``ClusterRemoved``."""
         del self.clusters[cluster.cid]
         nodes = [node for node in self.nodes.values() if node.clusters.pop(cluster.cid, None)]
         for node in nodes:
@@ -297,7 +359,7 @@ class State:
                 queued.append(job)
             else:
                 del job.node.jobs[job.jid]
-                running.append((job.node, job))
+                running.append(Dispatch(job.node, job))
         for waiting in self.awaiting.values():
             for job in cluster.jobs.values():
                 waiting.pop(job.jid, None)
@@ -310,7 +372,7 @@ class State:
         for node in {node for node, _ in running}:
             self._load_changed(node)
             dispatches.extend(self.fill_node(node))
-        return nodes, queued, running, dispatches
+        return ClusterRemoved(nodes, queued, running, dispatches)
 
     def retire(self, cluster):
         """A cluster with nothing to run whose client is long gone keeps its results but
@@ -335,7 +397,8 @@ class State:
     # nodes
 
     def add_node(self, key, name, ip_addr, port, cpus):
-        """A node that joined, and the clusters to offer it to (see ``add_cluster``)."""
+        """A node that joined, and the clusters to offer it to (see ``add_cluster``);
+        returns ``NodeAdded``."""
         node = Node(key, name, ip_addr, port, cpus, cpus * self.max_depth)
         self.nodes[key] = node
         clusters = [cluster for cluster in self.clusters.values()
@@ -344,17 +407,17 @@ class State:
         for cluster in clusters:
             node.clusters[cluster.cid] = OFFERED if cluster.allocate else INSTALLING
         self._load_changed(node)
-        return node, clusters
+        return NodeAdded(node, clusters)
 
     def remove_node(self, node):
         """A node is gone. Its jobs of reentrant clusters go back to their queues, ahead of
         later ones; the others, jobs being cancelled, jobs pinned to it (running or waiting)
-        and jobs that have now lost ``max_node_losses`` nodes are returned as lost (ended
-        Cancelled, or Abandoned for the last). Returns ``(requeued, lost, dispatches)``."""
+        and jobs that have now lost ``max_node_losses`` nodes end here (Cancelled, or
+        Abandoned for the last). Returns ``Rescheduled``."""
         if self.nodes.get(node.key) is node:
             del self.nodes[node.key]
         self.free_nodes.discard(node)
-        requeued, lost = [], []
+        outcome = Rescheduled()
         for cid in node.clusters:
             cluster = self.clusters.get(cid)
             if cluster is not None:
@@ -363,17 +426,14 @@ class State:
                 waiting = cluster.pinned.pop(node.key, None)
                 for job in waiting.jobs() if waiting else ():
                     self._end(job, CANCELLED)
-                    lost.append(job)
+                    outcome.ended.append(job)
         node.clusters = {}
         for job in sorted(node.jobs.values(), key=lambda job: job.jid):
             job.cluster.in_flight -= 1
-            self._lose(job, requeued, lost)
+            self._lose(job, outcome)
         node.jobs = {}
         node.jobs_of.clear()
-        dispatches = []
-        for cluster in {job.cluster for job in requeued}:
-            dispatches.extend(self.place(cluster))
-        return requeued, lost, dispatches
+        return self._place_requeued(outcome)
 
     def allocate(self, node, cid, cpus, setup_args, files):
         """The client's NodeAllocate answered for a node: 0 CPUs refuses it; otherwise the
@@ -399,48 +459,44 @@ class State:
 
     def compute_failed(self, node, cid):
         """Setup failed on a node, or its worker host died: the node takes no more of the
-        cluster's jobs, and those sent there that never started go back to the queue. Returns
-        ``(cluster, stranded, requeued, dispatches)``: ``stranded`` are jobs pinned to the node,
-        ended; ``requeued`` those put back in the queue."""
+        cluster's jobs, and those sent there that never started go back to the queue; jobs
+        pinned to the node end here. Returns ``Rescheduled``."""
         cluster = self.clusters.get(cid)
         if cid in node.clusters:
             node.clusters[cid] = FAILED
         if cluster is None:
-            return None, [], [], []
+            return Rescheduled()
         cluster.ready_nodes.discard(node)
         waiting = cluster.pinned.pop(node.key, None)
-        stranded = waiting.jobs() if waiting else []
-        for job in stranded:
+        outcome = Rescheduled(ended=waiting.jobs() if waiting else [])
+        for job in outcome.ended:
             self._end(job, CANCELLED)
-        requeued = []
         for job in [job for job in node.jobs.values()
                     if job.cluster is cluster and job.status != RUNNING]:
             self._take_back(node, job)
             if job.pinned is None:
                 self._requeue(job)
-                requeued.append(job)
+                outcome.requeued.append(job)
             else:
                 self._end(job, CANCELLED)
-                stranded.append(job)
+                outcome.ended.append(job)
         self._load_changed(node)
-        return cluster, stranded, requeued, self.place(cluster) + self.fill_node(node)
+        outcome.dispatches = self.place(cluster) + self.fill_node(node)
+        return outcome
 
     def node_leaving(self, node, unstarted):
         """A node shutting down hands back the jobs it has not started (``unstarted`` ids)
-        and takes no more. Returns ``(requeued, dispatches)``."""
+        and takes no more. Returns ``Rescheduled`` (nothing ends)."""
         node.slots = 0
         self.free_nodes.discard(node)
-        requeued = []
+        outcome = Rescheduled()
         for jid in unstarted:
             job = node.jobs.get(jid)
             if job is not None and job.status != RUNNING:
                 self._take_back(node, job)
                 self._requeue(job)
-                requeued.append(job)
-        dispatches = []
-        for cluster in {job.cluster for job in requeued}:
-            dispatches.extend(self.place(cluster))
-        return requeued, dispatches
+                outcome.requeued.append(job)
+        return self._place_requeued(outcome)
 
     def _take_back(self, node, job):
         del node.jobs[job.jid]
@@ -451,16 +507,16 @@ class State:
 
     def submit(self, cluster, uid, args, priority=0, timeout=None, files=(), pinned=None,
                tag=None):
-        """Queue a job; returns it with the dispatches it allows."""
+        """Queue a job; returns ``Placed``: the job and the dispatches it allows."""
         job = Job(self.next_jid(), uid, cluster, args, priority, timeout, files, pinned, tag)
         cluster.jobs[uid] = job
         self.jobs[job.jid] = job
         if pinned is None:
             cluster.queue.push(job)
-            return job, self.place(cluster)
+            return Placed(job, self.place(cluster))
         cluster.pinned[pinned].push(job)
         node = self.nodes.get(pinned)
-        return job, self.fill_node(node) if node is not None else []
+        return Placed(job, self.fill_node(node) if node is not None else [])
 
     def place(self, cluster):
         """Send a cluster's queued jobs to free nodes, least loaded first."""
@@ -471,7 +527,7 @@ class State:
                 break
             job = cluster.queue.pop()
             self._dispatch(node, job)
-            dispatches.append((node, job))
+            dispatches.append(Dispatch(node, job))
         return dispatches
 
     def fill_node(self, node):
@@ -484,7 +540,7 @@ class State:
             while waiting and len(node.jobs) < node.slots and cluster.wants(node):
                 job = waiting.pop()
                 self._dispatch(node, job)
-                dispatches.append((node, job))
+                dispatches.append(Dispatch(node, job))
         while len(node.jobs) < node.slots:
             cluster = fair_share_pick([cluster for cluster in ready if cluster.wants(node)],
                                       node.jobs_of)
@@ -492,7 +548,7 @@ class State:
                 break
             job = cluster.queue.pop()
             self._dispatch(node, job)
-            dispatches.append((node, job))
+            dispatches.append(Dispatch(node, job))
         return dispatches
 
     def _dispatch(self, node, job):
@@ -525,11 +581,11 @@ class State:
         return job
 
     def job_done(self, node, jid, status, runtime=None):
-        """A node reports a final status (and how long the job ran). Returns the job (None
-        for a late or repeated report) and the dispatches the freed slot allows."""
+        """A node reports a final status (and how long the job ran). Returns ``Placed``: the
+        job (None for a late or repeated report) and the dispatches the freed slot allows."""
         job = node.jobs.pop(jid, None)
         if job is None:
-            return None, []
+            return Placed(None, [])
         cluster = job.cluster
         if runtime is not None:
             cluster.ran(runtime)
@@ -539,17 +595,17 @@ class State:
         job.node = None
         node.jobs_done += 1
         self._load_changed(node)
-        return job, self.fill_node(node)
+        return Placed(job, self.fill_node(node))
 
     def cancel(self, cluster, uid):
-        """Cancel a job: a queued one ends here (returns ``(job, None)``); for one on a node
-        returns ``(job, node)`` and the node reports its end. ``(None, None)`` if unknown."""
+        """Cancel a job (``Cancellation``): a queued one ends here (no node); for one on a node,
+        the node is to be told, and reports its end. No job if it is unknown."""
         job = cluster.jobs.get(uid)
         if job is None:
-            return None, None
+            return Cancellation(None, None)
         if job.node is not None:
             job.cancelling = True
-            return job, job.node
+            return Cancellation(job, job.node)
         for waiting in self.awaiting.values():
             if waiting.pop(job.jid, None) is not None:
                 break  # it was on a node before a restart, not in a queue
@@ -557,4 +613,4 @@ class State:
             queue = cluster.queue if job.pinned is None else cluster.pinned[job.pinned]
             queue.forget(job)
         self._end(job, CANCELLED)
-        return job, None
+        return Cancellation(job, None)

@@ -5,69 +5,134 @@ yet ended (and the node it was sent to), and each result the client has not ackn
 What is not: anything that can be learned again (nodes, links, queue order beyond priority
 and submission).
 
-Writes are batched (group commit): event handlers only record operations; a flusher greenlet
-commits everything recorded since its last pass in one transaction, on the hub's threadpool
-so that the fsync never blocks the scheduler, and only then runs the actions that had to wait
-for durability (acknowledging a submission to its client, a result to its node). So a submit
-is acknowledged once its batch is on disk, never one fsync per job.
+Each table's columns are named once (``Table``), and so is how a cluster or a job becomes a
+row; the database keeps the version of this layout, and a database of another version is
+refused with one line that says so.
+
+Recording costs no I/O: changes are kept by row in a ``Batch``, so a job submitted and ended
+(and its result acknowledged) within one batch costs the database nothing; ``commit`` writes a
+batch in one transaction. Not thread-safe: ``commit`` runs on one thread at a time (the
+flusher's, see ``durability.py``), everything else on the hub.
 """
+
+from __future__ import annotations
 
 import logging
 import os
 import sqlite3
+from typing import Any, Callable, Hashable, Iterable
 
 import msgpack
 
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-
-SCHEMA = '''
-CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB);
-CREATE TABLE clusters (
-    cid INTEGER PRIMARY KEY, name TEXT, code BLOB, patterns BLOB, reentrant INTEGER,
-    cleanup INTEGER, allocate INTEGER, files BLOB, node_files BLOB, directory TEXT,
-    credential BLOB);
-CREATE TABLE jobs (
-    jid INTEGER PRIMARY KEY, cid INTEGER, uid INTEGER, args BLOB, priority INTEGER,
-    timeout REAL, files BLOB, pinned TEXT, tag BLOB, node TEXT, lost_nodes INTEGER);
-CREATE INDEX jobs_by_cluster ON jobs (cid);
-CREATE TABLE results (cid INTEGER, uid INTEGER, message BLOB, PRIMARY KEY (cid, uid));
-'''
+"""The layout below; a database of another version is refused (``StoreError``)."""
 
 
 class StoreError(Exception):
     """The state database cannot be used; the message says which file and why."""
 
 
-def pack(value):
+def pack(value: Any) -> bytes:
     return msgpack.packb(value, use_bin_type=True)
 
 
-def unpack(data):
+def unpack(data: bytes) -> Any:
     return msgpack.unpackb(data, raw=False)
+
+
+class Table:
+    """One table: its columns, named once, and the statements that follow from them."""
+
+    def __init__(self, name: str, columns: Iterable[tuple[str, str]], order: str,
+                 key: tuple[str, ...]) -> None:
+        self.name = name
+        self.columns = tuple(column for column, _ in columns)
+        definitions = ', '.join('%s %s' % pair for pair in columns)
+        primary = ', PRIMARY KEY (%s)' % ', '.join(key) if len(key) > 1 else ''
+        self.create = 'CREATE TABLE %s (%s%s)' % (name, definitions, primary)
+        self.insert = 'INSERT OR REPLACE INTO %s (%s) VALUES (%s)' % (
+            name, ', '.join(self.columns), ', '.join('?' * len(self.columns)))
+        self.delete = 'DELETE FROM %s WHERE %s' % (
+            name, ' AND '.join('%s = ?' % column for column in key))
+        self.select = 'SELECT %s FROM %s ORDER BY %s' % (', '.join(self.columns), name, order)
+
+    def values(self, row: dict[str, Any]) -> tuple:
+        return tuple(row[column] for column in self.columns)
+
+    def rows(self, db: sqlite3.Connection) -> list[dict[str, Any]]:
+        return [dict(zip(self.columns, values)) for values in db.execute(self.select)]
+
+
+META = Table('meta', [('key', 'TEXT PRIMARY KEY'), ('value', 'BLOB')], 'key', ('key',))
+CLUSTERS = Table('clusters', [
+    ('cid', 'INTEGER PRIMARY KEY'), ('name', 'TEXT'), ('code', 'BLOB'), ('patterns', 'BLOB'),
+    ('reentrant', 'INTEGER'), ('cleanup', 'INTEGER'), ('allocate', 'INTEGER'),
+    ('files', 'BLOB'), ('node_files', 'BLOB'), ('directory', 'TEXT'), ('credential', 'BLOB'),
+], 'cid', ('cid',))
+JOBS = Table('jobs', [
+    ('jid', 'INTEGER PRIMARY KEY'), ('cid', 'INTEGER'), ('uid', 'INTEGER'), ('args', 'BLOB'),
+    ('priority', 'INTEGER'), ('timeout', 'REAL'), ('files', 'BLOB'), ('pinned', 'TEXT'),
+    ('tag', 'BLOB'), ('node', 'TEXT'), ('lost_nodes', 'INTEGER'),
+], 'jid', ('jid',))
+RESULTS = Table('results', [('cid', 'INTEGER'), ('uid', 'INTEGER'), ('message', 'BLOB')],
+                'cid, uid', ('cid', 'uid'))
+TABLES = (META, CLUSTERS, JOBS, RESULTS)
+INDEXES = ('CREATE INDEX jobs_by_cluster ON jobs (cid)',)
+
+
+def cluster_row(cluster) -> dict[str, Any]:
+    return dict(cid=cluster.cid, name=cluster.name, code=cluster.code,
+                patterns=pack([list(pattern) for pattern in cluster.patterns]),
+                reentrant=int(cluster.reentrant), cleanup=int(cluster.cleanup),
+                allocate=int(cluster.allocate), files=pack(cluster.files),
+                node_files=pack(sorted(cluster.node_files)), directory=cluster.directory,
+                credential=cluster.credential)
+
+
+def cluster_from_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A saved cluster as ``model.State.restore`` takes it."""
+    return dict(row, patterns=[tuple(pattern) for pattern in unpack(row['patterns'])],
+                reentrant=bool(row['reentrant']), cleanup=bool(row['cleanup']),
+                allocate=bool(row['allocate']), files=unpack(row['files']),
+                node_files=set(unpack(row['node_files'])))
+
+
+def job_row(job) -> dict[str, Any]:
+    return dict(jid=job.jid, cid=job.cluster.cid, uid=job.uid, args=job.args,
+                priority=job.priority, timeout=job.timeout, files=pack(job.files),
+                pinned=job.pinned, tag=job.tag, node=job.node.key if job.node else None,
+                lost_nodes=job.lost_nodes)
+
+
+def job_from_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A saved job as ``model.State.restore`` takes it."""
+    return dict(row, files=unpack(row['files']))
+
+
+Action = tuple[Callable[..., Any], tuple]
 
 
 class Batch:
     """Changes recorded since the last commit, kept by row, so that a job submitted and ended
     (and its result acknowledged) within one batch costs the database nothing."""
 
-    def __init__(self):
-        self.jobs = {}  # jid -> Job whose row to write as it is when the batch is taken
-        self.new_jobs = set()  # jids first saved in this batch
-        self.ended_jobs = set()  # jids whose rows go
-        self.results = {}  # (cid, uid) -> final message to keep for the client
-        self.acknowledged = set()  # (cid, uid) of results the client has now
-        self.clusters = []  # (sql, parameters) for clusters, in order, after the rest
-        self.actions = []  # (action, args) to run once the batch is committed
-        self.acknowledgements = {}  # link -> (send, [items]): one message each
+    def __init__(self) -> None:
+        self.jobs: dict[int, Any] = {}  # jid -> Job whose row to write as it is at the commit
+        self.new_jobs: set[int] = set()  # jids first saved in this batch
+        self.ended_jobs: set[int] = set()  # jids whose rows go
+        self.results: dict[tuple[int, int], dict] = {}  # (cid, uid) -> final message to keep
+        self.acknowledged: set[tuple[int, int]] = set()  # (cid, uid) the client has now
+        self.clusters: list[tuple[str, tuple]] = []  # (sql, values), in order, after the rest
+        self.actions: list[Action] = []  # to run once the batch is committed
+        self.acknowledgements: dict[Hashable, tuple[Callable[[list], Any], list]] = {}
 
 
 class Store:
-    """One scheduler's state database. Not thread-safe: ``commit`` runs on one thread at a
-    time (the flusher's), everything else on the hub."""
+    """One scheduler's state database."""
 
-    def __init__(self, state_dir):
+    def __init__(self, state_dir: str) -> None:
         self.path = os.path.join(state_dir, 'state.sqlite')
         self.batch = Batch()
         try:
@@ -77,8 +142,9 @@ class Store:
             self.db.execute('PRAGMA journal_mode=WAL')
             self.db.execute('PRAGMA synchronous=FULL')
             if fresh:
-                self.db.executescript('BEGIN;' + SCHEMA + 'COMMIT;')
-                self.db.execute("INSERT INTO meta VALUES ('version', ?)", (SCHEMA_VERSION,))
+                self.db.executescript('BEGIN;' + ';'.join(
+                    [table.create for table in TABLES] + list(INDEXES)) + ';COMMIT;')
+                self.db.execute(META.insert, ('version', SCHEMA_VERSION))
             version = self.meta('version')
             if version != SCHEMA_VERSION:
                 raise StoreError('%s has state version %r; this scheduler reads version %d'
@@ -89,66 +155,51 @@ class Store:
             self.scheduler_id = self.meta('scheduler_id') or os.urandom(8).hex()
             with self.db:
                 self.db.execute('BEGIN')
-                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('epoch', ?)", (self.epoch,))
-                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('scheduler_id', ?)",
-                                (self.scheduler_id,))
+                self.db.execute(META.insert, ('epoch', self.epoch))
+                self.db.execute(META.insert, ('scheduler_id', self.scheduler_id))
         except sqlite3.Error as exc:
             raise StoreError('cannot use state database %s: %s' % (self.path, exc)) from None
 
-    def close(self):
+    def close(self) -> None:
         self.db.close()
 
-    def meta(self, key, default=None):
+    def meta(self, key: str, default: Any = None) -> Any:
         row = self.db.execute('SELECT value FROM meta WHERE key = ?', (key,)).fetchone()
         return default if row is None else row[0]
 
     # recording (no I/O until the next commit)
 
-    def notify(self):
-        """Replaced by the scheduler with a wake-up of its flusher."""
-
-    def when_durable(self, action, *args):
+    def when_durable(self, action: Callable[..., Any], *args: Any) -> None:
         """Run ``action(*args)`` once everything recorded so far is committed."""
         self.batch.actions.append((action, args))
-        self.notify()
 
-    def acknowledge_when_durable(self, key, send, item):
-        """Add ``item`` to the acknowledgement ``send(items)`` that goes to ``key`` (a link)
-        once everything recorded so far is committed: one message per peer per batch."""
-        group = self.batch.acknowledgements.get(key)
+    def acknowledge_when_durable(self, peer: Hashable, send: Callable[[list], Any],
+                                 item: Any) -> None:
+        """Add ``item`` to the acknowledgement ``send(items)`` that goes to ``peer`` once
+        everything recorded so far is committed: one message per peer per batch."""
+        group = self.batch.acknowledgements.get(peer)
         if group is None:
-            group = self.batch.acknowledgements[key] = (send, [])
+            group = self.batch.acknowledgements[peer] = (send, [])
         group[1].append(item)
-        self.notify()
 
-    def put_cluster(self, cluster, credential):
-        self.batch.clusters.append((
-            'INSERT OR REPLACE INTO clusters VALUES (?,?,?,?,?,?,?,?,?,?,?)',
-            (cluster.cid, cluster.name, cluster.code,
-             pack([list(p) for p in cluster.patterns]), int(cluster.reentrant),
-             int(cluster.cleanup), int(cluster.allocate), pack(cluster.files),
-             pack(sorted(cluster.node_files)), cluster.directory, credential)))
-        self.batch.clusters.append(("INSERT OR REPLACE INTO meta VALUES ('next_cid', ?)",
-                                    (cluster.cid + 1,)))
-        self.notify()
+    def put_cluster(self, cluster) -> None:
+        self.batch.clusters.append((CLUSTERS.insert, CLUSTERS.values(cluster_row(cluster))))
+        self.batch.clusters.append((META.insert, ('next_cid', cluster.cid + 1)))
 
-    def delete_cluster(self, cid):
-        self.batch.clusters.extend([('DELETE FROM clusters WHERE cid = ?', (cid,)),
+    def delete_cluster(self, cid: int) -> None:
+        self.batch.clusters.extend([(CLUSTERS.delete, (cid,)),
                                     ('DELETE FROM jobs WHERE cid = ?', (cid,)),
                                     ('DELETE FROM results WHERE cid = ?', (cid,))])
-        self.notify()
 
-    def put_job(self, job):
+    def put_job(self, job) -> None:
         self.batch.jobs[job.jid] = job
         self.batch.new_jobs.add(job.jid)
-        self.notify()
 
-    def job_moved(self, job):
+    def job_moved(self, job) -> None:
         """The job was sent to a node, or came back from one."""
         self.batch.jobs[job.jid] = job
-        self.notify()
 
-    def job_ended(self, cid, jid, message):
+    def job_ended(self, cid: int, jid: int | None, message: dict) -> None:
         """A job ended (or a submission was refused, ``jid`` None): its row goes, its final
         message waits for the client's acknowledgement."""
         batch = self.batch
@@ -157,43 +208,37 @@ class Store:
             batch.ended_jobs.add(jid)
         batch.results[(cid, message['uid'])] = message
         batch.acknowledged.discard((cid, message['uid']))
-        self.notify()
 
-    def result_acknowledged(self, cid, uid):
+    def result_acknowledged(self, cid: int, uid: int) -> None:
         if self.batch.results.pop((cid, uid), None) is None:
             self.batch.acknowledged.add((cid, uid))
-        self.notify()
 
     # committing
 
-    def take_batch(self):
+    def take_batch(self) -> tuple[list[tuple[str, list]], list[Action]]:
         """What was recorded since the last batch, as ``(statements, actions)``: the SQL to
         commit (rows that came and went within the batch are left out) and what waits for
         it. Runs on the hub, so the rows are read from the jobs as they are now."""
         batch, self.batch = self.batch, Batch()
-        statements = []
+        statements: list[tuple[str, list]] = []
         if batch.jobs:
-            statements.append(('INSERT OR REPLACE INTO jobs VALUES (?,?,?,?,?,?,?,?,?,?,?)', [
-                (job.jid, job.cluster.cid, job.uid, job.args, job.priority, job.timeout,
-                 pack(job.files), job.pinned, job.tag, job.node.key if job.node else None,
-                 job.lost_nodes) for job in batch.jobs.values()]))
+            statements.append((JOBS.insert, [JOBS.values(job_row(job))
+                                             for job in batch.jobs.values()]))
         saved_before = batch.ended_jobs - batch.new_jobs  # rows written by an earlier batch
         if saved_before:
-            statements.append(('DELETE FROM jobs WHERE jid = ?',
-                               [(jid,) for jid in saved_before]))
+            statements.append((JOBS.delete, [(jid,) for jid in saved_before]))
         if batch.results:
-            statements.append(('INSERT OR REPLACE INTO results VALUES (?,?,?)',
-                               [(cid, uid, pack(message))
-                                for (cid, uid), message in batch.results.items()]))
+            statements.append((RESULTS.insert, [
+                RESULTS.values(dict(cid=cid, uid=uid, message=pack(message)))
+                for (cid, uid), message in batch.results.items()]))
         if batch.acknowledged:
-            statements.append(('DELETE FROM results WHERE cid = ? AND uid = ?',
-                               list(batch.acknowledged)))
-        statements.extend((sql, [parameters]) for sql, parameters in batch.clusters)
+            statements.append((RESULTS.delete, list(batch.acknowledged)))
+        statements.extend((sql, [values]) for sql, values in batch.clusters)
         actions = batch.actions + [(send, (items,)) for send, items
                                    in batch.acknowledgements.values()]
         return statements, actions
 
-    def commit(self, statements):
+    def commit(self, statements: list[tuple[str, list]]) -> None:
         """Apply ``statements`` in one transaction (called on a threadpool thread)."""
         self.db.execute('BEGIN')
         try:
@@ -204,8 +249,8 @@ class Store:
             self.db.execute('ROLLBACK')
             raise
 
-    def commit_now(self):
-        """Commit what is recorded, here and now (at start and at shutdown)."""
+    def commit_now(self) -> None:
+        """Commit what is recorded, here and now (at shutdown)."""
         statements, actions = self.take_batch()
         if statements:
             self.commit(statements)
@@ -214,25 +259,10 @@ class Store:
 
     # loading at start
 
-    def load(self):
-        """``(clusters, jobs, results)`` as rows: dicts for clusters and jobs, and
-        ``(cid, message)`` for results."""
-        clusters = []
-        for row in self.db.execute('SELECT * FROM clusters ORDER BY cid'):
-            (cid, name, code, patterns, reentrant, cleanup, allocate, files, node_files,
-             directory, credential) = row
-            clusters.append(dict(
-                cid=cid, name=name, code=code, patterns=[tuple(p) for p in unpack(patterns)],
-                reentrant=bool(reentrant), cleanup=bool(cleanup), allocate=bool(allocate),
-                files=unpack(files), node_files=set(unpack(node_files)), directory=directory,
-                credential=credential))
-        jobs = []
-        for row in self.db.execute('SELECT * FROM jobs ORDER BY jid'):
-            (jid, cid, uid, args, priority, timeout, files, pinned, tag, node,
-             lost_nodes) = row
-            jobs.append(dict(jid=jid, cid=cid, uid=uid, args=args, priority=priority,
-                             timeout=timeout, files=unpack(files), pinned=pinned, tag=tag,
-                             node=node, lost_nodes=lost_nodes))
-        results = [(cid, unpack(message)) for cid, message in
-                   self.db.execute('SELECT cid, message FROM results ORDER BY cid, uid')]
+    def load(self) -> tuple[list[dict], list[dict], list[tuple[int, dict]]]:
+        """``(clusters, jobs, results)``: clusters and jobs as ``model.State.restore`` takes
+        them, results as ``(cid, message)``."""
+        clusters = [cluster_from_row(row) for row in CLUSTERS.rows(self.db)]
+        jobs = [job_from_row(row) for row in JOBS.rows(self.db)]
+        results = [(row['cid'], unpack(row['message'])) for row in RESULTS.rows(self.db)]
         return clusters, jobs, results

@@ -3,10 +3,12 @@ errors (``test_internal_errors.py``).
 
 Usage: buggy_daemon.py scheduler|node DAEMON_ARGUMENTS...
 
-The scheduler fails (ZeroDivisionError 'injected bug') on every pulse of a node and on a
-client's cancel; the node fails on the scheduler's acknowledgement of a result.
+The scheduler fails (ZeroDivisionError 'injected bug') on every pulse of a node, on a
+client's cancel, and in the greenlet that sends a computation's files to a node; the node fails
+on the scheduler's acknowledgement of a result.
 """
 
+import functools
 import sys
 
 from gevent import monkey
@@ -14,13 +16,13 @@ from gevent import monkey
 monkey.patch_all()  # as the daemons' mains do first; they do it again, harmlessly
 
 
-def inject(cls, method, kind):
-    """Make ``cls.method`` raise on messages of ``kind`` (the message kind is its ``kind``
-    argument, or the one before the body)."""
+def inject(cls, method, kind=None):
+    """Make ``cls.method`` raise on messages of ``kind`` (one of its arguments), or always."""
     original = getattr(cls, method)
 
+    @functools.wraps(original)  # its name, in the reports, is the method's
     def buggy(self, *args):
-        if kind in args:
+        if kind is None or kind in args:
             raise ZeroDivisionError('injected bug')
         return original(self, *args)
     setattr(cls, method, buggy)
@@ -30,9 +32,11 @@ if __name__ == '__main__':
     role = sys.argv[1]
     from dispyscheduler import cli
     if role == 'scheduler':
-        from dispyscheduler.scheduler.server import Scheduler
-        inject(Scheduler, 'on_node_message', 'pulse')
-        inject(Scheduler, 'on_client_message', 'cancel')
+        from dispyscheduler.scheduler.clusters import ClusterService
+        from dispyscheduler.scheduler.nodes import NodeService
+        inject(NodeService, 'on_message', 'pulse')
+        inject(ClusterService, 'on_message', 'cancel')
+        inject(NodeService, 'stream_files')
         sys.exit(cli.scheduler_main(sys.argv[2:]))
     from dispyscheduler.node.daemon import NodeDaemon
     inject(NodeDaemon, 'on_scheduler_message', 'result_ack')

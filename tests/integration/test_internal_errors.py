@@ -122,16 +122,25 @@ def test_a_bug_in_the_schedulers_handlers_is_logged_with_its_traceback(daemons, 
                      r'message \(an internal error\)', log), log[-3000:]
     assert not re.search(r'lost: its connection closed', log), log[-3000:]
     assert scheduler.alive()
-    # a bug in the client handler: the greenlet serving that client dies, reported by the hub
+    # a bug in the client handler: logged as one; the client connects again and goes on
     with SharedJobCluster(slow, **daemons.client_options()) as cluster:
         job = cluster.submit(30)
         cluster.cancel(job)
-        wait_for(lambda: log_count(scheduler, 'ZeroDivisionError: injected bug') >= 2
-                 and 'serve_client' in scheduler.log(), 30, 'the second bug in the log')
-        assert re.search(r'internal error: <Greenlet.*serve_client.*> failed with '
-                         r'ZeroDivisionError', scheduler.log()), scheduler.log()[-3000:]
-        assert scheduler.alive()
+        wait_for(lambda: 'handling a message from the client of cluster' in scheduler.log(),
+                 30, "the client handler's bug in the log")
         cluster.close(terminate=True)
+    assert log_count(scheduler, 'ZeroDivisionError: injected bug') >= 2
+    assert scheduler.alive()
+    # a bug in a greenlet of its own (the one that sends a computation's files): the hub
+    # reports it in the log, not on the stderr that --daemon closed
+    depends = os.path.join(daemons.directory, 'data.txt')
+    with open(depends, 'w') as handle:
+        handle.write('data')
+    with SharedJobCluster(compute, depends=[depends], **daemons.client_options()) as cluster:
+        scheduler.wait_log(r'internal error: <Greenlet.*stream_files.*> failed with '
+                           r'ZeroDivisionError')
+        cluster.close(terminate=True)
+    assert_traceback(scheduler.log(), 'buggy')
     assert scheduler.alive()
 
 
@@ -153,5 +162,6 @@ def test_a_bug_in_the_nodes_handler_is_logged_and_the_node_links_again(daemons, 
     log = node.log()
     assert 'internal error: handling a message from the scheduler failed' in log
     assert_traceback(log, 'buggy')
+    assert_traceback(log, 'run_reader')
     assert node.alive()
 

@@ -7,22 +7,22 @@ import collections
 import pytest
 
 from dispyscheduler.constants import CANCELLED, CREATED, FINISHED, RUNNING, TERMINATED
-from dispyscheduler.scheduler.model import FAILED, INSTALLING, READY, State
+from dispyscheduler.scheduler.model import (FAILED, INSTALLING, READY, Cancellation, Placed,
+                                            Rescheduled, State)
 
 ALL = [('*', 0)]
 
 
 def new_cluster(state, name='c', patterns=ALL, reentrant=False, cleanup=True):
-    cluster, _ = state.add_cluster(name, b'code', patterns, reentrant, cleanup)
-    return cluster
+    return state.add_cluster(name, b'code', patterns, reentrant, cleanup).cluster
 
 
 def ready_node(state, key, cpus=1, ip_addr=None, name=None, port=51348):
     """A node that joined and finished installing every cluster it was given."""
     ip_addr = ip_addr or '10.0.0.%d' % (len(state.nodes) + 1)
-    node, clusters = state.add_node(key, name or key, ip_addr, port, cpus)
-    dispatches = []
-    for cluster in clusters:
+    added = state.add_node(key, name or key, ip_addr, port, cpus)
+    node, dispatches = added.node, []
+    for cluster in added.clusters:
         dispatches += state.compute_ready(node, cluster.cid)
     return node, dispatches
 
@@ -30,9 +30,9 @@ def ready_node(state, key, cpus=1, ip_addr=None, name=None, port=51348):
 def submit_many(state, cluster, count, start=0):
     jobs, dispatches = [], []
     for uid in range(start, start + count):
-        job, placed = state.submit(cluster, uid, b'args')
-        jobs.append(job)
-        dispatches += placed
+        placed = state.submit(cluster, uid, b'args')
+        jobs.append(placed.job)
+        dispatches += placed.dispatches
     return jobs, dispatches
 
 
@@ -55,19 +55,23 @@ def check_invariants(state):
 
 def test_install_lists_follow_node_patterns():
     state = State(max_depth=2)
-    local, _ = state.add_node('a', 'alpha', '127.0.0.1', 51348, 1)
-    remote, _ = state.add_node('b', 'beta', '10.0.0.2', 51348, 1)
-    other_port, _ = state.add_node('c', 'gamma', '127.0.0.3', 9000, 1)
-    cluster, nodes = state.add_cluster('local', b'', [('127.0.0.*', 51348)], False, True)
+    local = state.add_node('a', 'alpha', '127.0.0.1', 51348, 1).node
+    remote = state.add_node('b', 'beta', '10.0.0.2', 51348, 1).node
+    other_port = state.add_node('c', 'gamma', '127.0.0.3', 9000, 1).node
+    added = state.add_cluster('local', b'', [('127.0.0.*', 51348)], False, True)
+    cluster, nodes = added.cluster, added.nodes
     assert nodes == [local]
     assert local.clusters == {cluster.cid: INSTALLING}
     assert remote.clusters == {} and other_port.clusters == {}
-    by_name, nodes = state.add_cluster('named', b'', [('beta', 0)], False, True)
+    added = state.add_cluster('named', b'', [('beta', 0)], False, True)
+    by_name, nodes = added.cluster, added.nodes
     assert nodes == [remote]
-    everywhere, nodes = state.add_cluster('all', b'', ALL, False, True)
+    added = state.add_cluster('all', b'', ALL, False, True)
+    everywhere, nodes = added.cluster, added.nodes
     assert set(nodes) == {local, remote, other_port}
     # a node joining later gets exactly the clusters whose patterns it matches
-    late, clusters = state.add_node('d', 'beta', '127.0.0.4', 51348, 2)
+    added = state.add_node('d', 'beta', '127.0.0.4', 51348, 2)
+    late, clusters = added.node, added.clusters
     assert set(clusters) == {cluster, by_name, everywhere}
     assert late.clusters == {cluster.cid: INSTALLING, by_name.cid: INSTALLING,
                              everywhere.cid: INSTALLING}
@@ -77,8 +81,8 @@ def test_install_lists_follow_node_patterns():
 def test_compute_ready_only_for_an_installing_cluster():
     state = State(max_depth=2)
     cluster = new_cluster(state, patterns=[('10.0.0.1', 0)])
-    node, _ = state.add_node('a', 'a', '10.0.0.1', 1, 1)
-    outsider, _ = state.add_node('b', 'b', '10.0.0.2', 1, 1)
+    node = state.add_node('a', 'a', '10.0.0.1', 1, 1).node
+    outsider = state.add_node('b', 'b', '10.0.0.2', 1, 1).node
     state.submit(cluster, 0, b'')
     assert state.compute_ready(outsider, cluster.cid) == []  # never asked to install it
     assert state.compute_ready(node, 999) == []  # unknown cluster
@@ -90,7 +94,8 @@ def test_compute_ready_only_for_an_installing_cluster():
 def test_no_dispatch_before_compute_ready():
     state = State(max_depth=2)
     cluster = new_cluster(state)
-    node, clusters = state.add_node('a', 'a', '10.0.0.1', 1, 2)
+    added = state.add_node('a', 'a', '10.0.0.1', 1, 2)
+    node, clusters = added.node, added.clusters
     assert clusters == [cluster]
     jobs, dispatches = submit_many(state, cluster, 3)
     assert dispatches == []
@@ -103,8 +108,8 @@ def test_no_dispatch_before_compute_ready():
 def test_failed_install_gets_no_jobs():
     state = State(max_depth=2)
     cluster = new_cluster(state)
-    node, _ = state.add_node('a', 'a', '10.0.0.1', 1, 2)
-    assert state.compute_failed(node, cluster.cid) == (cluster, [], [], [])
+    node = state.add_node('a', 'a', '10.0.0.1', 1, 2).node
+    assert state.compute_failed(node, cluster.cid) == Rescheduled([], [], [])
     assert node.clusters[cluster.cid] == FAILED
     _, dispatches = submit_many(state, cluster, 2)
     assert dispatches == [] and cluster.queued == 2
@@ -122,7 +127,7 @@ def test_submit_dispatches_to_the_least_loaded_node():
     for uid in range(10):
         free = [node for node in (small, big) if len(node.jobs) < node.slots]
         lowest = min(node.load for node in free)
-        _, ((node, job),) = state.submit(cluster, uid, b'')
+        ((node, job),) = state.submit(cluster, uid, b'').dispatches
         assert node.load - 1 / node.cpus == lowest  # its load before this job was minimal
         placed.append(node)
     assert placed.count(small) == 2 and placed.count(big) == 8
@@ -152,7 +157,8 @@ def test_one_job_at_a_time_stays_on_the_node_that_ran_the_last():
     second, _ = ready_node(state, 'second', cpus=2)
     used = []
     for uid in range(6):
-        job, ((node, _),) = state.submit(cluster, uid, b'')
+        placed = state.submit(cluster, uid, b'')
+        job, ((node, _),) = placed.job, placed.dispatches
         used.append(node)
         state.job_done(node, job.jid, FINISHED, runtime=0.001)
     assert used == [second] * 6
@@ -168,7 +174,7 @@ def test_slots_cap_jobs_in_flight_per_node():
     jobs, dispatches = submit_many(state, cluster, 10)
     assert [job for _, job in dispatches] == jobs[:4]
     assert len(node.jobs) == 4 and cluster.in_flight == 4 and cluster.queued == 6
-    _, refill = state.job_done(node, jobs[0].jid, FINISHED, runtime=0.001)
+    refill = state.job_done(node, jobs[0].jid, FINISHED, runtime=0.001).dispatches
     assert cluster.depth == 8  # millisecond jobs: as deep as it goes
     assert [job for _, job in refill] == jobs[4:7]  # the node's 6 slots are the limit now
     assert len(node.jobs) == 6 and node not in state.free_nodes
@@ -182,7 +188,7 @@ def test_long_jobs_go_one_per_cpu():
     node, _ = ready_node(state, 'a', cpus=2)
     jobs, dispatches = submit_many(state, cluster, 6)
     assert len(dispatches) == 4
-    _, refill = state.job_done(node, jobs[0].jid, FINISHED, runtime=30.0)
+    refill = state.job_done(node, jobs[0].jid, FINISHED, runtime=30.0).dispatches
     assert cluster.depth == 1 and refill == []  # 3 in flight already, over the new limit
     other, dispatches = ready_node(state, 'b', cpus=2)
     assert [node for node, _ in dispatches] == [other, other]
@@ -196,7 +202,8 @@ def test_job_done_frees_a_slot_and_fills_it_from_the_queue():
     jobs, _ = submit_many(state, cluster, 3)
     assert state.job_started(node, jobs[0].jid, 12.5) is jobs[0]
     assert jobs[0].status == RUNNING and jobs[0].start_time == 12.5
-    done, dispatches = state.job_done(node, jobs[0].jid, FINISHED)
+    ended = state.job_done(node, jobs[0].jid, FINISHED)
+    done, dispatches = ended.job, ended.dispatches
     assert done is jobs[0] and done.status == FINISHED and done.node is None
     assert dispatches == [(node, jobs[1])]
     assert jobs[0].jid not in state.jobs and 0 not in cluster.jobs
@@ -210,7 +217,7 @@ def test_job_done_with_empty_queue_returns_node_to_free_index():
     node, _ = ready_node(state, 'a', cpus=1)
     (job,), _ = submit_many(state, cluster, 1)
     assert node not in state.free_nodes
-    assert state.job_done(node, job.jid, FINISHED) == (job, [])
+    assert state.job_done(node, job.jid, FINISHED) == Placed(job, [])
     assert node in state.free_nodes
     (job2,), dispatches = submit_many(state, cluster, 1, start=1)
     assert dispatches == [(node, job2)]
@@ -224,7 +231,7 @@ def test_fifo_within_a_cluster():
     order = [job for _, job in dispatches]
     while node.jobs:
         (jid,) = node.jobs
-        _, dispatches = state.job_done(node, jid, FINISHED)
+        dispatches = state.job_done(node, jid, FINISHED).dispatches
         order += [job for _, job in dispatches]
     assert order == jobs
 
@@ -266,7 +273,8 @@ def test_fair_share_small_cluster_not_stuck_behind_a_big_one():
     completions = 0
     while len(b_dispatched) < 10:
         node, job = in_flight.popleft()
-        done, dispatches = state.job_done(node, job.jid, FINISHED)
+        ended = state.job_done(node, job.jid, FINISHED)
+        done, dispatches = ended.job, ended.dispatches
         assert done is job
         completions += 1
         assert len(dispatches) == 1
@@ -283,7 +291,7 @@ def test_freed_slots_go_to_a_cluster_that_became_ready_later():
     state = State(max_depth=1)
     a = new_cluster(state, 'a')
     b = new_cluster(state, 'b')
-    node, _ = state.add_node('n', 'n', '10.0.0.1', 1, 4)
+    node = state.add_node('n', 'n', '10.0.0.1', 1, 4).node
     submit_many(state, a, 8)
     submit_many(state, b, 8)
     dispatches = state.compute_ready(node, a.cid) + state.compute_ready(node, b.cid)
@@ -291,7 +299,7 @@ def test_freed_slots_go_to_a_cluster_that_became_ready_later():
     assert [job.cluster for _, job in dispatches] == [a] * 4
     refills = []
     for _, job in dispatches:
-        refills += state.job_done(node, job.jid, FINISHED)[1]
+        refills += state.job_done(node, job.jid, FINISHED).dispatches
     # each freed slot goes to whichever has fewer in flight: b (0 < 3), b (1 < 2), then a's
     # own completions leave a behind (1 < 2) twice; the node ends shared 2 / 2
     assert [job.cluster for _, job in refills] == [b, b, a, a]
@@ -305,8 +313,8 @@ def test_two_busy_clusters_share_each_node_instead_of_owning_one():
     state = State(max_depth=2)
     a = new_cluster(state, 'a')
     b = new_cluster(state, 'b')
-    n1, _ = state.add_node('n1', 'n1', '10.0.0.1', 1, 2)
-    n2, _ = state.add_node('n2', 'n2', '10.0.0.2', 1, 2)
+    n1 = state.add_node('n1', 'n1', '10.0.0.1', 1, 2).node
+    n2 = state.add_node('n2', 'n2', '10.0.0.2', 1, 2).node
     state.compute_ready(n1, a.cid)
     in_flight = collections.deque(submit_many(state, a, 100)[1])
     state.compute_ready(n2, b.cid)
@@ -316,7 +324,7 @@ def test_two_busy_clusters_share_each_node_instead_of_owning_one():
     assert {job.cluster for job in n2.jobs.values()} == {b}
     for step in range(40):
         node, job = in_flight.popleft()
-        in_flight.extend(state.job_done(node, job.jid, FINISHED)[1])
+        in_flight.extend(state.job_done(node, job.jid, FINISHED).dispatches)
         if step >= 8:
             for node in (n1, n2):
                 shares = collections.Counter(job.cluster for job in node.jobs.values())
@@ -331,7 +339,7 @@ def test_cancel_queued_job():
     cluster = new_cluster(state)
     node, _ = ready_node(state, 'a', cpus=1)
     jobs, _ = submit_many(state, cluster, 4)  # jobs[0] on the node, 1..3 queued
-    assert state.cancel(cluster, jobs[2].uid) == (jobs[2], None)
+    assert state.cancel(cluster, jobs[2].uid) == Cancellation(jobs[2], None)
     assert jobs[2].status == CANCELLED
     assert cluster.queued == 2
     assert jobs[2].jid not in state.jobs and jobs[2].uid not in cluster.jobs
@@ -339,7 +347,7 @@ def test_cancel_queued_job():
     order = []
     while node.jobs:
         (jid,) = node.jobs
-        _, dispatches = state.job_done(node, jid, FINISHED)
+        dispatches = state.job_done(node, jid, FINISHED).dispatches
         order += [job for _, job in dispatches]
     assert order == [jobs[1], jobs[3]]  # the cancelled one is skipped
     assert cluster.queued == 0
@@ -350,22 +358,22 @@ def test_cancel_dispatched_job_names_its_node():
     cluster = new_cluster(state)
     node, _ = ready_node(state, 'a', cpus=1)
     (job,), _ = submit_many(state, cluster, 1)
-    assert state.cancel(cluster, job.uid) == (job, node)
+    assert state.cancel(cluster, job.uid) == Cancellation(job, node)
     assert job.jid in node.jobs  # ends when the node reports it
-    assert state.job_done(node, job.jid, TERMINATED) == (job, [])
+    assert state.job_done(node, job.jid, TERMINATED) == Placed(job, [])
     assert job.status == TERMINATED
 
 
 def test_cancel_unknown_job():
     state = State(max_depth=1)
     cluster = new_cluster(state)
-    assert state.cancel(cluster, 12345) == (None, None)
+    assert state.cancel(cluster, 12345) == Cancellation(None, None)
 
 
 def test_cancel_all_queued_then_place_dispatches_nothing():
     state = State(max_depth=1)
     cluster = new_cluster(state)
-    node, _ = state.add_node('a', 'a', '10.0.0.1', 1, 2)
+    node = state.add_node('a', 'a', '10.0.0.1', 1, 2).node
     jobs, _ = submit_many(state, cluster, 3)
     for job in jobs:
         state.cancel(cluster, job.uid)
@@ -386,8 +394,9 @@ def test_remove_node_requeues_reentrant_jobs_in_order_at_the_front():
     small, dispatches = ready_node(state, 'small', cpus=1)  # 2 slots: takes 4 and 5
     assert [job for _, job in dispatches] == jobs[4:6]
     state.job_done(small, jobs[4].jid, FINISHED)  # one slot free on small, queue empty
-    requeued, lost, dispatches = state.remove_node(big)
-    assert requeued == jobs[:4] and lost == []
+    outcome = state.remove_node(big)
+    dispatches = outcome.dispatches
+    assert outcome.requeued == jobs[:4] and outcome.ended == []
     assert dispatches == [(small, jobs[0])]
     assert [job.status for job in jobs[1:4]] == [CREATED] * 3
     assert all(job.node is None and job.start_time is None for job in jobs[1:4])
@@ -399,7 +408,7 @@ def test_remove_node_requeues_reentrant_jobs_in_order_at_the_front():
     order = []
     for _ in range(5):
         (jid, *_) = sorted(small.jobs)
-        _, dispatches = state.job_done(small, jid, FINISHED)
+        dispatches = state.job_done(small, jid, FINISHED).dispatches
         order += [job for _, job in dispatches]
     assert order == [jobs[1], jobs[2], jobs[3], late]
 
@@ -411,10 +420,10 @@ def test_remove_node_loses_non_reentrant_jobs():
     other, _ = ready_node(state, 'b', cpus=1)
     jobs, _ = submit_many(state, cluster, 3)
     on_node = [job for job in jobs if job.node is node]
-    requeued, lost, dispatches = state.remove_node(node)
-    assert requeued == [] and dispatches == []
-    assert sorted(lost, key=lambda job: job.jid) == on_node
-    for job in lost:
+    outcome = state.remove_node(node)
+    assert outcome.requeued == [] and outcome.dispatches == []
+    assert sorted(outcome.ended, key=lambda job: job.jid) == on_node
+    for job in outcome.ended:
         assert job.status == CANCELLED
         assert job.jid not in state.jobs and job.uid not in cluster.jobs
     assert cluster.in_flight == len(other.jobs)
@@ -431,11 +440,11 @@ def test_cancelled_running_job_is_not_requeued_when_its_node_is_lost():
     ready_node(state, 'b')
     (job,), _ = submit_many(state, cluster, 1)
     doomed = job.node
-    assert state.cancel(cluster, job.uid) == (job, doomed)
-    requeued, lost, dispatches = state.remove_node(doomed)
-    assert job not in requeued
-    assert [placed for _, placed in dispatches if placed is job] == []
-    assert lost == [job] and job.status == CANCELLED
+    assert state.cancel(cluster, job.uid) == Cancellation(job, doomed)
+    outcome = state.remove_node(doomed)
+    assert job not in outcome.requeued
+    assert [placed for _, placed in outcome.dispatches if placed is job] == []
+    assert outcome.ended == [job] and job.status == CANCELLED
     assert job.uid not in cluster.jobs and cluster.queued == 0
 
 
@@ -444,8 +453,8 @@ def test_remove_node_twice_is_harmless():
     cluster = new_cluster(state, reentrant=True)
     node, _ = ready_node(state, 'a')
     submit_many(state, cluster, 1)
-    assert len(state.remove_node(node)[0]) == 1
-    assert state.remove_node(node) == ([], [], [])
+    assert len(state.remove_node(node).requeued) == 1
+    assert state.remove_node(node) == Rescheduled([], [], [])
     assert cluster.queued == 1 and cluster.in_flight == 0
 
 
@@ -466,23 +475,23 @@ def test_remove_cluster_returns_everything_and_frees_slots_for_others():
     a = new_cluster(state, 'a')
     b = new_cluster(state, 'b')
     node, _ = ready_node(state, 'n', cpus=1)  # 2 slots
-    idle, _ = state.add_node('m', 'm', '10.0.0.9', 1, 1)  # installing a and b, never ready
+    idle = state.add_node('m', 'm', '10.0.0.9', 1, 1).node  # installing a and b, never ready
     a_jobs, _ = submit_many(state, a, 3)  # 2 running, 1 queued
     b_jobs, dispatches = submit_many(state, b, 3)
     assert dispatches == []
-    nodes, queued, running, dispatches = state.remove_cluster(a)
-    assert set(nodes) == {node, idle}
-    assert queued == [a_jobs[2]] and a_jobs[2].status == CANCELLED
-    assert sorted(running, key=lambda pair: pair[1].jid) == [(node, a_jobs[0]),
-                                                             (node, a_jobs[1])]
-    assert dispatches == [(node, b_jobs[0]), (node, b_jobs[1])]
+    removed = state.remove_cluster(a)
+    assert set(removed.nodes) == {node, idle}
+    assert removed.cancelled == [a_jobs[2]] and a_jobs[2].status == CANCELLED
+    assert sorted(removed.interrupted, key=lambda pair: pair[1].jid) == [(node, a_jobs[0]),
+                                                                         (node, a_jobs[1])]
+    assert removed.dispatches == [(node, b_jobs[0]), (node, b_jobs[1])]
     assert a.cid not in state.clusters
     assert a.cid not in node.clusters and a.cid not in idle.clusters
     assert all(job.jid not in state.jobs for job in a_jobs)
     assert a.queued == a.in_flight == 0 and a.jobs == {}
     check_invariants(state)
     # the node's late reports of the removed cluster's jobs are ignored
-    assert state.job_done(node, a_jobs[0].jid, FINISHED) == (None, [])
+    assert state.job_done(node, a_jobs[0].jid, FINISHED) == Placed(None, [])
     assert len(node.jobs) == 2
 
 
@@ -490,10 +499,10 @@ def test_late_job_done_for_unknown_jid():
     state = State(max_depth=1)
     cluster = new_cluster(state)
     node, _ = ready_node(state, 'a')
-    assert state.job_done(node, 424242, FINISHED) == (None, [])
+    assert state.job_done(node, 424242, FINISHED) == Placed(None, [])
     (job,), _ = submit_many(state, cluster, 1)
-    assert state.job_done(node, job.jid, FINISHED)[0] is job
-    assert state.job_done(node, job.jid, FINISHED) == (None, [])  # repeated report
+    assert state.job_done(node, job.jid, FINISHED).job is job
+    assert state.job_done(node, job.jid, FINISHED) == Placed(None, [])  # repeated report
     assert node.jobs_done == 1
 
 
@@ -545,20 +554,20 @@ def test_failed_computation_puts_unstarted_jobs_back_and_places_them_elsewhere()
     assert [node for node, _ in dispatches] == [sick, sick]
     state.job_started(sick, jobs[0].jid, 1.0)
     healthy, _ = ready_node(state, 'healthy', cpus=1)
-    cluster_, stranded, requeued, dispatches = state.compute_failed(sick, cluster.cid)
-    assert cluster_ is cluster and stranded == [] and requeued == [jobs[1]]
-    assert dispatches == [(healthy, jobs[1])]
+    outcome = state.compute_failed(sick, cluster.cid)
+    assert outcome.ended == [] and outcome.requeued == [jobs[1]]
+    assert outcome.dispatches == [(healthy, jobs[1])]
     assert list(sick.jobs.values()) == [jobs[0]]
     check_invariants(state)
-    assert state.job_done(sick, jobs[0].jid, 9)[0] is jobs[0]
-    assert state.job_done(sick, jobs[1].jid, 9) == (None, [])  # its late report is dropped
+    assert state.job_done(sick, jobs[0].jid, 9).job is jobs[0]
+    assert state.job_done(sick, jobs[1].jid, 9) == Placed(None, [])  # its late report is dropped
     check_invariants(state)
 
 
 def test_priority_then_submission_order():
     state = State(max_depth=1)
     cluster = new_cluster(state)
-    jobs = [state.submit(cluster, uid, b'', priority=priority)[0]
+    jobs = [state.submit(cluster, uid, b'', priority=priority).job
             for uid, priority in enumerate((0, 5, 0, 5, 9))]
     node, dispatches = ready_node(state, 'a', cpus=5)
     assert [job.uid for _, job in dispatches] == [4, 1, 3, 0, 2]
@@ -570,10 +579,10 @@ def test_pinned_jobs_wait_for_their_node_and_end_with_it():
     cluster = new_cluster(state)
     node, _ = ready_node(state, 'a', cpus=1)
     other, _ = ready_node(state, 'b', cpus=1)
-    pinned = [state.submit(cluster, uid, b'', pinned='a')[0] for uid in range(3)]
+    pinned = [state.submit(cluster, uid, b'', pinned='a').job for uid in range(3)]
     assert pinned[0].node is node and pinned[1].node is None
     assert other.jobs == {}  # pinned jobs never go elsewhere
-    requeued, lost, _ = state.remove_node(node)
-    assert requeued == [] and set(lost) == set(pinned)
+    outcome = state.remove_node(node)
+    assert outcome.requeued == [] and set(outcome.ended) == set(pinned)
     assert all(job.status == CANCELLED for job in pinned)
     check_invariants(state)

@@ -1,0 +1,499 @@
+"""Every message of the protocol, defined once: its kind, its fields, their types and shapes.
+
+A message is a small dataclass; its annotations are its schema. On the wire it is the pair
+``[kind, {field: value, ...}]`` (``protocol.py`` frames it): a receiver ignores fields it does
+not know, so a newer peer may add some, and refuses a message with a field missing or of
+another type before any handler sees it. Types are exact, as msgpack decodes them: a bool is
+not an int, a float field takes an int too. ``tuple[...]`` fields travel as fixed-length
+arrays and are checked item by item; ``list[...]`` as arrays of any length.
+
+Sender and receiver use the same class: ``link.send(JobDone(jid=..., ...))`` on one side, a
+handler that takes a ``JobDone`` on the other.
+
+User data (computations, arguments, results) are opaque ``bytes``: only the client and the
+node's worker processes ever unpickle them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any, Callable, ClassVar, Optional, Union
+
+__all__ = ['Message', 'ProtocolError', 'from_wire', 'MESSAGES']
+
+
+class ProtocolError(Exception):
+    """A peer sent something that is not this protocol; its connection is closed."""
+
+
+class Message:
+    """Base of every message; ``kind`` names it on the wire."""
+
+    __slots__ = ()
+    kind: ClassVar[str]
+    _fields: ClassVar[tuple[str, ...]]
+    _checks: ClassVar[tuple[tuple[str, Callable[[Any], Any]], ...]]
+
+    def body(self) -> dict[str, Any]:
+        """The fields as the map that travels."""
+        return {name: getattr(self, name) for name in self._fields}
+
+
+MESSAGES: dict[str, type[Message]] = {}
+"""Every message class by kind."""
+
+Checker = Callable[[Any], Any]
+
+
+def _fail(expected: str, value: Any) -> Any:
+    raise ProtocolError('expected %s, got %s' % (expected, type(value).__name__))
+
+
+def _exact(allowed: frozenset, name: str) -> Checker:
+    def check(value):
+        return value if type(value) in allowed else _fail(name, value)
+    check.allowed = allowed  # type: ignore[attr-defined]
+    return check
+
+
+def _checker(annotation: Any) -> Checker:
+    """The function that checks (and, for tuples, converts) a received value of a field
+    annotated ``annotation``."""
+    if annotation is float:
+        return _exact(frozenset((float, int)), 'a number')
+    if annotation in (int, str, bytes, bool):
+        return _exact(frozenset((annotation,)), annotation.__name__)
+    origin = typing.get_origin(annotation)
+    arguments = typing.get_args(annotation)
+    if origin in (Union, types.UnionType) and type(None) in arguments:
+        (inner,) = [argument for argument in arguments if argument is not type(None)]
+        check_inner = _checker(inner)
+        allowed = getattr(check_inner, 'allowed', None)
+        if allowed is not None:  # a plain type: one set test
+            return _exact(allowed | {type(None)}, 'optional ' + getattr(inner, '__name__', ''))
+        return lambda value: None if value is None else check_inner(value)
+    if origin is list:
+        (item,) = arguments
+        check_item = _checker(item)
+        allowed = getattr(check_item, 'allowed', None)
+        if allowed is not None:  # a list of plain values (ids, names): checked, kept as is
+            def check_plain_list(value):
+                if type(value) is list and all(type(entry) in allowed for entry in value):
+                    return value
+                return _fail('a list of %s' % '/'.join(sorted(t.__name__ for t in allowed)),
+                             value)
+            return check_plain_list
+
+        def check_list(value):
+            if type(value) is not list:
+                return _fail('a list', value)
+            return [check_item(entry) for entry in value]
+        return check_list
+    if origin is tuple:
+        item_checks = [_checker(item) for item in arguments]
+        size = len(item_checks)
+
+        def check_tuple(value):
+            if type(value) not in (list, tuple) or len(value) != size:
+                return _fail('an array of %d items' % size, value)
+            return tuple(check(entry) for check, entry in zip(item_checks, value))
+        return check_tuple
+    raise TypeError('no wire type for %r' % (annotation,))
+
+
+def message(kind: str):
+    """Class decorator: a dataclass registered as the message ``kind``, with its checks."""
+    def register(cls):
+        cls = dataclasses.dataclass(slots=True)(cls)
+        cls.kind = kind
+        hints = typing.get_type_hints(cls)
+        cls._fields = tuple(field.name for field in dataclasses.fields(cls))
+        cls._checks = tuple((name, _checker(hints[name])) for name in cls._fields)
+        assert kind not in MESSAGES, kind
+        MESSAGES[kind] = cls
+        return cls
+    return register
+
+
+def from_wire(kind: Any, body: Any) -> Message:
+    """The message a received ``[kind, body]`` pair is; ``ProtocolError`` if it is none."""
+    cls = MESSAGES.get(kind) if type(kind) is str else None
+    if cls is None:
+        raise ProtocolError('unknown message kind %r' % (kind,))
+    if type(body) is not dict:
+        raise ProtocolError('%s: body is not a map' % (kind,))
+    values = []
+    for name, check in cls._checks:
+        try:
+            values.append(check(body[name]))
+        except KeyError:
+            raise ProtocolError('%s: missing field %r' % (kind, name)) from None
+        except ProtocolError as exc:
+            raise ProtocolError('%s: field %r: %s' % (kind, name, exc)) from None
+    return cls(*values)
+
+
+# Shapes that several messages share
+
+FileSpec = tuple[str, int, int]
+"""A file announced before its chunks: ``(name, size, mode)``."""
+
+FileData = tuple[str, bytes, int]
+"""A small file carried whole in a message: ``(name, data, mode)``."""
+
+NodePattern = tuple[str, int]
+"""A cluster's ``nodes`` entry: ``(pattern, port)``, port 0 for any."""
+
+PendingJob = tuple[int, Optional[bytes]]
+"""A job still to end, for a client resuming a cluster: ``(uid, tag)``."""
+
+
+# handshake, on every link
+
+@message('hello')
+class Hello(Message):
+    version: int
+    role: str
+    nonce: bytes
+
+
+@message('auth')
+class Auth(Message):
+    proof: bytes
+
+
+@message('error')
+class Error(Message):
+    reason: str
+
+
+# a job's end: what a worker, a node and the scheduler report, field for field the same
+
+@message('job_done')
+class JobDone(Message):
+    """A job ended on a node (worker -> node daemon -> scheduler)."""
+    jid: int
+    status: int
+    result: Optional[bytes]
+    exception: Optional[str]
+    stdout: str
+    stderr: str
+    start_time: Optional[float]
+    end_time: float
+
+
+@message('job_end')
+class JobEnd(Message):
+    """A job ended (scheduler -> client): the node's report with where it ran, or the
+    scheduler's own when it ended without a node's result."""
+    uid: int
+    status: int
+    result: Optional[bytes]
+    exception: Optional[str]
+    stdout: str
+    stderr: str
+    start_time: Optional[float]
+    end_time: Optional[float]
+    ip_addr: Optional[str]
+    tag: Optional[bytes]
+
+
+# node -> scheduler
+
+@message('node_info')
+class NodeInfo(Message):
+    name: str
+    ip_addr: str
+    port: int
+    cpus: int
+    platform: str
+    jobs: list[int]
+    """Jobs the node holds (running, or ended and not acknowledged)."""
+
+
+@message('node_leaving')
+class NodeLeaving(Message):
+    jobs: list[int]
+    """Jobs it had not started, handed back."""
+
+
+@message('pulse')
+class Pulse(Message):
+    busy: int
+
+
+@message('compute_ready')
+class ComputeReady(Message):
+    cid: int
+
+
+@message('compute_failed')
+class ComputeFailed(Message):
+    cid: int
+    reason: str
+
+
+@message('job_started')
+class JobStarted(Message):
+    jid: int
+    start_time: float
+
+
+@message('provisional')
+class Provisional(Message):
+    jid: int
+    result: bytes
+
+
+@message('job_file')
+class JobFile(Message):
+    """A chunk of a file a job sends to its client (``dispy_send_file``)."""
+    jid: int
+    name: str
+    offset: int
+    data: bytes
+    last: bool
+
+
+# scheduler -> node
+
+@message('welcome')
+class Welcome(Message):
+    pulse_interval: float
+    scheduler_id: str
+
+
+@message('compute')
+class Compute(Message):
+    cid: int
+    name: str
+    code: bytes
+    files: list[FileSpec]
+    cpus: int
+    """CPUs the cluster may use there; 0: all."""
+    setup_args: Optional[bytes]
+
+
+@message('compute_file')
+class ComputeFile(Message):
+    cid: int
+    name: str
+    offset: int
+    data: bytes
+    last: bool
+
+
+@message('job')
+class Job(Message):
+    jid: int
+    cid: int
+    args: bytes
+    timeout: Optional[float]
+    files: list[FileData]
+
+
+@message('cancel_job')
+class CancelJob(Message):
+    jid: int
+
+
+@message('uninstall')
+class Uninstall(Message):
+    cid: int
+    cleanup: bool
+
+
+@message('result_ack')
+class ResultAck(Message):
+    """Results saved by the receiver (the scheduler's to a node: job ids; a client's to the
+    scheduler: its job uids), which the sender may forget."""
+    ids: list[int]
+
+
+# client -> scheduler
+
+@message('cluster_new')
+class ClusterNew(Message):
+    name: str
+    code: bytes
+    nodes: list[NodePattern]
+    reentrant: bool
+    cleanup: bool
+    files: list[FileSpec]
+    node_files: list[str]
+    """Names of the files that go only to the nodes whose allocation asks for them."""
+    allocate: bool
+    """Nodes are offered to the client's NodeAllocate first."""
+
+
+@message('cluster_file')
+class ClusterFile(Message):
+    name: str
+    offset: int
+    data: bytes
+    last: bool
+
+
+@message('cluster_resume')
+class ClusterResume(Message):
+    cid: int
+    credential: bytes
+
+
+@message('submit')
+class Submit(Message):
+    uid: int
+    args: bytes
+    files: list[FileData]
+    timeout: Optional[float]
+    priority: int
+    node: Optional[str]
+    tag: Optional[bytes]
+
+
+@message('cancel')
+class Cancel(Message):
+    uid: int
+
+
+@message('node_allocation')
+class NodeAllocation(Message):
+    key: str
+    cpus: int
+    setup_args: Optional[bytes]
+    files: list[str]
+
+
+@message('close')
+class Close(Message):
+    terminate: bool
+
+
+# scheduler -> client
+
+@message('cluster_ok')
+class ClusterOk(Message):
+    cid: int
+    max_file_size: int
+    credential: bytes
+
+
+@message('submitted')
+class Submitted(Message):
+    uids: list[int]
+
+
+@message('job_status')
+class JobStatus(Message):
+    uid: int
+    status: int
+    ip_addr: str
+    start_time: float
+
+
+@message('provisional_result')
+class ProvisionalResult(Message):
+    uid: int
+    result: bytes
+    ip_addr: str
+
+
+@message('file_part')
+class FilePart(Message):
+    uid: int
+    name: str
+    offset: int
+    data: bytes
+    last: bool
+
+
+@message('jobs_pending')
+class JobsPending(Message):
+    jobs: list[PendingJob]
+
+
+@message('node_status')
+class NodeStatus(Message):
+    ip_addr: str
+    name: str
+    cpus: int
+    status: int
+
+
+@message('node_offer')
+class NodeOffer(Message):
+    key: str
+    ip_addr: str
+    name: str
+    cpus: int
+    platform: str
+
+
+@message('cluster_warning')
+class ClusterWarning(Message):
+    reason: str
+
+
+@message('closed')
+class Closed(Message):
+    pass
+
+
+# node daemon <-> the processes that run a computation's jobs (a local Unix socket)
+
+@message('worker_hello')
+class WorkerHello(Message):
+    role: str
+    token: bytes
+    cid: int
+    pid: int
+
+
+@message('load')
+class Load(Message):
+    code: bytes
+    node_name: str
+    node_ip_addr: str
+    max_file_size: int
+    setup_args: Optional[bytes]
+
+
+@message('loaded')
+class Loaded(Message):
+    pass
+
+
+@message('load_failed')
+class LoadFailed(Message):
+    reason: str
+
+
+@message('fork')
+class Fork(Message):
+    count: int
+
+
+@message('exit')
+class Exit(Message):
+    cleanup: bool
+
+
+@message('worker_exit')
+class WorkerExit(Message):
+    pid: int
+    how: str
+
+
+# discovery datagrams (UDP)
+
+@message('ping')
+class Ping(Message):
+    addr: str
+    port: int
+
+
+@message('announce')
+class Announce(Message):
+    port: int

@@ -1,0 +1,92 @@
+"""Admission: a new connection's TLS and authentication, and the caps on connections that have
+not authenticated yet, so idle or slow strangers cannot crowd out the users."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import socket
+import time
+from typing import Any, Optional
+
+import gevent
+
+from ..auth import AuthenticationError, handshake
+from ..constants import HANDSHAKE_TIMEOUT
+from ..hublink import HubLink
+from ..link import set_nodelay
+from ..protocol import ProtocolError, encode
+from ..tls import TLS_HANDSHAKE_RECORD, TLSError, TLSSocket
+
+logger = logging.getLogger(__name__)
+
+
+class Admission:
+    """Tunables are class attributes; the caps come from the configuration."""
+
+    handshake_timeout = HANDSHAKE_TIMEOUT
+    """Seconds a new connection has to authenticate and say who it is."""
+
+    def __init__(self, max_unauthenticated: int, max_per_source: int) -> None:
+        self.max_unauthenticated = max_unauthenticated
+        self.max_per_source = max_per_source
+        self.handshaking: collections.OrderedDict = collections.OrderedDict()
+        # greenlet -> peer address, oldest first
+        self.handshaking_from: collections.Counter = collections.Counter()
+        # peer address -> how many of those
+
+    def accept(self, sock: socket.socket, tls_context: Any, secret: str, peer_role: str,
+               address: tuple) -> Optional[HubLink]:
+        """TLS (if configured) and authentication of a new connection; its link, or None
+        after logging why the peer was refused.
+
+        Connections that have not authenticated yet are capped per address and overall, the
+        oldest dropped first."""
+        source = address[0]
+        if self.handshaking_from[source] >= self.max_per_source:
+            logger.warning('refused a %s connection from %s: %d connections from there are '
+                           'still in their handshake', peer_role, source,
+                           self.handshaking_from[source])
+            return None
+        while len(self.handshaking) >= self.max_unauthenticated:
+            oldest, oldest_source = self.handshaking.popitem(last=False)
+            self.handshaking_from[oldest_source] -= 1
+            logger.warning('dropped the oldest connection still in its handshake (from %s): '
+                           '%d are open', oldest_source, self.max_unauthenticated)
+            oldest.kill(block=False)
+        me = gevent.getcurrent()
+        self.handshaking[me] = source
+        self.handshaking_from[source] += 1
+        try:
+            return self.authenticate(sock, tls_context, secret, peer_role, address)
+        finally:
+            if self.handshaking.pop(me, None) is not None:
+                self.handshaking_from[source] -= 1
+                if not self.handshaking_from[source]:
+                    del self.handshaking_from[source]
+
+    def authenticate(self, sock: socket.socket, tls_context: Any, secret: str,
+                     peer_role: str, address: tuple) -> Optional[HubLink]:
+        set_nodelay(sock)
+        deadline = time.monotonic() + self.handshake_timeout
+        try:
+            with gevent.Timeout(self.handshake_timeout):
+                if tls_context is not None:
+                    if sock.recv(1, socket.MSG_PEEK) not in (TLS_HANDSHAKE_RECORD, b''):
+                        # a plaintext peer: tell it in its own language, then close
+                        sock.sendall(encode('error', {'reason': 'TLS is required on this port'}))
+                        raise TLSError('plaintext peer on a TLS port')
+                    sock = TLSSocket(sock, tls_context, server_side=True)
+                    sock.do_handshake()
+                link = HubLink(sock, '%s:%s' % address[:2])
+                handshake(link, secret, 'scheduler', peer_role, initiator=False,
+                          deadline=deadline)
+                return link
+        except AuthenticationError:
+            logger.warning('%s at %s failed authentication', peer_role, address[0])
+        except gevent.Timeout:
+            logger.warning('%s at %s did not complete the handshake in %d seconds', peer_role,
+                           address[0], self.handshake_timeout)
+        except (ProtocolError, TLSError, OSError) as exc:
+            logger.warning('dropped %s connection from %s: %s', peer_role, address[0], exc)
+        return None

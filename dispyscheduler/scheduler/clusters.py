@@ -1,0 +1,321 @@
+"""The scheduler's side of client links: new and resumed clusters, submissions, cancels, close.
+
+A cluster outlives its client's connection: a client that reconnects (or a new process holding
+the cluster's credential) resumes it and is sent every result it has not acknowledged.
+Submissions are acknowledged once saved.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import time
+from typing import Any, Callable
+
+from ..config import SchedulerConfig
+from ..constants import CANCELLED, FILE_TIMEOUT, NODE_INITIALIZED, TERMINATED
+from ..discovery import resolve
+from ..files import (MAX_FILES, FileRefused, IncomingFiles, check_manifest_entry, check_size,
+                     safe_relative_path)
+from ..hublink import HubLink
+from ..protocol import ProtocolError
+from .admission import Admission
+from .durability import Durability
+from .model import FAILED, OFFERED, READY, Cluster, State
+from .nodes import NodeService
+from .router import Router
+from .sessions import ClientSession, Peers
+
+logger = logging.getLogger(__name__)
+
+
+class ClusterService:
+    def __init__(self, config: SchedulerConfig, state: State, peers: Peers, router: Router,
+                 durability: Durability, admission: Admission, nodes: NodeService, metrics,
+                 tls_context: Any = None) -> None:
+        self.config = config
+        self.state = state
+        self.peers = peers
+        self.router = router
+        self.durability = durability
+        self.admission = admission
+        self.nodes = nodes
+        self.metrics = metrics
+        self.tls_context = tls_context
+        self.handlers: dict[str, Callable[[Cluster, ClientSession, dict], None]] = {
+            'submit': self.on_submit, 'result_ack': self.on_result_ack,
+            'node_allocation': self.on_node_allocation, 'cancel': self.on_cancel,
+            'close': self.on_close,
+        }
+
+    def serve(self, sock, address) -> None:
+        """A client connected (a StreamServer handler): admit it, create or resume its
+        cluster, then serve it until its link ends; the cluster stays."""
+        link = self.admission.accept(sock, self.tls_context, self.config.cluster_secret,
+                                     'client', address)
+        if link is None:
+            return
+        try:
+            kind, request = link.recv_now(time.monotonic() + self.admission.handshake_timeout)
+            if kind == 'cluster_new':
+                cluster = self.new_cluster(link, request)
+            elif kind == 'cluster_resume':
+                cluster = self.resumed_cluster(request)
+            else:
+                raise ProtocolError('expected cluster_new or cluster_resume, got %r' % (kind,))
+        except FileRefused as exc:
+            logger.warning('refused cluster from %s: %s', address[0], exc)
+            link.send_now('error', {'reason': str(exc)})
+            return
+        except (ProtocolError, OSError) as exc:
+            logger.warning('dropped client connection from %s: %s', address[0], exc)
+            if not link.closed:
+                link.send_now('error', {'reason': str(exc)})
+            return
+        session = ClientSession(link, cluster.cid)
+        self.attach(session, cluster, resumed=kind == 'cluster_resume', source=address[0])
+        session.run(lambda kind, body: self.on_message(cluster, session, kind, body))
+        if self.peers.client_detached(session):
+            cluster.orphaned_since = time.monotonic()
+            if cluster.cid in self.state.clusters:
+                logger.info('client of cluster %s left without closing it', cluster.cid)
+
+    def attach(self, session: ClientSession, cluster: Cluster, resumed: bool,
+               source: str) -> None:
+        """A client's session now serves its cluster: told it is accepted, and, for a
+        resumed cluster, sent what it missed."""
+        old = self.peers.client_attached(session)
+        cluster.orphaned_since = None
+        if old is not None:
+            old.close()  # a client back on a new connection before its old one was noticed
+        session.cluster_ok(self.config.max_file_size, cluster.credential)
+        if not resumed:
+            logger.info('cluster %s (%s) from %s', cluster.cid, cluster.name, source)
+            for node in list(self.state.nodes.values()):
+                if cluster.cid in node.clusters:
+                    self.nodes.offer_or_install(node, cluster)
+            return
+        logger.info('cluster %s (%s) resumed from %s; %d results to deliver', cluster.cid,
+                    cluster.name, source, len(cluster.results))
+        if cluster.dormant:
+            for node in self.state.revive(cluster):
+                self.nodes.offer_or_install(node, cluster)
+        self.catch_up(session, cluster)
+
+    def new_cluster(self, link: HubLink, request: dict) -> Cluster:
+        """Receive a new cluster (computation, files) and save it before answering."""
+        patterns = resolve_patterns(request['nodes'])
+        if not all(isinstance(name, str) for name in request['node_files']):
+            raise ProtocolError('cluster_new: node_files must be file names')
+        staging = self.receive_cluster_files(link, request['files'])
+        cluster = self.state.add_cluster(request['name'], request['code'], patterns,
+                                         request['reentrant'], request['cleanup'],
+                                         request['allocate']).cluster
+        cluster.files = request['files']
+        cluster.node_files = set(request['node_files'])
+        cluster.credential = os.urandom(16)
+        if staging is not None:
+            cluster.directory = os.path.join(self.config.dest_path_prefix, str(cluster.cid))
+            shutil.rmtree(cluster.directory, ignore_errors=True)
+            os.rename(staging, cluster.directory)
+        self.durability.put_cluster(cluster)
+        self.durability.wait_until_durable()
+        return cluster
+
+    def resumed_cluster(self, request: dict) -> Cluster:
+        cluster = self.state.clusters.get(request['cid'])
+        if cluster is None or not hmac.compare_digest(cluster.credential,
+                                                      request['credential']):
+            raise ProtocolError('no cluster %s with that credential here (it was closed, or '
+                                'cleaned up after --zombie_interval)' % (request['cid'],))
+        return cluster
+
+    def catch_up(self, session: ClientSession, cluster: Cluster) -> None:
+        """A resumed cluster's client gets what it missed: the jobs still to end, their
+        results so far, the nodes, node offers."""
+        session.jobs_pending([[job.uid, job.tag] for job in cluster.jobs.values()])
+        for message in list(cluster.results.values()):
+            session.job_ended(message)
+        for node in list(self.state.nodes.values()):
+            state = node.clusters.get(cluster.cid)
+            if state == READY:
+                session.node_status(node.ip_addr, node.name, node.cpus, NODE_INITIALIZED)
+            elif state == OFFERED:
+                self.nodes.offer_or_install(node, cluster)
+
+    def receive_cluster_files(self, link: HubLink, manifest: list) -> str | None:
+        """Receive a new cluster's files (announced in ``manifest``) into a staging directory;
+        returns its path, or None when there are none."""
+        if not manifest:
+            return None
+        if len(manifest) > MAX_FILES:
+            raise FileRefused('%d files; at most %d are accepted' % (len(manifest), MAX_FILES))
+        modes = {}
+        for entry in manifest:
+            check_manifest_entry(entry, self.config.max_file_size)
+            modes[entry[0]] = entry[2]
+        staging = tempfile.mkdtemp(prefix='incoming-', dir=self.config.dest_path_prefix)
+        incoming = IncomingFiles(staging, self.config.max_file_size)
+        try:
+            while len(incoming.done) < len(modes):
+                chunk = link.expect('cluster_file', time.monotonic() + FILE_TIMEOUT)
+                if chunk['name'] not in modes:
+                    raise FileRefused('file %r was not announced' % (chunk['name'],))
+                incoming.chunk(chunk['name'], chunk['offset'], chunk['data'], chunk['last'],
+                               modes[chunk['name']])
+        except BaseException:
+            incoming.abort()
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return staging
+
+    # what a client says
+
+    def on_message(self, cluster: Cluster, session: ClientSession, kind: str,
+                   body: dict) -> None:
+        handler = self.handlers.get(kind)
+        if handler is None:
+            raise ProtocolError('unexpected %r from a client' % (kind,))
+        if cluster.cid not in self.state.clusters and kind != 'result_ack':
+            if kind == 'submit':  # sent while the cluster was closing
+                self.refuse(cluster, body['uid'], CANCELLED, 'cluster is closed')
+            return
+        handler(cluster, session, body)
+
+    def on_submit(self, cluster: Cluster, session: ClientSession, body: dict) -> None:
+        """A new job: its files and its node (``submit_node``) are checked first; a job that
+        cannot run ends at once with the reason."""
+        if body['uid'] in cluster.jobs or body['uid'] in cluster.results:
+            self.acknowledge_submit(cluster, body['uid'])  # a resend: already here
+            return
+        files = body['files']
+        try:
+            for entry in files:
+                if not (isinstance(entry, list) and len(entry) == 3
+                        and isinstance(entry[1], bytes) and isinstance(entry[2], int)):
+                    raise FileRefused('invalid job file entry')
+                safe_relative_path(entry[0])
+                check_size(entry[0], len(entry[1]), self.config.max_file_size)
+        except FileRefused as exc:
+            self.refuse(cluster, body['uid'], TERMINATED, str(exc))
+            return
+        timeout = body['timeout']
+        if timeout is not None and not 0 < timeout < float('inf'):
+            self.refuse(cluster, body['uid'], TERMINATED, 'invalid time limit %r' % (timeout,))
+            return
+        pinned = None
+        if body['node'] is not None:
+            node = next((node for node in self.state.nodes.values()
+                         if node.answers_to(body['node']) and cluster.cid in node.clusters
+                         and node.clusters[cluster.cid] != FAILED), None)
+            if node is None:
+                self.refuse(cluster, body['uid'], CANCELLED, 'node %s is not available to '
+                            'this cluster' % (body['node'],))
+                return
+            pinned = node.key
+        placed = self.state.submit(cluster, body['uid'], body['args'], body['priority'],
+                                   body['timeout'], files, pinned, body['tag'])
+        job = placed.job
+        job.submitted_at = time.monotonic()
+        self.router.dispatch(placed.dispatches)  # first: a job sent to a node leaves at once
+        self.metrics.job_submitted()
+        self.durability.put_job(job)
+        self.acknowledge_submit(cluster, job.uid)
+
+    def on_result_ack(self, cluster: Cluster, session: ClientSession, body: dict) -> None:
+        for uid in body['ids']:
+            if cluster.results.pop(uid, None) is not None:
+                self.durability.result_acknowledged(cluster.cid, uid)
+
+    def on_node_allocation(self, cluster: Cluster, session: ClientSession, body: dict) -> None:
+        node = self.state.nodes.get(body['key'])
+        if node is not None and self.state.allocate(node, cluster.cid, body['cpus'],
+                                                    body['setup_args'], body['files']):
+            self.nodes.install(node, cluster)
+
+    def on_cancel(self, cluster: Cluster, session: ClientSession, body: dict) -> None:
+        cancellation = self.state.cancel(cluster, body['uid'])
+        if cancellation.node is not None:
+            self.nodes.cancel_job(cancellation.node, cancellation.job.jid)
+        elif cancellation.job is not None:
+            self.router.end_job(cancellation.job, CANCELLED, 'job was cancelled before it ran')
+
+    def on_close(self, cluster: Cluster, session: ClientSession, body: dict) -> None:
+        self.close_cluster(cluster)
+        session.closed()
+
+    # submissions
+
+    def acknowledge_submit(self, cluster: Cluster, uid: int) -> None:
+        """Tell the client its job is saved (once it is): it need not send it again. One
+        message per batch carries every job of the cluster saved in it."""
+        self.durability.acknowledge_when_durable(('submitted', cluster.cid),
+                                                 self.submissions_saved(cluster), uid)
+
+    def submissions_saved(self, cluster: Cluster) -> Callable[[list], None]:
+        def send(uids: list) -> None:
+            # a job that has ended meanwhile needs none: its result says it was received
+            waiting = [uid for uid in uids if uid in cluster.jobs]
+            session = self.peers.client(cluster.cid)
+            if waiting and session is not None:
+                session.submitted(waiting)
+        return send
+
+    def refuse(self, cluster: Cluster, uid: int, status: int, reason: str) -> None:
+        """A submission refused at once: it ends without becoming a job."""
+        self.router.refuse_submission(cluster, uid, status, reason)
+        self.acknowledge_submit(cluster, uid)
+
+    # clusters ending
+
+    def close_cluster(self, cluster: Cluster) -> None:
+        """Forget a cluster: its nodes uninstall it, its jobs end Cancelled, its files go."""
+        if cluster.cid not in self.state.clusters:
+            return
+        removed = self.state.remove_cluster(cluster)
+        self.nodes.uninstall(removed.nodes, cluster)
+        for job in removed.cancelled:
+            self.router.end_job(job, CANCELLED, 'cluster was closed before the job ran')
+        for node, job in removed.interrupted:
+            self.router.end_job(job, CANCELLED, 'cluster was closed while the job ran on %s'
+                                % node.key)
+        self.router.dispatch(removed.dispatches)
+        self.durability.delete_cluster(cluster.cid)
+        if cluster.directory is not None:
+            shutil.rmtree(cluster.directory, ignore_errors=True)
+        logger.info('cluster %s (%s) closed', cluster.cid, cluster.name)
+
+    def retire(self, cluster: Cluster) -> None:
+        """A cluster whose client is long gone frees its nodes, and keeps its results."""
+        self.nodes.uninstall(self.state.retire(cluster), cluster)
+
+    def connected(self, cluster: Cluster) -> bool:
+        """Whether the cluster's client is connected now."""
+        return self.peers.client(cluster.cid) is not None
+
+
+def resolve_patterns(nodes: list) -> list[tuple[str, int]]:
+    """A cluster's ``nodes`` as ``(pattern, port)`` pairs; a host name also matches the
+    addresses it resolves to."""
+    patterns = []
+    for entry in nodes:
+        if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)
+                and isinstance(entry[1], int)):
+            raise ProtocolError('cluster_new: bad nodes entry %r' % (entry,))
+        pattern, port = entry
+        patterns.append((pattern, port))
+        if not any(ch in pattern for ch in '*?[') and not _is_ip(pattern):
+            patterns.extend((ip, port) for ip in resolve(pattern))
+    return patterns
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        socket.inet_aton(text)
+        return text.count('.') == 3
+    except OSError:
+        return False

@@ -1,0 +1,104 @@
+"""Durability: what the scheduler records, committed in batches, and what waits for a commit.
+
+Handlers record changes (a job saved, moved, ended; a result acknowledged; a cluster added or
+removed) with the calls below, which cost no I/O; the flusher greenlet commits everything
+recorded since its last pass in one transaction, off the hub (on its threadpool), and only
+then runs what had to wait for durability: acknowledging submissions to a client and results
+to a node, one message per peer per batch. So a submission is acknowledged once its batch is
+on disk, never one fsync per job.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Hashable
+
+import gevent
+import gevent.event
+
+from ..constants import COMMIT_INTERVAL
+from .store import Store
+
+logger = logging.getLogger(__name__)
+
+
+class Durability:
+    """The store and its flusher. Tunables are class attributes."""
+
+    commit_interval = COMMIT_INTERVAL
+    """Seconds the flusher lets a batch of state changes grow before committing it."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.dirty = gevent.event.Event()
+
+    # what handlers record (no I/O until the next commit)
+
+    def put_cluster(self, cluster) -> None:
+        self.store.put_cluster(cluster)
+        self.dirty.set()
+
+    def delete_cluster(self, cid: int) -> None:
+        self.store.delete_cluster(cid)
+        self.dirty.set()
+
+    def put_job(self, job) -> None:
+        self.store.put_job(job)
+        self.dirty.set()
+
+    def job_moved(self, job) -> None:
+        """The job was sent to a node, or came back from one."""
+        self.store.job_moved(job)
+        self.dirty.set()
+
+    def job_ended(self, cid: int, jid: int | None, message: dict) -> None:
+        """A job ended (or a submission was refused: no ``jid``): its row goes, its final
+        message is kept until the client acknowledges it."""
+        self.store.job_ended(cid, jid, message)
+        self.dirty.set()
+
+    def result_acknowledged(self, cid: int, uid: int) -> None:
+        self.store.result_acknowledged(cid, uid)
+        self.dirty.set()
+
+    def when_durable(self, action: Callable[..., Any], *args: Any) -> None:
+        """Run ``action(*args)`` once everything recorded so far is committed."""
+        self.store.when_durable(action, *args)
+        self.dirty.set()
+
+    def acknowledge_when_durable(self, peer: Hashable, send: Callable[[list], Any],
+                                 item: Any) -> None:
+        """Add ``item`` to the acknowledgement ``send(items)`` that goes to ``peer`` once
+        everything recorded so far is committed: one message per peer per batch."""
+        self.store.acknowledge_when_durable(peer, send, item)
+        self.dirty.set()
+
+    def wait_until_durable(self) -> None:
+        """Block this greenlet until what was recorded so far is committed."""
+        done = gevent.event.Event()
+        self.when_durable(done.set)
+        done.wait()
+
+    # the flusher
+
+    def run_flusher(self) -> None:
+        """Commit what handlers recorded, in batches, off the hub; then run what waited for
+        it. A commit that fails (a full disk, say) ends this duty, and so the scheduler,
+        before anything that depended on it is acknowledged."""
+        threadpool = gevent.get_hub().threadpool
+        while True:
+            self.dirty.wait()
+            self.dirty.clear()
+            gevent.sleep(self.commit_interval)
+            statements, actions = self.store.take_batch()
+            if statements:
+                threadpool.apply(self.store.commit, (statements,))
+            for action, args in actions:
+                action(*args)
+
+    def commit_now(self) -> None:
+        """Commit what is recorded, here and now (at shutdown)."""
+        self.store.commit_now()
+
+    def close(self) -> None:
+        self.store.close()

@@ -1,0 +1,71 @@
+"""The scheduler's half of discovery: pinging nodes (unicast to ``-n`` hosts not yet linked,
+broadcast otherwise) and answering nodes that announce themselves. Nodes always open the
+link; a ping only tells them where to."""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+import gevent
+
+from .. import discovery
+from ..config import SchedulerConfig
+from .model import State
+
+logger = logging.getLogger(__name__)
+
+
+class Pinger:
+    def __init__(self, config: SchedulerConfig, state: State,
+                 sockets: dict[str, socket.socket], node_link_port: int) -> None:
+        self.config = config
+        self.state = state
+        self.sockets = sockets  # address ('' for the wildcard) -> UDP socket
+        self.node_link_port = node_link_port  # where nodes connect: told in every ping
+
+    def run_receivers(self, spawn) -> None:
+        """A receive loop per socket, each started with ``spawn(function, *args)``."""
+        for sock in self.sockets.values():
+            spawn(discovery.receive_loop, sock, self.config.node_secret,
+                  lambda kind, body, source, sock=sock: self.on_datagram(sock, kind, body,
+                                                                         source))
+
+    def run(self) -> None:
+        """Ping nodes every ``--ping_interval``."""
+        while True:
+            linked = {node.ip_addr for node in self.state.nodes.values()}
+            for address, sock in self.sockets.items():
+                if not address and len(self.sockets) > 1:
+                    continue  # the wildcard socket only listens for broadcasts
+                body = {'addr': self.announced_address(address), 'port': self.node_link_port}
+                targets = []
+                for host in self.config.nodes or ['*']:
+                    if host == '*':
+                        targets.extend(discovery.broadcast_targets(address))
+                    else:
+                        targets.extend(ip for ip in discovery.resolve(host) if ip not in linked)
+                for target in targets:
+                    discovery.send(sock, self.config.node_secret, 'ping', body,
+                                   (target, self.config.node_port))
+            gevent.sleep(self.config.ping_interval)
+
+    def on_datagram(self, sock: socket.socket, kind: str, body: dict, source: tuple) -> None:
+        if kind == 'announce' and discovery.valid_port(body['port']):
+            address = sock.getsockname()[0]
+            discovery.send(sock, self.config.node_secret, 'ping',
+                           {'addr': self.announced_address(address if address != '0.0.0.0'
+                                                           else ''),
+                            'port': self.node_link_port},
+                           (source[0], body['port']))
+
+    def announced_address(self, address: str) -> str:
+        """The address nodes should connect to: the ``--ext_ip_addr`` paired with ``address``
+        (NAT), else ``address`` itself; '' lets a node use the ping's source address."""
+        ext = self.config.ext_ip_addr
+        ips = self.config.ip_addr
+        if address in ips and ips.index(address) < len(ext):
+            return ext[ips.index(address)]
+        if not address and ext:
+            return ext[0]
+        return address

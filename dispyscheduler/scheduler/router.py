@@ -1,0 +1,96 @@
+"""Performing what the model decided: jobs to nodes, ends of jobs to clients, each recorded.
+
+Every event on the model that places or ends jobs returns an outcome (``model.Dispatch`` pairs,
+``model.Rescheduled``); the router sends each job to its node, tells each job's client how it
+ended, and records both in the store, so the node and client parts need not know how. A
+result leaves for the client before the bookkeeping, so it is not delayed by it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Iterable, Optional
+
+from ..constants import CANCELLED
+from .durability import Durability
+from .model import Cluster, Dispatch, Job, Node, Rescheduled, State
+from .sessions import Peers
+
+logger = logging.getLogger(__name__)
+
+
+class Router:
+    def __init__(self, state: State, peers: Peers, durability: Durability, metrics) -> None:
+        self.state = state
+        self.peers = peers
+        self.durability = durability
+        self.metrics = metrics
+
+    def dispatch(self, dispatches: Iterable[Dispatch]) -> None:
+        """Send placed jobs to their nodes (the node's waiting acknowledgements go along)."""
+        for node, job in dispatches:
+            session = self.peers.node(node.key)
+            if session is not None:
+                session.send_job(job)
+            if job.submitted_at is not None:  # its first placement
+                self.metrics.job_placed(time.monotonic() - job.submitted_at)
+                job.submitted_at = None
+            self.durability.job_moved(job)
+
+    def reschedule(self, outcome: Rescheduled, reason: str) -> None:
+        """Jobs taken off a node: the requeued ones are recorded and placed, the ended ones
+        told to their clients (``reason`` says why, for those that ended Cancelled)."""
+        for job in outcome.requeued:
+            self.durability.job_moved(job)
+        for job in outcome.ended:
+            self.end_job(job, job.status, 'job was cancelled' if job.cancelling else
+                         reason if job.status == CANCELLED else
+                         '%s; it has now lost %d nodes and is given up'
+                         % (reason, job.lost_nodes))
+        self.dispatch(outcome.dispatches)
+
+    def deliver(self, job: Job, node: Node, reply: dict) -> None:
+        """Pass a node's result to the job's client, and keep it until acknowledged."""
+        self.send_result(job.cluster, {
+            'uid': job.uid, 'status': reply['status'], 'result': reply['result'],
+            'exception': reply['exception'], 'stdout': reply['stdout'],
+            'stderr': reply['stderr'], 'start_time': reply['start_time'],
+            'end_time': reply['end_time'], 'ip_addr': node.ip_addr, 'tag': job.tag}, job)
+
+    def end_job(self, job: Job, status: int, reason: str) -> None:
+        """Tell the client a job ended without a result from a node."""
+        self.send_result(job.cluster, {
+            'uid': job.uid, 'status': status, 'result': None, 'exception': reason,
+            'stdout': '', 'stderr': '', 'start_time': job.start_time, 'end_time': time.time(),
+            'ip_addr': job.node.ip_addr if job.node is not None else None, 'tag': job.tag}, job)
+
+    def refuse_submission(self, cluster: Cluster, uid: int, status: int, reason: str) -> None:
+        """A submission refused at once: it ends without becoming a job."""
+        self.send_result(cluster, {'uid': uid, 'status': status, 'result': None,
+                                   'exception': reason, 'stdout': '', 'stderr': '',
+                                   'start_time': None, 'end_time': time.time(),
+                                   'ip_addr': None, 'tag': None})
+
+    def send_result(self, cluster: Cluster, message: dict, job: Optional[Job] = None) -> None:
+        """Keep a job's final message (saved) until the client acknowledges it, and send it."""
+        session = self.peers.client(cluster.cid)
+        if session is not None:  # first: it leaves at once
+            session.job_ended(message)
+        cluster.results[message['uid']] = message
+        self.metrics.job_ended(message['status'])
+        if cluster.cid in self.state.clusters:
+            self.durability.job_ended(cluster.cid, job.jid if job is not None else None,
+                                      message)
+
+    def notify_node(self, cluster: Cluster, node: Node, status: int) -> None:
+        """Tell a cluster's client that a node set it up, or no longer runs it."""
+        session = self.peers.client(cluster.cid)
+        if session is not None:
+            session.node_status(node.ip_addr, node.name, node.cpus, status)
+
+    def warn_client(self, cluster: Cluster, reason: str) -> None:
+        logger.warning('cluster %s: %s', cluster.cid, reason)
+        session = self.peers.client(cluster.cid)
+        if session is not None:
+            session.warn(reason)

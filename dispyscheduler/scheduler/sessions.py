@@ -1,0 +1,220 @@
+"""The scheduler's side of each peer's link, and the registry through which parts reach them.
+
+A ``NodeSession`` is one node's link with what belongs to it (the acknowledgements of its
+results that wait to travel with the next job); a ``ClientSession`` is one client's link to its
+cluster. Each offers the messages that peer may be sent as named calls, so that no other part
+writes a message by hand. ``Peers`` finds a node's session by its key and a cluster's client
+by the cluster's id: the model never holds a link.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Iterable, Optional
+
+import gevent
+
+from ..constants import ACK_BATCH
+from ..hublink import HubLink
+from ..protocol import ProtocolError
+
+logger = logging.getLogger(__name__)
+
+
+class NodeSession:
+    """One node's link, from the scheduler's side."""
+
+    def __init__(self, link: HubLink, key: str) -> None:
+        self.link = link
+        self.key = key
+        self.pending_acks: list[int] = []  # saved results the node may forget
+
+    def __repr__(self) -> str:
+        return '<NodeSession %s>' % (self.key,)
+
+    @property
+    def closed(self) -> bool:
+        return self.link.closed
+
+    def close(self) -> None:
+        self.link.close()
+
+    def run(self, handle: Callable[[str, dict], Any]) -> str:
+        """Serve the link until it ends, ``handle(kind, body)`` for each message; returns
+        why it ended."""
+        return serve_link(self.link, handle, 'node %s' % (self.key,))
+
+    def welcome(self, pulse_interval: float, scheduler_id: str) -> None:
+        self.link.send('welcome', {'pulse_interval': pulse_interval,
+                                   'scheduler_id': scheduler_id})
+
+    def send_job(self, job) -> None:
+        """The job, with the acknowledgements waiting (in the same write)."""
+        self.link.send('job', {'jid': job.jid, 'cid': job.cluster.cid, 'args': job.args,
+                               'timeout': job.timeout, 'files': job.files},
+                       *self.take_acknowledgements())
+
+    def cancel_job(self, jid: int) -> None:
+        self.link.send('cancel_job', {'jid': jid})
+
+    def install(self, cid: int, name: str, code: bytes, files: list, cpus: int,
+                setup_args: Optional[bytes]) -> None:
+        self.link.send('compute', {'cid': cid, 'name': name, 'code': code, 'files': files,
+                                   'cpus': cpus, 'setup_args': setup_args})
+
+    def send_file_chunk(self, cid: int, name: str, offset: int, data: bytes,
+                        last: bool) -> bool:
+        """One chunk of a computation's file, once the ones before it have left (back
+        pressure: a big file passes in a chunk or two at a time); False if the link closed."""
+        if self.link.closed:
+            return False
+        self.link.send('compute_file', {'cid': cid, 'name': name, 'offset': offset,
+                                        'data': data, 'last': last})
+        self.link.wait_until_drained()
+        return True
+
+    def uninstall(self, cid: int, cleanup: bool) -> None:
+        self.link.send('uninstall', {'cid': cid, 'cleanup': cleanup})
+
+    def acknowledge_results(self, ids: Iterable[int]) -> None:
+        """Saved results the node may forget. The acknowledgement travels with the next job
+        sent to the node, or at the next ``flush_acknowledgements``, or at once when many
+        are waiting."""
+        self.pending_acks.extend(ids)
+        if len(self.pending_acks) >= ACK_BATCH:
+            self.flush_acknowledgements()
+
+    def acknowledge_result_now(self, jid: int) -> None:
+        """A repeated result, of a job that ended already: nothing to save first."""
+        self.link.send('result_ack', {'ids': [jid]})
+
+    def flush_acknowledgements(self) -> None:
+        for message in self.take_acknowledgements():
+            self.link.send(*message)
+
+    def take_acknowledgements(self) -> tuple:
+        """The waiting acknowledgements as a message to send (none if none wait)."""
+        if not self.pending_acks:
+            return ()
+        acknowledgements, self.pending_acks = self.pending_acks, []
+        return (('result_ack', {'ids': acknowledgements}),)
+
+
+class ClientSession:
+    """One client's link to its cluster, from the scheduler's side."""
+
+    def __init__(self, link: HubLink, cid: int) -> None:
+        self.link = link
+        self.cid = cid
+
+    def __repr__(self) -> str:
+        return '<ClientSession %s of cluster %s>' % (self.link.peer, self.cid)
+
+    @property
+    def peer(self) -> str:
+        return self.link.peer
+
+    def close(self) -> None:
+        self.link.close()
+
+    def run(self, handle: Callable[[str, dict], Any]) -> str:
+        """Serve the link until it ends, ``handle(kind, body)`` for each message; returns
+        why it ended."""
+        return serve_link(self.link, handle, 'the client of cluster %s' % (self.cid,))
+
+    def cluster_ok(self, max_file_size: int, credential: bytes) -> None:
+        self.link.send('cluster_ok', {'cid': self.cid, 'max_file_size': max_file_size,
+                                      'credential': credential})
+
+    def job_ended(self, message: dict) -> None:
+        self.link.send('job_end', message)
+
+    def submitted(self, uids: list[int]) -> None:
+        self.link.send('submitted', {'uids': uids})
+
+    def jobs_pending(self, jobs: list) -> None:
+        self.link.send('jobs_pending', {'jobs': jobs})
+
+    def job_started(self, uid: int, status: int, ip_addr: str, start_time: float) -> None:
+        self.link.send('job_status', {'uid': uid, 'status': status, 'ip_addr': ip_addr,
+                                      'start_time': start_time})
+
+    def provisional_result(self, uid: int, result: bytes, ip_addr: str) -> None:
+        self.link.send('provisional_result', {'uid': uid, 'result': result,
+                                              'ip_addr': ip_addr})
+
+    def file_part(self, uid: int, name: str, offset: int, data: bytes, last: bool) -> None:
+        self.link.send('file_part', {'uid': uid, 'name': name, 'offset': offset,
+                                     'data': data, 'last': last})
+
+    def node_status(self, ip_addr: str, name: str, cpus: int, status: int) -> None:
+        self.link.send('node_status', {'ip_addr': ip_addr, 'name': name, 'cpus': cpus,
+                                       'status': status})
+
+    def offer_node(self, key: str, ip_addr: str, name: str, cpus: int, platform: str) -> None:
+        self.link.send('node_offer', {'key': key, 'ip_addr': ip_addr, 'name': name,
+                                      'cpus': cpus, 'platform': platform})
+
+    def warn(self, reason: str) -> None:
+        self.link.send('cluster_warning', {'reason': reason})
+
+    def closed(self) -> None:
+        """The cluster is closed, as its client asked."""
+        self.link.send('closed', {})
+
+
+def serve_link(link: HubLink, handle: Callable[[str, dict], Any], who: str) -> str:
+    """A session's loop: its writer greenlet and its reader, until the link ends. A peer that
+    breaks the protocol loses its link; a handler that fails is a bug here, logged as one
+    with its traceback, and ends that link only. Returns why the link ended."""
+    writer = gevent.spawn(link.run_writer)
+    try:
+        link.run_reader(handle)
+        return 'its connection closed'
+    except ProtocolError as exc:
+        logger.warning('%s sent a bad frame: %s', who, exc)
+        return 'it sent a bad frame (%s)' % (exc,)
+    except Exception:
+        logger.exception('internal error: handling a message from %s failed', who)
+        return 'the scheduler failed to handle its message (an internal error)'
+    finally:
+        writer.kill(block=False)
+
+
+class Peers:
+    """The live sessions: nodes by key, clients by their cluster's id."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, NodeSession] = {}
+        self.clients: dict[int, ClientSession] = {}
+
+    def node(self, key: str) -> Optional[NodeSession]:
+        return self.nodes.get(key)
+
+    def client(self, cid: int) -> Optional[ClientSession]:
+        return self.clients.get(cid)
+
+    def node_joined(self, session: NodeSession) -> None:
+        self.nodes[session.key] = session
+
+    def node_left(self, session: NodeSession) -> None:
+        if self.nodes.get(session.key) is session:
+            del self.nodes[session.key]
+
+    def client_attached(self, session: ClientSession) -> Optional[ClientSession]:
+        """The session now serving a cluster; returns the one it replaces, if any (a client
+        back on a new connection before its old one was noticed)."""
+        old = self.clients.get(session.cid)
+        self.clients[session.cid] = session
+        return old
+
+    def client_detached(self, session: ClientSession) -> bool:
+        """Whether ``session`` was the one serving its cluster (it is not any more)."""
+        if self.clients.get(session.cid) is session:
+            del self.clients[session.cid]
+            return True
+        return False
+
+    def close_all(self) -> None:
+        for session in list(self.nodes.values()) + list(self.clients.values()):
+            session.close()

@@ -1,0 +1,111 @@
+"""The scheduler's periodic duties that watch for what does not happen: a node that falls
+silent, nodes that do not come back after a restart, a cluster that no node sets up, a client
+that never returns."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import gevent
+
+from ..config import SchedulerConfig
+from ..constants import NO_NODE_PINGS, PULSES_MISSED_BEFORE_DEAD, RESULT_RETENTION
+from .clusters import ClusterService
+from .model import Cluster, State
+from .nodes import NodeService
+from .router import Router
+
+logger = logging.getLogger(__name__)
+
+
+class Watchdogs:
+    """Tunables are class attributes."""
+
+    missed_pulses = PULSES_MISSED_BEFORE_DEAD
+    """A node silent for this many pulse intervals is presumed dead; after a restart, nodes
+    have as long to come back before the jobs they held are handled as lost."""
+
+    def __init__(self, config: SchedulerConfig, state: State, nodes: NodeService,
+                 clusters: ClusterService, router: Router) -> None:
+        self.config = config
+        self.state = state
+        self.nodes = nodes
+        self.clusters = clusters
+        self.router = router
+        self.awaiting_until = time.monotonic() + self.missed_pulses * config.pulse_interval
+        self.nodeless_since: dict[int, float] = {}  # cid -> since when no node has set it up
+
+    def run(self) -> None:
+        """Every pulse interval: presume silent nodes dead, give up on nodes that did not
+        return after a restart, warn about clusters without nodes, clean up after clients
+        that left long ago."""
+        while True:
+            gevent.sleep(self.config.pulse_interval)
+            now = time.monotonic()
+            self.presume_silent_nodes_dead(now)
+            self.give_up_on_nodes_that_did_not_return(now)
+            self.warn_clusters_without_nodes(now)
+            self.clean_up_after_gone_clients(now)
+
+    def presume_silent_nodes_dead(self, now: float) -> None:
+        silence = self.missed_pulses * self.config.pulse_interval
+        for node in list(self.state.nodes.values()):
+            if now - node.last_heard > silence:
+                self.nodes.lose(node, 'no pulse for %d seconds' % (now - node.last_heard))
+
+    def give_up_on_nodes_that_did_not_return(self, now: float) -> None:
+        if not self.state.awaiting or now <= self.awaiting_until:
+            return
+        missing = ', '.join(sorted(self.state.awaiting))
+        outcome = self.state.expire_awaiting()
+        logger.warning('nodes %s did not come back after the restart (%d jobs requeued, %d '
+                       'ended)', missing, len(outcome.requeued), len(outcome.ended))
+        self.router.reschedule(outcome, 'the node running this job did not come back after '
+                               'the scheduler restarted')
+
+    def warn_clusters_without_nodes(self, now: float) -> None:
+        """Tell a client whose cluster no node has set up for ``NO_NODE_PINGS`` discovery
+        rounds (once), so that jobs waiting for ever are not a mystery."""
+        wait = NO_NODE_PINGS * self.config.ping_interval
+        for cid in [cid for cid in self.nodeless_since if cid not in self.state.clusters]:
+            del self.nodeless_since[cid]
+        for cluster in self.state.clusters.values():
+            since = self.nodeless_since.get(cluster.cid)
+            if cluster.ready_nodes or cluster.dormant:
+                self.nodeless_since.pop(cluster.cid, None)
+            elif since is None:
+                self.nodeless_since[cluster.cid] = now
+            elif now - since > wait and self.clusters.connected(cluster):
+                self.nodeless_since[cluster.cid] = float('inf')  # said once
+                self.router.warn_client(cluster, 'no node has set up this cluster in %d '
+                                        'seconds; its nodes are %s; nodes known to the '
+                                        'scheduler: %s' % (wait, describe_patterns(cluster),
+                                                           ', '.join(sorted(self.state.nodes))
+                                                           or 'none'))
+
+    def clean_up_after_gone_clients(self, now: float) -> None:
+        """A cluster whose client has been gone ``--zombie_interval`` with nothing left to run
+        frees its nodes; its undelivered results wait ``RESULT_RETENTION`` intervals for a
+        client to collect them, then the cluster is removed."""
+        zombie_after = self.config.zombie_interval * 60
+        for cluster in list(self.state.clusters.values()):
+            if (cluster.orphaned_since is None or self.clusters.connected(cluster)
+                    or cluster.in_flight or cluster.queued):
+                continue
+            gone = now - cluster.orphaned_since
+            if gone > zombie_after * RESULT_RETENTION or (gone > zombie_after
+                                                          and not cluster.results):
+                logger.info('cluster %s: client gone for %d minutes; removing it',
+                            cluster.cid, gone // 60)
+                self.clusters.close_cluster(cluster)
+            elif gone > zombie_after and not cluster.dormant:
+                logger.info('cluster %s: client gone for %d minutes; freeing its nodes, '
+                            'keeping %d results for it', cluster.cid, gone // 60,
+                            len(cluster.results))
+                self.clusters.retire(cluster)
+
+
+def describe_patterns(cluster: Cluster) -> str:
+    return ', '.join('%s%s' % (pattern, ':%d' % port if port else '')
+                     for pattern, port in cluster.patterns)

@@ -1,0 +1,108 @@
+"""The state database: what is saved comes back the same after a restart, a batch writes only
+what outlived it, and a database of another layout version is refused with one clear line."""
+
+import sqlite3
+
+import pytest
+
+from dispyscheduler.scheduler.model import State
+from dispyscheduler.scheduler.store import CLUSTERS, JOBS, SCHEMA_VERSION, Store, StoreError
+
+
+def new_state(store):
+    return State(max_depth=2, epoch=store.epoch, next_cid=store.meta('next_cid') or 1)
+
+
+def add_cluster(state):
+    cluster = state.add_cluster('c', b'code', [('127.0.0.*', 0), ('node', 9000)], True, False,
+                                allocate=True).cluster
+    cluster.files = [['data.txt', 4, 0o600]]
+    cluster.node_files = {'data.txt'}
+    cluster.directory = '/tmp/c'
+    cluster.credential = b'\x01' * 16
+    return cluster
+
+
+def test_clusters_jobs_and_results_come_back_after_a_restart(tmp_path):
+    store = Store(str(tmp_path))
+    state = new_state(store)
+    cluster = add_cluster(state)
+    store.put_cluster(cluster)
+    jobs = [state.submit(cluster, uid, b'args%d' % uid, priority=uid, timeout=2.5,
+                         files=[['f', b'x', 0o600]], tag=b'tag').job for uid in range(3)]
+    for job in jobs:
+        store.put_job(job)
+    ended = jobs[2]
+    message = {'uid': ended.uid, 'status': 11, 'result': b'r'}
+    store.job_ended(cluster.cid, ended.jid, message)
+    store.commit_now()
+    store.close()
+
+    again = Store(str(tmp_path))
+    assert again.epoch == store.epoch + 1 and again.scheduler_id == store.scheduler_id
+    clusters, rows, results = again.load()
+    restored = new_state(again)
+    restored.restore(clusters, rows)
+    copy = restored.clusters[cluster.cid]
+    for name in ('name', 'code', 'patterns', 'reentrant', 'cleanup', 'allocate', 'files',
+                 'node_files', 'directory', 'credential'):
+        assert getattr(copy, name) == getattr(cluster, name), name
+    assert sorted(copy.jobs) == [0, 1]  # the one that ended is kept as its result only
+    assert results == [(cluster.cid, message)]
+    job = copy.jobs[1]
+    assert (job.jid, job.args, job.priority, job.timeout, job.files, job.tag) == (
+        jobs[1].jid, b'args1', 1, 2.5, [['f', b'x', 0o600]], b'tag')
+    assert again.meta('next_cid') == cluster.cid + 1
+    again.close()
+
+
+def test_a_job_that_comes_and_goes_within_a_batch_costs_no_row(tmp_path):
+    store = Store(str(tmp_path))
+    state = new_state(store)
+    cluster = add_cluster(state)
+    store.put_cluster(cluster)
+    store.commit_now()
+    job = state.submit(cluster, 1, b'').job
+    store.put_job(job)
+    store.job_ended(cluster.cid, job.jid, {'uid': 1, 'status': 11})
+    store.result_acknowledged(cluster.cid, 1)
+    statements, _ = store.take_batch()
+    assert statements == []
+
+
+def test_acknowledgements_wait_for_the_commit_and_go_once_per_peer(tmp_path):
+    store = Store(str(tmp_path))
+    sent = []
+    for item in (1, 2, 3):
+        store.acknowledge_when_durable('peer', sent.append, item)
+    store.acknowledge_when_durable('other', sent.append, 9)
+    assert sent == []
+    store.commit_now()
+    assert sorted(sent) == [[1, 2, 3], [9]]
+
+
+def test_columns_are_named_once():
+    for table in (CLUSTERS, JOBS):
+        assert table.insert.count('?') == len(table.columns)
+        assert all(column in table.create for column in table.columns)
+
+
+def test_a_database_of_another_version_is_refused_with_one_line(tmp_path):
+    Store(str(tmp_path)).close()
+    db = sqlite3.connect(str(tmp_path / 'state.sqlite'))
+    db.execute("UPDATE meta SET value = ? WHERE key = 'version'", (SCHEMA_VERSION + 1,))
+    db.commit()
+    db.close()
+    with pytest.raises(StoreError) as info:
+        Store(str(tmp_path))
+    text = str(info.value)
+    assert '\n' not in text
+    assert 'state version %d' % (SCHEMA_VERSION + 1) in text
+    assert 'reads version %d' % SCHEMA_VERSION in text
+
+
+def test_a_file_that_is_no_database_is_refused_with_one_line(tmp_path):
+    (tmp_path / 'state.sqlite').write_bytes(b'not a database at all' * 100)
+    with pytest.raises(StoreError) as info:
+        Store(str(tmp_path))
+    assert '\n' not in str(info.value) and 'state.sqlite' in str(info.value)
