@@ -1,1 +1,2 @@
-"""The node daemon (daemon), its computations (workers) and job processes (worker)."""
+"""The node daemon (daemon), its side of each computation (computation) and the program a
+computation's processes run (runner)."""

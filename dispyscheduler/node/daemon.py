@@ -2,9 +2,10 @@
 
 The node always opens the link: to ``--scheduler_node`` at start (retrying with back-off until
 that scheduler is there), or to whichever scheduler pings it first. It serves one scheduler at
-a time. Jobs run in worker processes (``workers.py``); the daemon only routes frames, so it
-never unpickles user data. A finished result is kept until the scheduler acknowledges it and
-is sent again over the next link if the current one breaks first.
+a time. Jobs run in processes of their computation (``computation.py`` is the daemon's side of
+one, ``runner.py`` the program its processes run); the daemon only routes frames, so it never
+unpickles user data. A finished result is kept until the scheduler acknowledges it and is sent
+again over the next link if the current one breaks first.
 
 Runs under gevent with the stdlib monkey-patched (``cli.node_main`` does that first).
 """
@@ -41,7 +42,7 @@ from ..hublink import HubLink
 from ..link import ConnectionClosed, set_nodelay
 from ..protocol import ProtocolError
 from ..tls import TLSError, TLSSocket
-from .workers import Computation, ComputationError, NodeJob, failure_reply
+from .computation import Computation, ComputationError, NodeJob, failure_reply
 
 logger = logging.getLogger(__name__)
 

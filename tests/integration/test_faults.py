@@ -99,7 +99,7 @@ def test_result_larger_than_the_limit_ends_the_job(daemons):
 def host_processes(node_pid):
     """PIDs of the computation host processes a node daemon started."""
     return [pid for pid, _, ppid, _, cmdline in processes()
-            if ppid == node_pid and b'dispyscheduler.node.worker' in cmdline]
+            if ppid == node_pid and b'dispyscheduler.node.runner' in cmdline]
 
 
 def test_computation_host_dying_moves_unstarted_jobs_elsewhere(daemons):

@@ -1,6 +1,6 @@
 """A computation installed on a node: its host process, its workers, and the jobs they run.
 
-The host process (``node/worker.py``) loads the computation and runs ``setup``; workers are
+The host process (``node/runner.py``) loads the computation and runs ``setup``; workers are
 forked from it, one per CPU, and each connects back on the node's local socket. A greenlet per
 worker takes the computation's queued jobs one at a time, holding one of the node's CPU slots
 while the job runs, so at most ``--cpus`` jobs run on the node whatever the number of
@@ -25,7 +25,7 @@ from gevent.hub import Waiter
 from ..constants import CANCELLED, STARTED_REPORT_DELAY, TERMINATED, WORKER_START_TIMEOUT
 from ..files import FileRefused, IncomingFiles, write_file
 from ..protocol import ProtocolError
-from . import worker as worker_program
+from . import runner
 
 logger = logging.getLogger(__name__)
 
@@ -110,14 +110,14 @@ class Computation:
         if self.file_error:
             raise ComputationError(self.file_error)
         env = dict(os.environ)
-        env[worker_program.ENV_SOCKET] = self.node.local_address
-        env[worker_program.ENV_TOKEN] = self.node.local_token.hex()
-        env[worker_program.ENV_CID] = str(self.cid)
+        env[runner.ENV_SOCKET] = self.node.local_address
+        env[runner.ENV_TOKEN] = self.node.local_token.hex()
+        env[runner.ENV_CID] = str(self.cid)
         env['PYTHONPATH'] = os.pathsep.join(filter(None, [_package_root(),
                                                           env.get('PYTHONPATH')]))
         try:
             self.host_process = subprocess.Popen(
-                [sys.executable, '-m', 'dispyscheduler.node.worker'], cwd=self.directory,
+                [sys.executable, '-m', 'dispyscheduler.node.runner'], cwd=self.directory,
                 env=env, stdin=subprocess.DEVNULL)
         except OSError as exc:  # its directory is gone: uninstalled while its files came
             raise ComputationError('cannot start the computation: %s' % (exc,)) from None

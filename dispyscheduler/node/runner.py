@@ -1,4 +1,4 @@
-"""The processes that run a computation's jobs on a node (``python -m dispyscheduler.node.worker``).
+"""The program a computation's processes run on a node (``python -m dispyscheduler.node.runner``).
 
 The node daemon starts one *host* process per computation, in the computation's directory. The
 host loads the computation, gives it the globals dispynode gives computations, runs its
