@@ -1,11 +1,13 @@
-"""A computation installed on a node: its host process, its workers, and the jobs they run.
+"""The daemon's side of a computation installed on a node: its setup process, its worker
+processes, and the jobs they run.
 
-The host process (``node/runner.py``) loads the computation and runs ``setup``; workers are
-forked from it, one per CPU, and each connects back on the node's local socket. A greenlet per
-worker takes the computation's queued jobs one at a time, holding one of the node's CPU slots
-while the job runs, so at most ``--cpus`` jobs run on the node whatever the number of
-computations. Cancelling a running job kills its worker; a worker that dies is replaced by a
-new fork of the host, so the computation keeps its full set of workers.
+The setup process (``python -m dispyscheduler.node.runner``) loads the computation and runs
+``setup``; worker processes are forked from it, one per CPU, and each connects back on the
+node's local socket. A greenlet per worker process takes the computation's queued jobs one at
+a time, holding one of the node's CPU slots while the job runs, so at most ``--cpus`` jobs run
+on the node whatever the number of computations. Cancelling a running job kills its worker
+process; a worker process that dies is replaced by a new fork of the setup process, so the
+computation keeps its full set of worker processes.
 """
 
 import collections
@@ -30,10 +32,11 @@ from . import runner
 logger = logging.getLogger(__name__)
 
 WORKER_EXIT_WAIT = 1.0
-"""Seconds to wait for the host's account of how a dead worker ended, for the job's error."""
+"""Seconds to wait for the setup process's account of how a dead worker process ended, for
+the job's error."""
 
-HOST_EXIT_WAIT = 10.0
-"""Seconds a host has to run ``cleanup`` and exit before it is killed."""
+SETUP_EXIT_WAIT = 10.0
+"""Seconds a setup process has to run ``cleanup`` and exit before it is killed."""
 
 
 class ComputationError(Exception):
@@ -77,10 +80,10 @@ class Computation:
         # is the one idle for the shortest time
         self.handed = {}  # pid -> job handed to a worker's greenlet that has not woken yet
         self.worker_exits = {}  # pid -> AsyncResult with how the worker ended
-        self.host_link = gevent.event.AsyncResult()
+        self.setup_link = gevent.event.AsyncResult()
         self.load_done = gevent.event.Event()
         self.loaded = False
-        self.host_process = None
+        self.setup_process = None
         self.closing = False
 
     def __repr__(self):
@@ -101,7 +104,8 @@ class Computation:
             self.files_ready.set()
 
     def start(self, node_ip_addr):
-        """Receive the files, start the host, load the computation, run setup, fork workers.
+        """Receive the files, start the setup process, load the computation, run setup, fork
+        worker processes.
 
         Raises ``ComputationError`` with the reason (a setup traceback, say)."""
         if not self.files_ready.wait(WORKER_START_TIMEOUT):
@@ -116,7 +120,7 @@ class Computation:
         env['PYTHONPATH'] = os.pathsep.join(filter(None, [_package_root(),
                                                           env.get('PYTHONPATH')]))
         try:
-            self.host_process = subprocess.Popen(
+            self.setup_process = subprocess.Popen(
                 [sys.executable, '-m', 'dispyscheduler.node.runner'], cwd=self.directory,
                 env=env, stdin=subprocess.DEVNULL)
         except OSError as exc:  # its directory is gone: uninstalled while its files came
@@ -124,7 +128,7 @@ class Computation:
         try:
             with gevent.Timeout(WORKER_START_TIMEOUT, ComputationError(
                     'computation did not load within %d seconds' % WORKER_START_TIMEOUT)):
-                link = self.host_link.get()
+                link = self.setup_link.get()
                 link.send_now('load', {'code': self.code, 'node_name': self.node.name,
                                        'node_ip_addr': node_ip_addr,
                                        'max_file_size': self.node.options.max_file_size,
@@ -133,20 +137,20 @@ class Computation:
             if kind == 'load_failed':
                 raise ComputationError(body['reason'])
             if kind != 'loaded':
-                raise ComputationError('worker host sent %r' % (kind,))
+                raise ComputationError('setup process sent %r' % (kind,))
             self.loaded = True
-        except OSError:  # includes the host closing its connection
-            raise ComputationError('worker host exited while loading the computation '
-                                   '(status %s)' % (self.host_process.wait(),)) from None
+        except OSError:  # includes the setup process closing its connection
+            raise ComputationError('setup process exited while loading the computation '
+                                   '(status %s)' % (self.setup_process.wait(),)) from None
         finally:
             self.load_done.set()
         gevent.spawn(link.run_writer)
         link.send('fork', {'count': self.cpus})
 
-    def serve_host(self, link):
-        """Serve the host's connection for its lifetime: hand it to ``start``, then read its
-        reports of workers that ended."""
-        self.host_link.set(link)
+    def serve_setup_process(self, link):
+        """Serve the setup process's connection for its lifetime: hand it to ``start``, then
+        read its reports of worker processes that ended."""
+        self.setup_link.set(link)
         self.load_done.wait()
         if not self.loaded:
             return
@@ -162,12 +166,13 @@ class Computation:
                     link.send('fork', {'count': 1})
         link.run_reader(on_message)
         if not self.closing:
-            logger.error('worker host of %r exited (status %s)', self, self.host_process.wait())
-            self.node.fail_computation(self, 'the worker host process exited')
+            logger.error('setup process of %r exited (status %s)', self,
+                         self.setup_process.wait())
+            self.node.fail_computation(self, "the computation's setup process exited")
 
     def put_job(self, job):
-        """Hand a job to the worker idle the shortest time (so jobs that come one at a time
-        keep going to the same, warm, process), or queue it until a worker is free."""
+        """Hand a job to the worker process idle the shortest time (so jobs that come one at
+        a time keep going to the same, warm, process), or queue it until one is free."""
         if not self.idle_workers:
             self.queue.append(job)
             return
@@ -176,7 +181,8 @@ class Computation:
         gevent.get_hub().loop.run_callback(waiter.switch, job)
 
     def next_job(self, pid):
-        """The next job for worker ``pid``, waiting for one; None once the node closes it."""
+        """The next job for worker process ``pid``, waiting for one; None once the node
+        closes the computation."""
         if self.queue:
             return self.queue.popleft()
         if self.closing:
@@ -191,11 +197,11 @@ class Computation:
         return job
 
     def serve_worker(self, link, pid):
-        """Run this computation's jobs on one worker, until the worker or the node stops.
+        """Run this computation's jobs on one worker process, until it or the node stops.
 
-        A worker that dies while idle (killed from outside, say) is reported by the host, and
-        its greenlet is killed there (``serve_host``) before it takes a job; a job handed to it
-        or taken but not yet sent goes back to the queue."""
+        A worker process that dies while idle (killed from outside, say) is reported by the
+        setup process, and its greenlet is killed there (``serve_setup_process``) before it
+        takes a job; a job handed to it or taken but not yet sent goes back to the queue."""
         self.workers[pid] = None
         job = None
         # a job still running after a moment is reported started; one that ends sooner is
@@ -283,7 +289,7 @@ class Computation:
                     pass
 
     def kill_worker(self, pid):
-        """End a worker and everything it started (it leads its own process group)."""
+        """End a worker process and all it started (it leads its own process group)."""
         try:
             os.killpg(pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -300,36 +306,38 @@ class Computation:
                                                                                         reason))
 
     def exit_of(self, pid):
-        """The host's account of how worker ``pid`` ended, once it has given it."""
+        """The setup process's account of how worker process ``pid`` ended, once it has
+        given it."""
         return self.worker_exits.setdefault(pid, gevent.event.AsyncResult())
 
     def cancel(self, job):
-        """Kill the worker running ``job`` (its greenlet then reports it cancelled)."""
+        """Kill the worker process running ``job``; its greenlet then reports it cancelled."""
         job.cancelled = True
         if job.worker is not None and self.workers.get(job.worker) is job:
             self.kill_worker(job.worker)
 
     def close(self, cleanup):
         """Stop the computation: ``cleanup`` runs the user's cleanup and removes the files.
-        Workers go down with their host; any that lost their host are killed here."""
+        Worker processes go down with their setup process; any that lost it are killed
+        here."""
         self.closing = True
-        link = self.host_link.value if self.host_link.successful() else None
+        link = self.setup_link.value if self.setup_link.successful() else None
         if link is not None:
             link.send('exit', {'cleanup': bool(cleanup)})
         if not self.loaded:
-            if not self.host_link.ready():  # ``start`` waits for it: it never comes now
-                self.host_link.set_exception(ComputationError('uninstalled while it loaded'))
-            self.kill_host()
-        elif self.host_process is not None:
+            if not self.setup_link.ready():  # ``start`` waits for it: it never comes now
+                self.setup_link.set_exception(ComputationError('uninstalled while it loaded'))
+            self.kill_setup_process()
+        elif self.setup_process is not None:
             try:
-                self.host_process.wait(timeout=HOST_EXIT_WAIT)
+                self.setup_process.wait(timeout=SETUP_EXIT_WAIT)
             except subprocess.TimeoutExpired:
                 logger.warning('%r: cleanup did not finish in %d seconds; killed', self,
-                               HOST_EXIT_WAIT)
+                               SETUP_EXIT_WAIT)
             finally:
-                self.kill_host()
-        if self.host_process is None or self.host_process.returncode != 0:
-            for pid in list(self.workers):  # a host that did not exit cleanly left these
+                self.kill_setup_process()
+        if self.setup_process is None or self.setup_process.returncode != 0:
+            for pid in list(self.workers):  # left by a setup process that did not exit cleanly
                 self.kill_worker(pid)
         self.queue.clear()
         while self.idle_workers:  # their greenlets wake, see ``closing`` and end
@@ -337,10 +345,10 @@ class Computation:
         if cleanup:
             shutil.rmtree(self.directory, ignore_errors=True)
 
-    def kill_host(self):
-        if self.host_process is not None and self.host_process.poll() is None:
-            self.host_process.kill()
-            self.host_process.wait()
+    def kill_setup_process(self):
+        if self.setup_process is not None and self.setup_process.poll() is None:
+            self.setup_process.kill()
+            self.setup_process.wait()
 
 
 def failure_reply(job, status, exception):

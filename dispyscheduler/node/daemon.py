@@ -337,9 +337,9 @@ class NodeDaemon:
         logger.info('uninstalled computation %s (%s)', cid, computation.name)
 
     def fail_computation(self, computation, reason):
-        """Setup failed or the host died. The scheduler hears it first, so it sends no more
-        of its jobs here and puts back those that never started; then this node's jobs of
-        it end with the reason."""
+        """Setup failed or the setup process died. The scheduler hears it first, so it sends
+        no more of its jobs here and puts back those that never started; then this node's
+        jobs of it end with the reason."""
         if self.computations.get(computation.cid) is computation:
             del self.computations[computation.cid]
             self.send('compute_failed', {'cid': computation.cid, 'reason': reason})
@@ -399,7 +399,7 @@ class NodeDaemon:
     # local workers
 
     def serve_local(self, sock, address):
-        """A host or worker process of a computation connecting back to this daemon."""
+        """A setup or worker process of a computation connecting back to this daemon."""
         link = HubLink(sock, 'local worker')
         try:
             hello = link.expect('worker_hello', time.monotonic() + HANDSHAKE_TIMEOUT)
@@ -410,7 +410,7 @@ class NodeDaemon:
         if computation is None or not hmac.compare_digest(hello['token'], self.local_token):
             return
         link.authenticated()
-        if hello['role'] == 'host':
-            computation.serve_host(link)
+        if hello['role'] == 'setup':
+            computation.serve_setup_process(link)
         else:
             computation.serve_worker(link, hello['pid'])

@@ -1,13 +1,14 @@
 """The program a computation's processes run on a node (``python -m dispyscheduler.node.runner``).
 
-The node daemon starts one *host* process per computation, in the computation's directory. The
-host loads the computation, gives it the globals dispynode gives computations, runs its
-``setup`` once, then forks worker processes on the daemon's request, so every worker inherits
-the globals that ``setup`` made and no process is started per job. Each worker leads its own
-process group (so cancelling a job also ends whatever it started), connects back to the daemon
-on its own socket, and runs jobs one at a time until that socket closes. The host reaps workers
-and reports how each one ended, runs ``cleanup`` when the computation is uninstalled, and takes
-its workers down with it if the daemon goes away.
+The node daemon starts it once per computation, in the computation's directory, as the
+computation's *setup process*: it loads the computation, gives it the globals dispynode gives
+computations, runs its ``setup`` once, then forks *worker processes* on the daemon's request, so
+every worker process inherits the globals that ``setup`` made and no process is started per
+job. Each worker process leads its own process group (so cancelling a job also ends whatever it
+started), connects back to the daemon on its own socket, and runs jobs one at a time until that
+socket closes. The setup process reaps worker processes and reports how each one ended, runs
+``cleanup`` when the computation is uninstalled, and takes its worker processes down with it if
+the daemon goes away.
 
 This module never imports gevent: jobs run in ordinary processes.
 """
@@ -80,8 +81,8 @@ def describe_exit(status):
 
 
 class JobContext:
-    """What ``dispy_provisional_result`` and ``dispy_send_file`` need: the worker's channel,
-    the running job, and the node's file size limit."""
+    """What ``dispy_provisional_result`` and ``dispy_send_file`` need: the worker process's
+    channel, the running job, and the node's file size limit."""
 
     channel = None
     jid = None
@@ -153,7 +154,8 @@ def main():
     cid = int(os.environ.pop(ENV_CID))
     sys.path.insert(0, os.getcwd())  # modules shipped with ``depends`` are importable
     channel = Channel(address)
-    channel.send('worker_hello', {'role': 'host', 'token': token, 'cid': cid, 'pid': os.getpid()})
+    channel.send('worker_hello', {'role': 'setup', 'token': token, 'cid': cid,
+                                  'pid': os.getpid()})
     message = channel.recv()
     if message is None or message[0] != 'load':
         return 1
@@ -173,11 +175,11 @@ def main():
         channel.send('load_failed', {'reason': traceback.format_exc()})
         return 1
     channel.send('loaded', {})
-    return serve_as_host(channel, address, token, cid, computation)
+    return serve_as_setup_process(channel, address, token, cid, computation)
 
 
-def serve_as_host(channel, address, token, cid, computation):
-    """Fork workers when asked, report each one's end, clean up when told to stop."""
+def serve_as_setup_process(channel, address, token, cid, computation):
+    """Fork worker processes when asked, report each one's end, clean up when told to stop."""
     wakeup_read, wakeup_write = os.pipe()
     os.set_blocking(wakeup_write, False)
     signal.set_wakeup_fd(wakeup_write)
@@ -240,16 +242,16 @@ def reap(channel, workers):
         channel.send('worker_exit', {'pid': pid, 'how': describe_exit(status)})
 
 
-def serve_as_worker(host_channel, host_fds, address, token, cid, computation):
-    """In a forked child: run jobs until the daemon closes this worker's connection."""
+def serve_as_worker(setup_channel, setup_fds, address, token, cid, computation):
+    """In a forked worker process: run jobs until the daemon closes its connection."""
     status = 0
     try:
         os.setpgid(0, 0)
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        for fd in host_fds:
+        for fd in setup_fds:
             os.close(fd)
-        host_channel.sock.close()
+        setup_channel.sock.close()
         channel = JobContext.channel = Channel(address)
         channel.send('worker_hello', {'role': 'worker', 'token': token, 'cid': cid,
                                       'pid': os.getpid()})

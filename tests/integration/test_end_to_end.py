@@ -259,8 +259,8 @@ def look_up(n):
 
 
 def test_setup_runs_once_per_node_and_jobs_see_its_globals(daemons):
-    """setup runs in the computation's host process; workers forked from it share its
-    globals, and the worker processes are reused across jobs."""
+    """setup runs in the computation's setup process; worker processes forked from it share
+    its globals, and are reused across jobs."""
     daemons.start_scheduler()
     daemons.start_node('127.0.0.2')
     with SharedJobCluster(look_up, setup=prepare, **daemons.client_options()) as cluster:

@@ -1,5 +1,5 @@
 """Faults that must not spread: a peer dying at a bad moment, odd datagrams, oversized frames,
-a computation's host process dying, callbacks that wait. Real daemons on loopback."""
+a computation's setup process dying, callbacks that wait. Real daemons on loopback."""
 
 import os
 import signal
@@ -96,13 +96,13 @@ def test_result_larger_than_the_limit_ends_the_job(daemons):
         assert cluster.submit(5)() == b'xxxxx'
 
 
-def host_processes(node_pid):
-    """PIDs of the computation host processes a node daemon started."""
+def setup_processes(node_pid):
+    """PIDs of the computations' setup processes a node daemon started."""
     return [pid for pid, _, ppid, _, cmdline in processes()
             if ppid == node_pid and b'dispyscheduler.node.runner' in cmdline]
 
 
-def test_computation_host_dying_moves_unstarted_jobs_elsewhere(daemons):
+def test_computation_setup_process_dying_moves_unstarted_jobs_elsewhere(daemons):
     daemons.start_scheduler()
     doomed = daemons.start_node('127.0.0.2', cpus=1)
     with SharedJobCluster(nap, nodes=['127.0.0.2', '127.0.0.3'],
@@ -111,15 +111,15 @@ def test_computation_host_dying_moves_unstarted_jobs_elsewhere(daemons):
         wait_for(lambda: first.status == DispyJob.Running, 20, 'the first job to run')
         rest = [cluster.submit(0.1, n) for n in range(5)]
         daemons.start_node('127.0.0.3', cpus=1)
-        hosts = host_processes(doomed.pid)
-        assert len(hosts) == 1
-        os.kill(hosts[0], signal.SIGKILL)
+        setups = setup_processes(doomed.pid)
+        assert len(setups) == 1
+        os.kill(setups[0], signal.SIGKILL)
         first()
         assert first.status == DispyJob.Terminated
-        assert 'worker host process exited' in first.exception
+        assert "the computation's setup process exited" in first.exception
         assert cluster.wait(timeout=30)
     assert [job.result for job in rest] == list(range(5))
-    # node .2's only CPU ran 'first' until its host died: the rest all ran on .3
+    # node .2's only CPU ran 'first' until its setup process died: the rest all ran on .3
     assert {job.ip_addr for job in rest} == {'127.0.0.3'}
     daemons.scheduler.wait_log('could not be set up on node 127.0.0.2')
 
