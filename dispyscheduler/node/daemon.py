@@ -42,13 +42,17 @@ from ..hublink import HubLink
 from ..link import ConnectionClosed, set_nodelay
 from ..protocol import ProtocolError
 from ..tls import TLSError, TLSSocket
-from .computation import Computation, ComputationError, NodeJob, failure_reply
+from .computation import Computation, ComputationError, NodeJob, NodeSettings, failure_reply
 
 logger = logging.getLogger(__name__)
 
 
 class NodeDaemon:
-    """A compute node. Tunables are class attributes; the rest comes from the command line."""
+    """A compute node. Tunables are class attributes; the rest comes from the command line.
+
+    Its computations tell it what becomes of their jobs through ``job_started``,
+    ``job_finished``, ``relay``, ``wait_until_sent`` and ``computation_failed`` (the
+    ``computation.Daemon`` interface), and read nothing else of it."""
 
     reconnect_delays = RECONNECT_DELAY_RANGE
     """First and largest pause between attempts to reach the scheduler."""
@@ -80,6 +84,9 @@ class NodeDaemon:
         self.pulse_interval = PULSE_INTERVAL
         self.local_token = os.urandom(16)
         self.local_address = 'dispynode-%d-%s' % (os.getpid(), os.urandom(6).hex())
+        self.settings = NodeSettings(name=self.name, local_address=self.local_address,
+                                     local_token=self.local_token,
+                                     max_file_size=options.max_file_size, cpus=self.cpus)
         self.stopped = gevent.event.Event()
         self.duties = Duties(self.stopped)
 
@@ -282,7 +289,11 @@ class NodeDaemon:
         if link is not None and not link.closed:
             link.send(kind, body)
 
-    def wait_for_link_to_drain(self):
+    def relay(self, kind, body):
+        """What a running job sent (a provisional result, a file) goes to the scheduler."""
+        self.send(kind, body)
+
+    def wait_until_sent(self):
         """Back-pressure for bulk data (files a job sends): wait while the link is behind."""
         link = self.link
         if link is not None:
@@ -307,7 +318,7 @@ class NodeDaemon:
         except FileRefused as exc:
             self.send('compute_failed', {'cid': cid, 'reason': str(exc)})
             return
-        computation = Computation(self, request, directory)
+        computation = Computation(request, directory, self.settings, self.cpu_slots, self)
         self.computations[cid] = computation
         gevent.spawn(self.start_computation, computation)
 
@@ -318,7 +329,7 @@ class NodeDaemon:
         except ComputationError as exc:
             if self.computations.get(cid) is computation:  # not merely uninstalled meanwhile
                 logger.warning('computation %s (%s) failed to install: %s', cid, name, exc)
-            self.fail_computation(computation, str(exc))
+            self.computation_failed(computation, str(exc))
             return
         if self.computations.get(cid) is not computation:  # uninstalled while it started
             computation.close(cleanup=True)
@@ -336,7 +347,7 @@ class NodeDaemon:
         computation.close(cleanup)
         logger.info('uninstalled computation %s (%s)', cid, computation.name)
 
-    def fail_computation(self, computation, reason):
+    def computation_failed(self, computation, reason):
         """Setup failed or the setup process died. The scheduler hears it first, so it sends
         no more of its jobs here and puts back those that never started; then this node's
         jobs of it end with the reason."""
