@@ -25,8 +25,8 @@ import subprocess
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
-from typing import Any, Dict, Optional, Protocol
+from dataclasses import dataclass, field
+from typing import Deque, Dict, Optional, Protocol, Tuple
 
 import gevent
 import gevent.event
@@ -38,6 +38,7 @@ from ..files import FileRefused, IncomingFiles, write_file
 from ..hublink import HubLink
 from ..protocol import ProtocolError
 from . import runner
+from .runner import Message
 
 logger = logging.getLogger(__name__)
 
@@ -47,9 +48,6 @@ the job's error."""
 
 SETUP_EXIT_WAIT = 10.0
 """Seconds a setup process has to run ``cleanup`` and exit before it is killed."""
-
-Message = Dict[str, Any]
-"""The body of a message (``job``, ``job_done``, ``provisional``...)."""
 
 
 class ComputationError(Exception):
@@ -70,8 +68,9 @@ class NodeSettings:
     local_address: str
     """The abstract Unix socket on which a computation's processes connect back."""
 
-    local_token: bytes
-    """The secret those processes present, so that no other local program passes for one."""
+    local_token: bytes = field(repr=False)
+    """The secret those processes present, so that no other local program passes for one
+    (kept out of the repr, so that it never reaches a log)."""
 
     max_file_size: int
     """Largest file, in bytes, a computation or a job may receive or send; 0: no limit."""
@@ -141,16 +140,21 @@ class Computation:
         self._files_ready = gevent.event.Event()
         if not self._expected_files:
             self._files_ready.set()
-        self._file_error = None
-        self._queue = collections.deque()  # jobs that came while no worker was idle
-        self._workers = {}  # pid -> NodeJob or None, for every connected worker process
-        self._idle_workers = {}  # pid -> (greenlet, Waiter) of an idle worker process; the
-        # last is the one idle for the shortest time
-        self._handed = {}  # pid -> job handed to a worker's greenlet that has not woken yet
-        self._worker_exits = {}  # pid -> AsyncResult with how the worker process ended
+        self._file_error: Optional[str] = None
+        # jobs that came while no worker process was idle
+        self._queue: Deque[NodeJob] = collections.deque()
+        # pid -> the job it runs, or None, for every connected worker process
+        self._workers: Dict[int, Optional[NodeJob]] = {}
+        # pid -> (greenlet, Waiter) of an idle worker process; the last is the one idle for
+        # the shortest time
+        self._idle_workers: Dict[int, Tuple[gevent.Greenlet, Waiter]] = {}
+        # pid -> job handed to a worker process's greenlet that has not woken yet
+        self._handed: Dict[int, Optional[NodeJob]] = {}
+        # pid -> AsyncResult with how the worker process ended
+        self._worker_exits: Dict[int, gevent.event.AsyncResult] = {}
         self._setup_link = gevent.event.AsyncResult()
         self._load_done = gevent.event.Event()
-        self._setup_process = None
+        self._setup_process: Optional[subprocess.Popen[bytes]] = None
         self._closing = False
 
     def __repr__(self) -> str:

@@ -10,6 +10,9 @@ again over the next link if the current one breaks first.
 Runs under gevent with the stdlib monkey-patched (``cli.node_main`` does that first).
 """
 
+from __future__ import annotations
+
+import argparse
 import hmac
 import logging
 import os
@@ -17,6 +20,7 @@ import platform
 import signal
 import socket
 import time
+from typing import TYPE_CHECKING, Dict, Optional, Tuple, Union
 
 import gevent
 import gevent.event
@@ -42,7 +46,11 @@ from ..hublink import HubLink
 from ..link import ConnectionClosed, set_nodelay
 from ..protocol import ProtocolError
 from ..tls import TLSError, TLSSocket
-from .computation import Computation, ComputationError, NodeJob, NodeSettings, failure_reply
+from .computation import (Computation, ComputationError, Message, NodeJob, NodeSettings,
+                          failure_reply)
+
+if TYPE_CHECKING:
+    from OpenSSL import SSL
 
 logger = logging.getLogger(__name__)
 
@@ -64,16 +72,17 @@ class NodeDaemon:
     """Seconds a node told to stop lets its running jobs finish and their results reach the
     scheduler before it kills them."""
 
-    def __init__(self, options, tls_context=None):
+    def __init__(self, options: argparse.Namespace,
+                 tls_context: Optional[SSL.Context] = None) -> None:
         self.options = options
         self.tls_context = tls_context
         self.name = options.name or socket.gethostname()
         self.cpus = options.cpus
         self.cpu_slots = gevent.lock.BoundedSemaphore(self.cpus)
-        self.computations = {}  # cid -> Computation
-        self.jobs = {}  # jid -> NodeJob queued or running here
-        self.unacked = {}  # jid -> job_done body the scheduler has not acknowledged
-        self.link = None
+        self.computations: Dict[int, Computation] = {}  # cid -> Computation
+        self.jobs: Dict[int, NodeJob] = {}  # jid -> NodeJob queued or running here
+        self.unacked: Dict[int, Message] = {}  # jid -> job_done body not yet acknowledged
+        self.link: Optional[HubLink] = None
         self.ip_addr = options.ext_ip_addr or options.ip_addr or ''  # as announced
         self.scheduler_id = None
         self.scheduler_addr = None
@@ -92,7 +101,7 @@ class NodeDaemon:
 
     # lifecycle
 
-    def bind(self):
+    def bind(self) -> None:
         """Open the node's sockets (before it detaches, so that errors reach the terminal)."""
         self.local_listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.local_listener.bind('\0' + self.local_address)
@@ -100,7 +109,7 @@ class NodeDaemon:
         addresses = [self.options.ip_addr] if self.options.ip_addr else []
         self.udp = discovery.open_sockets(addresses, self.options.node_port)
 
-    def run(self):
+    def run(self) -> None:
         """Serve until SIGTERM or SIGINT; then stop every computation and return."""
         log_greenlet_errors()
         local_server = StreamServer(self.local_listener, self.serve_local)
@@ -129,7 +138,7 @@ class NodeDaemon:
         for sock in udp.values():
             sock.close()
 
-    def leave(self):
+    def leave(self) -> None:
         """Hand the jobs not started back to the scheduler, and give the running ones
         ``shutdown_grace`` seconds to finish and their results time to be acknowledged."""
         unstarted = [job for job in self.jobs.values() if job.worker is None]
@@ -146,7 +155,7 @@ class NodeDaemon:
 
     # discovery
 
-    def announce_loop(self, udp):
+    def announce_loop(self, udp: Dict[str, socket.socket]) -> None:
         """Announce this node at start, and every ``--ping_interval`` while it has no
         scheduler (its own went away: another may take it)."""
         while True:
@@ -154,7 +163,7 @@ class NodeDaemon:
                 self.announce(udp)
             gevent.sleep(self.options.ping_interval)
 
-    def announce(self, udp):
+    def announce(self, udp: Dict[str, socket.socket]) -> None:
         """Tell schedulers on this host's networks that this node exists (by broadcast, never
         from a loopback address); a scheduler that hears it pings back."""
         body = {'port': self.options.node_port}
@@ -165,7 +174,7 @@ class NodeDaemon:
             discovery.send(source, self.options.secret, 'announce', body,
                            (target, self.options.scheduler_port))
 
-    def on_datagram(self, kind, body, source):
+    def on_datagram(self, kind: str, body: Message, source: Tuple[str, int]) -> None:
         if kind != 'ping' or self.link is not None or self.options.scheduler_node:
             return
         if not (discovery.valid_address(body['addr']) and discovery.valid_port(body['port'])):
@@ -179,7 +188,7 @@ class NodeDaemon:
 
     # the scheduler link
 
-    def scheduler_connector(self):
+    def scheduler_connector(self) -> None:
         """Keep one link to the scheduler, reconnecting with back-off when it breaks."""
         backoff = Backoff(*self.reconnect_delays)
         while True:
@@ -203,9 +212,10 @@ class NodeDaemon:
             self.scheduler_changed.clear()
             self.scheduler_changed.wait(backoff.next_delay())
 
-    def serve_scheduler(self, address):
+    def serve_scheduler(self, address: Tuple[str, int]) -> bool:
         """Connect, authenticate and serve one link; returns True once it was established."""
         source = (self.options.ip_addr, 0) if self.options.ip_addr else None
+        sock: Union[socket.socket, TLSSocket]  # TLS, when configured, wraps the plain socket
         sock = socket.create_connection(address, CONNECT_TIMEOUT, source)
         sock.settimeout(None)
         set_nodelay(sock)
@@ -248,11 +258,11 @@ class NodeDaemon:
             logger.info('link to scheduler at %s:%s closed', *address)
         return True
 
-    def announced_address(self, sock):
+    def announced_address(self, sock: Union[socket.socket, TLSSocket]) -> str:
         return (self.options.ext_ip_addr or self.options.ip_addr
                 or sock.getsockname()[0])
 
-    def adopt_scheduler(self, welcome):
+    def adopt_scheduler(self, welcome: Message) -> None:
         """A scheduler other than the last one starts with a clean node."""
         self.pulse_interval = welcome['pulse_interval']
         if self.scheduler_id is not None and welcome['scheduler_id'] != self.scheduler_id:
@@ -260,12 +270,12 @@ class NodeDaemon:
             self.drop_all_computations()
         self.scheduler_id = welcome['scheduler_id']
 
-    def pulse_loop(self, link):
+    def pulse_loop(self, link: HubLink) -> None:
         while not link.closed:
             gevent.sleep(self.pulse_interval)
             link.send('pulse', {'busy': self.cpus - self.cpu_slots.counter})
 
-    def on_scheduler_message(self, kind, body):
+    def on_scheduler_message(self, kind: str, body: Message) -> None:
         if kind == 'job':
             self.queue_job(body)
         elif kind == 'result_ack':
@@ -284,16 +294,16 @@ class NodeDaemon:
         else:
             raise ProtocolError('unexpected %r from the scheduler' % (kind,))
 
-    def send(self, kind, body):
+    def send(self, kind: str, body: Message) -> None:
         link = self.link
         if link is not None and not link.closed:
             link.send(kind, body)
 
-    def relay(self, kind, body):
+    def relay(self, kind: str, body: Message) -> None:
         """What a running job sent (a provisional result, a file) goes to the scheduler."""
         self.send(kind, body)
 
-    def wait_until_sent(self):
+    def wait_until_sent(self) -> None:
         """Back-pressure for bulk data (files a job sends): wait while the link is behind."""
         link = self.link
         if link is not None:
@@ -301,7 +311,7 @@ class NodeDaemon:
 
     # computations
 
-    def install(self, request):
+    def install(self, request: Message) -> None:
         """A computation to install: its files follow in ``compute_file`` messages, so the
         computation is registered at once and started in a greenlet of its own."""
         cid = request['cid']
@@ -322,7 +332,7 @@ class NodeDaemon:
         self.computations[cid] = computation
         gevent.spawn(self.start_computation, computation)
 
-    def start_computation(self, computation):
+    def start_computation(self, computation: Computation) -> None:
         cid, name = computation.cid, computation.name
         try:
             computation.start(self.ip_addr)
@@ -337,7 +347,7 @@ class NodeDaemon:
         logger.info('installed computation %s (%s)', cid, name)
         self.send('compute_ready', {'cid': cid})
 
-    def uninstall(self, cid, cleanup):
+    def uninstall(self, cid: int, cleanup: bool) -> None:
         computation = self.computations.pop(cid, None)
         if computation is None:
             return
@@ -347,7 +357,7 @@ class NodeDaemon:
         computation.close(cleanup)
         logger.info('uninstalled computation %s (%s)', cid, computation.name)
 
-    def computation_failed(self, computation, reason):
+    def computation_failed(self, computation: Computation, reason: str) -> None:
         """Setup failed or the setup process died. The scheduler hears it first, so it sends
         no more of its jobs here and puts back those that never started; then this node's
         jobs of it end with the reason."""
@@ -358,12 +368,12 @@ class NodeDaemon:
                 self.job_finished(job, failure_reply(job, TERMINATED, reason))
         computation.close(cleanup=True)
 
-    def drop_all_computations(self):
+    def drop_all_computations(self) -> None:
         for cid in list(self.computations):
             self.uninstall(cid, cleanup=True)
         self.unacked.clear()
 
-    def zombie_watchdog(self):
+    def zombie_watchdog(self) -> None:
         """Drop computations of a scheduler that has been gone for ``--zombie_interval``."""
         while True:
             gevent.sleep(self.zombie_check_interval)
@@ -374,7 +384,7 @@ class NodeDaemon:
 
     # jobs
 
-    def queue_job(self, body):
+    def queue_job(self, body: Message) -> None:
         jid, cid = body['jid'], body['cid']
         if jid in self.jobs or jid in self.unacked:
             return  # sent again after a reconnect; already here
@@ -386,7 +396,7 @@ class NodeDaemon:
             return
         computation.put_job(job)
 
-    def cancel_job(self, jid):
+    def cancel_job(self, jid: int) -> None:
         job = self.jobs.get(jid)
         if job is None:
             return
@@ -396,10 +406,10 @@ class NodeDaemon:
         else:
             self.computations[job.cid].cancel(job)
 
-    def job_started(self, job, start_time):
+    def job_started(self, job: NodeJob, start_time: float) -> None:
         self.send('job_started', {'jid': job.jid, 'start_time': start_time})
 
-    def job_finished(self, job, reply):
+    def job_finished(self, job: NodeJob, reply: Message) -> None:
         """Report a job's end, and keep the report until the scheduler acknowledges it. Ends
         of jobs no longer tracked here (their computation was dropped) go nowhere."""
         if self.jobs.pop(job.jid, None) is not job:
@@ -409,7 +419,7 @@ class NodeDaemon:
 
     # local workers
 
-    def serve_local(self, sock, address):
+    def serve_local(self, sock: socket.socket, address: object) -> None:
         """A setup or worker process of a computation connecting back to this daemon."""
         link = HubLink(sock, 'local worker')
         try:

@@ -13,6 +13,8 @@ the daemon goes away.
 This module never imports gevent: jobs run in ordinary processes.
 """
 
+from __future__ import annotations
+
 import importlib
 import io
 import os
@@ -24,6 +26,7 @@ import sys
 import tempfile
 import time
 import traceback
+from typing import Any, Dict, List, NoReturn, Optional, Set, Tuple
 
 import cloudpickle
 
@@ -37,25 +40,32 @@ ENV_SOCKET = 'DISPYNODE_SOCKET'
 ENV_TOKEN = 'DISPYNODE_TOKEN'
 ENV_CID = 'DISPYNODE_CID'
 
+Message = Dict[str, Any]
+"""The body of a message between the node's processes (``load``, ``job``, ``job_done``...)."""
+
+UserComputation = Dict[str, Any]
+"""The computation as the client packed it: ``compute`` or ``program``, ``setup``,
+``cleanup``, ``depends``, ``setup_args``."""
+
 
 class Channel:
     """A blocking framed connection to the node daemon."""
 
-    def __init__(self, address):
+    def __init__(self, address: str) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.connect(address)
         self.decoder = FrameDecoder()
-        self.inbox = []
+        self.inbox: List[Tuple[str, Message]] = []
         # A process blocked in recv() on a Unix socket is woken each time the daemon reads
         # what it sent (the kernel signals free space on the same wait queue): after every
         # job. poll() for input only is woken by input only.
         self.readable = select.poll()
         self.readable.register(self.sock, select.POLLIN)
 
-    def send(self, kind, body):
+    def send(self, kind: str, body: Message) -> None:
         self.sock.sendall(encode(kind, body))
 
-    def recv(self):
+    def recv(self) -> Optional[Tuple[str, Message]]:
         """The next message, or None when the daemon closed the connection."""
         while not self.inbox:
             self.readable.poll()
@@ -65,11 +75,11 @@ class Channel:
             self.inbox.extend(self.decoder.messages_from(data))
         return self.inbox.pop(0)
 
-    def has_buffered(self):
+    def has_buffered(self) -> bool:
         return bool(self.inbox)
 
 
-def describe_exit(status):
+def describe_exit(status: int) -> str:
     if os.WIFSIGNALED(status):
         number = os.WTERMSIG(status)
         try:
@@ -84,12 +94,12 @@ class JobContext:
     """What ``dispy_provisional_result`` and ``dispy_send_file`` need: the worker process's
     channel, the running job, and the node's file size limit."""
 
-    channel = None
-    jid = None
+    channel: Optional[Channel] = None
+    jid: Optional[int] = None
     max_file_size = 0
 
 
-def dispy_provisional_result(result, timeout=None):
+def dispy_provisional_result(result: Any, timeout: Optional[float] = None) -> int:
     """Send ``result`` to the client now, as the job's provisional result; 0 on success."""
     if JobContext.jid is None:
         return -1
@@ -104,7 +114,7 @@ def dispy_provisional_result(result, timeout=None):
     return 0
 
 
-def dispy_send_file(path, timeout=None):
+def dispy_send_file(path: str, timeout: Optional[float] = None) -> int:
     """Send the file at ``path`` to the client, which saves it under the same relative path in
     its working directory; 0 on success, -1 if it cannot be read or is too large."""
     if JobContext.jid is None:
@@ -126,7 +136,7 @@ def dispy_send_file(path, timeout=None):
     return 0
 
 
-def give_globals(computation, info):
+def give_globals(computation: UserComputation, info: Message) -> None:
     """The globals dispynode gives computations, in the namespace of the computation and of
     its setup and cleanup (one namespace when they come from one module)."""
     namespaces = {}
@@ -148,7 +158,7 @@ def give_globals(computation, info):
                          dispy_job_path=os.getcwd())
 
 
-def main():
+def main() -> int:
     address = '\0' + os.environ.pop(ENV_SOCKET)
     token = bytes.fromhex(os.environ.pop(ENV_TOKEN))
     cid = int(os.environ.pop(ENV_CID))
@@ -178,14 +188,15 @@ def main():
     return serve_as_setup_process(channel, address, token, cid, computation)
 
 
-def serve_as_setup_process(channel, address, token, cid, computation):
+def serve_as_setup_process(channel: Channel, address: str, token: bytes, cid: int,
+                           computation: UserComputation) -> int:
     """Fork worker processes when asked, report each one's end, clean up when told to stop."""
     wakeup_read, wakeup_write = os.pipe()
     os.set_blocking(wakeup_write, False)
     signal.set_wakeup_fd(wakeup_write)
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    workers = set()
+    workers: Set[int] = set()
     run_cleanup = False
     try:
         while True:
@@ -230,7 +241,7 @@ def serve_as_setup_process(channel, address, token, cid, computation):
     return 0
 
 
-def reap(channel, workers):
+def reap(channel: Channel, workers: Set[int]) -> None:
     while workers:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -242,7 +253,8 @@ def reap(channel, workers):
         channel.send('worker_exit', {'pid': pid, 'how': describe_exit(status)})
 
 
-def serve_as_worker(setup_channel, setup_fds, address, token, cid, computation):
+def serve_as_worker(setup_channel: Channel, setup_fds: Tuple[int, int], address: str,
+                    token: bytes, cid: int, computation: UserComputation) -> NoReturn:
     """In a forked worker process: run jobs until the daemon closes its connection."""
     status = 0
     try:
@@ -277,16 +289,16 @@ def serve_as_worker(setup_channel, setup_fds, address, token, cid, computation):
 class BoundedOutput(io.TextIOBase):
     """A text stream that keeps the first ``limit`` characters and counts the rest."""
 
-    def __init__(self, limit=MAX_JOB_OUTPUT):
+    def __init__(self, limit: int = MAX_JOB_OUTPUT) -> None:
         self.limit = limit
-        self.parts = []
+        self.parts: List[str] = []
         self.kept = 0
         self.dropped = 0
 
-    def writable(self):
+    def writable(self) -> bool:
         return True
 
-    def write(self, text):
+    def write(self, text: str) -> int:
         room = self.limit - self.kept
         if room > 0:
             piece = text[:room]
@@ -297,7 +309,7 @@ class BoundedOutput(io.TextIOBase):
             self.dropped += len(text)
         return len(text)
 
-    def getvalue(self):
+    def getvalue(self) -> str:
         text = ''.join(self.parts)
         if self.dropped:
             text += ('\n[dispynode: output cut at %d characters; %d more were dropped]\n'
@@ -305,7 +317,7 @@ class BoundedOutput(io.TextIOBase):
         return text
 
 
-def run_job(computation, job):
+def run_job(computation: UserComputation, job: Message) -> Message:
     """Run one job with its output captured; the reply is a ``job_done`` body."""
     stdout, stderr = BoundedOutput(), BoundedOutput()
     saved = sys.stdout, sys.stderr
@@ -345,7 +357,8 @@ def run_job(computation, job):
             'start_time': start_time, 'end_time': end_time}
 
 
-def run_program(program, args, stdout, stderr):
+def run_program(program: str, args: List[Any], stdout: BoundedOutput,
+                stderr: BoundedOutput) -> int:
     """Run a shipped program with the job's arguments; its exit code is the result."""
     path = os.path.abspath(program)
     argv = [sys.executable, path] if path.endswith('.py') else [path]
