@@ -9,11 +9,15 @@ on the scheduler's acknowledgement of a result.
 """
 
 import functools
+import os
 import sys
 
 from gevent import monkey
 
 monkey.patch_all()  # as the daemons' mains do first; they do it again, harmlessly
+
+# the checkout this file is in, not whichever one the environment installed (as bin/ does)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__)))))
 
 
 def inject(cls, method, kind=None):
