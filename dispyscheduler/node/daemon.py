@@ -12,7 +12,6 @@ Runs under gevent with the stdlib monkey-patched (``cli.node_main`` does that fi
 
 from __future__ import annotations
 
-import argparse
 import hmac
 import logging
 import os
@@ -39,6 +38,7 @@ from ..constants import (
     RECONNECT_DELAY_RANGE,
     TERMINATED,
 )
+from ..config import NodeConfig
 from ..daemonize import write_pid_file
 from ..duties import Duties, log_greenlet_errors
 from ..files import FileRefused, check_manifest_entry
@@ -72,8 +72,7 @@ class NodeDaemon:
     """Seconds a node told to stop lets its running jobs finish and their results reach the
     scheduler before it kills them."""
 
-    def __init__(self, options: argparse.Namespace,
-                 tls_context: Optional[SSL.Context] = None) -> None:
+    def __init__(self, options: NodeConfig, tls_context: Optional[SSL.Context] = None) -> None:
         self.options = options
         self.tls_context = tls_context
         self.name = options.name or socket.gethostname()
