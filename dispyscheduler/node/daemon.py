@@ -416,11 +416,11 @@ class NodeDaemon:
         self.unacked[job.jid] = reply
         self.send('job_done', reply)
 
-    # local workers
+    # a computation's processes, connecting back
 
     def serve_local(self, sock: socket.socket, address: object) -> None:
         """A setup or worker process of a computation connecting back to this daemon."""
-        link = HubLink(sock, 'local worker')
+        link = HubLink(sock, 'local process')
         try:
             hello = link.expect('worker_hello', time.monotonic() + HANDSHAKE_TIMEOUT)
         except (OSError, ProtocolError, ConnectionClosed) as exc:
