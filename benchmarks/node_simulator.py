@@ -46,6 +46,7 @@ from dispyscheduler.auth import handshake  # noqa: E402
 from dispyscheduler.constants import CANCELLED, FINISHED  # noqa: E402
 from dispyscheduler.hublink import HubLink  # noqa: E402
 from dispyscheduler.link import set_nodelay  # noqa: E402
+from dispyscheduler import messages as m  # noqa: E402
 
 HANDSHAKE_TIMEOUT = 30.0
 RESULT_NONE = pickle.dumps(None, protocol=pickle.HIGHEST_PROTOCOL)
@@ -99,7 +100,7 @@ class Simulator:
             step = interval / max(1, len(self.nodes))
             for node in list(self.nodes):
                 if node.link is not None and not node.link.closed:
-                    node.link.send('pulse', {'busy': 1 if node.held else 0})
+                    node.link.send(m.Pulse(busy=1 if node.held else 0))
                 gevent.sleep(step)
 
     # jobs
@@ -107,10 +108,10 @@ class Simulator:
     def finished(self, jid, status=FINISHED, exception=None):
         now = time.time()
         self.done += 1
-        return {'jid': jid, 'status': status,
-                'result': RESULT_NONE if status == FINISHED else None,
-                'exception': exception, 'stdout': '', 'stderr': '',
-                'start_time': now, 'end_time': now}
+        return m.JobDone(jid=jid, status=status,
+                         result=RESULT_NONE if status == FINISHED else None,
+                         exception=exception, stdout='', stderr='', start_time=now,
+                         end_time=now)
 
     def take(self):
         """Whether a job may be answered now (and count it against the budget)."""
@@ -130,7 +131,7 @@ class Simulator:
         for node, jid, _ in answered:
             node.held.discard(jid)
             if not node.link.closed:
-                node.link.send('job_done', self.finished(jid))
+                node.link.send(self.finished(jid))
         return count
 
     # control
@@ -180,7 +181,7 @@ class SimNode:
             sim.lost += 1
             sys.stderr.write('node %d: cannot link: %r\n' % (self.index, exc))
             return
-        sim.pulse_interval = welcome['pulse_interval']
+        sim.pulse_interval = welcome.pulse_interval
         self.link = link
         sim.linked += 1
         writer = gevent.spawn(link.run_writer)
@@ -207,37 +208,37 @@ class SimNode:
                 deadline = time.monotonic() + HANDSHAKE_TIMEOUT
                 handshake(link, options.secret, 'node', 'scheduler', initiator=True,
                           deadline=deadline)
-                link.send_now('node_info', {
-                    'name': 'sim-%d' % self.index, 'ip_addr': self.source, 'port': self.port,
-                    'cpus': 1, 'platform': PLATFORM, 'jobs': []})
-                welcome = link.expect('welcome', deadline)
+                link.send_now(m.NodeInfo(name='sim-%d' % self.index, ip_addr=self.source,
+                                         port=self.port, cpus=1, platform=PLATFORM, jobs=[]))
+                welcome = link.expect(m.Welcome, deadline)
         except BaseException:
             sock.close()
             raise
         return link, welcome
 
-    def on_message(self, kind, body):
+    def on_message(self, message):
         sim = self.simulator
-        if kind == 'job':
+        kind = type(message)
+        if kind is m.Job:
             sim.received += 1
             if sim.take():
-                self.link.send('job_done', sim.finished(body['jid']))
+                self.link.send(sim.finished(message.jid))
             else:
-                self.held.add(body['jid'])
-                sim.held.append((self, body['jid'], body['cid']))
-        elif kind == 'result_ack':
-            sim.acked += len(body['ids'])
-        elif kind == 'compute':
+                self.held.add(message.jid)
+                sim.held.append((self, message.jid, message.cid))
+        elif kind is m.ResultAck:
+            sim.acked += len(message.ids)
+        elif kind is m.Compute:
             sim.computes += 1
-            self.link.send('compute_ready', {'cid': body['cid']})
-        elif kind == 'cancel_job':
-            jid = body['jid']
+            self.link.send(m.ComputeReady(cid=message.cid))
+        elif kind is m.CancelJob:
+            jid = message.jid
             if jid in self.held:  # not answered yet: it ends Cancelled, as on a real node
                 self.held.discard(jid)
                 sim.held = [entry for entry in sim.held if entry[1] != jid]
-                self.link.send('job_done', sim.finished(jid, CANCELLED, 'job was cancelled'))
-        elif kind == 'uninstall':
-            cid = body['cid']
+                self.link.send(sim.finished(jid, CANCELLED, 'job was cancelled'))
+        elif kind is m.Uninstall:
+            cid = message.cid
             dropped = [entry for entry in sim.held if entry[0] is self and entry[2] == cid]
             if dropped:  # a real node drops the jobs of a computation it uninstalls
                 sim.held = [entry for entry in sim.held

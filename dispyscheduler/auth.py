@@ -16,6 +16,7 @@ import hmac
 import os
 
 from .constants import PROTOCOL_VERSION
+from .messages import Auth, Error, Hello, Message
 from .protocol import (
     AUTH_FAILED,
     AuthenticationError,
@@ -50,49 +51,49 @@ def handshake(conn, secret, role, peer_role, initiator, deadline):
     """
     key = as_key(secret)
     nonce = os.urandom(NONCE_SIZE)
-    conn.send_now('hello', {'version': PROTOCOL_VERSION, 'role': role, 'nonce': nonce})
-    hello = conn.expect('hello', deadline)
-    if hello['version'] != PROTOCOL_VERSION:
+    conn.send_now(Hello(version=PROTOCOL_VERSION, role=role, nonce=nonce))
+    hello = conn.expect(Hello, deadline)
+    if hello.version != PROTOCOL_VERSION:
         reason = ('protocol version %s not supported (this side speaks %s)'
-                  % (hello['version'], PROTOCOL_VERSION))
-        conn.send_now('error', {'reason': reason})
+                  % (hello.version, PROTOCOL_VERSION))
+        conn.send_now(Error(reason=reason))
         raise ProtocolError(reason)
     reason = None
-    if hello['role'] != peer_role:
-        reason = 'expected a %s, got a %r' % (peer_role, hello['role'])
-    elif len(hello['nonce']) != NONCE_SIZE:
-        reason = 'nonce of %d bytes, not %d' % (len(hello['nonce']), NONCE_SIZE)
+    if hello.role != peer_role:
+        reason = 'expected a %s, got a %r' % (peer_role, hello.role)
+    elif len(hello.nonce) != NONCE_SIZE:
+        reason = 'nonce of %d bytes, not %d' % (len(hello.nonce), NONCE_SIZE)
     if reason is not None:
-        conn.send_now('error', {'reason': reason})
+        conn.send_now(Error(reason=reason))
         raise ProtocolError(reason)
-    peer_nonce = hello['nonce']
+    peer_nonce = hello.nonce
     mine = make_proof(key, role, nonce, peer_role, peer_nonce)
     expected = make_proof(key, peer_role, peer_nonce, role, nonce)
     if initiator:
-        conn.send_now('auth', {'proof': mine})
+        conn.send_now(Auth(proof=mine))
         _check_proof(conn, expected, deadline, tell_peer=False)
     else:
         _check_proof(conn, expected, deadline, tell_peer=True)
-        conn.send_now('auth', {'proof': mine})
+        conn.send_now(Auth(proof=mine))
     conn.authenticated()
     return hello
 
 
 def _check_proof(conn, expected, deadline, tell_peer):
-    body = conn.expect('auth', deadline)
-    if not hmac.compare_digest(body['proof'], expected):
+    auth = conn.expect(Auth, deadline)
+    if not hmac.compare_digest(auth.proof, expected):
         if tell_peer:
-            conn.send_now('error', {'reason': AUTH_FAILED})
+            conn.send_now(Error(reason=AUTH_FAILED))
         raise AuthenticationError(AUTH_FAILED)
 
 
-def sign_datagram(secret, kind, body):
-    payload = pack_datagram(kind, body)
+def sign_datagram(secret, message: Message) -> bytes:
+    payload = pack_datagram(message)
     return hmac.new(as_key(secret), payload, hashlib.sha256).digest() + payload
 
 
-def open_datagram(secret, data):
-    """Return ``(kind, body)`` of a correctly tagged datagram; raise otherwise."""
+def open_datagram(secret, data: bytes) -> Message:
+    """The message of a correctly tagged datagram; raise otherwise."""
     tag, payload = data[:TAG_SIZE], data[TAG_SIZE:]
     if not hmac.compare_digest(tag, hmac.new(as_key(secret), payload, hashlib.sha256).digest()):
         raise AuthenticationError('datagram with a wrong tag')

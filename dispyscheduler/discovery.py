@@ -13,6 +13,7 @@ import struct
 
 from .auth import AuthenticationError, open_datagram, sign_datagram
 from .constants import MAX_DATAGRAM_SIZE
+from .messages import Message
 from .protocol import ProtocolError
 
 logger = logging.getLogger(__name__)
@@ -118,25 +119,26 @@ def valid_address(address):
         return False
 
 
-def send(sock, secret, kind, body, destination):
+def send(sock, secret, message: Message, destination):
     try:
-        sock.sendto(sign_datagram(secret, kind, body), destination)
+        sock.sendto(sign_datagram(secret, message), destination)
     except (OSError, OverflowError, ValueError, UnicodeError) as exc:
-        logger.debug('discovery %s to %s:%s failed: %s', kind, destination[0], destination[1],
-                     exc)
+        logger.debug('discovery %s to %s:%s failed: %s', message.kind, destination[0],
+                     destination[1], exc)
 
 
 def receive_loop(sock, secret, handle):
-    """Call ``handle(kind, body, source)`` for every well-formed, correctly signed datagram."""
+    """Call ``handle(message, source)`` for every well-formed, correctly signed datagram."""
     while True:
         data, source = sock.recvfrom(2 * MAX_DATAGRAM_SIZE)
         try:
-            kind, body = open_datagram(secret, data)
+            message = open_datagram(secret, data)
         except (AuthenticationError, ProtocolError) as exc:
             logger.debug('ignored datagram from %s: %s', source[0], exc)
             continue
         try:
-            handle(kind, body, source)
+            handle(message, source)
         except Exception:  # one odd datagram must not end discovery
-            logger.exception('datagram %s from %s could not be handled', kind, source[0])
+            logger.exception('internal error: datagram %s from %s could not be handled',
+                             message.kind, source[0])
 

@@ -53,13 +53,13 @@ def check_size(name, size, max_file_size):
 
 
 def check_manifest_entry(entry, max_file_size=0):
-    """A ``[name, size, mode]`` entry announcing a file to come; ``FileRefused`` if off."""
-    if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[1], int)
-            and isinstance(entry[2], int) and not isinstance(entry[1], bool)
-            and entry[1] >= 0):
+    """A ``(name, size, mode)`` entry announcing a file to come (its message checked its
+    shape); ``FileRefused`` if its name or size is not acceptable."""
+    name, size, _ = entry
+    if size < 0:
         raise FileRefused('invalid file entry %r' % (entry,))
-    safe_relative_path(entry[0])
-    check_size(entry[0], entry[1], max_file_size)
+    safe_relative_path(name)
+    check_size(name, size, max_file_size)
 
 
 def write_file(directory, name, data, mode=0o600, max_file_size=0):

@@ -18,6 +18,7 @@ import gevent.socket
 from gevent.monkey import get_original
 
 from .link import Link
+from .messages import Message
 from .protocol import encode
 
 logger = logging.getLogger(__name__)
@@ -39,10 +40,10 @@ class HubLink(Link):
             self.readable.register(sock.fileno(), select.POLLIN)
         self.loop = gevent.get_hub().loop
 
-    def send_now(self, kind, body):
+    def send_now(self, message: Message) -> None:
         """As ``Link.send_now``; a frame the socket takes at once (most) skips gevent's
         ``sendall``, which asks the kernel for the socket's buffer size on every call."""
-        frame = encode(kind, body)
+        frame = encode(message)
         sent = self.send_nowait(frame)
         if sent < len(frame):
             self.sock.sendall(memoryview(frame)[sent:])

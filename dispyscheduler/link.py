@@ -10,16 +10,22 @@ hands every frame of a read to the handler. The daemons use ``hublink.HubLink``,
 from the hub and yields after each read so one busy peer cannot starve the others.
 """
 
+from __future__ import annotations
+
 import collections
 import logging
 import socket
 import threading
 import time
+from typing import Any, Callable, TypeVar
 
 from .constants import HANDSHAKE_MAX_FRAME, MAX_FRAME_SIZE, RECV_SIZE
+from .messages import Error, Message
 from .protocol import FrameDecoder, ProtocolError, encode, refusal
 
 logger = logging.getLogger(__name__)
+
+M = TypeVar('M', bound=Message)
 
 
 class ConnectionClosed(ConnectionError):
@@ -59,10 +65,10 @@ class Link:
 
     # handshake phase: synchronous, with a deadline
 
-    def send_now(self, kind, body):
-        self.sock.sendall(encode(kind, body))
+    def send_now(self, message: Message) -> None:
+        self.sock.sendall(encode(message))
 
-    def recv_now(self, deadline=None):
+    def recv_now(self, deadline: float | None = None) -> Message:
         """Return the next message, waiting at most until ``deadline`` (``time.monotonic``)."""
         while not self.inbox:
             if deadline is None:
@@ -78,29 +84,30 @@ class Link:
                 self.sock.settimeout(None)
         return self.inbox.popleft()
 
-    def expect(self, kind, deadline=None):
-        """The body of the next message, which must be ``kind``; an error frame in its place
-        raises ``refusal(reason)``, anything else ``ProtocolError``."""
-        got, body = self.recv_now(deadline)
-        if got == kind:
-            return body
-        if got == 'error':
-            raise refusal(body['reason'])
-        raise ProtocolError('expected %s from %s, got %r' % (kind, self.peer, got))
+    def expect(self, kind: type[M], deadline: float | None = None) -> M:
+        """The next message, which must be of class ``kind``; an error frame in its place
+        raises ``refusal(error)``, anything else ``ProtocolError``."""
+        message = self.recv_now(deadline)
+        if type(message) is kind:
+            return message  # type: ignore[return-value]
+        if type(message) is Error:
+            raise refusal(message)
+        raise ProtocolError('expected %s from %s, got %s' % (kind.kind, self.peer,
+                                                            message.kind))
 
     # running phase
 
-    def send(self, kind, body, *more):
-        """Queue one message (or several: ``more`` holds ``(kind, body)`` pairs), which the
-        writer sends with whatever else is queued.
+    def send(self, message: Message, *more: Message) -> bool:
+        """Queue one message (or several), which the writer sends with whatever else is
+        queued.
 
         Returns False, dropping the message, when the link is closed: whoever owns the link
         learns of that from its reader, so senders elsewhere need not handle it."""
         if self.closed:
             return False
-        frame = encode(kind, body)
+        frame = encode(message)
         if more:
-            frame = b''.join([frame] + [encode(*message) for message in more])
+            frame = b''.join([frame] + [encode(other) for other in more])
         if self.direct and not self.outbox and self.sending.acquire(blocking=False):
             try:
                 if not self.outbox:  # nothing queued before it: it may go now, in order
@@ -149,8 +156,8 @@ class Link:
         finally:
             self.close()
 
-    def run_reader(self, handle):
-        """Call ``handle(kind, body)`` for every message until the connection ends.
+    def run_reader(self, handle: Callable[[Message], Any]) -> None:
+        """Call ``handle(message)`` for every message until the connection ends.
 
         Returns normally when the peer closes or the link is closed here; lets
         ``ProtocolError`` and exceptions of ``handle`` propagate (after closing the link).
@@ -163,8 +170,8 @@ class Link:
                     if not self.closed:
                         logger.debug('link to %s ended: %s', self.peer, exc)
                     return
-                for kind, body in messages:
-                    handle(kind, body)
+                for message in messages:
+                    handle(message)
                 self.after_batch()
         finally:
             self.close()

@@ -17,6 +17,7 @@ node's worker processes ever unpickle them.
 from __future__ import annotations
 
 import dataclasses
+import time
 import types
 import typing
 from typing import Any, Callable, ClassVar, Optional, Union
@@ -48,7 +49,7 @@ Checker = Callable[[Any], Any]
 
 
 def _fail(expected: str, value: Any) -> Any:
-    raise ProtocolError('expected %s, got %s' % (expected, type(value).__name__))
+    raise ProtocolError('has type %s, not %s' % (type(value).__name__, expected))
 
 
 def _exact(allowed: frozenset, name: str) -> Checker:
@@ -183,6 +184,12 @@ class JobDone(Message):
     start_time: Optional[float]
     end_time: float
 
+    @classmethod
+    def failure(cls, jid: int, status: int, reason: str) -> 'JobDone':
+        """A job that ended without running to its end (cancelled, killed, refused)."""
+        return cls(jid=jid, status=status, result=None, exception=reason, stdout='',
+                   stderr='', start_time=None, end_time=time.time())
+
 
 @message('job_end')
 class JobEnd(Message):
@@ -198,6 +205,22 @@ class JobEnd(Message):
     end_time: Optional[float]
     ip_addr: Optional[str]
     tag: Optional[bytes]
+
+    @classmethod
+    def relay(cls, done: JobDone, uid: int, ip_addr: str, tag: Optional[bytes]) -> 'JobEnd':
+        """A node's report of a job's end, passed on to the job's client."""
+        return cls(uid=uid, status=done.status, result=done.result, exception=done.exception,
+                   stdout=done.stdout, stderr=done.stderr, start_time=done.start_time,
+                   end_time=done.end_time, ip_addr=ip_addr, tag=tag)
+
+    @classmethod
+    def failure(cls, uid: int, status: int, reason: str, start_time: Optional[float] = None,
+                ip_addr: Optional[str] = None, tag: Optional[bytes] = None) -> 'JobEnd':
+        """A job that ended without a node's report (cancelled, lost with its node, refused
+        at submission)."""
+        return cls(uid=uid, status=status, result=None, exception=reason, stdout='',
+                   stderr='', start_time=start_time, end_time=time.time(), ip_addr=ip_addr,
+                   tag=tag)
 
 
 # node -> scheduler

@@ -21,6 +21,7 @@ from dispyscheduler.auth import (
 )
 from dispyscheduler.constants import PROTOCOL_VERSION
 from dispyscheduler.link import Link
+from dispyscheduler.messages import Announce, Auth, Hello, Ping
 from dispyscheduler.protocol import FrameDecoder, ProtocolError
 
 SECRET = 'Very-Distinctive-Secret-7f3a9c'
@@ -43,7 +44,7 @@ class RecordingSocket:
 
 
 def sent_kinds(data):
-    return [kind for kind, _ in FrameDecoder().messages_from(bytes(data))]
+    return [message.kind for message in FrameDecoder().messages_from(bytes(data))]
 
 
 @pytest.fixture
@@ -97,10 +98,10 @@ def test_same_secret_both_sides_succeed_and_get_the_peer_hello(pair):
     (hello_at_node, error_i), (hello_at_scheduler, error_r) = run_handshake(
         pair, (SECRET, 'node', 'scheduler'), (SECRET, 'scheduler', 'node'))
     assert error_i is None and error_r is None
-    assert hello_at_node['role'] == 'scheduler' and hello_at_scheduler['role'] == 'node'
-    assert hello_at_node['version'] == hello_at_scheduler['version'] == PROTOCOL_VERSION
-    assert len(hello_at_node['nonce']) == len(hello_at_scheduler['nonce']) == NONCE_SIZE
-    assert hello_at_node['nonce'] != hello_at_scheduler['nonce']
+    assert hello_at_node.role == 'scheduler' and hello_at_scheduler.role == 'node'
+    assert hello_at_node.version == hello_at_scheduler.version == PROTOCOL_VERSION
+    assert len(hello_at_node.nonce) == len(hello_at_scheduler.nonce) == NONCE_SIZE
+    assert hello_at_node.nonce != hello_at_scheduler.nonce
     left, right = pair
     assert sent_kinds(left.sent) == ['hello', 'auth']
     assert sent_kinds(right.sent) == ['hello', 'auth']
@@ -168,8 +169,8 @@ def test_proof_is_hmac_sha256_of_roles_and_nonces():
 def test_two_handshakes_use_fresh_nonces(pair):
     first = run_handshake(pair, (SECRET, 'node', 'scheduler'), (SECRET, 'scheduler', 'node'))
     second = run_handshake(pair, (SECRET, 'node', 'scheduler'), (SECRET, 'scheduler', 'node'))
-    assert first[0][0]['nonce'] != second[0][0]['nonce']
-    assert first[1][0]['nonce'] != second[1][0]['nonce']
+    assert first[0][0].nonce != second[0][0].nonce
+    assert first[1][0].nonce != second[1][0].nonce
 
 
 def test_peer_with_wrong_role_is_refused(pair):
@@ -197,7 +198,7 @@ def test_responder_refuses_wrong_role(pair):
 def fake_peer(sock, hello):
     """A peer that sends its own hello and returns what it received."""
     link = Link(sock, peer='real')
-    link.send_now('hello', hello)
+    link.send_now(Hello(**hello))
     return link.recv_now(deadline()), link.recv_now(deadline())
 
 
@@ -214,13 +215,13 @@ def test_peer_with_wrong_version_or_nonce_is_refused(pair, hello, reason):
         handshake(Link(left, peer='fake'), SECRET, 'node', 'scheduler', True, deadline())
     received, error = join()
     assert error is None
-    assert received[0][0] == 'hello'
-    assert received[1][0] == 'error' and reason in received[1][1]['reason']
+    assert received[0].kind == 'hello'
+    assert received[1].kind == 'error' and reason in received[1].reason
 
 
 def test_peer_that_skips_hello_is_refused(pair):
     left, right = pair
-    Link(right, peer='fake').send_now('auth', {'proof': b'x' * 32})
+    Link(right, peer='fake').send_now(Auth(proof=b'x' * 32))
     with pytest.raises(ProtocolError, match='hello'):
         handshake(Link(left, peer='fake'), SECRET, 'scheduler', 'node', False, deadline())
 
@@ -239,13 +240,13 @@ def test_silent_peer_times_out():
 # datagrams
 
 def test_datagram_round_trip():
-    data = sign_datagram(SECRET, 'announce', {'port': 51348})
-    assert open_datagram(SECRET, data) == ('announce', {'port': 51348})
+    data = sign_datagram(SECRET, Announce(port=51348))
+    assert open_datagram(SECRET, data) == Announce(port=51348)
     assert SECRET.encode() not in data
 
 
 def test_datagram_with_wrong_secret_raises():
-    data = sign_datagram(SECRET, 'ping', {'addr': '127.0.0.1', 'port': 51347})
+    data = sign_datagram(SECRET, Ping(addr='127.0.0.1', port=51347))
     with pytest.raises(AuthenticationError):
         open_datagram('another secret', data)
     with pytest.raises(AuthenticationError):
@@ -253,7 +254,7 @@ def test_datagram_with_wrong_secret_raises():
 
 
 def test_datagram_with_any_flipped_byte_raises():
-    data = sign_datagram(SECRET, 'ping', {'addr': '127.0.0.1', 'port': 51347})
+    data = sign_datagram(SECRET, Ping(addr='127.0.0.1', port=51347))
     for index in range(len(data)):
         tampered = bytearray(data)
         tampered[index] ^= 0x01
@@ -262,7 +263,7 @@ def test_datagram_with_any_flipped_byte_raises():
 
 
 def test_truncated_datagram_raises():
-    data = sign_datagram(SECRET, 'announce', {'port': 1})
+    data = sign_datagram(SECRET, Announce(port=1))
     for cut in (0, 10, 32, len(data) - 1):
         with pytest.raises(AuthenticationError):
             open_datagram(SECRET, data[:cut])

@@ -15,6 +15,7 @@ SCRIPT = textwrap.dedent('''
     import socket, time
     import gevent
     from dispyscheduler.hublink import HubLink
+    from dispyscheduler.messages import JobFile
     from dispyscheduler.protocol import FrameDecoder
 
     ours, theirs = socket.socketpair()
@@ -24,8 +25,7 @@ SCRIPT = textwrap.dedent('''
     payload = b'x' * 1000
     started = time.monotonic()
     for number in range(2000):  # about 2 MB: far more than the socket buffers hold
-        link.send('job_file', {'jid': number, 'name': 'f', 'offset': 0, 'data': payload,
-                               'last': False})
+        link.send(JobFile(jid=number, name='f', offset=0, data=payload, last=False))
     took = time.monotonic() - started
     assert took < 1.0, 'send blocked for %.2f s on a peer that does not read' % took
     assert link.outbox, 'the socket cannot have taken it all'
@@ -39,7 +39,7 @@ SCRIPT = textwrap.dedent('''
         except BlockingIOError:
             gevent.sleep(0.001)
             continue
-        seen.extend(body['jid'] for kind, body in decoder.messages_from(data))
+        seen.extend(message.jid for message in decoder.messages_from(data))
     assert seen == list(range(2000)), 'frames lost or out of order: %d' % len(seen)
     link.close()
     writer.join(5)
@@ -52,6 +52,7 @@ FLOOD = textwrap.dedent('''
     import socket
     import gevent
     from dispyscheduler.hublink import HubLink
+    from dispyscheduler.messages import Pulse
     from dispyscheduler.protocol import encode
 
     busy, busy_peer = socket.socketpair()
@@ -59,7 +60,7 @@ FLOOD = textwrap.dedent('''
     for sock in (busy, busy_peer):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
-    frame = encode('pulse', {'busy': 1})
+    frame = encode(Pulse(busy=1))
     busy_peer.setblocking(False)
     sent = 0
     try:
@@ -68,13 +69,13 @@ FLOOD = textwrap.dedent('''
             sent += 100
     except BlockingIOError:
         pass
-    quiet_peer.sendall(encode('pulse', {'busy': 2}))
+    quiet_peer.sendall(encode(Pulse(busy=2)))
     handled = {'busy': 0, 'quiet_at': None}
 
-    def on_busy(kind, body):
+    def on_busy(message):
         handled['busy'] += 1
 
-    def on_quiet(kind, body):
+    def on_quiet(message):
         handled['quiet_at'] = handled['busy']
 
     readers = [gevent.spawn(HubLink(busy, 'busy').run_reader, on_busy),

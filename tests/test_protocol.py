@@ -8,15 +8,31 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dispyscheduler.constants import MAX_FRAME_SIZE
+from dispyscheduler.messages import MESSAGES as SCHEMAS
+from dispyscheduler.messages import Hello, JobEnd, Message, Pulse, Submit, from_wire
 from dispyscheduler.protocol import (
-    SCHEMAS,
     FrameDecoder,
     ProtocolError,
-    encode,
+    decode_payload,
+    encode_raw,
     pack_datagram,
     unpack_datagram,
-    validate,
 )
+
+
+def encode(kind, body):
+    """A frame of any ``[kind, body]`` pair (as a peer could send it)."""
+    return encode_raw(kind, body)
+
+
+def pair(message):
+    """A decoded message as the ``(kind, body)`` pair it travelled as."""
+    return message.kind, message.body()
+
+
+def validate(kind, body):
+    """Raise ``ProtocolError`` unless ``[kind, body]`` is a message."""
+    from_wire(kind, body)
 
 MESSAGES = [
     ('hello', {'version': 1, 'role': 'node', 'nonce': b'\x00\xff' * 16}),
@@ -40,7 +56,7 @@ def frame_of(value):
 
 
 def decode_all(data, **kwargs):
-    return list(FrameDecoder(**kwargs).messages_from(data))
+    return [pair(message) for message in FrameDecoder(**kwargs).messages_from(data)]
 
 
 # round trips and framing
@@ -69,7 +85,7 @@ def test_frames_fed_one_byte_at_a_time():
     got = []
     for index in range(len(stream)):
         decoder.feed(stream[index:index + 1])
-        new = list(decoder.messages())
+        new = [pair(message) for message in decoder.messages()]
         if index + 1 in ends:
             assert len(new) == 1
         else:
@@ -85,15 +101,15 @@ def test_many_frames_in_one_feed():
                 for uid in range(1000)]
     stream = b''.join(encode(kind, body) for kind, body in messages)
     decoder = FrameDecoder()
-    assert list(decoder.messages_from(stream)) == messages
+    assert [pair(message) for message in decoder.messages_from(stream)] == messages
     assert decoder.buffer == bytearray()
 
 
 def test_partial_trailing_frame_is_kept_for_the_next_feed():
     first, second = encode('pulse', {'busy': 1}), encode('pulse', {'busy': 2})
     decoder = FrameDecoder()
-    assert list(decoder.messages_from(first + second[:5])) == [('pulse', {'busy': 1})]
-    assert list(decoder.messages_from(second[5:])) == [('pulse', {'busy': 2})]
+    assert list(decoder.messages_from(first + second[:5])) == [Pulse(busy=1)]
+    assert list(decoder.messages_from(second[5:])) == [Pulse(busy=2)]
 
 
 def test_default_frame_limit_is_the_constant():
@@ -127,7 +143,7 @@ def test_oversized_frame_after_valid_ones_yields_the_valid_ones_first():
     decoder = FrameDecoder()
     decoder.feed(encode('pulse', {'busy': 3}) + struct.pack('>I', 0xFFFFFFFF))
     iterator = decoder.messages()
-    assert next(iterator) == ('pulse', {'busy': 3})
+    assert next(iterator) == Pulse(busy=3)
     with pytest.raises(ProtocolError):
         next(iterator)
 
@@ -224,10 +240,10 @@ def test_optional_fields_accept_none_and_value():
         assert decode_all(encode('job_done', body)) == [('job_done', body)]
 
 
-def test_extra_fields_are_accepted_and_kept():
+def test_extra_fields_are_accepted_and_ignored():
     """A newer peer may add fields; an older one must not drop the connection for it."""
     body = {'busy': 2, 'new_field': [1, 'x'], 'other': None}
-    assert decode_all(encode('pulse', body)) == [('pulse', body)]
+    assert decode_all(encode('pulse', body)) == [('pulse', {'busy': 2})]
 
 
 def test_validate_directly():
@@ -241,14 +257,14 @@ def test_validate_directly():
 def test_datagram_round_trip():
     for kind, body in [('ping', {'addr': '10.0.0.1', 'port': 51347}),
                        ('announce', {'port': 51348})]:
-        data = pack_datagram(kind, body)
+        data = pack_datagram(from_wire(kind, body))
         assert data == msgpack.packb([kind, body], use_bin_type=True)  # no length prefix
-        assert unpack_datagram(data) == (kind, body)
+        assert pair(unpack_datagram(data)) == (kind, body)
 
 
 @pytest.mark.parametrize('data', [
-    b'', b'\xc1', pack_datagram('ping', {'addr': 'x'}), pack_datagram('nope', {}),
-    msgpack.packb([1, 2]), pack_datagram('announce', {'port': 1})[:-1],
+    b'', b'\xc1', msgpack.packb(['ping', {'addr': 'x'}]), msgpack.packb(['nope', {}]),
+    msgpack.packb([1, 2]), msgpack.packb(['announce', {'port': 1}])[:-1],
 ])
 def test_bad_datagram_raises(data):
     with pytest.raises(ProtocolError):
@@ -287,9 +303,9 @@ def test_arbitrary_bytes_yield_valid_messages_or_protocol_error(chunks, split):
     decoder = FrameDecoder(max_frame_size=4096)
     try:
         for start in range(0, len(stream), split):
-            for kind, body in decoder.messages_from(stream[start:start + split]):
-                assert isinstance(kind, str) and isinstance(body, dict)
-                validate(kind, body)
+            for message in decoder.messages_from(stream[start:start + split]):
+                assert isinstance(message, Message)
+                validate(*pair(message))
     except ProtocolError:
         pass
 
@@ -302,9 +318,56 @@ def test_link_send_on_a_closed_link_drops_the_frame():
     left, right = socket.socketpair()
     try:
         link = Link(left, peer='test')
-        assert link.send('closed', {}) is True
+        assert link.send(SCHEMAS['closed']()) is True
         link.close()
-        assert link.send('closed', {}) is False
+        assert link.send(SCHEMAS['closed']()) is False
     finally:
         left.close()
         right.close()
+
+
+# message definitions
+
+def test_every_message_round_trips_through_its_definition():
+    """Each message class encodes to ``[kind, body]`` with exactly its fields, and decodes
+    back to an equal message."""
+    import dataclasses
+    for kind, cls in SCHEMAS.items():
+        assert cls.kind == kind
+        assert cls._fields == tuple(field.name for field in dataclasses.fields(cls))
+    submit = Submit(uid=1, args=b'a', files=[('f', b'x', 0o600)], timeout=None, priority=0,
+                    node=None, tag=None)
+    (decoded,) = FrameDecoder().messages_from(encode(*pair(submit)))
+    assert decoded == submit and decoded.files == [('f', b'x', 0o600)]
+
+
+def test_nested_shapes_are_checked():
+    body = {'uid': 1, 'args': b'', 'timeout': None, 'priority': 0, 'node': None, 'tag': None}
+    for files in ([['f', b'x']], [['f', 'not bytes', 1]], [['f', b'x', 1, 2]], 'f', [None]):
+        with pytest.raises(ProtocolError):
+            validate('submit', dict(body, files=files))
+    with pytest.raises(ProtocolError):
+        validate('cluster_new', {'name': 'n', 'code': b'', 'nodes': [['*', 'port']],
+                                 'reentrant': False, 'cleanup': True, 'files': [],
+                                 'node_files': [], 'allocate': False})
+    with pytest.raises(ProtocolError):
+        validate('jobs_pending', {'jobs': [[1, 'tag as text']]})
+    assert from_wire('jobs_pending', {'jobs': [[1, None], [2, b't']]}).jobs == [(1, None),
+                                                                                 (2, b't')]
+
+
+def test_a_job_end_is_written_in_one_place():
+    """A node's report passed on keeps every field of the report."""
+    done = SCHEMAS['job_done'](jid=5, status=11, result=b'r', exception=None, stdout='o',
+                               stderr='e', start_time=1.0, end_time=2.0)
+    end = JobEnd.relay(done, uid=3, ip_addr='10.0.0.1', tag=b't')
+    assert (end.status, end.result, end.stdout, end.stderr, end.start_time, end.end_time) == (
+        11, b'r', 'o', 'e', 1.0, 2.0)
+    failed = JobEnd.failure(3, 8, 'job was cancelled')
+    assert failed.result is None and failed.exception == 'job was cancelled'
+    assert decode_payload(encode(*pair(failed))[4:]) == failed
+
+
+def test_hello_is_a_message_like_any_other():
+    hello = Hello(version=1, role='node', nonce=b'n' * 32)
+    assert decode_all(encode(*pair(hello))) == [pair(hello)]

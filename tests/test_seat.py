@@ -13,6 +13,7 @@ from dispyscheduler.client.job import JobEnd
 from dispyscheduler.client.seat import ReadSeat
 from dispyscheduler.constants import READER_RETAKE_DELAY
 from dispyscheduler.link import ConnectionClosed, Link
+from dispyscheduler.messages import Submitted
 from dispyscheduler.protocol import ProtocolError, encode
 
 
@@ -38,13 +39,13 @@ class Client:
                 self.link, finish, timeout, self.handle, self.failures.append))
         return self.ends[n]
 
-    def handle(self, kind, body):
-        n = body['uids'][0]
+    def handle(self, message):
+        n = message.uids[0]
         self.handled.append((n, threading.current_thread().name))
         self.end(n).set()
 
     def send(self, *numbers):
-        self.peer.sendall(b''.join(encode('submitted', {'uids': [n]}) for n in numbers))
+        self.peer.sendall(b''.join(encode(Submitted(uids=[n])) for n in numbers))
 
     def send_later(self, delay, *numbers):
         timer = threading.Timer(delay, self.send, numbers)

@@ -28,6 +28,7 @@ from ..constants import (ABANDONED, ACK_BATCH, ACK_DELAY, CLIENT_CLUSTER_TIMEOUT
                          CLIENT_RECONNECT_TIMEOUT, CREATED,
                          FINAL_STATUSES, NODE_CLOSED, NODE_INITIALIZED, PROVISIONAL_RESULT,
                          RUNNING, SCHEDULER_CLIENT_PORT, TERMINATED)
+from .. import messages as m
 from ..files import FileRefused, IncomingFiles, check_size, read_chunks
 from ..protocol import ProtocolError
 from .callbacks import CallbackRunner
@@ -119,12 +120,20 @@ class SharedJobCluster:
         self._recover_file = None
         self._start_time = time.time()
         self._callbacks = CallbackRunner() if job_status or cluster_status else None
+        self._handlers = {
+            m.JobEnd: self._on_job_end, m.Submitted: self._on_submitted,
+            m.JobsPending: self._on_jobs_pending, m.JobStatus: self._on_job_status,
+            m.ProvisionalResult: self._on_provisional_result, m.FilePart: self._receive_file,
+            m.NodeStatus: self._on_node_status, m.NodeOffer: self._on_node_offer,
+            m.ClusterWarning: self._on_cluster_warning, m.Closed: self._on_closed,
+        }
 
-    def _attached(self, link, body):
-        """The scheduler accepted the cluster: start the threads."""
-        self.cid = body['cid']
-        self._credential = body['credential']
-        self._max_file_size = body['max_file_size']
+    def _attached(self, link, accepted):
+        """The scheduler accepted the cluster (``accepted``: its ``ClusterOk``): start the
+        threads."""
+        self.cid = accepted.cid
+        self._credential = accepted.credential
+        self._max_file_size = accepted.max_file_size
         self._connection.start(link, self._on_message, self._resume, self._resumed,
                                self._give_up)
         if self._callbacks is not None:
@@ -132,10 +141,10 @@ class SharedJobCluster:
 
     def _resume(self, link):
         """Attach a new link to this cluster (after a reconnect, or to recover it); the
-        scheduler's ``cluster_ok`` body."""
-        link.send_now('cluster_resume', {'cid': self.cid, 'credential': self._credential})
+        scheduler's ``ClusterOk``."""
+        link.send_now(m.ClusterResume(cid=self.cid, credential=self._credential))
         try:
-            return link.expect('cluster_ok', time.monotonic() + CLIENT_CLUSTER_TIMEOUT)
+            return link.expect(m.ClusterOk, time.monotonic() + CLIENT_CLUSTER_TIMEOUT)
         except ProtocolError as exc:
             raise Refused(str(exc)) from None
 
@@ -153,17 +162,17 @@ class SharedJobCluster:
         cluster._recover_file = os.path.abspath(path)
         link = connection.connect()
         try:
-            body = cluster._resume(link)
+            accepted = cluster._resume(link)
         except BaseException:
             link.sock.close()
             raise
-        cluster._attached(link, body)
+        cluster._attached(link, accepted)
         return cluster
 
     def _resumed(self):
         """Send again what the scheduler may not have saved before the link broke."""
-        for body in list(self._unsaved.values()):
-            self._connection.send('submit', body)
+        for submission in list(self._unsaved.values()):
+            self._connection.send(submission)
 
     def _give_up(self, reason):
         self._lost = reason
@@ -185,21 +194,21 @@ class SharedJobCluster:
         self._recover_file = os.path.abspath(path)
 
     def _create(self, link, code, nodes, files, node_files, reentrant, cleanup):
-        """Send the computation and its files; the scheduler's ``cluster_ok`` body."""
-        link.send_now('cluster_new', {
-            'name': self.name, 'code': code, 'nodes': _node_patterns(nodes),
-            'reentrant': bool(reentrant), 'cleanup': bool(cleanup),
-            'files': [[name, os.path.getsize(path), mode] for name, path, mode in files],
-            'node_files': node_files, 'allocate': bool(self._allocators)})
+        """Send the computation and its files; the scheduler's ``ClusterOk``."""
+        link.send_now(m.ClusterNew(
+            name=self.name, code=code, nodes=_node_patterns(nodes), reentrant=bool(reentrant),
+            cleanup=bool(cleanup),
+            files=[(name, os.path.getsize(path), mode) for name, path, mode in files],
+            node_files=node_files, allocate=bool(self._allocators)))
         try:
             for name, path, _ in files:
                 for offset, data, last in read_chunks(path):
-                    link.send_now('cluster_file', {'name': name, 'offset': offset,
-                                                   'data': data, 'last': last})
+                    link.send_now(m.ClusterFile(name=name, offset=offset, data=data,
+                                                last=last))
         except (ConnectionError, OSError):
             pass  # the scheduler refused the files; its reason is read below
         try:
-            return link.expect('cluster_ok', time.monotonic() + CLIENT_CLUSTER_TIMEOUT)
+            return link.expect(m.ClusterOk, time.monotonic() + CLIENT_CLUSTER_TIMEOUT)
         except ProtocolError as exc:
             raise ValueError('the scheduler refused the computation: %s' % (exc,)) from None
 
@@ -251,13 +260,13 @@ class SharedJobCluster:
         job = DispyJob(args, kwargs, self._connection.wait_for)
         job._uid = uid
         job.id = uid if job_id is None else job_id
-        body = {'uid': uid, 'args': payload, 'files': files, 'priority': priority,
-                'timeout': None if timeout is None else float(timeout), 'node': node,
-                'tag': tag}
+        submission = m.Submit(uid=uid, args=payload, files=files, priority=priority,
+                              timeout=None if timeout is None else float(timeout), node=node,
+                              tag=tag)
         self._jobs[uid] = job
-        self._unsaved[uid] = body
+        self._unsaved[uid] = submission
         # if the link is down, sent on reconnecting; acknowledgements waiting go along
-        self._connection.send('submit', body, *self._take_acks())
+        self._connection.send(submission, *self._take_acks())
         if self._lost is not None:  # given up meanwhile: this job would wait for ever
             self._unsaved.pop(uid, None)
             self._jobs.pop(uid, None)
@@ -273,14 +282,14 @@ class SharedJobCluster:
                 check_size(path, len(data), self._max_file_size)
             except FileRefused as exc:
                 raise ValueError(str(exc)) from None
-            files.append([os.path.basename(path), data, os.stat(path).st_mode & 0o777])
+            files.append((os.path.basename(path), data, os.stat(path).st_mode & 0o777))
         return files
 
     def cancel(self, job):
         """Cancel a queued or running job; returns 0, or -1 if it had already ended."""
         if job.status in FINAL_STATUSES or job._uid not in self._jobs:
             return -1
-        self._connection.send('cancel', {'uid': job._uid})
+        self._connection.send(m.Cancel(uid=job._uid))
         return 0
 
     def wait(self, timeout=None, progress=None):
@@ -317,8 +326,8 @@ class SharedJobCluster:
         if not terminate:
             self.wait(timeout)
         self._closing = True
-        closing = self._take_acks() + (('close', {'terminate': bool(terminate)}),)
-        if self._lost is None and self._connection.send(*closing[0], *closing[1:]):
+        closing = self._take_acks() + (m.Close(terminate=bool(terminate)),)
+        if self._lost is None and self._connection.send(*closing):
             self._connection.wake_reader()
             if not self._closed.wait(CLIENT_CLUSTER_TIMEOUT):
                 logger.warning('scheduler did not confirm closing cluster %s', self.cid)
@@ -370,100 +379,104 @@ class SharedJobCluster:
                      % (total_time, wall_time, total_time / wall_time if wall_time else 0.0))
         return '\n'.join(lines)
 
-    def _on_node_offer(self, body):
+    def _on_node_offer(self, offer):
         """The scheduler asks how many CPUs of a node to use (NodeAllocate)."""
         cpus, setup_args, files = 0, None, []
         for allocator, own_files in self._allocators:
-            if allocator.matches(body['ip_addr'], body['name']):
+            if allocator.matches(offer.ip_addr, offer.name):
                 try:
-                    cpus = int(allocator.allocate(self, body['ip_addr'], body['name'],
-                                                  body['cpus'], None, body['platform']) or 0)
+                    cpus = int(allocator.allocate(self, offer.ip_addr, offer.name, offer.cpus,
+                                                  None, offer.platform) or 0)
                 except Exception:
                     logger.exception('NodeAllocate.allocate failed for node %s',
-                                     body['ip_addr'])
+                                     offer.ip_addr)
                     cpus = 0
                 if allocator.setup_args:
                     setup_args = pack_value(allocator.setup_args, 'setup_args')
                 files = own_files
                 break
         else:
-            cpus = body['cpus']  # matched a plain pattern: the whole node
-        self._connection.send('node_allocation', {'key': body['key'], 'cpus': max(0, cpus),
-                                                  'setup_args': setup_args, 'files': files})
+            cpus = offer.cpus  # matched a plain pattern: the whole node
+        self._connection.send(m.NodeAllocation(key=offer.key, cpus=max(0, cpus),
+                                               setup_args=setup_args, files=files))
 
     # what the scheduler sends
 
-    def _on_message(self, kind, body):
-        if kind == 'job_end':
-            self._unsaved.pop(body['uid'], None)
-            if self._recovering and body['uid'] not in self._jobs:
-                self._adopt(body['uid'], body['tag'])
-            self._end(body['uid'], body['status'], body, body['exception'])
-            self._acknowledge(body['uid'])
-        elif kind == 'submitted':
-            for uid in body['uids']:
-                self._unsaved.pop(uid, None)
-        elif kind == 'jobs_pending':
-            if self._recovering:
-                for uid, tag in body['jobs']:
-                    self._adopt(uid, tag)
-                self._pending_known.set()
-        elif kind == 'job_status':
-            job = self._jobs.get(body['uid'])
-            if job is not None and body['status'] == RUNNING:
-                self._running(job, body['ip_addr'], body['start_time'])
-        elif kind == 'provisional_result':
-            job = self._jobs.get(body['uid'])
-            if job is not None:
-                try:
-                    job.result = unpack_result(body['result'])
-                except Exception:
-                    logger.exception('provisional result of job %s cannot be unpickled', job.id)
-                    return
-                if job.status == CREATED:
-                    self._running(job, body['ip_addr'], None)
-                job.status = PROVISIONAL_RESULT
-                self._notify(job)
-        elif kind == 'file_part':
-            self._receive_file(body)
-        elif kind == 'node_status':
-            self._on_node_status(body)
-        elif kind == 'node_offer':
-            self._on_node_offer(body)
-        elif kind == 'cluster_warning':
-            logger.warning('cluster %s: %s', self.cid, body['reason'])
-        elif kind == 'closed':
-            self._closed.set()
-        else:
-            raise ProtocolError('unexpected %r from the scheduler' % (kind,))
+    def _on_message(self, message):
+        handler = self._handlers.get(type(message))
+        if handler is None:
+            raise ProtocolError('unexpected %r from the scheduler' % (message.kind,))
+        handler(message)
 
-    def _on_node_status(self, body):
-        node = self._nodes.get(body['ip_addr'])
-        if body['status'] == NODE_INITIALIZED:
+    def _on_job_end(self, end):
+        self._unsaved.pop(end.uid, None)
+        if self._recovering and end.uid not in self._jobs:
+            self._adopt(end.uid, end.tag)
+        self._end(end.uid, end.status, end, end.exception)
+        self._acknowledge(end.uid)
+
+    def _on_submitted(self, submitted):
+        for uid in submitted.uids:
+            self._unsaved.pop(uid, None)
+
+    def _on_jobs_pending(self, pending):
+        if self._recovering:
+            for uid, tag in pending.jobs:
+                self._adopt(uid, tag)
+            self._pending_known.set()
+
+    def _on_job_status(self, status):
+        job = self._jobs.get(status.uid)
+        if job is not None and status.status == RUNNING:
+            self._running(job, status.ip_addr, status.start_time)
+
+    def _on_provisional_result(self, provisional):
+        job = self._jobs.get(provisional.uid)
+        if job is None:
+            return
+        try:
+            job.result = unpack_result(provisional.result)
+        except Exception:
+            logger.exception('provisional result of job %s cannot be unpickled', job.id)
+            return
+        if job.status == CREATED:
+            self._running(job, provisional.ip_addr, None)
+        job.status = PROVISIONAL_RESULT
+        self._notify(job)
+
+    def _on_cluster_warning(self, warning):
+        logger.warning('cluster %s: %s', self.cid, warning.reason)
+
+    def _on_closed(self, closed):
+        self._closed.set()
+
+    def _on_node_status(self, status):
+        node = self._nodes.get(status.ip_addr)
+        if status.status == NODE_INITIALIZED:
             if node is None:
-                node = self._nodes[body['ip_addr']] = DispyNode(body['ip_addr'], body['name'],
-                                                                body['cpus'])
+                node = self._nodes[status.ip_addr] = DispyNode(status.ip_addr, status.name,
+                                                               status.cpus)
             node.closed = False
         elif node is None:
             return
-        elif body['status'] == NODE_CLOSED:
+        elif status.status == NODE_CLOSED:
             node.closed = True
         node.update_time = time.time()
         if self._cluster_status is not None:
-            self._callbacks.put(self._cluster_status, body['status'], copy.copy(node), None)
+            self._callbacks.put(self._cluster_status, status.status, copy.copy(node), None)
 
-    def _receive_file(self, body):
+    def _receive_file(self, part):
         """A file a job sends back (``dispy_send_file``), into the working directory."""
-        incoming = self._incoming.get(body['uid'])
+        incoming = self._incoming.get(part.uid)
         if incoming is None:
-            incoming = self._incoming[body['uid']] = IncomingFiles(os.getcwd())
+            incoming = self._incoming[part.uid] = IncomingFiles(os.getcwd())
         try:
-            incoming.chunk(body['name'], body['offset'], body['data'], body['last'])
+            incoming.chunk(part.name, part.offset, part.data, part.last)
         except (FileRefused, OSError) as exc:
-            logger.warning('file %r from job %s not saved: %s', body['name'], body['uid'], exc)
+            logger.warning('file %r from job %s not saved: %s', part.name, part.uid, exc)
             incoming.abort()
         if not incoming.open:
-            del self._incoming[body['uid']]
+            del self._incoming[part.uid]
 
     def _acknowledge(self, uid):
         """A result received: its acknowledgement goes with the next submission, after
@@ -484,13 +497,13 @@ class SharedJobCluster:
             if not self._acks:
                 return ()
             acks, self._acks = self._acks, []
-        return (('result_ack', {'ids': acks}),)
+        return (m.ResultAck(ids=acks),)
 
     def _flush_acks(self):
         with self._acks_lock:
             self._ack_timer = None
-        for kind, body in self._take_acks():
-            self._connection.send(kind, body)
+        for message in self._take_acks():
+            self._connection.send(message)
 
     def _running(self, job, ip_addr, start_time):
         job.status = RUNNING
@@ -501,21 +514,23 @@ class SharedJobCluster:
             job._node.busy += 1
         self._notify(job)
 
-    def _end(self, uid, status, body, exception):
+    def _end(self, uid, status, end, exception):
+        """Job ``uid`` ended, as ``end`` (its ``JobEnd``; None if this client ended it)
+        says."""
         job = self._jobs.pop(uid, None)
         if job is None:
             return  # a result delivered again
-        if body is not None and body['start_time'] is not None and job.status == CREATED:
+        if end is not None and end.start_time is not None and job.status == CREATED:
             # a job that took a millisecond is reported once, at its end: it ran, though
-            self._running(job, body['ip_addr'], body['start_time'])
-        if body is not None:
-            job.stdout, job.stderr = body['stdout'], body['stderr']
-            job.start_time, job.end_time = body['start_time'], body['end_time']
-            job.ip_addr = body['ip_addr']
+            self._running(job, end.ip_addr, end.start_time)
+        if end is not None:
+            job.stdout, job.stderr = end.stdout, end.stderr
+            job.start_time, job.end_time = end.start_time, end.end_time
+            job.ip_addr = end.ip_addr
             job.result = None
-            if body['result'] is not None:
+            if end.result is not None:
                 try:
-                    job.result = unpack_result(body['result'])
+                    job.result = unpack_result(end.result)
                 except Exception as exc:
                     status = TERMINATED
                     exception = 'result could not be unpickled here: %r' % (exc,)
@@ -580,14 +595,14 @@ def _node_patterns(nodes):
     patterns = []
     for entry in nodes:
         if isinstance(entry, NodeAllocate):
-            patterns.append([entry.ip_addr, entry.port or 0])
+            patterns.append((entry.ip_addr, entry.port or 0))
         elif isinstance(entry, DispyNode):
-            patterns.append([entry.ip_addr, 0])
+            patterns.append((entry.ip_addr, 0))
         elif isinstance(entry, str):
-            patterns.append([entry, 0])
+            patterns.append((entry, 0))
         elif isinstance(entry, (tuple, list)) and entry and isinstance(entry[0], str):
             port = entry[1] if len(entry) > 1 and isinstance(entry[1], int) else 0
-            patterns.append([entry[0], port])
+            patterns.append((entry[0], port))
         else:
             raise TypeError('nodes entries are host names, addresses or patterns, '
                             '(host, port) pairs or NodeAllocate objects; got %r' % (entry,))

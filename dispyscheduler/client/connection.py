@@ -92,7 +92,7 @@ class SchedulerConnection:
             raise
 
     def start(self, link, handle, resume, resumed, lost):
-        """Serve ``link``: ``handle(kind, body)`` for each message; after a reconnect,
+        """Serve ``link``: ``handle(message)`` for each message; after a reconnect,
         ``resume(link)`` re-attaches the cluster (raising ``Refused`` if it cannot) and
         ``resumed()`` follows; ``lost(reason)`` when the connection is given up."""
         self.handle, self.resume, self.resumed, self.lost = handle, resume, resumed, lost
@@ -109,10 +109,10 @@ class SchedulerConnection:
         self.threads.append(writer)
         writer.start()
 
-    def send(self, kind, body, *more):
-        """Queue a message (and ``more`` ``(kind, body)`` pairs, in one write); False if it
-        could not be (the link is down: it is reconnecting, or given up)."""
-        return self.link.send(kind, body, *more)
+    def send(self, message, *more):
+        """Queue a message (and ``more``, in one write); False if it could not be (the link
+        is down: it is reconnecting, or given up)."""
+        return self.link.send(message, *more)
 
     def wait_for(self, finish, timeout):
         """``finish.wait(timeout)`` for a job of this cluster (``JobEnd``), reading the link

@@ -71,8 +71,8 @@ class ReadSeat:
                         messages = link.receive()
                     except (ConnectionClosed, OSError):
                         return
-                    for kind, body in messages:
-                        handle(kind, body)
+                    for message in messages:
+                        handle(message)
         finally:
             link.close()
             with self.token:  # a leader still polling the socket must not see it reused
@@ -125,8 +125,8 @@ class ReadSeat:
                             max(0, int((deadline - time.monotonic()) * 1000) + 1)
                         if not poller.poll(wait):
                             return finish.is_set()
-                    for kind, body in link.receive():
-                        handle(kind, body)
+                    for message in link.receive():
+                        handle(message)
                 return True
             except Exception as exc:  # a closed link, a bad frame, a bug: all end the link
                 fail(exc)

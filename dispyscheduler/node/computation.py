@@ -33,12 +33,12 @@ import gevent.event
 import gevent.lock
 from gevent.hub import Waiter
 
+from .. import messages as m
 from ..constants import CANCELLED, STARTED_REPORT_DELAY, TERMINATED, WORKER_START_TIMEOUT
 from ..files import FileRefused, IncomingFiles, write_file
 from ..hublink import HubLink
 from ..protocol import ProtocolError
 from . import runner
-from .runner import Message
 
 logger = logging.getLogger(__name__)
 
@@ -83,12 +83,12 @@ class NodeJob:
     """A job the node holds, queued or running; ``worker`` is the pid of the worker process
     that took it, None until one does."""
 
-    __slots__ = ('jid', 'cid', 'body', 'cancelled', 'worker')
+    __slots__ = ('jid', 'cid', 'request', 'cancelled', 'worker')
 
-    def __init__(self, body: Message) -> None:
-        self.jid: int = body['jid']
-        self.cid: int = body['cid']
-        self.body = body  # the ``job`` message: arguments, time limit, files
+    def __init__(self, request: m.Job) -> None:
+        self.jid = request.jid
+        self.cid = request.cid
+        self.request = request  # arguments, time limit, files
         self.cancelled = False
         self.worker: Optional[int] = None
 
@@ -100,10 +100,10 @@ class Daemon(Protocol):
     def job_started(self, job: NodeJob, start_time: float) -> None:
         """``job`` has been running on a worker process since ``start_time`` (``time.time``)."""
 
-    def job_finished(self, job: NodeJob, reply: Message) -> None:
-        """``job`` ended; ``reply`` is its ``job_done`` body, a result or a failure."""
+    def job_finished(self, job: NodeJob, done: m.JobDone) -> None:
+        """``job`` ended, with a result or a failure."""
 
-    def relay(self, kind: str, body: Message) -> None:
+    def relay(self, message: m.Message) -> None:
         """Pass on what a running job sent: a ``provisional`` result, a ``job_file`` chunk."""
 
     def wait_until_sent(self) -> None:
@@ -122,21 +122,21 @@ class Computation:
     processes (``serve_setup_process``, ``serve_worker``), gives it jobs (``put_job``,
     ``cancel``) and finally ``close``s it."""
 
-    def __init__(self, request: Message, directory: str, settings: NodeSettings,
+    def __init__(self, request: m.Compute, directory: str, settings: NodeSettings,
                  cpu_slots: gevent.lock.BoundedSemaphore, daemon: Daemon) -> None:
-        self.cid: int = request['cid']
-        self.name: str = request['name']
+        self.cid = request.cid
+        self.name = request.name
         self.directory = directory
         self.loaded = False  # ``setup`` ran: the computation takes jobs
         self._settings = settings
         self._cpu_slots = cpu_slots
         self._daemon = daemon
-        self._code = request['code']
-        self._cpus = request['cpus'] or settings.cpus
-        self._setup_args = request['setup_args']
+        self._code = request.code
+        self._cpus = request.cpus or settings.cpus
+        self._setup_args = request.setup_args
         os.makedirs(directory, mode=0o700, exist_ok=True)
         self._incoming = IncomingFiles(directory, settings.max_file_size)
-        self._expected_files = {entry[0]: entry[2] for entry in request['files']}
+        self._expected_files = {name: mode for name, _, mode in request.files}
         self._files_ready = gevent.event.Event()
         if not self._expected_files:
             self._files_ready.set()
@@ -160,13 +160,13 @@ class Computation:
     def __repr__(self) -> str:
         return '<Computation %s %s>' % (self.cid, self.name)
 
-    def receive_file(self, body: Message) -> None:
+    def receive_file(self, chunk: m.ComputeFile) -> None:
         """A chunk of one of the computation's files (``depends``, a program)."""
-        if body['name'] not in self._expected_files or self._files_ready.is_set():
+        if chunk.name not in self._expected_files or self._files_ready.is_set():
             return
         try:
-            if self._incoming.chunk(body['name'], body['offset'], body['data'], body['last'],
-                                    self._expected_files[body['name']]):
+            if self._incoming.chunk(chunk.name, chunk.offset, chunk.data, chunk.last,
+                                    self._expected_files[chunk.name]):
                 if len(self._incoming.done) == len(self._expected_files):
                     self._files_ready.set()
         except (FileRefused, OSError) as exc:
@@ -200,15 +200,15 @@ class Computation:
             with gevent.Timeout(WORKER_START_TIMEOUT, ComputationError(
                     'computation did not load within %d seconds' % WORKER_START_TIMEOUT)):
                 link = self._setup_link.get()
-                link.send_now('load', {'code': self._code, 'node_name': self._settings.name,
-                                       'node_ip_addr': node_ip_addr,
-                                       'max_file_size': self._settings.max_file_size,
-                                       'setup_args': self._setup_args})
-                kind, body = link.recv_now()
-            if kind == 'load_failed':
-                raise ComputationError(body['reason'])
-            if kind != 'loaded':
-                raise ComputationError('setup process sent %r' % (kind,))
+                link.send_now(m.Load(code=self._code, node_name=self._settings.name,
+                                     node_ip_addr=node_ip_addr,
+                                     max_file_size=self._settings.max_file_size,
+                                     setup_args=self._setup_args))
+                answer = link.recv_now()
+            if type(answer) is m.LoadFailed:
+                raise ComputationError(answer.reason)
+            if type(answer) is not m.Loaded:
+                raise ComputationError('setup process sent %r' % (answer.kind,))
             self.loaded = True
         except OSError:  # includes the setup process closing its connection
             raise ComputationError('setup process exited while loading the computation '
@@ -216,7 +216,7 @@ class Computation:
         finally:
             self._load_done.set()
         gevent.spawn(link.run_writer)
-        link.send('fork', {'count': self._cpus})
+        link.send(m.Fork(count=self._cpus))
 
     def serve_setup_process(self, link: HubLink) -> None:
         """Serve the setup process's connection for its lifetime: hand it to ``start``, then
@@ -226,16 +226,16 @@ class Computation:
         if not self.loaded:
             return
 
-        def on_message(kind, body):
-            if kind == 'worker_exit':
-                self._exit_of(body['pid']).set(body['how'])
-                idle = self._idle_workers.pop(body['pid'], None)
+        def on_message(message):
+            if type(message) is m.WorkerExit:
+                self._exit_of(message.pid).set(message.how)
+                idle = self._idle_workers.pop(message.pid, None)
                 if idle is not None:  # it died waiting for a job: it must not take one
                     idle[0].kill(block=False)
-                gevent.spawn_later(2 * WORKER_EXIT_WAIT, self._worker_exits.pop, body['pid'],
+                gevent.spawn_later(2 * WORKER_EXIT_WAIT, self._worker_exits.pop, message.pid,
                                    None)
                 if not self._closing:
-                    link.send('fork', {'count': 1})
+                    link.send(m.Fork(count=1))
         link.run_reader(on_message)
         if not self._closing:
             logger.error('setup process of %r exited (status %s)', self,
@@ -298,14 +298,15 @@ class Computation:
                     try:
                         reply = self._run_on_worker(job, link, report)
                     except FileRefused as exc:
-                        reply = failure_reply(job, TERMINATED, str(exc))
+                        reply = m.JobDone.failure(job.jid, TERMINATED, str(exc))
                     except (JobTimedOut, ProtocolError) as exc:
                         self._workers[pid] = None  # from here on, cancel must not kill ``pid``
                         self._kill_worker(pid)
-                        self._daemon.job_finished(job, failure_reply(
-                            job, TERMINATED, 'job exceeded its time limit of %g seconds and was '
-                            'killed' % job.body['timeout'] if isinstance(exc, JobTimedOut) else
-                            'worker process %d sent a bad frame (%s) and was killed' % (pid, exc)))
+                        self._daemon.job_finished(job, m.JobDone.failure(
+                            job.jid, TERMINATED, 'job exceeded its time limit of %g seconds and '
+                            'was killed' % job.request.timeout if isinstance(exc, JobTimedOut)
+                            else 'worker process %d sent a bad frame (%s) and was killed'
+                            % (pid, exc)))
                         return
                     except OSError:  # the worker died: its end, with how, is the job's end
                         self._workers[pid] = None
@@ -335,26 +336,27 @@ class Computation:
         ``report`` (a timer) reports it started if it runs for long."""
         written = []
         try:
-            for name, data, mode in job.body['files']:
+            for name, data, mode in job.request.files:
                 written.append(write_file(self.directory, name, data, mode,
                                           self._settings.max_file_size))
-            timeout = job.body['timeout']
+            timeout = job.request.timeout
             with gevent.Timeout(timeout, JobTimedOut) if timeout else nullcontext():
-                link.send_now('job', job.body)
+                link.send_now(job.request)
                 started = time.time()
                 report.start(self._daemon.job_started, job, started)
                 try:
                     while True:
-                        kind, body = link.recv_now()
-                        if kind == 'job_done':
-                            return body
-                        if kind not in ('provisional', 'job_file'):
-                            raise ProtocolError('worker sent %r' % (kind,))
+                        message = link.recv_now()
+                        kind = type(message)
+                        if kind is m.JobDone:
+                            return message
+                        if kind is not m.Provisional and kind is not m.JobFile:
+                            raise ProtocolError('worker sent %r' % (message.kind,))
                         if report.active:  # it said something: it has started
                             report.stop()
                             self._daemon.job_started(job, started)
-                        self._daemon.relay(kind, body)
-                        if kind == 'job_file':
+                        self._daemon.relay(message)
+                        if kind is m.JobFile:
                             self._daemon.wait_until_sent()
                 finally:
                     report.stop()
@@ -374,13 +376,13 @@ class Computation:
 
     def _worker_died_reply(self, job, pid):
         if job.cancelled:
-            return failure_reply(job, CANCELLED, 'job was cancelled')
+            return m.JobDone.failure(job.jid, CANCELLED, 'job was cancelled')
         try:
             reason = self._exit_of(pid).get(timeout=WORKER_EXIT_WAIT)
         except gevent.Timeout:
             reason = 'died'
-        return failure_reply(job, TERMINATED, 'worker process %d running the job %s' % (pid,
-                                                                                        reason))
+        return m.JobDone.failure(job.jid, TERMINATED, 'worker process %d running the job %s'
+                                 % (pid, reason))
 
     def _exit_of(self, pid):
         """The setup process's account of how worker process ``pid`` ended, once it has
@@ -400,7 +402,7 @@ class Computation:
         self._closing = True
         link = self._setup_link.value if self._setup_link.successful() else None
         if link is not None:
-            link.send('exit', {'cleanup': bool(cleanup)})
+            link.send(m.Exit(cleanup=bool(cleanup)))
         if not self.loaded:
             if not self._setup_link.ready():  # ``start`` waits for it: it never comes now
                 self._setup_link.set_exception(ComputationError('uninstalled while it loaded'))
@@ -426,12 +428,6 @@ class Computation:
         if self._setup_process is not None and self._setup_process.poll() is None:
             self._setup_process.kill()
             self._setup_process.wait()
-
-
-def failure_reply(job: NodeJob, status: int, exception: str) -> Message:
-    """The ``job_done`` body of a job that ended without a result, for ``exception``."""
-    return {'jid': job.jid, 'status': status, 'result': None, 'exception': exception,
-            'stdout': '', 'stderr': '', 'start_time': None, 'end_time': time.time()}
 
 
 def _package_root():

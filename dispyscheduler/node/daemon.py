@@ -38,6 +38,7 @@ from ..constants import (
     RECONNECT_DELAY_RANGE,
     TERMINATED,
 )
+from .. import messages as m
 from ..config import NodeConfig
 from ..daemonize import write_pid_file
 from ..duties import Duties, log_greenlet_errors
@@ -46,8 +47,7 @@ from ..hublink import HubLink
 from ..link import ConnectionClosed, set_nodelay
 from ..protocol import ProtocolError
 from ..tls import TLSError, TLSSocket
-from .computation import (Computation, ComputationError, Message, NodeJob, NodeSettings,
-                          failure_reply)
+from .computation import Computation, ComputationError, NodeJob, NodeSettings
 
 if TYPE_CHECKING:
     from OpenSSL import SSL
@@ -80,7 +80,7 @@ class NodeDaemon:
         self.cpu_slots = gevent.lock.BoundedSemaphore(self.cpus)
         self.computations: Dict[int, Computation] = {}  # cid -> Computation
         self.jobs: Dict[int, NodeJob] = {}  # jid -> NodeJob queued or running here
-        self.unacked: Dict[int, Message] = {}  # jid -> job_done body not yet acknowledged
+        self.unacked: Dict[int, m.JobDone] = {}  # jid -> its end, not yet acknowledged
         self.link: Optional[HubLink] = None
         self.ip_addr = options.ext_ip_addr or options.ip_addr or ''  # as announced
         self.scheduler_id = None
@@ -144,7 +144,7 @@ class NodeDaemon:
         for job in unstarted:
             job.cancelled = True
             del self.jobs[job.jid]
-        self.send('node_leaving', {'jobs': [job.jid for job in unstarted]})
+        self.send(m.NodeLeaving(jobs=[job.jid for job in unstarted]))
         deadline = time.monotonic() + self.shutdown_grace
         while (self.jobs or self.unacked) and self.link is not None:
             if time.monotonic() > deadline:
@@ -165,21 +165,21 @@ class NodeDaemon:
     def announce(self, udp: Dict[str, socket.socket]) -> None:
         """Tell schedulers on this host's networks that this node exists (by broadcast, never
         from a loopback address); a scheduler that hears it pings back."""
-        body = {'port': self.options.node_port}
+        announcement = m.Announce(port=self.options.node_port)
         source = udp.get(self.options.ip_addr or '') or next(iter(udp.values()), None)
         if source is None or self.options.scheduler_node:
             return  # with --scheduler_node the node connects on its own
         for target in discovery.broadcast_targets(self.options.ip_addr or ''):
-            discovery.send(source, self.options.secret, 'announce', body,
+            discovery.send(source, self.options.secret, announcement,
                            (target, self.options.scheduler_port))
 
-    def on_datagram(self, kind: str, body: Message, source: Tuple[str, int]) -> None:
-        if kind != 'ping' or self.link is not None or self.options.scheduler_node:
+    def on_datagram(self, ping: m.Message, source: Tuple[str, int]) -> None:
+        if type(ping) is not m.Ping or self.link is not None or self.options.scheduler_node:
             return
-        if not (discovery.valid_address(body['addr']) and discovery.valid_port(body['port'])):
-            logger.debug('ignored a ping with address %r port %r', body['addr'], body['port'])
+        if not (discovery.valid_address(ping.addr) and discovery.valid_port(ping.port)):
+            logger.debug('ignored a ping with address %r port %r', ping.addr, ping.port)
             return
-        address = (body['addr'] or source[0], body['port'])
+        address = (ping.addr or source[0], ping.port)
         if address != self.scheduler_addr:
             logger.info('pinged by scheduler at %s:%s', *address)
             self.scheduler_addr = address
@@ -227,12 +227,11 @@ class NodeDaemon:
                 handshake(link, self.options.secret, 'node', 'scheduler', initiator=True,
                           deadline=time.monotonic() + HANDSHAKE_TIMEOUT)
                 self.ip_addr = self.announced_address(sock)
-                link.send_now('node_info', {
-                    'name': self.name, 'ip_addr': self.ip_addr,
-                    'port': self.options.node_port, 'cpus': self.cpus,
-                    'platform': platform.platform(),
-                    'jobs': list(self.jobs) + list(self.unacked)})
-                welcome = link.expect('welcome', time.monotonic() + HANDSHAKE_TIMEOUT)
+                link.send_now(m.NodeInfo(
+                    name=self.name, ip_addr=self.ip_addr, port=self.options.node_port,
+                    cpus=self.cpus, platform=platform.platform(),
+                    jobs=list(self.jobs) + list(self.unacked)))
+                welcome = link.expect(m.Welcome, time.monotonic() + HANDSHAKE_TIMEOUT)
         except BaseException:
             sock.close()
             raise
@@ -241,8 +240,8 @@ class NodeDaemon:
         writer = gevent.spawn(link.run_writer)
         pulse = gevent.spawn(self.pulse_loop, link)
         self.link = link
-        for body in list(self.unacked.values()):
-            link.send('job_done', body)
+        for done in list(self.unacked.values()):
+            link.send(done)
         try:
             link.run_reader(self.on_scheduler_message)
         except ProtocolError as exc:
@@ -261,46 +260,47 @@ class NodeDaemon:
         return (self.options.ext_ip_addr or self.options.ip_addr
                 or sock.getsockname()[0])
 
-    def adopt_scheduler(self, welcome: Message) -> None:
+    def adopt_scheduler(self, welcome: m.Welcome) -> None:
         """A scheduler other than the last one starts with a clean node."""
-        self.pulse_interval = welcome['pulse_interval']
-        if self.scheduler_id is not None and welcome['scheduler_id'] != self.scheduler_id:
+        self.pulse_interval = welcome.pulse_interval
+        if self.scheduler_id is not None and welcome.scheduler_id != self.scheduler_id:
             logger.info('new scheduler: dropping computations of the previous one')
             self.drop_all_computations()
-        self.scheduler_id = welcome['scheduler_id']
+        self.scheduler_id = welcome.scheduler_id
 
     def pulse_loop(self, link: HubLink) -> None:
         while not link.closed:
             gevent.sleep(self.pulse_interval)
-            link.send('pulse', {'busy': self.cpus - self.cpu_slots.counter})
+            link.send(m.Pulse(busy=self.cpus - self.cpu_slots.counter))
 
-    def on_scheduler_message(self, kind: str, body: Message) -> None:
-        if kind == 'job':
-            self.queue_job(body)
-        elif kind == 'result_ack':
-            for jid in body['ids']:
+    def on_scheduler_message(self, message: m.Message) -> None:
+        kind = type(message)
+        if kind is m.Job:
+            self.queue_job(message)
+        elif kind is m.ResultAck:
+            for jid in message.ids:
                 self.unacked.pop(jid, None)
-        elif kind == 'cancel_job':
-            self.cancel_job(body['jid'])
-        elif kind == 'compute_file':
-            computation = self.computations.get(body['cid'])
+        elif kind is m.CancelJob:
+            self.cancel_job(message.jid)
+        elif kind is m.ComputeFile:
+            computation = self.computations.get(message.cid)
             if computation is not None:
-                computation.receive_file(body)
-        elif kind == 'compute':
-            self.install(body)
-        elif kind == 'uninstall':
-            gevent.spawn(self.uninstall, body['cid'], body['cleanup'])
+                computation.receive_file(message)
+        elif kind is m.Compute:
+            self.install(message)
+        elif kind is m.Uninstall:
+            gevent.spawn(self.uninstall, message.cid, message.cleanup)
         else:
-            raise ProtocolError('unexpected %r from the scheduler' % (kind,))
+            raise ProtocolError('unexpected %r from the scheduler' % (message.kind,))
 
-    def send(self, kind: str, body: Message) -> None:
+    def send(self, message: m.Message) -> None:
         link = self.link
         if link is not None and not link.closed:
-            link.send(kind, body)
+            link.send(message)
 
-    def relay(self, kind: str, body: Message) -> None:
+    def relay(self, message: m.Message) -> None:
         """What a running job sent (a provisional result, a file) goes to the scheduler."""
-        self.send(kind, body)
+        self.send(message)
 
     def wait_until_sent(self) -> None:
         """Back-pressure for bulk data (files a job sends): wait while the link is behind."""
@@ -310,22 +310,22 @@ class NodeDaemon:
 
     # computations
 
-    def install(self, request: Message) -> None:
+    def install(self, request: m.Compute) -> None:
         """A computation to install: its files follow in ``compute_file`` messages, so the
         computation is registered at once and started in a greenlet of its own."""
-        cid = request['cid']
+        cid = request.cid
         existing = self.computations.get(cid)
         if existing is not None:  # sent again after a reconnect
             if existing.loaded:
-                self.send('compute_ready', {'cid': cid})
+                self.send(m.ComputeReady(cid=cid))
             return  # still starting: ``start_computation`` answers when it is done
         directory = os.path.join(self.options.dest_path_prefix,
                                  '%d_%s' % (cid, os.urandom(4).hex()))
         try:
-            for entry in request['files']:
+            for entry in request.files:
                 check_manifest_entry(entry, self.options.max_file_size)
         except FileRefused as exc:
-            self.send('compute_failed', {'cid': cid, 'reason': str(exc)})
+            self.send(m.ComputeFailed(cid=cid, reason=str(exc)))
             return
         computation = Computation(request, directory, self.settings, self.cpu_slots, self)
         self.computations[cid] = computation
@@ -344,7 +344,7 @@ class NodeDaemon:
             computation.close(cleanup=True)
             return
         logger.info('installed computation %s (%s)', cid, name)
-        self.send('compute_ready', {'cid': cid})
+        self.send(m.ComputeReady(cid=cid))
 
     def uninstall(self, cid: int, cleanup: bool) -> None:
         computation = self.computations.pop(cid, None)
@@ -362,9 +362,9 @@ class NodeDaemon:
         jobs of it end with the reason."""
         if self.computations.get(computation.cid) is computation:
             del self.computations[computation.cid]
-            self.send('compute_failed', {'cid': computation.cid, 'reason': reason})
+            self.send(m.ComputeFailed(cid=computation.cid, reason=reason))
             for job in [job for job in self.jobs.values() if job.cid == computation.cid]:
-                self.job_finished(job, failure_reply(job, TERMINATED, reason))
+                self.job_finished(job, m.JobDone.failure(job.jid, TERMINATED, reason))
         computation.close(cleanup=True)
 
     def drop_all_computations(self) -> None:
@@ -383,15 +383,15 @@ class NodeDaemon:
 
     # jobs
 
-    def queue_job(self, body: Message) -> None:
-        jid, cid = body['jid'], body['cid']
+    def queue_job(self, request: m.Job) -> None:
+        jid, cid = request.jid, request.cid
         if jid in self.jobs or jid in self.unacked:
             return  # sent again after a reconnect; already here
         computation = self.computations.get(cid)
-        job = self.jobs[jid] = NodeJob(body)
+        job = self.jobs[jid] = NodeJob(request)
         if computation is None:
-            self.job_finished(job, failure_reply(
-                job, TERMINATED, 'computation %d is not installed on this node' % cid))
+            self.job_finished(job, m.JobDone.failure(
+                jid, TERMINATED, 'computation %d is not installed on this node' % cid))
             return
         computation.put_job(job)
 
@@ -401,20 +401,20 @@ class NodeDaemon:
             return
         if job.worker is None:
             job.cancelled = True
-            self.job_finished(job, failure_reply(job, CANCELLED, 'job was cancelled'))
+            self.job_finished(job, m.JobDone.failure(job.jid, CANCELLED, 'job was cancelled'))
         else:
             self.computations[job.cid].cancel(job)
 
     def job_started(self, job: NodeJob, start_time: float) -> None:
-        self.send('job_started', {'jid': job.jid, 'start_time': start_time})
+        self.send(m.JobStarted(jid=job.jid, start_time=start_time))
 
-    def job_finished(self, job: NodeJob, reply: Message) -> None:
+    def job_finished(self, job: NodeJob, done: m.JobDone) -> None:
         """Report a job's end, and keep the report until the scheduler acknowledges it. Ends
         of jobs no longer tracked here (their computation was dropped) go nowhere."""
         if self.jobs.pop(job.jid, None) is not job:
             return
-        self.unacked[job.jid] = reply
-        self.send('job_done', reply)
+        self.unacked[job.jid] = done
+        self.send(done)
 
     # a computation's processes, connecting back
 
@@ -422,15 +422,15 @@ class NodeDaemon:
         """A setup or worker process of a computation connecting back to this daemon."""
         link = HubLink(sock, 'local process')
         try:
-            hello = link.expect('worker_hello', time.monotonic() + HANDSHAKE_TIMEOUT)
+            hello = link.expect(m.WorkerHello, time.monotonic() + HANDSHAKE_TIMEOUT)
         except (OSError, ProtocolError, ConnectionClosed) as exc:
             logger.warning('local connection dropped: %s', exc)
             return
-        computation = self.computations.get(hello['cid'])
-        if computation is None or not hmac.compare_digest(hello['token'], self.local_token):
+        computation = self.computations.get(hello.cid)
+        if computation is None or not hmac.compare_digest(hello.token, self.local_token):
             return
         link.authenticated()
-        if hello['role'] == 'setup':
+        if hello.role == 'setup':
             computation.serve_setup_process(link)
         else:
-            computation.serve_worker(link, hello['pid'])
+            computation.serve_worker(link, hello.pid)

@@ -32,6 +32,7 @@ import cloudpickle
 
 from ..constants import (FINISHED, MAX_JOB_OUTPUT, MAX_RESULT_SIZE, NODE_DISPY_MODULES,
                          RECV_SIZE, TERMINATED)
+from .. import messages as m
 from .. import serialize
 from ..files import read_chunks
 from ..protocol import FrameDecoder, encode
@@ -39,9 +40,6 @@ from ..protocol import FrameDecoder, encode
 ENV_SOCKET = 'DISPYNODE_SOCKET'
 ENV_TOKEN = 'DISPYNODE_TOKEN'
 ENV_CID = 'DISPYNODE_CID'
-
-Message = Dict[str, Any]
-"""The body of a message between the node's processes (``load``, ``job``, ``job_done``...)."""
 
 UserComputation = Dict[str, Any]
 """The computation as the client packed it: ``compute`` or ``program``, ``setup``,
@@ -55,17 +53,17 @@ class Channel:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.connect(address)
         self.decoder = FrameDecoder()
-        self.inbox: List[Tuple[str, Message]] = []
+        self.inbox: List[m.Message] = []
         # A process blocked in recv() on a Unix socket is woken each time the daemon reads
         # what it sent (the kernel signals free space on the same wait queue): after every
         # job. poll() for input only is woken by input only.
         self.readable = select.poll()
         self.readable.register(self.sock, select.POLLIN)
 
-    def send(self, kind: str, body: Message) -> None:
-        self.sock.sendall(encode(kind, body))
+    def send(self, message: m.Message) -> None:
+        self.sock.sendall(encode(message))
 
-    def recv(self) -> Optional[Tuple[str, Message]]:
+    def recv(self) -> Optional[m.Message]:
         """The next message, or None when the daemon closed the connection."""
         while not self.inbox:
             self.readable.poll()
@@ -110,7 +108,7 @@ def dispy_provisional_result(result: Any, timeout: Optional[float] = None) -> in
         return -1
     if len(data) > MAX_RESULT_SIZE:
         return -1
-    JobContext.channel.send('provisional', {'jid': JobContext.jid, 'result': data})
+    JobContext.channel.send(m.Provisional(jid=JobContext.jid, result=data))
     return 0
 
 
@@ -129,14 +127,14 @@ def dispy_send_file(path: str, timeout: Optional[float] = None) -> int:
     name = os.path.splitdrive(path)[1].lstrip(os.sep)
     try:
         for offset, data, last in read_chunks(path):
-            JobContext.channel.send('job_file', {'jid': JobContext.jid, 'name': name,
-                                                 'offset': offset, 'data': data, 'last': last})
+            JobContext.channel.send(m.JobFile(jid=JobContext.jid, name=name, offset=offset,
+                                              data=data, last=last))
     except OSError:
         return -1
     return 0
 
 
-def give_globals(computation: UserComputation, info: Message) -> None:
+def give_globals(computation: UserComputation, info: m.Load) -> None:
     """The globals dispynode gives computations, in the namespace of the computation and of
     its setup and cleanup (one namespace when they come from one module)."""
     namespaces = {}
@@ -153,8 +151,8 @@ def give_globals(computation: UserComputation, info: Message) -> None:
             namespace.setdefault(name, value)
         namespace.update(dispy_provisional_result=dispy_provisional_result,
                          dispy_send_file=dispy_send_file,
-                         dispy_node_name=info['node_name'],
-                         dispy_node_ip_addr=info['node_ip_addr'],
+                         dispy_node_name=info.node_name,
+                         dispy_node_ip_addr=info.node_ip_addr,
                          dispy_job_path=os.getcwd())
 
 
@@ -164,17 +162,15 @@ def main() -> int:
     cid = int(os.environ.pop(ENV_CID))
     sys.path.insert(0, os.getcwd())  # modules shipped with ``depends`` are importable
     channel = Channel(address)
-    channel.send('worker_hello', {'role': 'setup', 'token': token, 'cid': cid,
-                                  'pid': os.getpid()})
-    message = channel.recv()
-    if message is None or message[0] != 'load':
+    channel.send(m.WorkerHello(role='setup', token=token, cid=cid, pid=os.getpid()))
+    info = channel.recv()
+    if type(info) is not m.Load:
         return 1
-    info = message[1]
-    JobContext.max_file_size = info['max_file_size']
+    JobContext.max_file_size = info.max_file_size
     try:
-        computation = cloudpickle.loads(info['code'])
-        if info['setup_args'] is not None:
-            computation['setup_args'] = cloudpickle.loads(info['setup_args'])
+        computation = cloudpickle.loads(info.code)
+        if info.setup_args is not None:
+            computation['setup_args'] = cloudpickle.loads(info.setup_args)
         give_globals(computation, info)
         setup = computation.get('setup')
         if setup is not None:
@@ -182,9 +178,9 @@ def main() -> int:
             if outcome not in (None, 0):
                 raise RuntimeError('setup returned %r, not 0' % (outcome,))
     except BaseException:  # whatever user code raises is reported, never fatal to the node
-        channel.send('load_failed', {'reason': traceback.format_exc()})
+        channel.send(m.LoadFailed(reason=traceback.format_exc()))
         return 1
-    channel.send('loaded', {})
+    channel.send(m.Loaded())
     return serve_as_setup_process(channel, address, token, cid, computation)
 
 
@@ -210,16 +206,15 @@ def serve_as_setup_process(channel: Channel, address: str, token: bytes, cid: in
             message = channel.recv()
             if message is None:
                 break
-            kind, body = message
-            if kind == 'fork':
-                for _ in range(body['count']):
+            if type(message) is m.Fork:
+                for _ in range(message.count):
                     pid = os.fork()
                     if pid == 0:
                         serve_as_worker(channel, (wakeup_read, wakeup_write), address, token,
                                         cid, computation)
                     workers.add(pid)
-            elif kind == 'exit':
-                run_cleanup = body['cleanup']
+            elif type(message) is m.Exit:
+                run_cleanup = message.cleanup
                 break
     finally:
         for pid in workers:
@@ -250,7 +245,7 @@ def reap(channel: Channel, workers: Set[int]) -> None:
         if pid == 0:
             return
         workers.discard(pid)
-        channel.send('worker_exit', {'pid': pid, 'how': describe_exit(status)})
+        channel.send(m.WorkerExit(pid=pid, how=describe_exit(status)))
 
 
 def serve_as_worker(setup_channel: Channel, setup_fds: Tuple[int, int], address: str,
@@ -265,20 +260,18 @@ def serve_as_worker(setup_channel: Channel, setup_fds: Tuple[int, int], address:
             os.close(fd)
         setup_channel.sock.close()
         channel = JobContext.channel = Channel(address)
-        channel.send('worker_hello', {'role': 'worker', 'token': token, 'cid': cid,
-                                      'pid': os.getpid()})
+        channel.send(m.WorkerHello(role='worker', token=token, cid=cid, pid=os.getpid()))
         while True:
             message = channel.recv()
             if message is None:
                 break
-            kind, body = message
-            if kind == 'job':
-                JobContext.jid = body['jid']
+            if type(message) is m.Job:
+                JobContext.jid = message.jid
                 try:
-                    reply = run_job(computation, body)
+                    done = run_job(computation, message)
                 finally:
                     JobContext.jid = None
-                channel.send('job_done', reply)
+                channel.send(done)
     except BaseException:
         traceback.print_exc()
         status = 1
@@ -317,15 +310,15 @@ class BoundedOutput(io.TextIOBase):
         return text
 
 
-def run_job(computation: UserComputation, job: Message) -> Message:
-    """Run one job with its output captured; the reply is a ``job_done`` body."""
+def run_job(computation: UserComputation, job: m.Job) -> m.JobDone:
+    """Run one job with its output captured."""
     stdout, stderr = BoundedOutput(), BoundedOutput()
     saved = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = stdout, stderr
     start_time = time.time()
     result = exception = None
     try:
-        args, kwargs = serialize.loads(job['args'])
+        args, kwargs = serialize.loads(job.args)
         if computation.get('program'):
             value = run_program(computation['program'], args, stdout, stderr)
         else:
@@ -352,9 +345,9 @@ def run_job(computation: UserComputation, job: Message) -> Message:
     finally:
         end_time = time.time()
         sys.stdout, sys.stderr = saved
-    return {'jid': job['jid'], 'status': status, 'result': result, 'exception': exception,
-            'stdout': stdout.getvalue(), 'stderr': stderr.getvalue(),
-            'start_time': start_time, 'end_time': end_time}
+    return m.JobDone(jid=job.jid, status=status, result=result, exception=exception,
+                     stdout=stdout.getvalue(), stderr=stderr.getvalue(), start_time=start_time,
+                     end_time=end_time)
 
 
 def run_program(program: str, args: List[Any], stdout: BoundedOutput,

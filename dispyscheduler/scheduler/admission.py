@@ -15,6 +15,7 @@ from ..auth import AuthenticationError, handshake
 from ..constants import HANDSHAKE_TIMEOUT
 from ..hublink import HubLink
 from ..link import set_nodelay
+from ..messages import Error
 from ..protocol import ProtocolError, encode
 from ..tls import TLS_HANDSHAKE_RECORD, TLSError, TLSSocket
 
@@ -74,7 +75,7 @@ class Admission:
                 if tls_context is not None:
                     if sock.recv(1, socket.MSG_PEEK) not in (TLS_HANDSHAKE_RECORD, b''):
                         # a plaintext peer: tell it in its own language, then close
-                        sock.sendall(encode('error', {'reason': 'TLS is required on this port'}))
+                        sock.sendall(encode(Error(reason='TLS is required on this port')))
                         raise TLSError('plaintext peer on a TLS port')
                     sock = TLSSocket(sock, tls_context, server_side=True)
                     sock.do_handshake()

@@ -16,6 +16,7 @@ import tempfile
 import time
 from typing import Any, Callable
 
+from .. import messages as m
 from ..config import SchedulerConfig
 from ..constants import CANCELLED, FILE_TIMEOUT, NODE_INITIALIZED, TERMINATED
 from ..discovery import resolve
@@ -46,10 +47,10 @@ class ClusterService:
         self.nodes = nodes
         self.metrics = metrics
         self.tls_context = tls_context
-        self.handlers: dict[str, Callable[[Cluster, ClientSession, dict], None]] = {
-            'submit': self.on_submit, 'result_ack': self.on_result_ack,
-            'node_allocation': self.on_node_allocation, 'cancel': self.on_cancel,
-            'close': self.on_close,
+        self.handlers: dict[type, Callable[[Cluster, ClientSession, Any], None]] = {
+            m.Submit: self.on_submit, m.ResultAck: self.on_result_ack,
+            m.NodeAllocation: self.on_node_allocation, m.Cancel: self.on_cancel,
+            m.Close: self.on_close,
         }
 
     def serve(self, sock, address) -> None:
@@ -60,25 +61,27 @@ class ClusterService:
         if link is None:
             return
         try:
-            kind, request = link.recv_now(time.monotonic() + self.admission.handshake_timeout)
-            if kind == 'cluster_new':
+            request = link.recv_now(time.monotonic() + self.admission.handshake_timeout)
+            if type(request) is m.ClusterNew:
                 cluster = self.new_cluster(link, request)
-            elif kind == 'cluster_resume':
+            elif type(request) is m.ClusterResume:
                 cluster = self.resumed_cluster(request)
             else:
-                raise ProtocolError('expected cluster_new or cluster_resume, got %r' % (kind,))
+                raise ProtocolError('expected cluster_new or cluster_resume, got %r'
+                                    % (request.kind,))
         except FileRefused as exc:
             logger.warning('refused cluster from %s: %s', address[0], exc)
-            link.send_now('error', {'reason': str(exc)})
+            link.send_now(m.Error(reason=str(exc)))
             return
         except (ProtocolError, OSError) as exc:
             logger.warning('dropped client connection from %s: %s', address[0], exc)
             if not link.closed:
-                link.send_now('error', {'reason': str(exc)})
+                link.send_now(m.Error(reason=str(exc)))
             return
         session = ClientSession(link, cluster.cid)
-        self.attach(session, cluster, resumed=kind == 'cluster_resume', source=address[0])
-        session.run(lambda kind, body: self.on_message(cluster, session, kind, body))
+        self.attach(session, cluster, resumed=type(request) is m.ClusterResume,
+                    source=address[0])
+        session.run(lambda message: self.on_message(cluster, session, message))
         if self.peers.client_detached(session):
             cluster.orphaned_since = time.monotonic()
             if cluster.cid in self.state.clusters:
@@ -106,17 +109,15 @@ class ClusterService:
                 self.nodes.offer_or_install(node, cluster)
         self.catch_up(session, cluster)
 
-    def new_cluster(self, link: HubLink, request: dict) -> Cluster:
+    def new_cluster(self, link: HubLink, request: m.ClusterNew) -> Cluster:
         """Receive a new cluster (computation, files) and save it before answering."""
-        patterns = resolve_patterns(request['nodes'])
-        if not all(isinstance(name, str) for name in request['node_files']):
-            raise ProtocolError('cluster_new: node_files must be file names')
-        staging = self.receive_cluster_files(link, request['files'])
-        cluster = self.state.add_cluster(request['name'], request['code'], patterns,
-                                         request['reentrant'], request['cleanup'],
-                                         request['allocate']).cluster
-        cluster.files = request['files']
-        cluster.node_files = set(request['node_files'])
+        patterns = resolve_patterns(request.nodes)
+        staging = self.receive_cluster_files(link, request.files)
+        cluster = self.state.add_cluster(request.name, request.code, patterns,
+                                         request.reentrant, request.cleanup,
+                                         request.allocate).cluster
+        cluster.files = request.files
+        cluster.node_files = set(request.node_files)
         cluster.credential = os.urandom(16)
         if staging is not None:
             cluster.directory = os.path.join(self.config.dest_path_prefix, str(cluster.cid))
@@ -126,18 +127,17 @@ class ClusterService:
         self.durability.wait_until_durable()
         return cluster
 
-    def resumed_cluster(self, request: dict) -> Cluster:
-        cluster = self.state.clusters.get(request['cid'])
-        if cluster is None or not hmac.compare_digest(cluster.credential,
-                                                      request['credential']):
+    def resumed_cluster(self, request: m.ClusterResume) -> Cluster:
+        cluster = self.state.clusters.get(request.cid)
+        if cluster is None or not hmac.compare_digest(cluster.credential, request.credential):
             raise ProtocolError('no cluster %s with that credential here (it was closed, or '
-                                'cleaned up after --zombie_interval)' % (request['cid'],))
+                                'cleaned up after --zombie_interval)' % (request.cid,))
         return cluster
 
     def catch_up(self, session: ClientSession, cluster: Cluster) -> None:
         """A resumed cluster's client gets what it missed: the jobs still to end, their
         results so far, the nodes, node offers."""
-        session.jobs_pending([[job.uid, job.tag] for job in cluster.jobs.values()])
+        session.jobs_pending([(job.uid, job.tag) for job in cluster.jobs.values()])
         for message in list(cluster.results.values()):
             session.job_ended(message)
         for node in list(self.state.nodes.values()):
@@ -147,7 +147,7 @@ class ClusterService:
             elif state == OFFERED:
                 self.nodes.offer_or_install(node, cluster)
 
-    def receive_cluster_files(self, link: HubLink, manifest: list) -> str | None:
+    def receive_cluster_files(self, link: HubLink, manifest: list[m.FileSpec]) -> str | None:
         """Receive a new cluster's files (announced in ``manifest``) into a staging directory;
         returns its path, or None when there are none."""
         if not manifest:
@@ -162,11 +162,11 @@ class ClusterService:
         incoming = IncomingFiles(staging, self.config.max_file_size)
         try:
             while len(incoming.done) < len(modes):
-                chunk = link.expect('cluster_file', time.monotonic() + FILE_TIMEOUT)
-                if chunk['name'] not in modes:
-                    raise FileRefused('file %r was not announced' % (chunk['name'],))
-                incoming.chunk(chunk['name'], chunk['offset'], chunk['data'], chunk['last'],
-                               modes[chunk['name']])
+                chunk = link.expect(m.ClusterFile, time.monotonic() + FILE_TIMEOUT)
+                if chunk.name not in modes:
+                    raise FileRefused('file %r was not announced' % (chunk.name,))
+                incoming.chunk(chunk.name, chunk.offset, chunk.data, chunk.last,
+                               modes[chunk.name])
         except BaseException:
             incoming.abort()
             shutil.rmtree(staging, ignore_errors=True)
@@ -175,50 +175,46 @@ class ClusterService:
 
     # what a client says
 
-    def on_message(self, cluster: Cluster, session: ClientSession, kind: str,
-                   body: dict) -> None:
-        handler = self.handlers.get(kind)
+    def on_message(self, cluster: Cluster, session: ClientSession,
+                   message: m.Message) -> None:
+        handler = self.handlers.get(type(message))
         if handler is None:
-            raise ProtocolError('unexpected %r from a client' % (kind,))
-        if cluster.cid not in self.state.clusters and kind != 'result_ack':
-            if kind == 'submit':  # sent while the cluster was closing
-                self.refuse(cluster, body['uid'], CANCELLED, 'cluster is closed')
+            raise ProtocolError('unexpected %r from a client' % (message.kind,))
+        if cluster.cid not in self.state.clusters and type(message) is not m.ResultAck:
+            if type(message) is m.Submit:  # sent while the cluster was closing
+                self.refuse(cluster, message.uid, CANCELLED, 'cluster is closed')
             return
-        handler(cluster, session, body)
+        handler(cluster, session, message)
 
-    def on_submit(self, cluster: Cluster, session: ClientSession, body: dict) -> None:
+    def on_submit(self, cluster: Cluster, session: ClientSession, submit: m.Submit) -> None:
         """A new job: its files and its node (``submit_node``) are checked first; a job that
         cannot run ends at once with the reason."""
-        if body['uid'] in cluster.jobs or body['uid'] in cluster.results:
-            self.acknowledge_submit(cluster, body['uid'])  # a resend: already here
+        if submit.uid in cluster.jobs or submit.uid in cluster.results:
+            self.acknowledge_submit(cluster, submit.uid)  # a resend: already here
             return
-        files = body['files']
         try:
-            for entry in files:
-                if not (isinstance(entry, list) and len(entry) == 3
-                        and isinstance(entry[1], bytes) and isinstance(entry[2], int)):
-                    raise FileRefused('invalid job file entry')
-                safe_relative_path(entry[0])
-                check_size(entry[0], len(entry[1]), self.config.max_file_size)
+            for name, data, _ in submit.files:
+                safe_relative_path(name)
+                check_size(name, len(data), self.config.max_file_size)
         except FileRefused as exc:
-            self.refuse(cluster, body['uid'], TERMINATED, str(exc))
+            self.refuse(cluster, submit.uid, TERMINATED, str(exc))
             return
-        timeout = body['timeout']
+        timeout = submit.timeout
         if timeout is not None and not 0 < timeout < float('inf'):
-            self.refuse(cluster, body['uid'], TERMINATED, 'invalid time limit %r' % (timeout,))
+            self.refuse(cluster, submit.uid, TERMINATED, 'invalid time limit %r' % (timeout,))
             return
         pinned = None
-        if body['node'] is not None:
+        if submit.node is not None:
             node = next((node for node in self.state.nodes.values()
-                         if node.answers_to(body['node']) and cluster.cid in node.clusters
+                         if node.answers_to(submit.node) and cluster.cid in node.clusters
                          and node.clusters[cluster.cid] != FAILED), None)
             if node is None:
-                self.refuse(cluster, body['uid'], CANCELLED, 'node %s is not available to '
-                            'this cluster' % (body['node'],))
+                self.refuse(cluster, submit.uid, CANCELLED, 'node %s is not available to '
+                            'this cluster' % (submit.node,))
                 return
             pinned = node.key
-        placed = self.state.submit(cluster, body['uid'], body['args'], body['priority'],
-                                   body['timeout'], files, pinned, body['tag'])
+        placed = self.state.submit(cluster, submit.uid, submit.args, submit.priority,
+                                   submit.timeout, submit.files, pinned, submit.tag)
         job = placed.job
         job.submitted_at = time.monotonic()
         self.router.dispatch(placed.dispatches)  # first: a job sent to a node leaves at once
@@ -226,25 +222,26 @@ class ClusterService:
         self.durability.put_job(job)
         self.acknowledge_submit(cluster, job.uid)
 
-    def on_result_ack(self, cluster: Cluster, session: ClientSession, body: dict) -> None:
-        for uid in body['ids']:
+    def on_result_ack(self, cluster: Cluster, session: ClientSession, ack: m.ResultAck) -> None:
+        for uid in ack.ids:
             if cluster.results.pop(uid, None) is not None:
                 self.durability.result_acknowledged(cluster.cid, uid)
 
-    def on_node_allocation(self, cluster: Cluster, session: ClientSession, body: dict) -> None:
-        node = self.state.nodes.get(body['key'])
-        if node is not None and self.state.allocate(node, cluster.cid, body['cpus'],
-                                                    body['setup_args'], body['files']):
+    def on_node_allocation(self, cluster: Cluster, session: ClientSession,
+                           allocation: m.NodeAllocation) -> None:
+        node = self.state.nodes.get(allocation.key)
+        if node is not None and self.state.allocate(node, cluster.cid, allocation.cpus,
+                                                    allocation.setup_args, allocation.files):
             self.nodes.install(node, cluster)
 
-    def on_cancel(self, cluster: Cluster, session: ClientSession, body: dict) -> None:
-        cancellation = self.state.cancel(cluster, body['uid'])
+    def on_cancel(self, cluster: Cluster, session: ClientSession, cancel: m.Cancel) -> None:
+        cancellation = self.state.cancel(cluster, cancel.uid)
         if cancellation.node is not None:
             self.nodes.cancel_job(cancellation.node, cancellation.job.jid)
         elif cancellation.job is not None:
             self.router.end_job(cancellation.job, CANCELLED, 'job was cancelled before it ran')
 
-    def on_close(self, cluster: Cluster, session: ClientSession, body: dict) -> None:
+    def on_close(self, cluster: Cluster, session: ClientSession, close: m.Close) -> None:
         self.close_cluster(cluster)
         session.closed()
 
@@ -298,15 +295,11 @@ class ClusterService:
         return self.peers.client(cluster.cid) is not None
 
 
-def resolve_patterns(nodes: list) -> list[tuple[str, int]]:
+def resolve_patterns(nodes: list[m.NodePattern]) -> list[tuple[str, int]]:
     """A cluster's ``nodes`` as ``(pattern, port)`` pairs; a host name also matches the
     addresses it resolves to."""
     patterns = []
-    for entry in nodes:
-        if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)
-                and isinstance(entry[1], int)):
-            raise ProtocolError('cluster_new: bad nodes entry %r' % (entry,))
-        pattern, port = entry
+    for pattern, port in nodes:
         patterns.append((pattern, port))
         if not any(ch in pattern for ch in '*?[') and not _is_ip(pattern):
             patterns.extend((ip, port) for ip in resolve(pattern))

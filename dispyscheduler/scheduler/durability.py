@@ -17,6 +17,7 @@ import gevent
 import gevent.event
 
 from ..constants import COMMIT_INTERVAL
+from ..messages import JobEnd
 from .store import Store
 
 logger = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ class Durability:
         self.store.job_moved(job)
         self.dirty.set()
 
-    def job_ended(self, cid: int, jid: int | None, message: dict) -> None:
+    def job_ended(self, cid: int, jid: int | None, message: JobEnd) -> None:
         """A job ended (or a submission was refused: no ``jid``): its row goes, its final
         message is kept until the client acknowledges it."""
         self.store.job_ended(cid, jid, message)

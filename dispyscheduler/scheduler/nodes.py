@@ -16,6 +16,7 @@ import gevent
 
 from ..config import SchedulerConfig
 from ..constants import ACK_DELAY, NODE_CLOSED, NODE_INITIALIZED
+from .. import messages as m
 from ..files import read_chunks, safe_relative_path
 from ..protocol import ProtocolError
 from .admission import Admission
@@ -39,11 +40,11 @@ class NodeService:
         self.admission = admission
         self.scheduler_id = scheduler_id
         self.tls_context = tls_context
-        self.handlers: dict[str, Callable[[NodeSession, Node, dict], None]] = {
-            'job_done': self.on_job_done, 'job_started': self.on_job_started,
-            'provisional': self.on_provisional, 'job_file': self.on_job_file,
-            'pulse': self.on_pulse, 'compute_ready': self.on_compute_ready,
-            'compute_failed': self.on_compute_failed, 'node_leaving': self.on_node_leaving,
+        self.handlers: dict[type, Callable[[NodeSession, Node, Any], None]] = {
+            m.JobDone: self.on_job_done, m.JobStarted: self.on_job_started,
+            m.Provisional: self.on_provisional, m.JobFile: self.on_job_file,
+            m.Pulse: self.on_pulse, m.ComputeReady: self.on_compute_ready,
+            m.ComputeFailed: self.on_compute_failed, m.NodeLeaving: self.on_node_leaving,
         }
 
     def serve(self, sock, address) -> None:
@@ -54,30 +55,30 @@ class NodeService:
         if link is None:
             return
         try:
-            info = link.expect('node_info', time.monotonic() + self.admission.handshake_timeout)
+            info = link.expect(m.NodeInfo, time.monotonic() + self.admission.handshake_timeout)
         except (ProtocolError, OSError) as exc:
             logger.warning('dropped node connection from %s: %s', address[0], exc)
             return
-        key = '%s:%d' % (info['ip_addr'], info['port'])
+        key = '%s:%d' % (info.ip_addr, info.port)
         old = self.state.nodes.get(key)
         if old is not None:
             self.lose(old, 'the node connected again')
         session = NodeSession(link, key)
         node = self.join(session, info)
-        reason = session.run(lambda kind, body: self.on_message(session, node, kind, body))
+        reason = session.run(lambda message: self.on_message(session, node, message))
         self.lose(node, reason)
 
-    def join(self, session: NodeSession, info: dict) -> Node:
+    def join(self, session: NodeSession, info: m.NodeInfo) -> Node:
         """A node that authenticated: into the model, told who we are, given its clusters,
         and told to drop jobs it held that are no longer its own."""
-        added = self.state.add_node(session.key, info['name'], info['ip_addr'], info['port'],
-                                    max(1, info['cpus']))
+        added = self.state.add_node(session.key, info.name, info.ip_addr, info.port,
+                                    max(1, info.cpus))
         node = added.node
-        node.platform = info['platform']
+        node.platform = info.platform
         node.last_heard = time.monotonic()
         self.peers.node_joined(session)
         session.welcome(self.config.pulse_interval, self.scheduler_id)
-        held = set(info['jobs'])
+        held = set(info.jobs)
         outcome = self.state.reattach(node, held)
         stale = held.difference(node.jobs)
         if stale:
@@ -134,67 +135,70 @@ class NodeService:
 
     # what a node says
 
-    def on_message(self, session: NodeSession, node: Node, kind: str, body: dict) -> None:
+    def on_message(self, session: NodeSession, node: Node, message: m.Message) -> None:
         node.last_heard = time.monotonic()
-        handler = self.handlers.get(kind)
+        handler = self.handlers.get(type(message))
         if handler is None:
-            raise ProtocolError('unexpected %r from a node' % (kind,))
-        handler(session, node, body)
+            raise ProtocolError('unexpected %r from a node' % (message.kind,))
+        handler(session, node, message)
 
-    def on_job_done(self, session: NodeSession, node: Node, body: dict) -> None:
-        job = node.jobs.get(body['jid'])
+    def on_job_done(self, session: NodeSession, node: Node, done: m.JobDone) -> None:
+        job = node.jobs.get(done.jid)
         if job is None:  # a repeat, or a job that ended otherwise: nothing to keep
-            session.acknowledge_result_now(body['jid'])
+            session.acknowledge_result_now(done.jid)
             return
-        self.router.deliver(job, node, body)  # first: the result leaves at once
-        started = body['start_time']
-        ended = self.state.job_done(node, body['jid'], body['status'],
-                                    body['end_time'] - started if started is not None else None)
+        self.router.deliver(job, node, done)  # first: the result leaves at once
+        started = done.start_time
+        ended = self.state.job_done(node, done.jid, done.status,
+                                    done.end_time - started if started is not None else None)
         self.durability.acknowledge_when_durable(session, session.acknowledge_results,
-                                                 body['jid'])
+                                                 done.jid)
         self.router.dispatch(ended.dispatches)
 
-    def on_job_started(self, session: NodeSession, node: Node, body: dict) -> None:
-        job = self.state.job_started(node, body['jid'], body['start_time'])
+    def on_job_started(self, session: NodeSession, node: Node, started: m.JobStarted) -> None:
+        job = self.state.job_started(node, started.jid, started.start_time)
         client = self.peers.client(job.cluster.cid) if job is not None else None
         if client is not None:
-            client.job_started(job.uid, job.status, node.ip_addr, body['start_time'])
+            client.job_started(job.uid, job.status, node.ip_addr, started.start_time)
 
-    def on_provisional(self, session: NodeSession, node: Node, body: dict) -> None:
-        job = node.jobs.get(body['jid'])
+    def on_provisional(self, session: NodeSession, node: Node,
+                       provisional: m.Provisional) -> None:
+        job = node.jobs.get(provisional.jid)
         client = self.peers.client(job.cluster.cid) if job is not None else None
         if client is not None:
-            client.provisional_result(job.uid, body['result'], node.ip_addr)
+            client.provisional_result(job.uid, provisional.result, node.ip_addr)
 
-    def on_job_file(self, session: NodeSession, node: Node, body: dict) -> None:
-        job = node.jobs.get(body['jid'])
+    def on_job_file(self, session: NodeSession, node: Node, chunk: m.JobFile) -> None:
+        job = node.jobs.get(chunk.jid)
         client = self.peers.client(job.cluster.cid) if job is not None else None
         if client is not None:
-            client.file_part(job.uid, body['name'], body['offset'], body['data'], body['last'])
+            client.file_part(job.uid, chunk)
 
-    def on_pulse(self, session: NodeSession, node: Node, body: dict) -> None:
-        node.busy = body['busy']
+    def on_pulse(self, session: NodeSession, node: Node, pulse: m.Pulse) -> None:
+        node.busy = pulse.busy
 
-    def on_compute_ready(self, session: NodeSession, node: Node, body: dict) -> None:
-        cluster = self.state.clusters.get(body['cid'])
+    def on_compute_ready(self, session: NodeSession, node: Node, ready: m.ComputeReady) -> None:
+        cluster = self.state.clusters.get(ready.cid)
         if cluster is None:  # the cluster closed while the node installed it
-            session.uninstall(body['cid'], True)
+            session.uninstall(ready.cid, True)
             return
         dispatches = self.state.compute_ready(node, cluster.cid)
         self.router.notify_node(cluster, node, NODE_INITIALIZED)
         self.router.dispatch(dispatches)
 
-    def on_compute_failed(self, session: NodeSession, node: Node, body: dict) -> None:
-        cluster = self.state.clusters.get(body['cid'])
-        outcome = self.state.compute_failed(node, body['cid'])
+    def on_compute_failed(self, session: NodeSession, node: Node,
+                          failed: m.ComputeFailed) -> None:
+        cluster = self.state.clusters.get(failed.cid)
+        outcome = self.state.compute_failed(node, failed.cid)
         if cluster is not None:
             self.router.warn_client(cluster, 'computation could not be set up on node %s: %s'
-                                    % (node.key, body['reason']))
+                                    % (node.key, failed.reason))
             self.router.reschedule(outcome, 'job was submitted to node %s, where the '
                                    'computation could not be set up' % (node.key,))
 
-    def on_node_leaving(self, session: NodeSession, node: Node, body: dict) -> None:
-        outcome = self.state.node_leaving(node, set(body['jobs']))
+    def on_node_leaving(self, session: NodeSession, node: Node,
+                        leaving: m.NodeLeaving) -> None:
+        outcome = self.state.node_leaving(node, set(leaving.jobs))
         logger.info('node %s is shutting down; %d unstarted jobs handed back', node.key,
                     len(outcome.requeued))
         self.router.reschedule(outcome, '')

@@ -11,6 +11,7 @@ import gevent
 
 from .. import discovery
 from ..config import SchedulerConfig
+from ..messages import Announce, Message, Ping
 from .model import State
 
 logger = logging.getLogger(__name__)
@@ -28,8 +29,7 @@ class Pinger:
         """A receive loop per socket, each started with ``spawn(function, *args)``."""
         for sock in self.sockets.values():
             spawn(discovery.receive_loop, sock, self.config.node_secret,
-                  lambda kind, body, source, sock=sock: self.on_datagram(sock, kind, body,
-                                                                         source))
+                  lambda message, source, sock=sock: self.on_datagram(sock, message, source))
 
     def run(self) -> None:
         """Ping nodes every ``--ping_interval``."""
@@ -38,7 +38,7 @@ class Pinger:
             for address, sock in self.sockets.items():
                 if not address and len(self.sockets) > 1:
                     continue  # the wildcard socket only listens for broadcasts
-                body = {'addr': self.announced_address(address), 'port': self.node_link_port}
+                ping = Ping(addr=self.announced_address(address), port=self.node_link_port)
                 targets = []
                 for host in self.config.nodes or ['*']:
                     if host == '*':
@@ -46,18 +46,16 @@ class Pinger:
                     else:
                         targets.extend(ip for ip in discovery.resolve(host) if ip not in linked)
                 for target in targets:
-                    discovery.send(sock, self.config.node_secret, 'ping', body,
+                    discovery.send(sock, self.config.node_secret, ping,
                                    (target, self.config.node_port))
             gevent.sleep(self.config.ping_interval)
 
-    def on_datagram(self, sock: socket.socket, kind: str, body: dict, source: tuple) -> None:
-        if kind == 'announce' and discovery.valid_port(body['port']):
+    def on_datagram(self, sock: socket.socket, message: Message, source: tuple) -> None:
+        if type(message) is Announce and discovery.valid_port(message.port):
             address = sock.getsockname()[0]
-            discovery.send(sock, self.config.node_secret, 'ping',
-                           {'addr': self.announced_address(address if address != '0.0.0.0'
-                                                           else ''),
-                            'port': self.node_link_port},
-                           (source[0], body['port']))
+            ping = Ping(addr=self.announced_address(address if address != '0.0.0.0' else ''),
+                        port=self.node_link_port)
+            discovery.send(sock, self.config.node_secret, ping, (source[0], message.port))
 
     def announced_address(self, address: str) -> str:
         """The address nodes should connect to: the ``--ext_ip_addr`` paired with ``address``

@@ -13,6 +13,7 @@ import time
 from typing import Iterable, Optional
 
 from ..constants import CANCELLED
+from ..messages import JobDone, JobEnd
 from .durability import Durability
 from .model import Cluster, Dispatch, Job, Node, Rescheduled, State
 from .sessions import Peers
@@ -50,35 +51,27 @@ class Router:
                          % (reason, job.lost_nodes))
         self.dispatch(outcome.dispatches)
 
-    def deliver(self, job: Job, node: Node, reply: dict) -> None:
+    def deliver(self, job: Job, node: Node, done: JobDone) -> None:
         """Pass a node's result to the job's client, and keep it until acknowledged."""
-        self.send_result(job.cluster, {
-            'uid': job.uid, 'status': reply['status'], 'result': reply['result'],
-            'exception': reply['exception'], 'stdout': reply['stdout'],
-            'stderr': reply['stderr'], 'start_time': reply['start_time'],
-            'end_time': reply['end_time'], 'ip_addr': node.ip_addr, 'tag': job.tag}, job)
+        self.send_result(job.cluster, JobEnd.relay(done, job.uid, node.ip_addr, job.tag), job)
 
     def end_job(self, job: Job, status: int, reason: str) -> None:
         """Tell the client a job ended without a result from a node."""
-        self.send_result(job.cluster, {
-            'uid': job.uid, 'status': status, 'result': None, 'exception': reason,
-            'stdout': '', 'stderr': '', 'start_time': job.start_time, 'end_time': time.time(),
-            'ip_addr': job.node.ip_addr if job.node is not None else None, 'tag': job.tag}, job)
+        self.send_result(job.cluster, JobEnd.failure(
+            job.uid, status, reason, job.start_time,
+            job.node.ip_addr if job.node is not None else None, job.tag), job)
 
     def refuse_submission(self, cluster: Cluster, uid: int, status: int, reason: str) -> None:
         """A submission refused at once: it ends without becoming a job."""
-        self.send_result(cluster, {'uid': uid, 'status': status, 'result': None,
-                                   'exception': reason, 'stdout': '', 'stderr': '',
-                                   'start_time': None, 'end_time': time.time(),
-                                   'ip_addr': None, 'tag': None})
+        self.send_result(cluster, JobEnd.failure(uid, status, reason))
 
-    def send_result(self, cluster: Cluster, message: dict, job: Optional[Job] = None) -> None:
+    def send_result(self, cluster: Cluster, message: JobEnd, job: Optional[Job] = None) -> None:
         """Keep a job's final message (saved) until the client acknowledges it, and send it."""
         session = self.peers.client(cluster.cid)
         if session is not None:  # first: it leaves at once
             session.job_ended(message)
-        cluster.results[message['uid']] = message
-        self.metrics.job_ended(message['status'])
+        cluster.results[message.uid] = message
+        self.metrics.job_ended(message.status)
         if cluster.cid in self.state.clusters:
             self.durability.job_ended(cluster.cid, job.jid if job is not None else None,
                                       message)

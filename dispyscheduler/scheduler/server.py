@@ -129,7 +129,7 @@ class Scheduler:
         for cluster in self.state.clusters.values():
             cluster.orphaned_since = now
         for cid, message in results:
-            self.state.clusters[cid].results[message['uid']] = message
+            self.state.clusters[cid].results[message.uid] = message
         if clusters:
             logger.info('restored %d clusters, %d unfinished jobs (%d on nodes) and %d '
                         'undelivered results', len(clusters), len(jobs),

@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable, Optional
 import gevent
 
 from ..constants import ACK_BATCH
+from .. import messages as m
 from ..hublink import HubLink
 from ..protocol import ProtocolError
 
@@ -39,28 +40,27 @@ class NodeSession:
     def close(self) -> None:
         self.link.close()
 
-    def run(self, handle: Callable[[str, dict], Any]) -> str:
-        """Serve the link until it ends, ``handle(kind, body)`` for each message; returns
-        why it ended."""
+    def run(self, handle: Callable[[m.Message], Any]) -> str:
+        """Serve the link until it ends, ``handle(message)`` for each message; returns why
+        it ended."""
         return serve_link(self.link, handle, 'node %s' % (self.key,))
 
     def welcome(self, pulse_interval: float, scheduler_id: str) -> None:
-        self.link.send('welcome', {'pulse_interval': pulse_interval,
-                                   'scheduler_id': scheduler_id})
+        self.link.send(m.Welcome(pulse_interval=pulse_interval, scheduler_id=scheduler_id))
 
     def send_job(self, job) -> None:
         """The job, with the acknowledgements waiting (in the same write)."""
-        self.link.send('job', {'jid': job.jid, 'cid': job.cluster.cid, 'args': job.args,
-                               'timeout': job.timeout, 'files': job.files},
+        self.link.send(m.Job(jid=job.jid, cid=job.cluster.cid, args=job.args,
+                             timeout=job.timeout, files=job.files),
                        *self.take_acknowledgements())
 
     def cancel_job(self, jid: int) -> None:
-        self.link.send('cancel_job', {'jid': jid})
+        self.link.send(m.CancelJob(jid=jid))
 
     def install(self, cid: int, name: str, code: bytes, files: list, cpus: int,
                 setup_args: Optional[bytes]) -> None:
-        self.link.send('compute', {'cid': cid, 'name': name, 'code': code, 'files': files,
-                                   'cpus': cpus, 'setup_args': setup_args})
+        self.link.send(m.Compute(cid=cid, name=name, code=code, files=files, cpus=cpus,
+                                 setup_args=setup_args))
 
     def send_file_chunk(self, cid: int, name: str, offset: int, data: bytes,
                         last: bool) -> bool:
@@ -68,13 +68,12 @@ class NodeSession:
         pressure: a big file passes in a chunk or two at a time); False if the link closed."""
         if self.link.closed:
             return False
-        self.link.send('compute_file', {'cid': cid, 'name': name, 'offset': offset,
-                                        'data': data, 'last': last})
+        self.link.send(m.ComputeFile(cid=cid, name=name, offset=offset, data=data, last=last))
         self.link.wait_until_drained()
         return True
 
     def uninstall(self, cid: int, cleanup: bool) -> None:
-        self.link.send('uninstall', {'cid': cid, 'cleanup': cleanup})
+        self.link.send(m.Uninstall(cid=cid, cleanup=cleanup))
 
     def acknowledge_results(self, ids: Iterable[int]) -> None:
         """Saved results the node may forget. The acknowledgement travels with the next job
@@ -86,18 +85,18 @@ class NodeSession:
 
     def acknowledge_result_now(self, jid: int) -> None:
         """A repeated result, of a job that ended already: nothing to save first."""
-        self.link.send('result_ack', {'ids': [jid]})
+        self.link.send(m.ResultAck(ids=[jid]))
 
     def flush_acknowledgements(self) -> None:
         for message in self.take_acknowledgements():
-            self.link.send(*message)
+            self.link.send(message)
 
-    def take_acknowledgements(self) -> tuple:
+    def take_acknowledgements(self) -> tuple[m.ResultAck, ...]:
         """The waiting acknowledgements as a message to send (none if none wait)."""
         if not self.pending_acks:
             return ()
         acknowledgements, self.pending_acks = self.pending_acks, []
-        return (('result_ack', {'ids': acknowledgements}),)
+        return (m.ResultAck(ids=acknowledgements),)
 
 
 class ClientSession:
@@ -117,53 +116,51 @@ class ClientSession:
     def close(self) -> None:
         self.link.close()
 
-    def run(self, handle: Callable[[str, dict], Any]) -> str:
-        """Serve the link until it ends, ``handle(kind, body)`` for each message; returns
-        why it ended."""
+    def run(self, handle: Callable[[m.Message], Any]) -> str:
+        """Serve the link until it ends, ``handle(message)`` for each message; returns why
+        it ended."""
         return serve_link(self.link, handle, 'the client of cluster %s' % (self.cid,))
 
     def cluster_ok(self, max_file_size: int, credential: bytes) -> None:
-        self.link.send('cluster_ok', {'cid': self.cid, 'max_file_size': max_file_size,
-                                      'credential': credential})
+        self.link.send(m.ClusterOk(cid=self.cid, max_file_size=max_file_size,
+                                   credential=credential))
 
-    def job_ended(self, message: dict) -> None:
-        self.link.send('job_end', message)
+    def job_ended(self, message: m.JobEnd) -> None:
+        self.link.send(message)
 
     def submitted(self, uids: list[int]) -> None:
-        self.link.send('submitted', {'uids': uids})
+        self.link.send(m.Submitted(uids=uids))
 
-    def jobs_pending(self, jobs: list) -> None:
-        self.link.send('jobs_pending', {'jobs': jobs})
+    def jobs_pending(self, jobs: list[m.PendingJob]) -> None:
+        self.link.send(m.JobsPending(jobs=jobs))
 
     def job_started(self, uid: int, status: int, ip_addr: str, start_time: float) -> None:
-        self.link.send('job_status', {'uid': uid, 'status': status, 'ip_addr': ip_addr,
-                                      'start_time': start_time})
+        self.link.send(m.JobStatus(uid=uid, status=status, ip_addr=ip_addr,
+                                   start_time=start_time))
 
     def provisional_result(self, uid: int, result: bytes, ip_addr: str) -> None:
-        self.link.send('provisional_result', {'uid': uid, 'result': result,
-                                              'ip_addr': ip_addr})
+        self.link.send(m.ProvisionalResult(uid=uid, result=result, ip_addr=ip_addr))
 
-    def file_part(self, uid: int, name: str, offset: int, data: bytes, last: bool) -> None:
-        self.link.send('file_part', {'uid': uid, 'name': name, 'offset': offset,
-                                     'data': data, 'last': last})
+    def file_part(self, uid: int, chunk: m.JobFile) -> None:
+        self.link.send(m.FilePart(uid=uid, name=chunk.name, offset=chunk.offset,
+                                  data=chunk.data, last=chunk.last))
 
     def node_status(self, ip_addr: str, name: str, cpus: int, status: int) -> None:
-        self.link.send('node_status', {'ip_addr': ip_addr, 'name': name, 'cpus': cpus,
-                                       'status': status})
+        self.link.send(m.NodeStatus(ip_addr=ip_addr, name=name, cpus=cpus, status=status))
 
     def offer_node(self, key: str, ip_addr: str, name: str, cpus: int, platform: str) -> None:
-        self.link.send('node_offer', {'key': key, 'ip_addr': ip_addr, 'name': name,
-                                      'cpus': cpus, 'platform': platform})
+        self.link.send(m.NodeOffer(key=key, ip_addr=ip_addr, name=name, cpus=cpus,
+                                   platform=platform))
 
     def warn(self, reason: str) -> None:
-        self.link.send('cluster_warning', {'reason': reason})
+        self.link.send(m.ClusterWarning(reason=reason))
 
     def closed(self) -> None:
         """The cluster is closed, as its client asked."""
-        self.link.send('closed', {})
+        self.link.send(m.Closed())
 
 
-def serve_link(link: HubLink, handle: Callable[[str, dict], Any], who: str) -> str:
+def serve_link(link: HubLink, handle: Callable[[m.Message], Any], who: str) -> str:
     """A session's loop: its writer greenlet and its reader, until the link ends. A peer that
     breaks the protocol loses its link; a handler that fails is a bug here, logged as one
     with its traceback, and ends that link only. Returns why the link ended."""

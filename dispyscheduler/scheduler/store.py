@@ -24,6 +24,8 @@ from typing import Any, Callable, Hashable, Iterable
 
 import msgpack
 
+from ..messages import JobEnd, from_wire
+
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
@@ -122,7 +124,7 @@ class Batch:
         self.jobs: dict[int, Any] = {}  # jid -> Job whose row to write as it is at the commit
         self.new_jobs: set[int] = set()  # jids first saved in this batch
         self.ended_jobs: set[int] = set()  # jids whose rows go
-        self.results: dict[tuple[int, int], dict] = {}  # (cid, uid) -> final message to keep
+        self.results: dict[tuple[int, int], JobEnd] = {}  # (cid, uid) -> final message
         self.acknowledged: set[tuple[int, int]] = set()  # (cid, uid) the client has now
         self.clusters: list[tuple[str, tuple]] = []  # (sql, values), in order, after the rest
         self.actions: list[Action] = []  # to run once the batch is committed
@@ -199,15 +201,15 @@ class Store:
         """The job was sent to a node, or came back from one."""
         self.batch.jobs[job.jid] = job
 
-    def job_ended(self, cid: int, jid: int | None, message: dict) -> None:
+    def job_ended(self, cid: int, jid: int | None, message: JobEnd) -> None:
         """A job ended (or a submission was refused, ``jid`` None): its row goes, its final
         message waits for the client's acknowledgement."""
         batch = self.batch
         if jid is not None:
             batch.jobs.pop(jid, None)
             batch.ended_jobs.add(jid)
-        batch.results[(cid, message['uid'])] = message
-        batch.acknowledged.discard((cid, message['uid']))
+        batch.results[(cid, message.uid)] = message
+        batch.acknowledged.discard((cid, message.uid))
 
     def result_acknowledged(self, cid: int, uid: int) -> None:
         if self.batch.results.pop((cid, uid), None) is None:
@@ -229,7 +231,7 @@ class Store:
             statements.append((JOBS.delete, [(jid,) for jid in saved_before]))
         if batch.results:
             statements.append((RESULTS.insert, [
-                RESULTS.values(dict(cid=cid, uid=uid, message=pack(message)))
+                RESULTS.values(dict(cid=cid, uid=uid, message=pack(message.body())))
                 for (cid, uid), message in batch.results.items()]))
         if batch.acknowledged:
             statements.append((RESULTS.delete, list(batch.acknowledged)))
@@ -259,10 +261,11 @@ class Store:
 
     # loading at start
 
-    def load(self) -> tuple[list[dict], list[dict], list[tuple[int, dict]]]:
+    def load(self) -> tuple[list[dict], list[dict], list[tuple[int, JobEnd]]]:
         """``(clusters, jobs, results)``: clusters and jobs as ``model.State.restore`` takes
         them, results as ``(cid, message)``."""
         clusters = [cluster_from_row(row) for row in CLUSTERS.rows(self.db)]
         jobs = [job_from_row(row) for row in JOBS.rows(self.db)]
-        results = [(row['cid'], unpack(row['message'])) for row in RESULTS.rows(self.db)]
+        results = [(row['cid'], from_wire(JobEnd.kind, unpack(row['message'])))
+                   for row in RESULTS.rows(self.db)]
         return clusters, jobs, results

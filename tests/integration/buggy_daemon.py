@@ -21,12 +21,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.realp
 
 
 def inject(cls, method, kind=None):
-    """Make ``cls.method`` raise on messages of ``kind`` (one of its arguments), or always."""
+    """Make ``cls.method`` raise on messages of ``kind`` (one of its arguments is a message
+    of that kind), or always."""
     original = getattr(cls, method)
 
     @functools.wraps(original)  # its name, in the reports, is the method's
     def buggy(self, *args):
-        if kind is None or kind in args:
+        if kind is None or any(getattr(arg, 'kind', None) == kind for arg in args):
             raise ZeroDivisionError('injected bug')
         return original(self, *args)
     setattr(cls, method, buggy)

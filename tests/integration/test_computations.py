@@ -17,6 +17,7 @@ import pytest
 from daemons import Cluster, wait_for
 
 from dispyscheduler import DispyJob, DispyNode, NodeAllocate, SharedJobCluster
+from dispyscheduler.messages import Submit
 
 
 @pytest.fixture(scope='module')
@@ -163,9 +164,9 @@ def test_file_names_cannot_escape_and_sizes_are_enforced(daemons, tmp_path):
             job = DispyJob((), {})
             job._uid = job.id = uid
             cluster._jobs[uid] = job
-            cluster._connection.send('submit', {'uid': uid, 'args': b'', 'timeout': None,
-                                                'priority': 0, 'node': None, 'tag': None,
-                                                'files': [[name, b'data', 0o600]]})
+            cluster._connection.send(Submit(uid=uid, args=b'', timeout=None, priority=0,
+                                            node=None, tag=None,
+                                            files=[(name, b'data', 0o600)]))
             job()
             assert job.status == DispyJob.Terminated
             assert 'file name' in job.exception

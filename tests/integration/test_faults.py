@@ -16,6 +16,7 @@ from daemons import CLUSTER_SECRET, NODE_SECRET, REPO, processes, wait_for
 
 from dispyscheduler import DispyJob, SharedJobCluster
 from dispyscheduler.auth import sign_datagram
+from dispyscheduler.messages import Announce, Ping
 
 
 def nap(seconds, tag=None):
@@ -57,10 +58,12 @@ def test_odd_datagrams_stop_no_daemon(daemons):
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind(('127.0.0.4', 0))
         for body in ({'port': 70000}, {'port': -1}, {'port': 0}):
-            sock.sendto(sign_datagram(NODE_SECRET, 'announce', body), ('127.0.0.1', daemons.port))
+            sock.sendto(sign_datagram(NODE_SECRET, Announce(**body)),
+                        ('127.0.0.1', daemons.port))
         for body in ({'addr': 'a' * 100, 'port': 1}, {'addr': '127.0.0.1', 'port': 70000},
                      {'addr': '::1', 'port': 5}):
-            sock.sendto(sign_datagram(NODE_SECRET, 'ping', body), ('127.0.0.2', daemons.node_port))
+            sock.sendto(sign_datagram(NODE_SECRET, Ping(**body)),
+                        ('127.0.0.2', daemons.node_port))
         sock.sendto(b'\x00' * 40, ('127.0.0.1', daemons.port))
     time.sleep(1)
     assert daemons.scheduler.alive() and node.alive()

@@ -23,7 +23,8 @@ from daemons import CLUSTER_SECRET, wait_for
 from dispyscheduler import SharedJobCluster
 from dispyscheduler.auth import handshake
 from dispyscheduler.link import Link
-from dispyscheduler.protocol import SCHEMAS, encode
+from dispyscheduler.messages import MESSAGES, ClusterNew, ClusterOk, Closed
+from dispyscheduler.protocol import encode, encode_raw
 
 IDLE_SOURCES = ['127.0.0.%d' % n for n in range(10, 20)]
 
@@ -196,18 +197,17 @@ values = st.recursive(
 
 def message_for(kind):
     """A message of ``kind`` whose fields have the right names and any values."""
-    return st.fixed_dictionaries({field: values for field in SCHEMAS[kind]}).map(
+    return st.fixed_dictionaries({field: values for field in MESSAGES[kind]._fields}).map(
         lambda body: (kind, body))
 
 
-messages = st.sampled_from(sorted(SCHEMAS)).flatmap(message_for)
+messages = st.sampled_from(sorted(MESSAGES)).flatmap(message_for)
 
 
 def new_cluster_message():
     from dispyscheduler.client.computation import pack_computation
-    return {'name': 'fuzz', 'code': pack_computation(square).code, 'nodes': [['*', 0]],
-            'reentrant': False, 'cleanup': True, 'files': [], 'node_files': [],
-            'allocate': False}
+    return ClusterNew(name='fuzz', code=pack_computation(square).code, nodes=[('*', 0)],
+                      reentrant=False, cleanup=True, files=[], node_files=[], allocate=False)
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
@@ -219,11 +219,11 @@ def test_fuzzing_an_authenticated_client_link(scheduler_for_fuzzing, with_cluste
     link = authenticated_client(scheduler_for_fuzzing)
     try:
         if with_cluster:
-            link.send_now('cluster_new', new_cluster_message())
-            link.expect('cluster_ok', time.monotonic() + 10)
+            link.send_now(new_cluster_message())
+            link.expect(ClusterOk, time.monotonic() + 10)
         for kind, body in sequence:
             try:
-                link.send_now(kind, body)
+                link.sock.sendall(encode_raw(kind, body))
             except OSError:
                 break
     finally:
@@ -245,4 +245,4 @@ def test_plaintext_client_on_a_tls_port_is_told_tls_is_required(daemons, tmp_pat
         SharedJobCluster(square, **daemons.client_options())
     assert time.monotonic() - started < 5
     wait_for(lambda: 'plaintext peer on a TLS port' in daemons.scheduler.log(), 5, 'the log')
-    assert encode('closed', {})  # the module's own encoder is what the client speaks
+    assert encode(Closed())  # the module's own encoder is what the client speaks

@@ -12,6 +12,7 @@ from daemons import CLUSTER_SECRET, wait_for
 from dispyscheduler import DispyJob, SharedJobCluster
 from dispyscheduler.auth import handshake
 from dispyscheduler.link import Link
+from dispyscheduler.messages import Cancel, ClusterResume, ResultAck, Submit
 
 
 def nap(seconds, tag):
@@ -34,8 +35,8 @@ def test_a_client_cannot_reach_another_clients_jobs(daemons):
         jobs = [alice.submit(1, n) for n in range(3)]
         wait_for(lambda: any(job.status == DispyJob.Running for job in jobs), 20, 'a job')
         for uid in range(1, 10):  # the ids alice's jobs have, and more
-            mallory._connection.send('cancel', {'uid': uid})
-            mallory._connection.send('result_ack', {'ids': [uid]})
+            mallory._connection.send(Cancel(uid=uid))
+            mallory._connection.send(ResultAck(ids=[uid]))
         assert alice.wait(timeout=30)
         assert [job.result for job in jobs] == [0, 1, 2]
         assert all(job.status == DispyJob.Finished for job in jobs)
@@ -44,11 +45,11 @@ def test_a_client_cannot_reach_another_clients_jobs(daemons):
         link = Link(sock, 'mallory')
         try:
             handshake(link, CLUSTER_SECRET, 'client', 'scheduler', True, time.monotonic() + 10)
-            link.send_now('cluster_resume', {'cid': alice.cid, 'credential': os.urandom(16)})
-            kind, body = link.recv_now(time.monotonic() + 10)
+            link.send_now(ClusterResume(cid=alice.cid, credential=os.urandom(16)))
+            answer = link.recv_now(time.monotonic() + 10)
         finally:
             sock.close()
-        assert kind == 'error' and 'with that credential' in body['reason']
+        assert answer.kind == 'error' and 'with that credential' in answer.reason
     finally:
         alice.close()
         mallory.close()
@@ -98,9 +99,9 @@ def test_symbolic_links_cannot_redirect_job_files(daemons, tmp_path):
         job = DispyJob((), {})
         job._uid = job.id = 10 ** 6
         cluster._jobs[job._uid] = job
-        cluster._connection.send('submit', {'uid': job._uid, 'args': b'', 'timeout': None,
-                                            'priority': 0, 'node': None, 'tag': None,
-                                            'files': [['sub/new.txt', b'data', 0o600]]})
+        cluster._connection.send(Submit(uid=job._uid, args=b'', timeout=None, priority=0,
+                                        node=None, tag=None,
+                                        files=[('sub/new.txt', b'data', 0o600)]))
         job()
     assert through_file.status == DispyJob.Terminated
     assert 'evil' in through_file.exception

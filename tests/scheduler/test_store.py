@@ -5,6 +5,7 @@ import sqlite3
 
 import pytest
 
+from dispyscheduler.messages import JobEnd
 from dispyscheduler.scheduler.model import State
 from dispyscheduler.scheduler.store import CLUSTERS, JOBS, SCHEMA_VERSION, Store, StoreError
 
@@ -33,7 +34,7 @@ def test_clusters_jobs_and_results_come_back_after_a_restart(tmp_path):
     for job in jobs:
         store.put_job(job)
     ended = jobs[2]
-    message = {'uid': ended.uid, 'status': 11, 'result': b'r'}
+    message = JobEnd.failure(ended.uid, 11, 'reason', ip_addr='10.0.0.1', tag=b't')
     store.job_ended(cluster.cid, ended.jid, message)
     store.commit_now()
     store.close()
@@ -64,7 +65,7 @@ def test_a_job_that_comes_and_goes_within_a_batch_costs_no_row(tmp_path):
     store.commit_now()
     job = state.submit(cluster, 1, b'').job
     store.put_job(job)
-    store.job_ended(cluster.cid, job.jid, {'uid': 1, 'status': 11})
+    store.job_ended(cluster.cid, job.jid, JobEnd.failure(1, 11, ''))
     store.result_acknowledged(cluster.cid, 1)
     statements, _ = store.take_batch()
     assert statements == []
