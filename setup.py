@@ -9,7 +9,7 @@ setup(
     long_description=open('README.md').read(),
     long_description_content_type='text/markdown',
     packages=find_packages(include=['dispyscheduler', 'dispyscheduler.*']),
-    python_requires='>=3.9',
+    python_requires='>=3.10',
     install_requires=[
         'gevent>=24.2',
         'msgpack>=1.0.5',
