@@ -22,7 +22,7 @@ setup(
     entry_points={'console_scripts': [
         'dispyscheduler = dispyscheduler.cli:scheduler_main',
         'dispynode = dispyscheduler.cli:node_main',
-        'dispyscheduler-status = dispyscheduler.report:main',
+        'dispyscheduler-status = dispyscheduler.scheduler.report:main',
     ]},
     license='MIT',
 )

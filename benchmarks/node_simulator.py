@@ -42,11 +42,11 @@ from gevent.fileobject import FileObjectPosix  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from dispyscheduler.auth import handshake  # noqa: E402
+from dispyscheduler.wire.auth import handshake  # noqa: E402
 from dispyscheduler.constants import CANCELLED, FINISHED  # noqa: E402
-from dispyscheduler.hublink import HubLink  # noqa: E402
-from dispyscheduler.link import set_nodelay  # noqa: E402
-from dispyscheduler import messages as m  # noqa: E402
+from dispyscheduler.runtime.hublink import HubLink  # noqa: E402
+from dispyscheduler.wire.link import set_nodelay  # noqa: E402
+from dispyscheduler.wire import messages as m  # noqa: E402
 
 HANDSHAKE_TIMEOUT = 30.0
 RESULT_NONE = pickle.dumps(None, protocol=pickle.HIGHEST_PROTOCOL)

@@ -18,7 +18,7 @@ _API = {
     'NodeAllocate': 'dispyscheduler.client.job',
     'ClusterStatus': 'dispyscheduler.client.job',
     'recover_jobs': 'dispyscheduler.client.cluster',
-    'AuthenticationError': 'dispyscheduler.auth',
+    'AuthenticationError': 'dispyscheduler.wire.auth',
 }
 
 __all__ = ['SharedJobCluster', 'DispyJob', 'DispyNode', 'NodeAllocate', 'ClusterStatus',

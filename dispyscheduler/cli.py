@@ -15,7 +15,8 @@ import signal
 import socket
 import sys
 
-from . import __version__, daemonize
+from . import __version__
+from .runtime import daemonize
 from .config import (
     ConfigError,
     NodeConfig,
@@ -290,7 +291,7 @@ def scheduler_main(argv=None):
     if options.save_config:
         write_option_file(parser.prog, SCHEDULER_OPTIONS, options, options.save_config)
         return 0
-    from .tls import TLSConfigError, make_context
+    from .wire.tls import TLSConfigError, make_context
     try:
         node_tls = make_context(*config.node_tls) if config.node_tls.certfile else None
         cluster_tls = make_context(*config.cluster_tls) if config.cluster_tls.certfile else None
@@ -331,7 +332,7 @@ def node_main(argv=None):
     if options.save_config:  # as given: "all CPUs" stays all CPUs of whichever host
         write_option_file(parser.prog, NODE_OPTIONS, options, options.save_config)
         return 0
-    from .tls import TLSConfigError, make_context
+    from .wire.tls import TLSConfigError, make_context
     absolute_paths(config, options, ('dest_path_prefix',))
     try:
         tls_context = make_context(*config.tls) if config.tls.enabled else None

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from dispyscheduler.auth import (
+from dispyscheduler.wire.auth import (
     AUTH_FAILED,
     NONCE_SIZE,
     AuthenticationError,
@@ -20,9 +20,9 @@ from dispyscheduler.auth import (
     sign_datagram,
 )
 from dispyscheduler.constants import PROTOCOL_VERSION
-from dispyscheduler.link import Link
-from dispyscheduler.messages import Announce, Auth, Hello, Ping
-from dispyscheduler.protocol import FrameDecoder, ProtocolError
+from dispyscheduler.wire.link import Link
+from dispyscheduler.wire.messages import Announce, Auth, Hello, Ping
+from dispyscheduler.wire.protocol import FrameDecoder, ProtocolError
 
 SECRET = 'Very-Distinctive-Secret-7f3a9c'
 TIMEOUT = 5

@@ -14,9 +14,9 @@ SCRIPT = textwrap.dedent('''
     gevent.monkey.patch_all()
     import socket, time
     import gevent
-    from dispyscheduler.hublink import HubLink
-    from dispyscheduler.messages import JobFile
-    from dispyscheduler.protocol import FrameDecoder
+    from dispyscheduler.runtime.hublink import HubLink
+    from dispyscheduler.wire.messages import JobFile
+    from dispyscheduler.wire.protocol import FrameDecoder
 
     ours, theirs = socket.socketpair()
     ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
@@ -51,9 +51,9 @@ FLOOD = textwrap.dedent('''
     gevent.monkey.patch_all()
     import socket
     import gevent
-    from dispyscheduler.hublink import HubLink
-    from dispyscheduler.messages import Pulse
-    from dispyscheduler.protocol import encode
+    from dispyscheduler.runtime.hublink import HubLink
+    from dispyscheduler.wire.messages import Pulse
+    from dispyscheduler.wire.protocol import encode
 
     busy, busy_peer = socket.socketpair()
     quiet, quiet_peer = socket.socketpair()

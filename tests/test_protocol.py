@@ -8,9 +8,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dispyscheduler.constants import MAX_FRAME_SIZE
-from dispyscheduler.messages import MESSAGES as SCHEMAS
-from dispyscheduler.messages import Hello, JobEnd, Message, Pulse, Submit, from_wire
-from dispyscheduler.protocol import (
+from dispyscheduler.wire.messages import MESSAGES as SCHEMAS
+from dispyscheduler.wire.messages import Hello, JobEnd, Message, Pulse, Submit, from_wire
+from dispyscheduler.wire.protocol import (
     FrameDecoder,
     ProtocolError,
     decode_payload,
@@ -314,7 +314,7 @@ def test_link_send_on_a_closed_link_drops_the_frame():
     """Senders other than a link's owner never have to handle a link that just closed."""
     import socket
 
-    from dispyscheduler.link import Link
+    from dispyscheduler.wire.link import Link
     left, right = socket.socketpair()
     try:
         link = Link(left, peer='test')

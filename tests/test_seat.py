@@ -12,9 +12,9 @@ import pytest
 from dispyscheduler.client.job import JobEnd
 from dispyscheduler.client.seat import ReadSeat
 from dispyscheduler.constants import READER_RETAKE_DELAY
-from dispyscheduler.link import ConnectionClosed, Link
-from dispyscheduler.messages import Submitted
-from dispyscheduler.protocol import ProtocolError, encode
+from dispyscheduler.wire.link import ConnectionClosed, Link
+from dispyscheduler.wire.messages import Submitted
+from dispyscheduler.wire.protocol import ProtocolError, encode
 
 
 class Client:

@@ -28,9 +28,9 @@ from ..constants import (ABANDONED, ACK_BATCH, ACK_DELAY, CLIENT_CLUSTER_TIMEOUT
                          CLIENT_RECONNECT_TIMEOUT, CREATED,
                          FINAL_STATUSES, NODE_CLOSED, NODE_INITIALIZED, PROVISIONAL_RESULT,
                          RUNNING, SCHEDULER_CLIENT_PORT, TERMINATED)
-from .. import messages as m
-from ..files import FileRefused, IncomingFiles, check_size, read_chunks
-from ..protocol import ProtocolError
+from ..wire import messages as m
+from ..wire.files import FileRefused, IncomingFiles, check_size, read_chunks
+from ..wire.protocol import ProtocolError
 from .callbacks import CallbackRunner
 from .connection import Refused, SchedulerConnection
 from .computation import collect_depends, pack_computation, pack_value, unpack_result

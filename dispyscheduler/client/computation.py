@@ -20,7 +20,7 @@ import types
 
 import cloudpickle
 
-from .. import serialize
+from ..wire import serialize
 
 INSTALLED_PATHS = tuple(os.path.realpath(path) for path in {
     sysconfig.get_paths()['stdlib'], sysconfig.get_paths()['purelib'],

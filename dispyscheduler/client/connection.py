@@ -15,11 +15,11 @@ import socket
 import threading
 import time
 
-from ..auth import AUTH_FAILED, AuthenticationError, handshake
-from ..backoff import Backoff
+from ..wire.auth import AUTH_FAILED, AuthenticationError, handshake
+from ..wire.backoff import Backoff
 from ..constants import CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT
-from ..link import ConnectionClosed, Link, set_nodelay
-from ..protocol import ProtocolError
+from ..wire.link import ConnectionClosed, Link, set_nodelay
+from ..wire.protocol import ProtocolError
 from .seat import ReadSeat
 
 logger = logging.getLogger('dispyscheduler')
@@ -63,7 +63,7 @@ class SchedulerConnection:
         deadline = time.monotonic() + HANDSHAKE_TIMEOUT
         try:
             if any(self.tls_files):
-                from ..tls import TLSSocket, make_context
+                from ..wire.tls import TLSSocket, make_context
                 sock = TLSSocket(sock, make_context(*self.tls_files), server_side=False)
                 sock.settimeout(HANDSHAKE_TIMEOUT)
                 sock.do_handshake()

@@ -26,7 +26,7 @@ import threading
 import time
 
 from ..constants import READER_RETAKE_DELAY
-from ..link import ConnectionClosed
+from ..wire.link import ConnectionClosed
 
 
 class ReadSeat:

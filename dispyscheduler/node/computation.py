@@ -33,11 +33,11 @@ import gevent.event
 import gevent.lock
 from gevent.hub import Waiter
 
-from .. import messages as m
+from ..wire import messages as m
 from ..constants import CANCELLED, STARTED_REPORT_DELAY, TERMINATED, WORKER_START_TIMEOUT
-from ..files import FileRefused, IncomingFiles, write_file
-from ..hublink import HubLink
-from ..protocol import ProtocolError
+from ..wire.files import FileRefused, IncomingFiles, write_file
+from ..runtime.hublink import HubLink
+from ..wire.protocol import ProtocolError
 from . import runner
 
 logger = logging.getLogger(__name__)

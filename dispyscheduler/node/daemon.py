@@ -26,9 +26,9 @@ import gevent.event
 import gevent.lock
 from gevent.server import StreamServer
 
-from .. import discovery
-from ..auth import AuthenticationError, handshake
-from ..backoff import Backoff
+from ..runtime import discovery
+from ..wire.auth import AuthenticationError, handshake
+from ..wire.backoff import Backoff
 from ..constants import (
     CANCELLED,
     CONNECT_TIMEOUT,
@@ -38,15 +38,15 @@ from ..constants import (
     RECONNECT_DELAY_RANGE,
     TERMINATED,
 )
-from .. import messages as m
+from ..wire import messages as m
 from ..config import NodeConfig
-from ..daemonize import write_pid_file
-from ..duties import Duties, log_greenlet_errors
-from ..files import FileRefused, check_manifest_entry
-from ..hublink import HubLink
-from ..link import ConnectionClosed, set_nodelay
-from ..protocol import ProtocolError
-from ..tls import TLSError, TLSSocket
+from ..runtime.daemonize import write_pid_file
+from ..runtime.duties import Duties, log_greenlet_errors
+from ..wire.files import FileRefused, check_manifest_entry
+from ..runtime.hublink import HubLink
+from ..wire.link import ConnectionClosed, set_nodelay
+from ..wire.protocol import ProtocolError
+from ..wire.tls import TLSError, TLSSocket
 from .computation import Computation, ComputationError, NodeJob, NodeSettings
 
 if TYPE_CHECKING:
@@ -56,7 +56,7 @@ logger = logging.getLogger(__name__)
 
 
 class NodeDaemon:
-    """A compute node. Tunables are class attributes; the rest comes from the command line.
+    """A compute node. Tunables are class attributes; the rest comes from its configuration.
 
     Its computations tell it what becomes of their jobs through ``job_started``,
     ``job_finished``, ``relay``, ``wait_until_sent`` and ``computation_failed`` (the
@@ -72,21 +72,21 @@ class NodeDaemon:
     """Seconds a node told to stop lets its running jobs finish and their results reach the
     scheduler before it kills them."""
 
-    def __init__(self, options: NodeConfig, tls_context: Optional[SSL.Context] = None) -> None:
-        self.options = options
+    def __init__(self, config: NodeConfig, tls_context: Optional[SSL.Context] = None) -> None:
+        self.config = config
         self.tls_context = tls_context
-        self.name = options.name or socket.gethostname()
-        self.cpus = options.cpus
+        self.name = config.name or socket.gethostname()
+        self.cpus = config.cpu_count()
         self.cpu_slots = gevent.lock.BoundedSemaphore(self.cpus)
         self.computations: Dict[int, Computation] = {}  # cid -> Computation
         self.jobs: Dict[int, NodeJob] = {}  # jid -> NodeJob queued or running here
         self.unacked: Dict[int, m.JobDone] = {}  # jid -> its end, not yet acknowledged
         self.link: Optional[HubLink] = None
-        self.ip_addr = options.ext_ip_addr or options.ip_addr or ''  # as announced
+        self.ip_addr = config.ext_ip_addr or config.ip_addr or ''  # as announced
         self.scheduler_id = None
         self.scheduler_addr = None
-        if options.scheduler_node:
-            self.scheduler_addr = (options.scheduler_node, options.scheduler_port)
+        if config.scheduler_node:
+            self.scheduler_addr = (config.scheduler_node, config.scheduler_port)
         self.scheduler_changed = gevent.event.Event()
         self.last_scheduler_contact = time.monotonic()
         self.pulse_interval = PULSE_INTERVAL
@@ -94,7 +94,7 @@ class NodeDaemon:
         self.local_address = 'dispynode-%d-%s' % (os.getpid(), os.urandom(6).hex())
         self.settings = NodeSettings(name=self.name, local_address=self.local_address,
                                      local_token=self.local_token,
-                                     max_file_size=options.max_file_size, cpus=self.cpus)
+                                     max_file_size=config.max_file_size, cpus=self.cpus)
         self.stopped = gevent.event.Event()
         self.duties = Duties(self.stopped)
 
@@ -105,8 +105,8 @@ class NodeDaemon:
         self.local_listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.local_listener.bind('\0' + self.local_address)
         self.local_listener.listen(128)
-        addresses = [self.options.ip_addr] if self.options.ip_addr else []
-        self.udp = discovery.open_sockets(addresses, self.options.node_port)
+        addresses = [self.config.ip_addr] if self.config.ip_addr else []
+        self.udp = discovery.open_sockets(addresses, self.config.node_port)
 
     def run(self) -> None:
         """Serve until SIGTERM or SIGINT; then stop every computation and return."""
@@ -115,16 +115,16 @@ class NodeDaemon:
         local_server.start()
         udp = self.udp
         for sock in udp.values():
-            self.duties.spawn(discovery.receive_loop, sock, self.options.secret, self.on_datagram)
+            self.duties.spawn(discovery.receive_loop, sock, self.config.secret, self.on_datagram)
         self.duties.spawn(self.scheduler_connector)
         self.duties.spawn(self.zombie_watchdog)
         self.duties.spawn(self.announce_loop, udp)
         for signum in (signal.SIGTERM, signal.SIGINT):
             gevent.signal_handler(signum, self.stopped.set)
-        if self.options.pid_file:  # ``--daemon``
-            write_pid_file(self.options.pid_file)  # now it answers SIGTERM: ready
+        if self.config.pid_file:  # ``--daemon``
+            write_pid_file(self.config.pid_file)  # now it answers SIGTERM: ready
         logger.info('dispynode %s serving with %d CPUs (discovery on UDP port %d)', self.name,
-                    self.cpus, self.options.node_port)
+                    self.cpus, self.config.node_port)
         self.stopped.wait()
         logger.info('stopping')
         self.leave()
@@ -160,21 +160,21 @@ class NodeDaemon:
         while True:
             if self.link is None:
                 self.announce(udp)
-            gevent.sleep(self.options.ping_interval)
+            gevent.sleep(self.config.ping_interval)
 
     def announce(self, udp: Dict[str, socket.socket]) -> None:
         """Tell schedulers on this host's networks that this node exists (by broadcast, never
         from a loopback address); a scheduler that hears it pings back."""
-        announcement = m.Announce(port=self.options.node_port)
-        source = udp.get(self.options.ip_addr or '') or next(iter(udp.values()), None)
-        if source is None or self.options.scheduler_node:
+        announcement = m.Announce(port=self.config.node_port)
+        source = udp.get(self.config.ip_addr or '') or next(iter(udp.values()), None)
+        if source is None or self.config.scheduler_node:
             return  # with --scheduler_node the node connects on its own
-        for target in discovery.broadcast_targets(self.options.ip_addr or ''):
-            discovery.send(source, self.options.secret, announcement,
-                           (target, self.options.scheduler_port))
+        for target in discovery.broadcast_targets(self.config.ip_addr or ''):
+            discovery.send(source, self.config.secret, announcement,
+                           (target, self.config.scheduler_port))
 
     def on_datagram(self, ping: m.Message, source: Tuple[str, int]) -> None:
-        if type(ping) is not m.Ping or self.link is not None or self.options.scheduler_node:
+        if type(ping) is not m.Ping or self.link is not None or self.config.scheduler_node:
             return
         if not (discovery.valid_address(ping.addr) and discovery.valid_port(ping.port)):
             logger.debug('ignored a ping with address %r port %r', ping.addr, ping.port)
@@ -213,7 +213,7 @@ class NodeDaemon:
 
     def serve_scheduler(self, address: Tuple[str, int]) -> bool:
         """Connect, authenticate and serve one link; returns True once it was established."""
-        source = (self.options.ip_addr, 0) if self.options.ip_addr else None
+        source = (self.config.ip_addr, 0) if self.config.ip_addr else None
         sock: Union[socket.socket, TLSSocket]  # TLS, when configured, wraps the plain socket
         sock = socket.create_connection(address, CONNECT_TIMEOUT, source)
         sock.settimeout(None)
@@ -224,11 +224,11 @@ class NodeDaemon:
                     sock = TLSSocket(sock, self.tls_context, server_side=False)
                     sock.do_handshake()
                 link = HubLink(sock, '%s:%s' % address)
-                handshake(link, self.options.secret, 'node', 'scheduler', initiator=True,
+                handshake(link, self.config.secret, 'node', 'scheduler', initiator=True,
                           deadline=time.monotonic() + HANDSHAKE_TIMEOUT)
                 self.ip_addr = self.announced_address(sock)
                 link.send_now(m.NodeInfo(
-                    name=self.name, ip_addr=self.ip_addr, port=self.options.node_port,
+                    name=self.name, ip_addr=self.ip_addr, port=self.config.node_port,
                     cpus=self.cpus, platform=platform.platform(),
                     jobs=list(self.jobs) + list(self.unacked)))
                 welcome = link.expect(m.Welcome, time.monotonic() + HANDSHAKE_TIMEOUT)
@@ -257,7 +257,7 @@ class NodeDaemon:
         return True
 
     def announced_address(self, sock: Union[socket.socket, TLSSocket]) -> str:
-        return (self.options.ext_ip_addr or self.options.ip_addr
+        return (self.config.ext_ip_addr or self.config.ip_addr
                 or sock.getsockname()[0])
 
     def adopt_scheduler(self, welcome: m.Welcome) -> None:
@@ -319,11 +319,11 @@ class NodeDaemon:
             if existing.loaded:
                 self.send(m.ComputeReady(cid=cid))
             return  # still starting: ``start_computation`` answers when it is done
-        directory = os.path.join(self.options.dest_path_prefix,
+        directory = os.path.join(self.config.dest_path_prefix,
                                  '%d_%s' % (cid, os.urandom(4).hex()))
         try:
             for entry in request.files:
-                check_manifest_entry(entry, self.options.max_file_size)
+                check_manifest_entry(entry, self.config.max_file_size)
         except FileRefused as exc:
             self.send(m.ComputeFailed(cid=cid, reason=str(exc)))
             return
@@ -377,7 +377,7 @@ class NodeDaemon:
         while True:
             gevent.sleep(self.zombie_check_interval)
             idle = time.monotonic() - self.last_scheduler_contact
-            if self.link is None and self.computations and idle > self.options.zombie_interval * 60:
+            if self.link is None and self.computations and idle > self.config.zombie_interval * 60:
                 logger.info('no scheduler for %d minutes: dropping its computations', idle // 60)
                 self.drop_all_computations()
 

@@ -32,10 +32,10 @@ import cloudpickle
 
 from ..constants import (FINISHED, MAX_JOB_OUTPUT, MAX_RESULT_SIZE, NODE_DISPY_MODULES,
                          RECV_SIZE, TERMINATED)
-from .. import messages as m
-from .. import serialize
-from ..files import read_chunks
-from ..protocol import FrameDecoder, encode
+from ..wire import messages as m
+from ..wire import serialize
+from ..wire.files import read_chunks
+from ..wire.protocol import FrameDecoder, encode
 
 ENV_SOCKET = 'DISPYNODE_SOCKET'
 ENV_TOKEN = 'DISPYNODE_TOKEN'

@@ -11,13 +11,13 @@ from typing import Any, Optional
 
 import gevent
 
-from ..auth import AuthenticationError, handshake
+from ..wire.auth import AuthenticationError, handshake
 from ..constants import HANDSHAKE_TIMEOUT
-from ..hublink import HubLink
-from ..link import set_nodelay
-from ..messages import Error
-from ..protocol import ProtocolError, encode
-from ..tls import TLS_HANDSHAKE_RECORD, TLSError, TLSSocket
+from ..runtime.hublink import HubLink
+from ..wire.link import set_nodelay
+from ..wire.messages import Error
+from ..wire.protocol import ProtocolError, encode
+from ..wire.tls import TLS_HANDSHAKE_RECORD, TLSError, TLSSocket
 
 logger = logging.getLogger(__name__)
 

@@ -16,14 +16,14 @@ import tempfile
 import time
 from typing import Any, Callable
 
-from .. import messages as m
+from ..wire import messages as m
 from ..config import SchedulerConfig
 from ..constants import CANCELLED, FILE_TIMEOUT, NODE_INITIALIZED, TERMINATED
-from ..discovery import resolve
-from ..files import (MAX_FILES, FileRefused, IncomingFiles, check_manifest_entry, check_size,
+from ..runtime.discovery import resolve
+from ..wire.files import (MAX_FILES, FileRefused, IncomingFiles, check_manifest_entry, check_size,
                      safe_relative_path)
-from ..hublink import HubLink
-from ..protocol import ProtocolError
+from ..runtime.hublink import HubLink
+from ..wire.protocol import ProtocolError
 from .admission import Admission
 from .durability import Durability
 from .model import FAILED, OFFERED, READY, Cluster, State

@@ -17,7 +17,7 @@ import gevent
 import gevent.event
 
 from ..constants import COMMIT_INTERVAL
-from ..messages import JobEnd
+from ..wire.messages import JobEnd
 from .store import Store
 
 logger = logging.getLogger(__name__)

@@ -16,9 +16,9 @@ import gevent
 
 from ..config import SchedulerConfig
 from ..constants import ACK_DELAY, NODE_CLOSED, NODE_INITIALIZED
-from .. import messages as m
-from ..files import read_chunks, safe_relative_path
-from ..protocol import ProtocolError
+from ..wire import messages as m
+from ..wire.files import read_chunks, safe_relative_path
+from ..wire.protocol import ProtocolError
 from .admission import Admission
 from .durability import Durability
 from .model import READY, Cluster, Node, State

@@ -9,9 +9,9 @@ import socket
 
 import gevent
 
-from .. import discovery
+from ..runtime import discovery
 from ..config import SchedulerConfig
-from ..messages import Announce, Message, Ping
+from ..wire.messages import Announce, Message, Ping
 from .model import State
 
 logger = logging.getLogger(__name__)

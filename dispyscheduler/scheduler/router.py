@@ -13,7 +13,7 @@ import time
 from typing import Iterable, Optional
 
 from ..constants import CANCELLED
-from ..messages import JobDone, JobEnd
+from ..wire.messages import JobDone, JobEnd
 from .durability import Durability
 from .model import Cluster, Dispatch, Job, Node, Rescheduled, State
 from .sessions import Peers

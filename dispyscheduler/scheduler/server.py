@@ -31,12 +31,12 @@ import gevent
 import gevent.event
 from gevent.server import StreamServer
 
-from .. import discovery
+from ..runtime import discovery
 from ..config import SchedulerConfig
 from ..constants import MAX_DISPATCH_DEPTH
-from ..daemonize import write_pid_file
-from ..duties import Duties, log_greenlet_errors
-from ..httpd import Metrics, StatusServer, status
+from ..runtime.daemonize import write_pid_file
+from ..runtime.duties import Duties, log_greenlet_errors
+from .httpd import Metrics, StatusServer, status
 from .admission import Admission
 from .clusters import ClusterService
 from .durability import Durability

@@ -15,9 +15,9 @@ from typing import Any, Callable, Iterable, Optional
 import gevent
 
 from ..constants import ACK_BATCH
-from .. import messages as m
-from ..hublink import HubLink
-from ..protocol import ProtocolError
+from ..wire import messages as m
+from ..runtime.hublink import HubLink
+from ..wire.protocol import ProtocolError
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from typing import Any, Callable, Hashable, Iterable
 
 import msgpack
 
-from ..messages import JobEnd, from_wire
+from ..wire.messages import JobEnd, from_wire
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import pytest
 from daemons import Cluster, wait_for
 
 from dispyscheduler import DispyJob, DispyNode, NodeAllocate, SharedJobCluster
-from dispyscheduler.messages import Submit
+from dispyscheduler.wire.messages import Submit
 
 
 @pytest.fixture(scope='module')

@@ -15,8 +15,8 @@ import pytest
 from daemons import CLUSTER_SECRET, NODE_SECRET, REPO, processes, wait_for
 
 from dispyscheduler import DispyJob, SharedJobCluster
-from dispyscheduler.auth import sign_datagram
-from dispyscheduler.messages import Announce, Ping
+from dispyscheduler.wire.auth import sign_datagram
+from dispyscheduler.wire.messages import Announce, Ping
 
 
 def nap(seconds, tag=None):

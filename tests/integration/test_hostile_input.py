@@ -21,10 +21,10 @@ from hypothesis import strategies as st
 from daemons import CLUSTER_SECRET, wait_for
 
 from dispyscheduler import SharedJobCluster
-from dispyscheduler.auth import handshake
-from dispyscheduler.link import Link
-from dispyscheduler.messages import MESSAGES, ClusterNew, ClusterOk, Closed
-from dispyscheduler.protocol import encode, encode_raw
+from dispyscheduler.wire.auth import handshake
+from dispyscheduler.wire.link import Link
+from dispyscheduler.wire.messages import MESSAGES, ClusterNew, ClusterOk, Closed
+from dispyscheduler.wire.protocol import encode, encode_raw
 
 IDLE_SOURCES = ['127.0.0.%d' % n for n in range(10, 20)]
 

@@ -10,9 +10,9 @@ import time
 from daemons import CLUSTER_SECRET, wait_for
 
 from dispyscheduler import DispyJob, SharedJobCluster
-from dispyscheduler.auth import handshake
-from dispyscheduler.link import Link
-from dispyscheduler.messages import Cancel, ClusterResume, ResultAck, Submit
+from dispyscheduler.wire.auth import handshake
+from dispyscheduler.wire.link import Link
+from dispyscheduler.wire.messages import Cancel, ClusterResume, ResultAck, Submit
 
 
 def nap(seconds, tag):

@@ -7,7 +7,7 @@ import os
 import dispyscheduler.scheduler
 
 PURE = ('model.py', 'policy.py')
-FORBIDDEN = ('socket', 'gevent', 'dispyscheduler.link', 'dispyscheduler.hublink',
+FORBIDDEN = ('socket', 'gevent', 'dispyscheduler.wire.link', 'dispyscheduler.runtime',
              'select', 'threading', 'ssl', 'OpenSSL')
 
 

@@ -5,7 +5,7 @@ import sqlite3
 
 import pytest
 
-from dispyscheduler.messages import JobEnd
+from dispyscheduler.wire.messages import JobEnd
 from dispyscheduler.scheduler.model import State
 from dispyscheduler.scheduler.store import CLUSTERS, JOBS, SCHEMA_VERSION, Store, StoreError
 

@@ -19,7 +19,7 @@ import threading
 import time
 from typing import Any, Callable, TypeVar
 
-from .constants import HANDSHAKE_MAX_FRAME, MAX_FRAME_SIZE, RECV_SIZE
+from ..constants import HANDSHAKE_MAX_FRAME, MAX_FRAME_SIZE, RECV_SIZE
 from .messages import Error, Message
 from .protocol import FrameDecoder, ProtocolError, encode, refusal
 

@@ -18,8 +18,8 @@ from gevent.pywsgi import WSGIServer
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from . import __version__
-from .constants import FINISHED, STATUS_NAMES
+from .. import __version__
+from ..constants import FINISHED, STATUS_NAMES
 
 logger = logging.getLogger(__name__)
 

@@ -11,10 +11,10 @@ import logging
 import socket
 import struct
 
-from .auth import AuthenticationError, open_datagram, sign_datagram
-from .constants import MAX_DATAGRAM_SIZE
-from .messages import Message
-from .protocol import ProtocolError
+from ..wire.auth import AuthenticationError, open_datagram, sign_datagram
+from ..constants import MAX_DATAGRAM_SIZE
+from ..wire.messages import Message
+from ..wire.protocol import ProtocolError
 
 logger = logging.getLogger(__name__)
 

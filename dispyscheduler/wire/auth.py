@@ -15,7 +15,7 @@ import hashlib
 import hmac
 import os
 
-from .constants import PROTOCOL_VERSION
+from ..constants import PROTOCOL_VERSION
 from .messages import Auth, Error, Hello, Message
 from .protocol import (
     AUTH_FAILED,

@@ -9,7 +9,7 @@ the receiver's ``--max_file_size`` as bytes arrive, never after.
 
 import os
 
-from .constants import FILE_CHUNK_SIZE
+from ..constants import FILE_CHUNK_SIZE
 
 MAX_FILES = 10000
 """Most files one computation or job may bring."""

@@ -14,7 +14,7 @@ from typing import Any, Iterator, Union
 
 import msgpack
 
-from .constants import MAX_FRAME_SIZE
+from ..constants import MAX_FRAME_SIZE
 from .messages import Error, Message, ProtocolError, from_wire
 
 __all__ = ['AUTH_FAILED', 'AuthenticationError', 'FrameDecoder', 'ProtocolError', 'encode',

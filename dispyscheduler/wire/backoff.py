@@ -1,7 +1,7 @@
 """Pauses between attempts to reach a peer that is not there (yet): a node reconnecting to its
 scheduler, a client to its scheduler after the link broke."""
 
-from .constants import RECONNECT_DELAY_RANGE
+from ..constants import RECONNECT_DELAY_RANGE
 
 
 class Backoff:

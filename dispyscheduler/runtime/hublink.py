@@ -17,9 +17,9 @@ import gevent
 import gevent.socket
 from gevent.monkey import get_original
 
-from .link import Link
-from .messages import Message
-from .protocol import encode
+from ..wire.link import Link
+from ..wire.messages import Message
+from ..wire.protocol import encode
 
 logger = logging.getLogger(__name__)
 
