@@ -1,160 +1,453 @@
-"""``ReadSeat``: who reads a client's link. A thread waiting for its job's end reads the link
-itself; the reader thread reads whenever no thread waits, and takes the link back after a
-leader; every message is handled once, in order, whoever reads it; a broken link or a bad
-frame under a leader ends the link (the reader thread then connects again)."""
+"""The client's read path: the reader thread of a real ``SchedulerConnection`` reads a link from
+a stand-in scheduler on loopback, and threads wait for their jobs' ends (``JobEnd``).
 
+Each test checks outcomes only: every message handled once and in order, each waiter gets
+its own result, a wait says truly whether its job ended, a broken link is connected again,
+and no thread is left waiting. None depends on which thread did the work, nor on how fast
+anything ran: deadlines are generous bounds that only a hang reaches, and threads meet
+through events, queues and barriers, never through sleeps.
+"""
+
+import logging
+import queue
+import random
+import signal
 import socket
+import sys
 import threading
 import time
 
 import pytest
 
+from dispyscheduler.wire.auth import AuthenticationError, handshake
+from dispyscheduler.client.connection import SchedulerConnection
 from dispyscheduler.client.job import JobEnd
-from dispyscheduler.client.seat import ReadSeat
-from dispyscheduler.constants import READER_RETAKE_DELAY
 from dispyscheduler.wire.link import ConnectionClosed, Link
-from dispyscheduler.wire.messages import Submitted
+from dispyscheduler.wire import messages as m
 from dispyscheduler.wire.protocol import ProtocolError, encode
+
+SECRET = 'read-path-secret'
+DEADLINE = 30.0  # seconds: only a hang or a lost wake-up takes this long
+
+
+class StandInScheduler:
+    """The scheduler's end of a client's links, on 127.0.0.1: it authenticates each
+    connection the client makes and hands the test its socket (``next_link``)."""
+
+    def __init__(self):
+        self.listener = socket.create_server(('127.0.0.1', 0))
+        self.port = self.listener.getsockname()[1]
+        self.links = queue.Queue()
+        self.sockets = []
+        self.accepting = threading.Thread(target=self._accept, name='stand-in-scheduler',
+                                          daemon=True)
+        self.accepting.start()
+
+    def _accept(self):
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except OSError:  # the listener was shut down
+                return
+            self.sockets.append(sock)
+            link = Link(sock, 'client')
+            try:
+                handshake(link, SECRET, 'scheduler', 'client', initiator=False,
+                          deadline=time.monotonic() + DEADLINE)
+            except (OSError, ConnectionClosed, ProtocolError, AuthenticationError):
+                sock.close()
+                continue
+            self.links.put(sock)
+
+    def next_link(self):
+        """The socket of the next link the client makes (after the handshake)."""
+        return self.links.get(timeout=DEADLINE)
+
+    def stop_listening(self):
+        """Refuse every connection from now on (shutting a listener down wakes ``accept``)."""
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.listener.close()
+        self.accepting.join(DEADLINE)
+        assert not self.accepting.is_alive()
+
+    def close(self):
+        self.stop_listening()
+        for sock in self.sockets:
+            sock.close()
 
 
 class Client:
-    """A link read as ``SchedulerConnection`` reads it: a reader thread serving the seat, and
-    ``JobEnd``s that wait through the seat; message ``submitted`` with ``uids [n]`` ends job n."""
+    """A ``SchedulerConnection`` as a cluster uses it, with jobs numbered 0, 1, ...: a
+    ``job_end`` of uid n ends job n, its text (``exception``) standing for the result."""
 
-    def __init__(self):
-        ours, self.peer = socket.socketpair()
-        self.link = Link(ours, 'scheduler')
-        self.link.authenticated()
-        self.seat = ReadSeat()
-        self.handled = []  # (n, name of the thread that handled it)
+    def __init__(self, scheduler, reconnect_timeout=DEADLINE):
+        self.connection = SchedulerConnection(['127.0.0.1'], scheduler.port, None, None,
+                                              SECRET, (None, None, None), reconnect_timeout)
+        self.handled = []  # job numbers, in the order their messages were handled
+        self.results = {}
         self.ends = {}
-        self.failures = []
-        self.reader = threading.Thread(target=self.seat.serve, args=(self.link, self.handle),
-                                       name='reader', daemon=True)
-        self.reader.start()
+        self.ends_lock = threading.Lock()
+        self.resumed_links = queue.Queue()  # each link the client connected again with
+        self.lost_reasons = []
+        self.connection.start(self.connection.connect(), self.handle, self.resume,
+                              self.resumed, self.lost)
 
     def end(self, n):
-        if n not in self.ends:
-            self.ends[n] = JobEnd(lambda finish, timeout: self.seat.wait_for(
-                self.link, finish, timeout, self.handle, self.failures.append))
-        return self.ends[n]
+        with self.ends_lock:
+            if n not in self.ends:
+                self.ends[n] = JobEnd()
+            return self.ends[n]
 
     def handle(self, message):
-        n = message.uids[0]
-        self.handled.append((n, threading.current_thread().name))
+        n = message.uid
+        self.handled.append(n)
+        self.results[n] = message.exception
         self.end(n).set()
 
-    def send(self, *numbers):
-        self.peer.sendall(b''.join(encode(Submitted(uids=[n])) for n in numbers))
+    def resume(self, link):
+        self.resumed_links.put(link)
 
-    def send_later(self, delay, *numbers):
-        timer = threading.Timer(delay, self.send, numbers)
-        timer.start()
-        return timer
+    def resumed(self):
+        pass
 
-    def handled_by(self, n, timeout=5.0):
-        """The thread that handled message n (waiting for it to be handled)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for number, thread in list(self.handled):
-                if number == n:
-                    return thread
-            time.sleep(0.001)
-        return None
+    def lost(self, reason):
+        """Given up, as the cluster does: every job still waited for ends (abandoned)."""
+        self.lost_reasons.append(reason)
+        with self.ends_lock:
+            ends = list(self.ends.values())
+        for end in ends:
+            end.set()
 
     def close(self):
-        self.link.close()
-        self.seat.wake_reader()
-        self.reader.join(5)
-        assert not self.reader.is_alive()
-        self.seat.close()
-        self.peer.close()
+        self.connection.close()
+        assert not any(thread.is_alive() for thread in self.connection.threads)
+        with self.ends_lock:  # a test that failed may have left threads waiting
+            ends = list(self.ends.values())
+        for end in ends:
+            end.set()
 
 
 @pytest.fixture
-def client():
-    client = Client()
+def scheduler():
+    scheduler = StandInScheduler()
+    yield scheduler
+    scheduler.close()
+
+
+@pytest.fixture
+def client(scheduler):
+    client = Client(scheduler)
     yield client
     client.close()
 
 
-def test_the_reader_thread_reads_while_no_thread_waits(client):
-    client.send(1)
-    assert client.handled_by(1) == 'reader'
+@pytest.fixture
+def link(scheduler, client):
+    """The stand-in scheduler's socket of the client's first link."""
+    return scheduler.next_link()
 
 
-def test_a_waiting_thread_reads_its_own_result_then_the_reader_thread_takes_over(client):
-    client.send(1)
-    assert client.handled_by(1) == 'reader'  # the reader thread waits for input now
-    client.send_later(0.05, 2)
-    assert client.end(2).wait(5)
-    assert client.handled_by(2) == threading.current_thread().name
-    time.sleep(2 * READER_RETAKE_DELAY)
-    client.send(3)
-    assert client.handled_by(3) == 'reader'
-    assert not client.failures
+def frames(*numbers):
+    return b''.join(encode(m.JobEnd.failure(n, 11, 'result %d' % n)) for n in numbers)
 
 
-def test_a_leader_handles_every_message_that_comes_while_it_waits(client):
-    client.send_later(0.05, 5, 6, 7)
-    assert client.end(7).wait(5)
-    assert [n for n, _ in client.handled] == [5, 6, 7]
-    assert {thread for _, thread in client.handled} == {threading.current_thread().name}
+def run_threads(target, arguments, name):
+    """Run ``target(*args)`` in a thread for each of ``arguments``; wait for them all."""
+    threads = [threading.Thread(target=target, args=args, name='%s-%d' % (name, index),
+                                daemon=True)
+               for index, args in enumerate(arguments)]
+    for thread in threads:
+        thread.start()
+    return threads
 
 
-def test_a_wait_that_times_out_leaves_the_link_to_the_reader_thread(client):
-    started = time.monotonic()
+def join_all(threads):
+    deadline = time.monotonic() + DEADLINE
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    assert not [thread.name for thread in threads if thread.is_alive()]
+
+
+def test_each_message_is_handled_once_and_in_order(client, link):
+    link.sendall(frames(*range(10)))
+    assert client.end(9).wait(DEADLINE)
+    assert client.handled == list(range(10))
+    assert client.results == {n: 'result %d' % n for n in range(10)}
+
+
+def test_a_wait_returns_true_once_its_job_has_ended_and_false_while_it_has_not(client, link):
     assert not client.end(1).wait(0.05)
-    assert 0.04 < time.monotonic() - started < 2
-    client.send(1)
-    assert client.handled_by(1) == 'reader'
-    assert client.end(1).wait(0)
+    assert not client.end(1).wait(0)
+    assert not client.end(1).is_set()
+    link.sendall(frames(1))
+    assert client.end(1).wait(DEADLINE)
+    assert client.end(1).wait(0)  # and again, without waiting
+    assert client.end(1).wait()
+    assert client.end(1).is_set()
+    assert not client.end(2).wait(0.01)  # another job's end is not this one's
 
 
-def test_threads_waiting_together_each_get_their_result_once_and_in_order(client):
-    results = {}
+def test_a_wait_sees_a_job_that_ends_while_it_waits(client, link):
+    waiting = threading.Event()
+    outcome = queue.Queue()
+
+    def wait():
+        waiting.set()
+        outcome.put(client.end(1).wait(DEADLINE))
+
+    waiter = run_threads(wait, [()], 'waiter')
+    assert waiting.wait(DEADLINE)
+    link.sendall(frames(1))
+    assert outcome.get(timeout=DEADLINE) is True
+    join_all(waiter)
+
+
+def test_threads_waiting_together_each_get_their_own_result(client, link):
+    count = 16
+    ready = threading.Barrier(count + 1, timeout=DEADLINE)
+    got = {}
 
     def wait(n):
-        results[n] = client.end(n).wait(10)
+        ready.wait()
+        if client.end(n).wait(DEADLINE):
+            got[n] = client.results[n]
 
-    waiters = [threading.Thread(target=wait, args=(n,), name='waiter-%d' % n)
-               for n in range(8)]
-    for thread in waiters:
-        thread.start()
-    for n in reversed(range(8)):  # the first threads to wait get their results last
-        client.send(n)
-        time.sleep(0.01)
-    for thread in waiters:
-        thread.join(10)
-    assert results == {n: True for n in range(8)}
-    assert [n for n, _ in client.handled] == list(reversed(range(8)))
+    waiters = run_threads(wait, [(n,) for n in range(count)], 'waiter')
+    ready.wait()
+    link.sendall(frames(*reversed(range(count))))  # the first to wait get theirs last
+    join_all(waiters)
+    assert got == {n: 'result %d' % n for n in range(count)}
+    assert client.handled == list(reversed(range(count)))
 
 
-def test_many_messages_with_waits_coming_and_going_are_each_handled_once_in_order(client):
-    sender = threading.Thread(target=lambda: [client.send(n) or time.sleep(0.0002)
-                                              for n in range(2000)])
-    sender.start()
-    for n in range(0, 2000, 7):  # waits that lead, time out, or find their job ended
-        client.end(n).wait(0.002 if n % 3 else 5)
-    sender.join(30)
-    assert client.end(1999).wait(10)
-    assert [n for n, _ in client.handled] == list(range(2000))
-    assert not client.failures
+def test_threads_waiting_for_the_same_job_all_see_it_end(client, link):
+    """``job()`` in some threads, ``job(timeout=...)`` in a loop in others, as ``cluster.wait()``
+    does: one job's end releases every one of them."""
+    count = 12
+    ready = threading.Barrier(count + 1, timeout=DEADLINE)
+    outcomes = queue.Queue()
+
+    def wait(timeout):
+        ready.wait()
+        deadline = time.monotonic() + DEADLINE
+        while not client.end(1).wait(timeout) and time.monotonic() < deadline:
+            pass
+        outcomes.put(client.end(1).is_set())
+
+    waiters = run_threads(wait, [((None, DEADLINE, 0.001, 0.01)[n % 4],) for n in range(count)],
+                          'waiter')
+    ready.wait()
+    link.sendall(frames(1))
+    join_all(waiters)
+    assert [outcomes.get_nowait() for _ in range(count)] == [True] * count
+    assert client.handled == [1]
 
 
-def test_the_link_closing_under_a_leader_ends_it_for_the_reader_thread(client):
-    timer = threading.Timer(0.05, client.peer.close)
-    timer.start()
-    assert not client.end(1).wait(0.5)
-    assert client.link.closed
-    assert len(client.failures) == 1 and isinstance(client.failures[0], ConnectionClosed)
-    client.reader.join(5)
-    assert not client.reader.is_alive()  # SchedulerConnection connects again from here
+def test_many_threads_waiting_with_timeouts_over_and_over_each_get_their_result(client, link):
+    """Waits that time out again and again, in many threads, while their jobs end in an order
+    of their own: no wake-up is lost, and no wait says True before its job has ended."""
+    count = 24
+    ready = threading.Barrier(count + 1, timeout=DEADLINE)
+    outcomes = {}
+
+    def wait(n, timeout):
+        ready.wait()
+        deadline = time.monotonic() + DEADLINE
+        while not client.end(n).wait(timeout):
+            if time.monotonic() > deadline:
+                return
+        outcomes[n] = (n in client.handled, client.results[n])
+
+    waiters = run_threads(wait, [(n, (0.0005, 0.001, 0.003)[n % 3]) for n in range(count)],
+                          'waiter')
+    ready.wait()
+    order = list(range(count))
+    random.Random(7).shuffle(order)
+    for n in order:
+        link.sendall(frames(n))
+    join_all(waiters)
+    assert outcomes == {n: (True, 'result %d' % n) for n in range(count)}
+    assert client.handled == order
 
 
-def test_a_bad_frame_under_a_leader_ends_the_link(client):
-    timer = threading.Timer(0.05, client.peer.sendall, [b'\x00\x00\x00\x08nonsense'])
-    timer.start()
-    assert not client.end(1).wait(0.5)
-    assert client.link.closed
-    assert len(client.failures) == 1 and isinstance(client.failures[0], ProtocolError)
+def test_waits_coming_and_going_during_a_stream_of_2000_messages(client, link):
+    """Threads wait for jobs all along a stream: some with short timeouts that end before
+    their message comes, some until it comes, some after it came; every message is handled
+    once, in order, and every long wait returns True with its job's result."""
+    total = 2000
+    started = threading.Event()
+    long_waits = {}
+    short_waits = []  # (n, what the wait said)
+    true_too_soon = []  # waits that said True before their job's message was handled
+
+    def send():
+        started.set()
+        for first in range(0, total, 10):
+            link.sendall(frames(*range(first, first + 10)))
+
+    def wait(numbers):
+        for n in numbers:
+            if n % 3:
+                outcome = client.end(n).wait(0.001)
+                short_waits.append((n, outcome))
+                if outcome and n not in client.handled:
+                    true_too_soon.append(n)
+            else:
+                long_waits[n] = (client.end(n).wait(DEADLINE), client.results.get(n))
+
+    waiters = run_threads(wait, [(range(offset, total, 7),) for offset in range(7)],
+                          'waiter')
+    sender = run_threads(send, [()], 'sender')
+    assert started.wait(DEADLINE)
+    for n in range(0, total, 11):  # and the main thread too
+        if n % 2:
+            client.end(n).wait(0.002)
+        else:
+            assert client.end(n).wait(DEADLINE) and client.results[n] == 'result %d' % n
+    join_all(sender + waiters)
+    assert client.end(total - 1).wait(DEADLINE)
+    assert client.handled == list(range(total))
+    assert client.results == {n: 'result %d' % n for n in range(total)}
+    assert long_waits == {n: (True, 'result %d' % n) for n in range(total) if n % 3 == 0}
+    assert sorted(n for n, _ in short_waits) == [n for n in range(total) if n % 3]
+    assert not true_too_soon
+
+
+@pytest.mark.parametrize('breakage', ['closed', 'bad frame'])
+def test_a_broken_link_under_waiting_threads_is_connected_again(scheduler, client, link,
+                                                                 breakage, caplog):
+    """The link ends under threads waiting for their jobs (the scheduler closed it, or sent a
+    frame that is not the protocol): the reader thread connects again and resumes, and the
+    jobs' ends that come on the new link reach the threads that wait for them."""
+    caplog.set_level(logging.WARNING, logger='dispyscheduler')
+    link.sendall(frames(0))
+    assert client.end(0).wait(DEADLINE)
+    count = 4
+    ready = threading.Barrier(count + 1, timeout=DEADLINE)
+    got = {}
+
+    def wait(n):
+        ready.wait()
+        if client.end(n).wait(DEADLINE):
+            got[n] = client.results[n]
+
+    waiters = run_threads(wait, [(n,) for n in range(1, count + 1)], 'waiter')
+    ready.wait()
+    if breakage == 'closed':
+        link.close()
+    else:
+        link.sendall(b'\x00\x00\x00\x08nonsense')
+    resumed_with = client.resumed_links.get(timeout=DEADLINE)
+    new_link = scheduler.next_link()
+    new_link.sendall(frames(*range(1, count + 1)))
+    join_all(waiters)
+    assert resumed_with is client.connection.link
+    assert got == {n: 'result %d' % n for n in range(1, count + 1)}
+    assert client.handled == list(range(count + 1))
+    assert not client.lost_reasons
+    reasons = [record.getMessage() for record in caplog.records
+               if 'reconnecting' in record.getMessage()]
+    if breakage == 'closed':
+        assert reasons == ['connection to the scheduler was lost; reconnecting']
+    else:
+        assert len(reasons) == 1 and 'undecodable frame' in reasons[0]
+        link.settimeout(DEADLINE)
+        assert link.recv(1) == b''  # the client closed the link that went wrong
+
+
+def test_no_thread_is_left_waiting_when_the_link_ends_for_good(scheduler):
+    """The scheduler goes away while threads wait (some with timeouts, some without): the
+    reader thread tries to connect again, gives up, and the cluster abandons the jobs; every
+    waiting thread returns, and closing the connection then does not hang."""
+    client = Client(scheduler, reconnect_timeout=0.5)
+    try:
+        first_link = scheduler.next_link()
+        count = 8
+        ready = threading.Barrier(count + 1, timeout=DEADLINE)
+        outcomes = {}
+
+        def wait(n):
+            ready.wait()
+            outcomes[n] = client.end(n).wait(None if n % 2 else DEADLINE)
+
+        waiters = run_threads(wait, [(n,) for n in range(count)], 'waiter')
+        ready.wait()
+        scheduler.stop_listening()
+        first_link.close()
+        join_all(waiters)
+        assert outcomes == {n: True for n in range(count)}  # ended: abandoned
+        assert len(client.lost_reasons) == 1
+        assert 'could not be reached again' in client.lost_reasons[0]
+        assert client.handled == []
+    finally:
+        client.close()
+
+
+def test_closing_the_connection_while_threads_wait_with_timeouts_does_not_hang(client, link):
+    count = 8
+    ready = threading.Barrier(count + 1, timeout=DEADLINE)
+    outcomes = queue.Queue()
+
+    def wait(n):
+        ready.wait()
+        outcomes.put(client.end(n).wait(0.2 * (n + 1)))
+
+    waiters = run_threads(wait, [(n,) for n in range(count)], 'waiter')
+    ready.wait()
+    client.connection.close()
+    join_all(waiters)
+    assert [outcomes.get_nowait() for _ in range(count)] == [False] * count
+    assert not any(thread.is_alive() for thread in client.connection.threads)
+
+
+class Interrupter:
+    """Sends SIGINT (Ctrl-C) to the main thread once that is blocked in ``JobEnd.wait``,
+    unless ``stop`` came first."""
+
+    def __init__(self):
+        self.main = threading.main_thread().ident
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._interrupt, name='interrupter', daemon=True)
+        self.thread.start()
+
+    def _main_thread_waits(self):
+        frame = sys._current_frames().get(self.main)
+        while frame is not None:
+            if frame.f_code is JobEnd.wait.__code__:
+                return True
+            frame = frame.f_back
+        return False
+
+    def _interrupt(self):
+        deadline = time.monotonic() + DEADLINE
+        while not self._main_thread_waits():  # polling to see it block, not a hand-off
+            if self.stopped.wait(0.001) or time.monotonic() > deadline:
+                return
+        signal.pthread_kill(self.main, signal.SIGINT)
+
+    def stop(self):
+        self.stopped.set()
+        self.thread.join(DEADLINE)
+        assert not self.thread.is_alive()
+
+
+@pytest.mark.parametrize('timeout', [None, DEADLINE])
+def test_ctrl_c_interrupts_a_wait(timeout):
+    """Ctrl-C (SIGINT) raises KeyboardInterrupt in the main thread blocked in ``job()``'s
+    wait, with a timeout or without. A watchdog ends the job after ``DEADLINE``, so a wait
+    that a signal cannot interrupt fails the test (the job has ended) instead of hanging it."""
+    end = JobEnd()
+    watchdog = threading.Timer(DEADLINE, end.set)
+    watchdog.start()
+    interrupter = Interrupter()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            end.wait(timeout)
+    finally:
+        interrupter.stop()
+        watchdog.cancel()
+        watchdog.join(DEADLINE)
+    assert not end.is_set()

@@ -5,6 +5,7 @@ import _thread
 import collections
 import fnmatch
 import time
+from typing import Any, Iterable, Optional
 
 from ..constants import (ABANDONED, CANCELLED, CREATED, FINISHED, NODE_CLOSED, NODE_INITIALIZED,
                          PROVISIONAL_RESULT, RUNNING, STATUS_NAMES, TERMINATED)
@@ -25,7 +26,7 @@ class DispyJob:
     Abandoned = ABANDONED
     Finished = FINISHED
 
-    def __init__(self, args, kwargs, reader=None):
+    def __init__(self, args: Optional[tuple], kwargs: Optional[dict]) -> None:
         self.id = None
         self.args = args
         self.kwargs = kwargs
@@ -38,11 +39,11 @@ class DispyJob:
         self.start_time = None
         self.end_time = None
         self.ip_addr = None
-        self.finish = JobEnd(reader)
+        self.finish = JobEnd()
         self._uid = None
         self._node = None  # the DispyNode counting this job as running
 
-    def __call__(self, clear=False, timeout=None):
+    def __call__(self, clear: bool = False, timeout: Optional[float] = None) -> Any:
         """Wait until the job ends and return its result (``clear`` drops it here); with
         ``timeout`` (seconds), return None if it has not ended by then."""
         if not self.finish.wait(timeout):
@@ -52,7 +53,7 @@ class DispyJob:
             self.result = None
         return result
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return '<DispyJob %s %s>' % (self.id, STATUS_NAMES.get(self.status, self.status))
 
 
@@ -61,36 +62,32 @@ class JobEnd:
     ``threading.Event`` (whose interface it has, but for ``clear``). One is made for every job,
     so it is a single lock, held until the end, rather than an Event's condition and locks.
 
-    ``reader(job_end, timeout)``, when given, waits in its place: it reads the scheduler's
-    link while it waits, if no other thread does (``seat.py``)."""
+    Only the client's reader thread sets it (``connection.py``): when it has handled the
+    message that ended the job, or when the cluster is given up. A wait, with a timeout or
+    without, is a lock's acquire, which a signal interrupts: Ctrl-C in ``job()`` or
+    ``cluster.wait()`` raises ``KeyboardInterrupt`` at once."""
 
-    __slots__ = ('_lock', '_set', '_reader')
+    __slots__ = ('_lock', '_set')
 
-    def __init__(self, reader=None):
+    def __init__(self) -> None:
         self._lock = _thread.allocate_lock()
         self._lock.acquire()
         self._set = False
-        self._reader = reader
 
-    def is_set(self):
+    def is_set(self) -> bool:
         return self._set
 
     isSet = is_set
 
-    def set(self):
+    def set(self) -> None:
         if not self._set:
             self._set = True
             self._lock.release()
 
-    def wait(self, timeout=None):
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        """True once set; False if ``timeout`` (seconds) passed first."""
         if self._set:
             return True
-        if self._reader is not None:
-            return self._reader(self, timeout)
-        return self.wait_set(timeout)
-
-    def wait_set(self, timeout=None):
-        """Wait for another thread to ``set`` it."""
         if self._lock.acquire(True, -1 if timeout is None else max(0.0, timeout)):
             self._lock.release()  # the next waiter goes through in turn
             return True
@@ -104,7 +101,7 @@ class DispyNode:
     Closed = NODE_CLOSED
     AvailInfo = 17
 
-    def __init__(self, ip_addr, name, cpus):
+    def __init__(self, ip_addr: str, name: str, cpus: int) -> None:
         self.ip_addr = ip_addr
         self.name = name
         self.cpus = cpus
@@ -118,7 +115,7 @@ class DispyNode:
         self.avail_info = None
         self.closed = False
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return '<DispyNode %s (%s) %d CPUs>' % (self.ip_addr, self.name, self.cpus)
 
 
@@ -131,18 +128,20 @@ class NodeAllocate:
     override ``allocate`` to decide per node: it returns the CPUs to use, 0 to skip the node.
     """
 
-    def __init__(self, host, port=None, cpus=0, depends=(), setup_args=()):
+    def __init__(self, host: str, port: Optional[int] = None, cpus: int = 0,
+                 depends: Iterable[Any] = (), setup_args: Iterable[Any] = ()) -> None:
         self.ip_addr = host
         self.port = port
         self.cpus = cpus
         self.depends = list(depends)
         self.setup_args = tuple(setup_args)
 
-    def matches(self, ip_addr, name):
+    def matches(self, ip_addr: str, name: str) -> bool:
         return (fnmatch.fnmatchcase(ip_addr, self.ip_addr)
                 or fnmatch.fnmatchcase(name, self.ip_addr))
 
-    def allocate(self, cluster, ip_addr, name, cpus, avail_info=None, platform=''):
+    def allocate(self, cluster: Any, ip_addr: str, name: str, cpus: int,
+                 avail_info: Any = None, platform: str = '') -> int:
         if self.cpus > 0:
             return min(self.cpus, cpus)
         if self.cpus < 0:

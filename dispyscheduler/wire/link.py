@@ -180,7 +180,7 @@ class Link:
     def receive(self):
         """The messages one read brings (waiting for input if none has come); raises
         ``ConnectionClosed`` or ``OSError`` once the connection has ended. ``run_reader``
-        reads with it, and so does a client's ``ReadSeat``."""
+        reads with it."""
         if self.inbox:  # decoded during the handshake
             messages = list(self.inbox)
             self.inbox.clear()
