@@ -4,15 +4,13 @@ once, and the interrupt raised; deadlines are bounds that only a hang reaches.
 """
 
 import collections
-import signal
-import sys
 import threading
 import time
 
 import pytest
+from interrupts import Interrupter
 
 from dispyscheduler import DispyJob, SharedJobCluster
-from dispyscheduler.client.job import JobEnd
 
 DEADLINE = 60.0
 
@@ -84,37 +82,6 @@ def test_threads_waiting_in_every_way_each_get_their_own_results(daemons):
     assert sorted(ended.values()) == [1] * (8 * per_thread)
 
 
-class Interrupter:
-    """Sends SIGINT (Ctrl-C) to the main thread once that is blocked in a job's wait, unless
-    ``stop`` came first."""
-
-    def __init__(self):
-        self.main = threading.main_thread().ident
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._interrupt, name='interrupter', daemon=True)
-        self.thread.start()
-
-    def _main_thread_waits(self):
-        frame = sys._current_frames().get(self.main)
-        while frame is not None:
-            if frame.f_code is JobEnd.wait.__code__:
-                return True
-            frame = frame.f_back
-        return False
-
-    def _interrupt(self):
-        deadline = time.monotonic() + DEADLINE
-        while not self._main_thread_waits():  # polling to see it block, not a hand-off
-            if self.stopped.wait(0.001) or time.monotonic() > deadline:
-                return
-        signal.pthread_kill(self.main, signal.SIGINT)
-
-    def stop(self):
-        self.stopped.set()
-        self.thread.join(DEADLINE)
-        assert not self.thread.is_alive()
-
-
 def test_ctrl_c_in_job_and_in_cluster_wait_raises_keyboard_interrupt(daemons):
     """Ctrl-C while ``job()`` or ``cluster.wait()`` waits for a job that runs for a minute
     raises KeyboardInterrupt there (not when the job ends), and the cluster goes on working:
@@ -125,7 +92,7 @@ def test_ctrl_c_in_job_and_in_cluster_wait_raises_keyboard_interrupt(daemons):
     try:
         long_job = cluster.submit(DEADLINE)
         for wait in (long_job, lambda: long_job(timeout=DEADLINE), cluster.wait):
-            interrupter = Interrupter()
+            interrupter = Interrupter(DEADLINE)
             try:
                 with pytest.raises(KeyboardInterrupt):
                     wait()

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import textwrap
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from daemons import REPO
 
 SCRIPT = textwrap.dedent('''
     import gevent.monkey

@@ -11,13 +11,12 @@ through events, queues and barriers, never through sleeps.
 import logging
 import queue
 import random
-import signal
 import socket
-import sys
 import threading
 import time
 
 import pytest
+from interrupts import Interrupter
 
 from dispyscheduler.wire.auth import AuthenticationError, handshake
 from dispyscheduler.client.connection import SchedulerConnection
@@ -403,37 +402,6 @@ def test_closing_the_connection_while_threads_wait_with_timeouts_does_not_hang(c
     assert not any(thread.is_alive() for thread in client.connection.threads)
 
 
-class Interrupter:
-    """Sends SIGINT (Ctrl-C) to the main thread once that is blocked in ``JobEnd.wait``,
-    unless ``stop`` came first."""
-
-    def __init__(self):
-        self.main = threading.main_thread().ident
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._interrupt, name='interrupter', daemon=True)
-        self.thread.start()
-
-    def _main_thread_waits(self):
-        frame = sys._current_frames().get(self.main)
-        while frame is not None:
-            if frame.f_code is JobEnd.wait.__code__:
-                return True
-            frame = frame.f_back
-        return False
-
-    def _interrupt(self):
-        deadline = time.monotonic() + DEADLINE
-        while not self._main_thread_waits():  # polling to see it block, not a hand-off
-            if self.stopped.wait(0.001) or time.monotonic() > deadline:
-                return
-        signal.pthread_kill(self.main, signal.SIGINT)
-
-    def stop(self):
-        self.stopped.set()
-        self.thread.join(DEADLINE)
-        assert not self.thread.is_alive()
-
-
 @pytest.mark.parametrize('timeout', [None, DEADLINE])
 def test_ctrl_c_interrupts_a_wait(timeout):
     """Ctrl-C (SIGINT) raises KeyboardInterrupt in the main thread blocked in ``job()``'s
@@ -442,7 +410,7 @@ def test_ctrl_c_interrupts_a_wait(timeout):
     end = JobEnd()
     watchdog = threading.Timer(DEADLINE, end.set)
     watchdog.start()
-    interrupter = Interrupter()
+    interrupter = Interrupter(DEADLINE)
     try:
         with pytest.raises(KeyboardInterrupt):
             end.wait(timeout)
