@@ -2,7 +2,6 @@
 peer that stops reading never blocks the sender, and every frame arrives, in order; a peer
 that sends without pause never starves the other links' readers."""
 
-import os
 import subprocess
 import sys
 import textwrap
