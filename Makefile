@@ -15,7 +15,9 @@ venv: $(VENV)/installed
 demo: venv
 	$(VENV)/bin/python examples/demo.py
 
+# the static checks first (ruff.toml), then the tests
 test: venv
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest -q tests
 
 clean:

@@ -2,9 +2,10 @@
 
 Pure bookkeeping, no I/O, no links: the scheduler's parts call an event method (a job
 submitted, a node joined, a result arrived, a node lost) and perform what it returns: a named
-outcome (``Dispatch`` pairs to send, ``Rescheduled`` jobs, ...). Indexes keep every event O(1) or O(log n) in the number of jobs and nodes; the
-only loops are over the clusters installed on one node (a handful) and, when a cluster or a
-node first appears, over the nodes or clusters it may pair with.
+outcome (``Dispatch`` pairs to send, ``Rescheduled`` jobs, ...). Indexes keep every event
+O(1) or O(log n) in the number of jobs and nodes; the only loops are over the clusters
+installed on one node (a handful) and, when a cluster or a node first appears, over the nodes
+or clusters it may pair with.
 
 A cluster's queue is a heap ordered by job priority, then submission order, so a job put back
 after its node was lost goes before later ones. Jobs pinned to a node (``submit_node``) wait in
@@ -21,7 +22,7 @@ import collections
 import dataclasses
 import heapq
 import itertools
-from typing import Any, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 from ..constants import ABANDONED, CANCELLED, CREATED, MAX_DISPATCH_DEPTH, RUNNING
 from .policy import RUNTIME_WEIGHT, LoadIndex, dispatch_depth, fair_share_pick, node_matches

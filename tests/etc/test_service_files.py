@@ -124,8 +124,8 @@ def services(tmp_path, request):
     leftovers = {}
     for service in made:
         try:
-            wait_for(lambda: not service.leftovers(), 5, 'the processes of %s to end'
-                     % service.name)
+            wait_for(lambda service=service: not service.leftovers(), 5,
+                     'the processes of %s to end' % service.name)
         except AssertionError:
             pass
         left = service.leftovers()

@@ -122,7 +122,7 @@ def test_every_kind_of_bad_input_on_every_port(daemons):
             thread.start()
         with SharedJobCluster(square, **daemons.client_options()) as cluster:
             jobs = [cluster.submit(n) for n in range(50)]
-            for name, make in BAD_STREAMS.items():
+            for make in BAD_STREAMS.values():
                 for port in tcp_ports.values():
                     send_stream(port, make())
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:

@@ -111,7 +111,7 @@ def test_heap_stays_bounded_after_thousands_of_updates():
     index = LoadIndex()
     nodes = ['node%d' % number for number in range(50)]
     rng = random.Random(7)
-    for step in range(20000):
+    for _ in range(20000):
         index.update(rng.choice(nodes), rng.random())
         assert len(index.heap) <= 2 * len(index.current) + 33
     assert len(index) == 50
@@ -138,7 +138,7 @@ def test_heap_bounded_with_churn_and_matches_a_reference_model():
             allowed = set(rng.sample(sorted(model), k=len(model) // 2)) if model else set()
             expected = min(((load, -step), name) for name, (load, step) in model.items()
                            if name in allowed)[1] if allowed else None
-            assert index.least_loaded(lambda candidate: candidate in allowed) == expected
+            assert index.least_loaded(lambda node, allowed=allowed: node in allowed) == expected
         assert set(index.current) == set(model)
 
 
