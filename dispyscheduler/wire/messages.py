@@ -20,7 +20,14 @@ import dataclasses
 import time
 import types
 import typing
-from typing import Any, Callable, ClassVar, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Optional, TypeVar, Union
+
+if TYPE_CHECKING:
+    from typing_extensions import dataclass_transform
+else:
+    def dataclass_transform(**_options: Any) -> Callable[[Any], Any]:
+        """Read by type checkers only (``typing`` has it from Python 3.11 on)."""
+        return lambda decorator: decorator
 
 __all__ = ['Message', 'ProtocolError', 'from_wire', 'MESSAGES']
 
@@ -52,8 +59,8 @@ def _fail(expected: str, value: Any) -> Any:
     raise ProtocolError('has type %s, not %s' % (type(value).__name__, expected))
 
 
-def _exact(allowed: frozenset, name: str) -> Checker:
-    def check(value):
+def _exact(allowed: frozenset[type], name: str) -> Checker:
+    def check(value: Any) -> Any:
         return value if type(value) in allowed else _fail(name, value)
     check.allowed = allowed  # type: ignore[attr-defined]
     return check
@@ -104,13 +111,18 @@ def _checker(annotation: Any) -> Checker:
     raise TypeError('no wire type for %r' % (annotation,))
 
 
-def message(kind: str):
+M = TypeVar('M', bound=Message)
+
+
+@dataclass_transform()
+def message(kind: str) -> Callable[[type[M]], type[M]]:
     """Class decorator: a dataclass registered as the message ``kind``, with its checks."""
-    def register(cls):
+    def register(cls: type[M]) -> type[M]:
         cls = dataclasses.dataclass(slots=True)(cls)
         cls.kind = kind
         hints = typing.get_type_hints(cls)
-        cls._fields = tuple(field.name for field in dataclasses.fields(cls))
+        fields = dataclasses.fields(cls)  # type: ignore[arg-type]  # a dataclass by now
+        cls._fields = tuple(field.name for field in fields)
         cls._checks = tuple((name, _checker(hints[name])) for name in cls._fields)
         assert kind not in MESSAGES, kind
         MESSAGES[kind] = cls
