@@ -11,9 +11,12 @@ Discovery datagrams carry an HMAC tag with the node secret; a datagram with a wr
 ignored.
 """
 
+from __future__ import annotations
+
 import hashlib
 import hmac
 import os
+from typing import TYPE_CHECKING
 
 from ..constants import PROTOCOL_VERSION
 from .messages import Auth, Error, Hello, Message
@@ -25,6 +28,9 @@ from .protocol import (
     unpack_datagram,
 )
 
+if TYPE_CHECKING:
+    from .link import Link
+
 NONCE_SIZE = 32
 TAG_SIZE = 32
 
@@ -32,17 +38,19 @@ __all__ = ['AUTH_FAILED', 'AuthenticationError', 'handshake', 'make_proof', 'sig
            'open_datagram']
 
 
-def as_key(secret):
+def as_key(secret: str | bytes | None) -> bytes:
     return secret.encode() if isinstance(secret, str) else bytes(secret or b'')
 
 
-def make_proof(key, prover_role, prover_nonce, verifier_role, verifier_nonce):
+def make_proof(key: bytes, prover_role: str, prover_nonce: bytes, verifier_role: str,
+               verifier_nonce: bytes) -> bytes:
     message = b'\0'.join([b'dispyscheduler-auth-1', prover_role.encode(), prover_nonce,
                           verifier_role.encode(), verifier_nonce])
     return hmac.new(key, message, hashlib.sha256).digest()
 
 
-def handshake(conn, secret, role, peer_role, initiator, deadline):
+def handshake(conn: Link, secret: str | bytes, role: str, peer_role: str, initiator: bool,
+              deadline: float) -> Hello:
     """Run hello and authentication on ``conn``; return the peer's hello body.
 
     ``conn`` is a ``link.Link`` before its reader and writer start. Raises
@@ -53,6 +61,7 @@ def handshake(conn, secret, role, peer_role, initiator, deadline):
     nonce = os.urandom(NONCE_SIZE)
     conn.send_now(Hello(version=PROTOCOL_VERSION, role=role, nonce=nonce))
     hello = conn.expect(Hello, deadline)
+    reason: str | None  # why the peer is refused, if it is
     if hello.version != PROTOCOL_VERSION:
         reason = ('protocol version %s not supported (this side speaks %s)'
                   % (hello.version, PROTOCOL_VERSION))
@@ -79,7 +88,7 @@ def handshake(conn, secret, role, peer_role, initiator, deadline):
     return hello
 
 
-def _check_proof(conn, expected, deadline, tell_peer):
+def _check_proof(conn: Link, expected: bytes, deadline: float, tell_peer: bool) -> None:
     auth = conn.expect(Auth, deadline)
     if not hmac.compare_digest(auth.proof, expected):
         if tell_peer:
@@ -87,12 +96,12 @@ def _check_proof(conn, expected, deadline, tell_peer):
         raise AuthenticationError(AUTH_FAILED)
 
 
-def sign_datagram(secret, message: Message) -> bytes:
+def sign_datagram(secret: str | bytes, message: Message) -> bytes:
     payload = pack_datagram(message)
     return hmac.new(as_key(secret), payload, hashlib.sha256).digest() + payload
 
 
-def open_datagram(secret, data: bytes) -> Message:
+def open_datagram(secret: str | bytes, data: bytes) -> Message:
     """The message of a correctly tagged datagram; raise otherwise."""
     tag, payload = data[:TAG_SIZE], data[TAG_SIZE:]
     if not hmac.compare_digest(tag, hmac.new(as_key(secret), payload, hashlib.sha256).digest()):

@@ -7,9 +7,13 @@ no absolute paths, no ``..``, no empty or ``.`` parts, no NUL, and no symbolic l
 the receiver's ``--max_file_size`` as bytes arrive, never after.
 """
 
+from __future__ import annotations
+
 import os
+from typing import Iterator
 
 from ..constants import FILE_CHUNK_SIZE
+from .messages import FileSpec
 
 MAX_FILES = 10000
 """Most files one computation or job may bring."""
@@ -19,7 +23,7 @@ class FileRefused(ValueError):
     """A file name or size is not acceptable; the message says which and why."""
 
 
-def safe_relative_path(name):
+def safe_relative_path(name: str) -> str:
     """``name`` as a relative path that cannot leave its directory, or ``FileRefused``."""
     if not isinstance(name, str) or not name or '\0' in name:
         raise FileRefused('invalid file name %r' % (name,))
@@ -31,7 +35,7 @@ def safe_relative_path(name):
     return os.path.join(*parts)
 
 
-def open_for_writing(directory, name):
+def open_for_writing(directory: str, name: str) -> int:
     """Create (or truncate) ``directory/name`` for writing; returns the file descriptor."""
     relative = safe_relative_path(name)
     path = os.path.join(directory, relative)
@@ -46,13 +50,13 @@ def open_for_writing(directory, name):
         raise FileRefused('cannot write %r: %s' % (name, exc.strerror)) from None
 
 
-def check_size(name, size, max_file_size):
+def check_size(name: str, size: int, max_file_size: int) -> None:
     if max_file_size and size > max_file_size:
         raise FileRefused('file %r is %d bytes, more than the limit of %d bytes '
                           '(--max_file_size)' % (name, size, max_file_size))
 
 
-def check_manifest_entry(entry, max_file_size=0):
+def check_manifest_entry(entry: FileSpec, max_file_size: int = 0) -> None:
     """A ``(name, size, mode)`` entry announcing a file to come (its message checked its
     shape); ``FileRefused`` if its name or size is not acceptable."""
     name, size, _ = entry
@@ -62,7 +66,8 @@ def check_manifest_entry(entry, max_file_size=0):
     check_size(name, size, max_file_size)
 
 
-def write_file(directory, name, data, mode=0o600, max_file_size=0):
+def write_file(directory: str, name: str, data: bytes, mode: int = 0o600,
+               max_file_size: int = 0) -> str:
     """Write a whole (small) file at once; returns its path."""
     check_size(name, len(data), max_file_size)
     fd = open_for_writing(directory, name)
@@ -74,7 +79,7 @@ def write_file(directory, name, data, mode=0o600, max_file_size=0):
     return os.path.join(directory, safe_relative_path(name))
 
 
-def _mode(mode):
+def _mode(mode: int) -> int:
     """Owner permissions only, with the executable bit kept (programs must stay runnable)."""
     return 0o700 if mode & 0o111 else 0o600
 
@@ -82,13 +87,14 @@ def _mode(mode):
 class IncomingFiles:
     """Files arriving in chunks, in order, each ended by a chunk with ``last`` set."""
 
-    def __init__(self, directory, max_file_size=0):
+    def __init__(self, directory: str, max_file_size: int = 0) -> None:
         self.directory = directory
         self.max_file_size = max_file_size
-        self.open = {}  # name -> [fd, bytes written]
-        self.done = []
+        self.open: dict[str, list[int]] = {}  # name -> [fd, bytes written]
+        self.done: list[str] = []
 
-    def chunk(self, name, offset, data, last, mode=0o600):
+    def chunk(self, name: str, offset: int, data: bytes, last: bool,
+              mode: int = 0o600) -> str | None:
         """Write one chunk; returns the file's path when ``last`` completes it, else None."""
         entry = self.open.get(name)
         if entry is None:
@@ -109,7 +115,7 @@ class IncomingFiles:
         self.done.append(name)
         return os.path.join(self.directory, safe_relative_path(name))
 
-    def abort(self):
+    def abort(self) -> None:
         """Close and remove files not completed."""
         for name, (fd, _) in self.open.items():
             os.close(fd)
@@ -120,7 +126,7 @@ class IncomingFiles:
         self.open.clear()
 
 
-def read_chunks(path, chunk_size=FILE_CHUNK_SIZE):
+def read_chunks(path: str, chunk_size: int = FILE_CHUNK_SIZE) -> Iterator[tuple[int, bytes, bool]]:
     """``(offset, data, last)`` for each chunk of a file (at least one, even if empty)."""
     with open(path, 'rb') as handle:
         offset = 0

@@ -17,15 +17,21 @@ import logging
 import socket
 import threading
 import time
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar, Union
 
 from ..constants import HANDSHAKE_MAX_FRAME, MAX_FRAME_SIZE, RECV_SIZE
 from .messages import Error, Message
 from .protocol import FrameDecoder, ProtocolError, encode, refusal
 
+if TYPE_CHECKING:
+    from .tls import TLSSocket
+
 logger = logging.getLogger(__name__)
 
 M = TypeVar('M', bound=Message)
+
+Socket = Union[socket.socket, 'TLSSocket']
+"""What a link runs over: a connected socket, or a TLS connection over one."""
 
 
 class ConnectionClosed(ConnectionError):
@@ -47,20 +53,22 @@ class Link:
     the writer: the client's links, where each thread is costly to wake; the daemons keep the
     writer greenlet, so that a slow peer never blocks a reader)."""
 
-    def __init__(self, sock, peer=None, max_frame_size=MAX_FRAME_SIZE):
+    def __init__(self, sock: Socket, peer: str | None = None,
+                 max_frame_size: int = MAX_FRAME_SIZE) -> None:
         self.sock = sock
         self.peer = peer or _peer_name(sock)
         self.max_frame_size = max_frame_size
         # a peer not yet authenticated gets small frames only: a hello is tiny
         self.decoder = FrameDecoder(min(HANDSHAKE_MAX_FRAME, max_frame_size))
-        self.inbox = collections.deque()  # decoded during the handshake, not yet handled
-        self.outbox = collections.deque()
+        # decoded during the handshake, not yet handled
+        self.inbox: collections.deque[Message] = collections.deque()
+        self.outbox: collections.deque[bytes] = collections.deque()
         self.drained = threading.Event()  # set when the writer has taken all queued frames
         self.sending = threading.Lock()  # one sendall at a time, in order
         self.wakeup = threading.Event()
         self.closed = False
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return '<Link %s>' % (self.peer,)
 
     # handshake phase: synchronous, with a deadline
@@ -89,7 +97,7 @@ class Link:
         raises ``refusal(error)``, anything else ``ProtocolError``."""
         message = self.recv_now(deadline)
         if type(message) is kind:
-            return message  # type: ignore[return-value]
+            return message
         if type(message) is Error:
             raise refusal(message)
         raise ProtocolError('expected %s from %s, got %s' % (kind.kind, self.peer,
@@ -123,22 +131,22 @@ class Link:
         self.wake_writer()
         return True
 
-    def wake_writer(self):
+    def wake_writer(self) -> None:
         if not self.wakeup.is_set():
             self.wakeup.set()
 
-    def wait_until_drained(self):
+    def wait_until_drained(self) -> None:
         """Wait until the writer has taken every queued frame: back-pressure for bulk data,
         so a big file passes through in a chunk or two rather than all at once."""
         while self.outbox and not self.closed:
             self.drained.clear()
             self.drained.wait(1.0)
 
-    def authenticated(self):
+    def authenticated(self) -> None:
         """The handshake succeeded: frames up to the full size limit are accepted now."""
         self.decoder.max_frame_size = self.max_frame_size
 
-    def run_writer(self):
+    def run_writer(self) -> None:
         """Send queued frames until the link is closed; a send error closes the link."""
         try:
             while not self.closed:
@@ -177,7 +185,7 @@ class Link:
             self.close()
             self.sock.close()
 
-    def receive(self):
+    def receive(self) -> Iterable[Message]:
         """The messages one read brings (waiting for input if none has come); raises
         ``ConnectionClosed`` or ``OSError`` once the connection has ended. ``run_reader``
         reads with it."""
@@ -187,17 +195,17 @@ class Link:
             return messages
         return self.decoder.messages_from(self._recv())
 
-    def after_batch(self):
+    def after_batch(self) -> None:
         """Called after the frames of each read are handled. In a program's own thread there
         is nothing to do (threads are preempted); a daemon yields here (``HubLink``)."""
 
-    def _recv(self):
+    def _recv(self) -> bytes:
         data = self.sock.recv(self.recv_size)
         if not data:
             raise ConnectionClosed('%s closed the connection' % (self.peer,))
         return data
 
-    def close(self):
+    def close(self) -> None:
         """Stop both loops; the reader closes the socket on its way out."""
         if self.closed:
             return
@@ -210,7 +218,7 @@ class Link:
             pass
 
 
-def _peer_name(sock):
+def _peer_name(sock: Socket) -> str:
     try:
         host, port = sock.getpeername()[:2]
         return '%s:%s' % (host, port)
@@ -218,7 +226,7 @@ def _peer_name(sock):
         return '?'
 
 
-def set_nodelay(sock):
+def set_nodelay(sock: socket.socket) -> None:
     """Small frames must leave at once; the writer already coalesces them."""
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -87,14 +87,14 @@ def _checker(annotation: Any) -> Checker:
         check_item = _checker(item)
         allowed = getattr(check_item, 'allowed', None)
         if allowed is not None:  # a list of plain values (ids, names): checked, kept as is
-            def check_plain_list(value):
+            def check_plain_list(value: Any) -> Any:
                 if type(value) is list and all(type(entry) in allowed for entry in value):
                     return value
                 return _fail('a list of %s' % '/'.join(sorted(t.__name__ for t in allowed)),
                              value)
             return check_plain_list
 
-        def check_list(value):
+        def check_list(value: Any) -> Any:
             if type(value) is not list:
                 return _fail('a list', value)
             return [check_item(entry) for entry in value]
@@ -103,7 +103,7 @@ def _checker(annotation: Any) -> Checker:
         item_checks = [_checker(item) for item in arguments]
         size = len(item_checks)
 
-        def check_tuple(value):
+        def check_tuple(value: Any) -> Any:
             if type(value) not in (list, tuple) or len(value) != size:
                 return _fail('an array of %d items' % size, value)
             return tuple(check(entry) for check, entry in zip(item_checks, value))

@@ -9,6 +9,7 @@ it. Unpickling is the stdlib's either way.
 """
 
 import pickle
+from typing import Any
 
 import cloudpickle
 
@@ -16,7 +17,7 @@ PLAIN = frozenset((int, float, complex, str, bytes, bool, type(None)))
 CONTAINERS = frozenset((tuple, list, set, frozenset))
 
 
-def is_plain(value, depth=0):
+def is_plain(value: Any, depth: int = 0) -> bool:
     """Data the stdlib pickles exactly as cloudpickle would: no code, no classes."""
     kind = type(value)
     if kind in PLAIN:
@@ -31,7 +32,7 @@ def is_plain(value, depth=0):
     return False
 
 
-def dumps(value):
+def dumps(value: Any) -> bytes:
     if is_plain(value):
         return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
     return cloudpickle.dumps(value)

@@ -7,10 +7,14 @@ same code waits cooperatively there and blocks a thread in the client. OpenSSL c
 are not thread-safe, so every call into one holds a lock, and no lock is held while waiting.
 """
 
+from __future__ import annotations
+
 import datetime
 import select
+import socket
 import threading
 import time
+from typing import Any, Callable, TypeVar
 
 from OpenSSL import SSL
 
@@ -18,12 +22,14 @@ MIN_TLS_VERSION = SSL.TLS1_2_VERSION
 TLS_HANDSHAKE_RECORD = b'\x16'  # the first byte a TLS client sends
 SEND_CHUNK = 256 * 1024
 
+T = TypeVar('T')
+
 
 class TLSConfigError(ValueError):
     """A certificate, key or CA file cannot be used; the message names the file."""
 
 
-def _check_file(path, what):
+def _check_file(path: str, what: str) -> bytes:
     try:
         with open(path, 'rb') as handle:
             return handle.read()
@@ -31,7 +37,7 @@ def _check_file(path, what):
         raise TLSConfigError('cannot read %s %s: %s' % (what, path, exc.strerror)) from None
 
 
-def _check_dates(path, data):
+def _check_dates(path: str, data: bytes) -> None:
     """A certificate that has expired, or is not valid yet, is refused at start, not at the
     first handshake."""
     from cryptography import x509
@@ -48,7 +54,8 @@ def _check_dates(path, data):
             path, certificate.not_valid_before_utc.strftime('%Y-%m-%d %H:%M UTC')))
 
 
-def make_context(certfile=None, keyfile=None, cafile=None):
+def make_context(certfile: str | None = None, keyfile: str | None = None,
+                 cafile: str | None = None) -> SSL.Context:
     """A pyOpenSSL context, for either side: our certificate and key (the key may be in the
     certificate file; a server needs them, a client shows them where the server verifies its
     peers), and, with ``cafile``, verification of the peer's certificate against that CA (both
@@ -82,7 +89,7 @@ def make_context(certfile=None, keyfile=None, cafile=None):
     return context
 
 
-def _reason(exc):
+def _reason(exc: SSL.Error) -> str:
     try:
         return '; '.join(str(err[2]) for err in exc.args[0]) or str(exc)
     except (IndexError, TypeError):
@@ -96,7 +103,7 @@ class TLSError(ConnectionError):
 class TLSSocket:
     """A TLS connection over a connected socket, with the socket calls ``Link`` needs."""
 
-    def __init__(self, sock, context, server_side):
+    def __init__(self, sock: socket.socket, context: SSL.Context, server_side: bool) -> None:
         sock.setblocking(False)
         self.raw = sock
         self.conn = SSL.Connection(context, sock)
@@ -105,27 +112,27 @@ class TLSSocket:
         else:
             self.conn.set_connect_state()
         self.lock = threading.Lock()
-        self.timeout = None
+        self.timeout: float | None = None
 
-    def settimeout(self, timeout):
+    def settimeout(self, timeout: float | None) -> None:
         self.timeout = timeout
 
-    def getpeername(self):
+    def getpeername(self) -> Any:
         return self.raw.getpeername()
 
-    def getsockname(self):
+    def getsockname(self) -> Any:
         return self.raw.getsockname()
 
-    def fileno(self):
+    def fileno(self) -> int:
         return self.raw.fileno()
 
-    def do_handshake(self):
+    def do_handshake(self) -> None:
         try:
             self._retry(self.conn.do_handshake)
         except SSL.Error as exc:
             raise TLSError('TLS handshake failed: %s' % (_reason(exc),)) from None
 
-    def recv(self, size):
+    def recv(self, size: int) -> bytes:
         try:
             return self._retry(self.conn.recv, size)
         except SSL.ZeroReturnError:
@@ -137,7 +144,7 @@ class TLSSocket:
         except SSL.Error as exc:
             raise TLSError('TLS error: %s' % (_reason(exc),)) from None
 
-    def sendall(self, data):
+    def sendall(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
         try:
             while view:
@@ -148,13 +155,13 @@ class TLSSocket:
         except SSL.Error as exc:
             raise TLSError('TLS error: %s' % (_reason(exc),)) from None
 
-    def shutdown(self, how):
+    def shutdown(self, how: int) -> None:
         self.raw.shutdown(how)
 
-    def close(self):
+    def close(self) -> None:
         self.raw.close()
 
-    def _retry(self, operation, *args):
+    def _retry(self, operation: Callable[..., T], *args: Any) -> T:
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
         while True:
             try:
@@ -165,7 +172,7 @@ class TLSSocket:
             except SSL.WantWriteError:
                 self._wait(select.POLLOUT, deadline)
 
-    def _wait(self, events, deadline):
+    def _wait(self, events: int, deadline: float | None) -> None:
         poller = select.poll()
         poller.register(self.raw.fileno(), events)
         if deadline is None:
