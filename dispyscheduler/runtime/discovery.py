@@ -5,11 +5,14 @@ Nothing depends on a datagram arriving: pings repeat every ``--ping_interval`` a
 secret; anything else that arrives on a discovery port is ignored.
 """
 
+from __future__ import annotations
+
 import fcntl
 import ipaddress
 import logging
 import socket
 import struct
+from typing import Any, Callable, Iterable
 
 from ..wire.auth import AuthenticationError, open_datagram, sign_datagram
 from ..constants import MAX_DATAGRAM_SIZE
@@ -26,12 +29,12 @@ IFF_LOOPBACK = 0x8
 IFF_UP = 0x1
 
 
-def _ioctl(sock, request, name):
+def _ioctl(sock: socket.socket, request: int, name: str) -> bytes:
     packed = struct.pack('256s', name.encode()[:15])
     return fcntl.ioctl(sock.fileno(), request, packed)
 
 
-def ipv4_interfaces():
+def ipv4_interfaces() -> list[tuple[str, str, str | None, bool]]:
     """``(name, address, broadcast or None, is_loopback)`` of every IPv4 interface that is up."""
     found = []
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
@@ -50,14 +53,14 @@ def ipv4_interfaces():
     return found
 
 
-def is_loopback(address):
+def is_loopback(address: str) -> bool:
     try:
         return ipaddress.ip_address(address).is_loopback
     except ValueError:
         return False
 
 
-def broadcast_targets(bound_addr):
+def broadcast_targets(bound_addr: str) -> list[str]:
     """Where to broadcast from a socket bound to ``bound_addr`` ('' = all interfaces).
 
     A loopback address has no broadcast domain, so a daemon bound to one never broadcasts.
@@ -74,16 +77,17 @@ def broadcast_targets(bound_addr):
     return targets
 
 
-def resolve(host):
+def resolve(host: str) -> list[str]:
     """The IPv4 addresses of ``host`` (empty, with a warning, if it cannot be resolved)."""
     try:
-        return sorted({info[4][0] for info in socket.getaddrinfo(host, None, socket.AF_INET)})
+        return sorted({info[4][0]  # type: ignore[misc]  # AF_INET: an address is a str
+                       for info in socket.getaddrinfo(host, None, socket.AF_INET)})
     except OSError as exc:
         logger.warning('cannot resolve %s: %s', host, exc)
         return []
 
 
-def udp_socket(address, port):
+def udp_socket(address: str, port: int) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
@@ -91,7 +95,7 @@ def udp_socket(address, port):
     return sock
 
 
-def open_sockets(addresses, port):
+def open_sockets(addresses: Iterable[str], port: int) -> dict[str, socket.socket]:
     """One socket per address (for unicast, and as the source of broadcasts) plus one on the
     wildcard address, which is the only kind that receives broadcasts."""
     sockets = {}
@@ -105,11 +109,11 @@ def open_sockets(addresses, port):
     return sockets
 
 
-def valid_port(port):
+def valid_port(port: object) -> bool:
     return isinstance(port, int) and 0 < port < 65536
 
 
-def valid_address(address):
+def valid_address(address: str) -> bool:
     """An IPv4 address in dotted form ('' is valid too: "use the datagram's source")."""
     if address == '':
         return True
@@ -119,7 +123,8 @@ def valid_address(address):
         return False
 
 
-def send(sock, secret, message: Message, destination):
+def send(sock: socket.socket, secret: str | bytes, message: Message,
+         destination: tuple[str, int]) -> None:
     try:
         sock.sendto(sign_datagram(secret, message), destination)
     except (OSError, OverflowError, ValueError, UnicodeError) as exc:
@@ -127,7 +132,8 @@ def send(sock, secret, message: Message, destination):
                      destination[1], exc)
 
 
-def receive_loop(sock, secret, handle):
+def receive_loop(sock: socket.socket, secret: str | bytes,
+                 handle: Callable[[Message, Any], Any]) -> None:
     """Call ``handle(message, source)`` for every well-formed, correctly signed datagram."""
     while True:
         data, source = sock.recvfrom(2 * MAX_DATAGRAM_SIZE)

@@ -5,42 +5,49 @@ If a duty dies of an error, the daemon stops rather than limp on without it: ``s
 set, which the daemon's main greenlet waits on.
 """
 
+from __future__ import annotations
+
 import logging
+from types import TracebackType
+from typing import Any, Callable
 
 import gevent
+import gevent.event
+import gevent.hub
 import gevent.pool
 
 logger = logging.getLogger(__name__)
 
 
 class Duties:
-    def __init__(self, stopped):
+    def __init__(self, stopped: gevent.event.Event) -> None:
         self.group = gevent.pool.Group()
         self.stopped = stopped
 
-    def spawn(self, function, *args):
+    def spawn(self, function: Callable[..., Any], *args: Any) -> gevent.Greenlet:
         greenlet = self.group.spawn(function, *args)
         greenlet.link_exception(self.failed)
         return greenlet
 
-    def failed(self, greenlet):
+    def failed(self, greenlet: gevent.Greenlet) -> None:
         # its traceback is in the log already (``log_greenlet_errors``)
         logger.error('internal error: duty %s died of %r; stopping', greenlet,
                      greenlet.exception)
         self.stopped.set()
 
-    def kill(self):
+    def kill(self) -> None:
         self.group.kill()
 
 
-def log_greenlet_errors(hub=None):
+def log_greenlet_errors(hub: gevent.hub.Hub | None = None) -> None:
     """Report every greenlet that dies of an unexpected exception (a bug in a handler, a
     duty, a hub callback) in the log, with its traceback, instead of on gevent's stderr, which
     ``--daemon`` points at /dev/null. The line keeps gevent's own words ("<greenlet> failed
     with ZeroDivisionError"), which the tests look for in every daemon's log."""
     hub = hub or gevent.get_hub()
 
-    def print_exception(context, kind, value, tb):
+    def print_exception(context: object, kind: type[BaseException] | None,
+                        value: BaseException | str | None, tb: TracebackType | None) -> None:
         if context is not None and not isinstance(context, str):
             try:
                 context = hub.format_context(context)
@@ -48,6 +55,8 @@ def log_greenlet_errors(hub=None):
                 context = repr(context)
         name = getattr(kind, '__name__', 'exception')
         logger.error('internal error: %s failed with %s', context or 'the hub', name,
-                     exc_info=(kind, value, tb) if value is not None else None)
+                     exc_info=(kind, value, tb) if kind is not None
+                     and isinstance(value, BaseException) else None)
 
-    hub.print_exception = print_exception
+    # gevent documents replacing a hub's print_exception; mypy takes it for a method
+    hub.print_exception = print_exception  # type: ignore[method-assign,assignment]

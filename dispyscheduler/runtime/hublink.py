@@ -10,14 +10,17 @@ full buffer, a TLS socket, which cannot write partially) goes to the writer gree
 before, so no handler and no hub callback ever blocks on a peer.
 """
 
+from __future__ import annotations
+
 import logging
 import select
+from typing import Any
 
 import gevent
 import gevent.socket
 from gevent.monkey import get_original
 
-from ..wire.link import Link
+from ..wire.link import Link, Socket
 from ..wire.messages import Message
 from ..wire.protocol import encode
 
@@ -29,12 +32,13 @@ poll = get_original('select', 'poll')  # the system's: only ever asked with a ze
 class HubLink(Link):
     """A ``Link`` in a gevent daemon; use it exactly like a ``Link``."""
 
-    def __init__(self, sock, peer=None, **options):
+    def __init__(self, sock: Socket, peer: str | None = None, **options: Any) -> None:
         super().__init__(sock, peer, **options)
         self.flush_pending = False
         # a TLS socket or a wrapper cannot be written partially without waiting
         self.nonblocking = isinstance(sock, gevent.socket.socket)
-        self.readable = None  # for a TLS socket, which may hold decrypted data, always yield
+        # for a TLS socket, which may hold decrypted data, always yield
+        self.readable: select.poll | None = None
         if self.nonblocking:
             self.readable = poll()
             self.readable.register(sock.fileno(), select.POLLIN)
@@ -48,7 +52,7 @@ class HubLink(Link):
         if sent < len(frame):
             self.sock.sendall(memoryview(frame)[sent:])
 
-    def after_batch(self):
+    def after_batch(self) -> None:
         """One busy peer must not starve the others: when more is waiting to be read (the next
         read would not yield), let the other greenlets run first. When nothing is, the next
         read waits in the hub anyway, and the flush runs then (yielding here would cost two
@@ -56,7 +60,7 @@ class HubLink(Link):
         if self.readable is None or self.readable.poll(0):
             gevent.sleep(0)
 
-    def wake_writer(self):
+    def wake_writer(self) -> None:
         if self.flush_pending:  # joins the frames already waiting for the flush
             return
         if len(self.outbox) == 1:  # the first since the last flush leaves at once
@@ -64,7 +68,7 @@ class HubLink(Link):
         self.flush_pending = True  # those that follow before the sender yields, together
         self.loop.run_callback(self.flush)
 
-    def flush(self):
+    def flush(self) -> None:
         """Send what is queued, as far as the socket takes it without waiting; the writer
         greenlet sends the rest."""
         self.flush_pending = False
@@ -87,12 +91,14 @@ class HubLink(Link):
         else:
             self.drained.set()
 
-    def send_nowait(self, data):
+    def send_nowait(self, data: bytes) -> int:
         """How much of ``data`` the socket takes without waiting for the peer (a TLS socket:
         none); raises ``OSError`` if the connection is broken."""
         if not self.nonblocking:
             return 0
         try:
-            return self.sock.send(data, 0, 0.0)  # timeout 0: never waits
+            # timeout 0: never waits. A gevent socket (``nonblocking``), whose send takes a
+            # timeout: its stubs give it the stdlib's send, and a TLSSocket has none
+            return self.sock.send(data, 0, 0.0)  # type: ignore[union-attr,call-arg]
         except BlockingIOError:
             return 0
