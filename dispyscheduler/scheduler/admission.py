@@ -7,17 +7,20 @@ import collections
 import logging
 import socket
 import time
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import gevent
 
 from ..wire.auth import AuthenticationError, handshake
 from ..constants import HANDSHAKE_TIMEOUT
 from ..runtime.hublink import HubLink
-from ..wire.link import set_nodelay
+from ..wire.link import Socket, set_nodelay
 from ..wire.messages import Error
 from ..wire.protocol import ProtocolError, encode
 from ..wire.tls import TLS_HANDSHAKE_RECORD, TLSError, TLSSocket
+
+if TYPE_CHECKING:
+    from OpenSSL import SSL
 
 logger = logging.getLogger(__name__)
 
@@ -31,13 +34,13 @@ class Admission:
     def __init__(self, max_unauthenticated: int, max_per_source: int) -> None:
         self.max_unauthenticated = max_unauthenticated
         self.max_per_source = max_per_source
-        self.handshaking: collections.OrderedDict = collections.OrderedDict()
+        self.handshaking: collections.OrderedDict[Any, str] = collections.OrderedDict()
         # greenlet -> peer address, oldest first
-        self.handshaking_from: collections.Counter = collections.Counter()
+        self.handshaking_from: collections.Counter[str] = collections.Counter()
         # peer address -> how many of those
 
-    def accept(self, sock: socket.socket, tls_context: Any, secret: str, peer_role: str,
-               address: tuple) -> Optional[HubLink]:
+    def accept(self, sock: socket.socket, tls_context: Optional[SSL.Context], secret: str,
+               peer_role: str, address: tuple[str, int]) -> Optional[HubLink]:
         """TLS (if configured) and authentication of a new connection; its link, or None
         after logging why the peer was refused.
 
@@ -66,10 +69,11 @@ class Admission:
                 if not self.handshaking_from[source]:
                     del self.handshaking_from[source]
 
-    def authenticate(self, sock: socket.socket, tls_context: Any, secret: str,
-                     peer_role: str, address: tuple) -> Optional[HubLink]:
+    def authenticate(self, sock: socket.socket, tls_context: Optional[SSL.Context],
+                     secret: str, peer_role: str, address: tuple[str, int]) -> Optional[HubLink]:
         set_nodelay(sock)
         deadline = time.monotonic() + self.handshake_timeout
+        link_sock: Socket = sock  # TLS, when configured, wraps the plain socket
         try:
             with gevent.Timeout(self.handshake_timeout):
                 if tls_context is not None:
@@ -77,9 +81,9 @@ class Admission:
                         # a plaintext peer: tell it in its own language, then close
                         sock.sendall(encode(Error(reason='TLS is required on this port')))
                         raise TLSError('plaintext peer on a TLS port')
-                    sock = TLSSocket(sock, tls_context, server_side=True)
-                    sock.do_handshake()
-                link = HubLink(sock, '%s:%s' % address[:2])
+                    link_sock = TLSSocket(sock, tls_context, server_side=True)
+                    link_sock.do_handshake()
+                link = HubLink(link_sock, '%s:%s' % address[:2])
                 handshake(link, secret, 'scheduler', peer_role, initiator=False,
                           deadline=deadline)
                 return link

@@ -14,7 +14,7 @@ import shutil
 import socket
 import tempfile
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from ..wire import messages as m
 from ..config import SchedulerConfig
@@ -31,13 +31,18 @@ from .nodes import NodeService
 from .router import Router
 from .sessions import ClientSession, Peers
 
+if TYPE_CHECKING:
+    from OpenSSL import SSL
+
+    from .httpd import Metrics
+
 logger = logging.getLogger(__name__)
 
 
 class ClusterService:
     def __init__(self, config: SchedulerConfig, state: State, peers: Peers, router: Router,
-                 durability: Durability, admission: Admission, nodes: NodeService, metrics,
-                 tls_context: Any = None) -> None:
+                 durability: Durability, admission: Admission, nodes: NodeService,
+                 metrics: Metrics, tls_context: Optional[SSL.Context] = None) -> None:
         self.config = config
         self.state = state
         self.peers = peers
@@ -53,7 +58,7 @@ class ClusterService:
             m.Close: self.on_close,
         }
 
-    def serve(self, sock, address) -> None:
+    def serve(self, sock: socket.socket, address: tuple[str, int]) -> None:
         """A client connected (a StreamServer handler): admit it, create or resume its
         cluster, then serve it until its link ends; the cluster stays."""
         link = self.admission.accept(sock, self.tls_context, self.config.cluster_secret,
@@ -216,6 +221,7 @@ class ClusterService:
         placed = self.state.submit(cluster, submit.uid, submit.args, submit.priority,
                                    submit.timeout, submit.files, pinned, submit.tag)
         job = placed.job
+        assert job is not None  # a submission makes one
         job.submitted_at = time.monotonic()
         self.router.dispatch(placed.dispatches)  # first: a job sent to a node leaves at once
         self.metrics.job_submitted()
@@ -236,7 +242,7 @@ class ClusterService:
 
     def on_cancel(self, cluster: Cluster, session: ClientSession, cancel: m.Cancel) -> None:
         cancellation = self.state.cancel(cluster, cancel.uid)
-        if cancellation.node is not None:
+        if cancellation.job is not None and cancellation.node is not None:
             self.nodes.cancel_job(cancellation.node, cancellation.job.jid)
         elif cancellation.job is not None:
             self.router.end_job(cancellation.job, CANCELLED, 'job was cancelled before it ran')
@@ -253,8 +259,8 @@ class ClusterService:
         self.durability.acknowledge_when_durable(('submitted', cluster.cid),
                                                  self.submissions_saved(cluster), uid)
 
-    def submissions_saved(self, cluster: Cluster) -> Callable[[list], None]:
-        def send(uids: list) -> None:
+    def submissions_saved(self, cluster: Cluster) -> Callable[[list[int]], None]:
+        def send(uids: list[int]) -> None:
             # a job that has ended meanwhile needs none: its result says it was received
             waiting = [uid for uid in uids if uid in cluster.jobs]
             session = self.peers.client(cluster.cid)

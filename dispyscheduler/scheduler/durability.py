@@ -11,7 +11,7 @@ on disk, never one fsync per job.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Hashable
+from typing import TYPE_CHECKING, Any, Callable, Hashable
 
 import gevent
 import gevent.event
@@ -19,6 +19,9 @@ import gevent.event
 from ..constants import COMMIT_INTERVAL
 from ..wire.messages import JobEnd
 from .store import Store
+
+if TYPE_CHECKING:
+    from .model import Cluster, Job
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +38,7 @@ class Durability:
 
     # what handlers record (no I/O until the next commit)
 
-    def put_cluster(self, cluster) -> None:
+    def put_cluster(self, cluster: Cluster) -> None:
         self.store.put_cluster(cluster)
         self.dirty.set()
 
@@ -43,11 +46,11 @@ class Durability:
         self.store.delete_cluster(cid)
         self.dirty.set()
 
-    def put_job(self, job) -> None:
+    def put_job(self, job: Job) -> None:
         self.store.put_job(job)
         self.dirty.set()
 
-    def job_moved(self, job) -> None:
+    def job_moved(self, job: Job) -> None:
         """The job was sent to a node, or came back from one."""
         self.store.job_moved(job)
         self.dirty.set()

@@ -7,19 +7,28 @@ and bound to 127.0.0.1 unless told otherwise: it shows who runs what, so expose 
 that is fine.
 """
 
+from __future__ import annotations
+
 import bisect
 import collections
 import itertools
 import json
 import logging
+import socket
 import time
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from gevent.pywsgi import WSGIServer
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.metrics_core import Metric
 
 from .. import __version__
 from ..constants import FINISHED, STATUS_NAMES
+
+if TYPE_CHECKING:
+    from .model import Cluster, Node, State
+    from .sessions import Peers
 
 logger = logging.getLogger(__name__)
 
@@ -32,30 +41,30 @@ class Metrics:
     ``Histogram`` takes a lock on every update, a cost on every job's path); they and
     everything read from the state are turned into metric families only when scraped."""
 
-    def __init__(self, state):
+    def __init__(self, state: State) -> None:
         self.state = state
         self.registry = CollectorRegistry()
         self.submitted = 0
         self.finished = 0
-        self.failed = collections.Counter()  # status name -> jobs
+        self.failed: collections.Counter[str] = collections.Counter()  # status name -> jobs
         self.placement_counts = [0] * (len(PLACEMENT_BUCKETS) + 1)  # the last one: +Inf
         self.placement_sum = 0.0
         self.registry.register(self)
 
-    def job_submitted(self):
+    def job_submitted(self) -> None:
         self.submitted += 1
 
-    def job_ended(self, status):
+    def job_ended(self, status: int) -> None:
         if status == FINISHED:
             self.finished += 1
         else:
             self.failed[STATUS_NAMES.get(status, str(status))] += 1
 
-    def job_placed(self, seconds):
+    def job_placed(self, seconds: float) -> None:
         self.placement_counts[bisect.bisect_left(PLACEMENT_BUCKETS, seconds)] += 1
         self.placement_sum += seconds
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         state = self.state
         now = time.monotonic()
         yield CounterMetricFamily('dispyscheduler_jobs_submitted', 'Jobs submitted',
@@ -95,12 +104,12 @@ class Metrics:
         yield pulse
 
 
-def node_busy(node):
+def node_busy(node: Node) -> int:
     """CPUs running jobs: jobs started there, at most its CPUs (the rest wait on the node)."""
     return min(node.cpus, sum(1 for job in node.jobs.values() if job.start_time is not None))
 
 
-def status(state, peers, started, pulse_interval):
+def status(state: State, peers: Peers, started: float, pulse_interval: float) -> dict[str, Any]:
     """The scheduler at a glance, for ``/status`` and ``dispyscheduler-status``."""
     now = time.monotonic()
     return {
@@ -120,7 +129,7 @@ def status(state, peers, started, pulse_interval):
     }
 
 
-def owner(peers, cluster):
+def owner(peers: Peers, cluster: Cluster) -> str | None:
     """Where a cluster's client is connected from, or None."""
     session = peers.client(cluster.cid)
     return session.peer if session is not None else None
@@ -129,18 +138,20 @@ def owner(peers, cluster):
 class StatusServer:
     """Serves ``status()`` (a callable returning the status) and the metrics ``registry``."""
 
-    def __init__(self, status, registry, listener):
+    def __init__(self, status: Callable[[], dict[str, Any]], registry: CollectorRegistry,
+                 listener: socket.socket) -> None:
         self.status = status
         self.registry = registry
         self.server = WSGIServer(listener, self.application, log=None, error_log=logger)
 
-    def start(self):
+    def start(self) -> None:
         self.server.start()
 
-    def stop(self):
+    def stop(self) -> None:
         self.server.stop(timeout=1)
 
-    def application(self, environ, start_response):
+    def application(self, environ: dict[str, Any],
+                    start_response: Callable[..., Any]) -> list[bytes]:
         path = environ.get('PATH_INFO', '/')
         if environ.get('REQUEST_METHOD') not in ('GET', 'HEAD'):
             return self.reply(start_response, '405 Method Not Allowed', 'text/plain',
@@ -157,7 +168,8 @@ class StatusServer:
         return self.reply(start_response, '404 Not Found', 'text/plain', b'not found\n')
 
     @staticmethod
-    def reply(start_response, code, content_type, body):
+    def reply(start_response: Callable[..., Any], code: str, content_type: str,
+              body: bytes) -> list[bytes]:
         start_response(code, [('Content-Type', content_type),
                               ('Content-Length', str(len(body))),
                               ('Cache-Control', 'no-store')])

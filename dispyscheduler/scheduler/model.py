@@ -22,10 +22,13 @@ import collections
 import dataclasses
 import heapq
 import itertools
-from typing import NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, Container, Iterable, NamedTuple, Optional, Sequence
 
 from ..constants import ABANDONED, CANCELLED, CREATED, MAX_DISPATCH_DEPTH, RUNNING
 from .policy import RUNTIME_WEIGHT, LoadIndex, dispatch_depth, fair_share_pick, node_matches
+
+if TYPE_CHECKING:
+    from ..wire.messages import FileData, FileSpec, JobEnd
 
 OFFERED = 'offered'  # waiting for the client's NodeAllocate to say how many CPUs to use
 INSTALLING = 'installing'
@@ -37,12 +40,14 @@ class Job:
     __slots__ = ('jid', 'uid', 'cluster', 'args', 'node', 'status', 'start_time', 'cancelling',
                  'priority', 'timeout', 'files', 'pinned', 'tag', 'lost_nodes', 'submitted_at')
 
-    def __init__(self, jid, uid, cluster, args, priority=0, timeout=None, files=(), pinned=None,
-                 tag=None):
+    def __init__(self, jid: int, uid: int, cluster: Cluster, args: bytes, priority: int = 0,
+                 timeout: Optional[float] = None, files: Sequence[FileData] = (),
+                 pinned: Optional[str] = None, tag: Optional[bytes] = None) -> None:
         self.jid = jid
         self.tag = tag  # the client's job id (pickled), for a client recovering results
         self.lost_nodes = 0  # nodes that died or vanished while holding this job
-        self.submitted_at = None  # when, for the placement-time metric (set by the server)
+        # when, for the placement-time metric (set by the server)
+        self.submitted_at: Optional[float] = None
         self.uid = uid
         self.cluster = cluster
         self.args = args
@@ -50,12 +55,12 @@ class Job:
         self.timeout = timeout
         self.files = files
         self.pinned = pinned  # key of the only node this job may run on
-        self.node = None
+        self.node: Optional[Node] = None
         self.status = CREATED
-        self.start_time = None
+        self.start_time: Optional[float] = None
         self.cancelling = False  # cancel sent to its node; never to be run again
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return '<Job %s (cluster %s job %s)>' % (self.jid, self.cluster.cid, self.uid)
 
 
@@ -63,18 +68,18 @@ class JobQueue:
     """Jobs by priority (highest first), then by submission; cancelled ones are skipped when
     they surface, so cancelling is O(1)."""
 
-    def __init__(self):
-        self.heap = []
+    def __init__(self) -> None:
+        self.heap: list[tuple[int, int, Job]] = []
         self.live = 0
 
-    def __len__(self):
+    def __len__(self) -> int:
         return self.live
 
-    def push(self, job):
+    def push(self, job: Job) -> None:
         heapq.heappush(self.heap, (-job.priority, job.jid, job))
         self.live += 1
 
-    def pop(self):
+    def pop(self) -> Optional[Job]:
         while self.heap:
             job = heapq.heappop(self.heap)[2]
             if job.status != CANCELLED:
@@ -82,16 +87,17 @@ class JobQueue:
                 return job
         return None
 
-    def forget(self, job):
+    def forget(self, job: Job) -> None:
         """A job in the queue was cancelled: count it out now, skip it later."""
         self.live -= 1
 
-    def jobs(self):
+    def jobs(self) -> list[Job]:
         return [entry[2] for entry in self.heap if entry[2].status != CANCELLED]
 
 
 class Cluster:
-    def __init__(self, cid, name, code, patterns, reentrant, cleanup, allocate=False):
+    def __init__(self, cid: int, name: str, code: bytes, patterns: list[tuple[str, int]],
+                 reentrant: bool, cleanup: bool, allocate: bool = False) -> None:
         self.cid = cid
         self.name = name
         self.code = code
@@ -100,38 +106,42 @@ class Cluster:
         self.cleanup = cleanup
         self.allocate = allocate  # nodes are offered to the client's NodeAllocate first
         self.queue = JobQueue()
-        self.pinned = collections.defaultdict(JobQueue)  # node key -> jobs only it may run
-        self.jobs = {}  # uid -> Job, every job not yet final
+        # node key -> jobs only it may run
+        self.pinned: collections.defaultdict[str, JobQueue] = collections.defaultdict(JobQueue)
+        self.jobs: dict[int, Job] = {}  # uid -> Job, every job not yet final
         self.in_flight = 0  # jobs dispatched to nodes
         self.done = 0  # jobs ended
-        self.mean_runtime = None  # of its jobs, a running mean
+        self.mean_runtime: Optional[float] = None  # of its jobs, a running mean
         self.depth = dispatch_depth(None)  # jobs in flight per CPU it may use
         self.last_served = 0
-        self.ready_nodes = set()
-        self.allocations = {}  # node key -> (cpus, setup_args, files) the client chose
-        self.results = {}  # uid -> result message, until the client acknowledges it
-        self.files = []  # [name, size, mode] of the computation's files
-        self.node_files = set()  # names of those sent only to nodes whose allocation asks
-        self.directory = None  # where the scheduler keeps them
+        self.ready_nodes: set[Node] = set()
+        # node key -> (cpus, setup_args, files) the client chose
+        self.allocations: dict[str, tuple[int, Optional[bytes], Sequence[str]]] = {}
+        # uid -> result message, until the client acknowledges it
+        self.results: dict[int, JobEnd] = {}
+        self.files: list[FileSpec] = []  # [name, size, mode] of the computation's files
+        # names of those sent only to nodes whose allocation asks
+        self.node_files: set[str] = set()
+        self.directory: Optional[str] = None  # where the scheduler keeps them
         self.credential = b''  # what lets a client resume the cluster
         self.orphaned_since: Optional[float] = None  # when its client left without closing
         self.dormant = False  # its client is long gone: uninstalled, kept for its results
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return '<Cluster %s %s>' % (self.cid, self.name)
 
     @property
-    def queued(self):
+    def queued(self) -> int:
         return len(self.queue)
 
-    def limit_on(self, node):
+    def limit_on(self, node: Node) -> int:
         """Most of this cluster's jobs in flight on ``node``: its depth for each CPU it may
         use there (all, or what its NodeAllocate gave it)."""
         allocation = self.allocations.get(node.key)
         cpus = allocation[0] if allocation is not None and allocation[0] else node.cpus
         return min(node.slots, cpus * self.depth)
 
-    def ran(self, runtime):
+    def ran(self, runtime: float) -> None:
         """A job of this cluster ran ``runtime`` seconds: adjust how deep to dispatch."""
         if self.mean_runtime is None:
             self.mean_runtime = runtime
@@ -139,36 +149,38 @@ class Cluster:
             self.mean_runtime += RUNTIME_WEIGHT * (runtime - self.mean_runtime)
         self.depth = dispatch_depth(self.mean_runtime)
 
-    def wants(self, node):
+    def wants(self, node: Node) -> bool:
         """Whether a free slot on ``node`` could take one of this cluster's queued jobs."""
         return (node.clusters.get(self.cid) == READY
                 and node.jobs_of[self.cid] < self.limit_on(node))
 
 
 class Node:
-    def __init__(self, key, name, ip_addr, port, cpus, slots):
+    def __init__(self, key: str, name: str, ip_addr: str, port: int, cpus: int,
+                 slots: int) -> None:
         self.key = key
         self.name = name
         self.ip_addr = ip_addr
         self.port = port
         self.cpus = cpus
         self.slots = slots
-        self.jobs = {}  # jid -> Job dispatched here and not finished
-        self.jobs_of = collections.Counter()  # cid -> how many of ``jobs`` are that cluster's
-        self.clusters = {}  # cid -> OFFERED / INSTALLING / READY / FAILED
+        self.jobs: dict[int, Job] = {}  # jid -> Job dispatched here and not finished
+        # cid -> how many of ``jobs`` are that cluster's
+        self.jobs_of: collections.Counter[int] = collections.Counter()
+        self.clusters: dict[int, str] = {}  # cid -> OFFERED / INSTALLING / READY / FAILED
         self.jobs_done = 0
         self.busy = 0  # as the node last reported
         self.last_heard = 0.0
         self.platform = ''
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return '<Node %s>' % (self.key,)
 
     @property
-    def load(self):
+    def load(self) -> float:
         return len(self.jobs) / self.cpus
 
-    def answers_to(self, name):
+    def answers_to(self, name: str) -> bool:
         """Whether ``name`` (from ``submit_node``) designates this node."""
         return name in (self.key, self.ip_addr, self.name)
 
@@ -236,23 +248,28 @@ class Cancellation:
 class State:
     """Every cluster, node and unfinished job the scheduler knows, with their indexes."""
 
-    def __init__(self, max_depth=MAX_DISPATCH_DEPTH, max_node_losses=3, epoch=0, next_cid=1):
+    def __init__(self, max_depth: int = MAX_DISPATCH_DEPTH, max_node_losses: int = 3,
+                 epoch: int = 0, next_cid: int = 1) -> None:
         self.max_depth = max_depth
         self.max_node_losses = max_node_losses
-        self.nodes = {}  # key -> Node
-        self.clusters = {}  # cid -> Cluster
-        self.jobs = {}  # jid -> Job, every unfinished job
-        self.free_nodes = LoadIndex()  # nodes with a free slot, least loaded first
-        self.awaiting = {}  # node key -> {jid: Job} it held before a restart
+        self.nodes: dict[str, Node] = {}  # key -> Node
+        self.clusters: dict[int, Cluster] = {}  # cid -> Cluster
+        self.jobs: dict[int, Job] = {}  # jid -> Job, every unfinished job
+        # nodes with a free slot, least loaded first
+        self.free_nodes: LoadIndex[Node] = LoadIndex()
+        # node key -> {jid: Job} it held before a restart
+        self.awaiting: dict[str, dict[int, Job]] = {}
         self.next_cid = itertools.count(next_cid).__next__
         # job ids of each incarnation of the scheduler are apart, so a result for a job of a
         # previous incarnation that was never saved can never be taken for a new job's
         self.next_jid = itertools.count((epoch << 40) + 1).__next__
         self.tick = itertools.count(1).__next__
 
-    def restore(self, clusters, jobs):
+    def restore(self, clusters: Iterable[dict[str, Any]],
+                jobs: Iterable[dict[str, Any]]) -> None:
         """Rebuild clusters and unfinished jobs saved before a restart. Jobs that were on a
         node wait in ``awaiting`` for that node; the others are queued."""
+        cluster: Optional[Cluster]
         for row in clusters:
             cluster = Cluster(row['cid'], row['name'], row['code'], row['patterns'],
                               row['reentrant'], row['cleanup'], row['allocate'])
@@ -276,7 +293,7 @@ class State:
             else:
                 cluster.pinned[job.pinned].push(job)
 
-    def reattach(self, node, held):
+    def reattach(self, node: Node, held: Container[int]) -> Rescheduled:
         """A node that held jobs before a restart came back holding the jobs ``held``: those
         stay on it; the others it lost go back to the queue. Returns ``Rescheduled``."""
         outcome = Rescheduled()
@@ -292,7 +309,7 @@ class State:
         self._load_changed(node)
         return self._place_requeued(outcome)
 
-    def expire_awaiting(self):
+    def expire_awaiting(self) -> Rescheduled:
         """The grace period after a restart is over: jobs of nodes that did not come back are
         handled as lost with their node."""
         outcome = Rescheduled()
@@ -307,7 +324,7 @@ class State:
             outcome.dispatches.extend(self.place(cluster))
         return outcome
 
-    def _requeue(self, job):
+    def _requeue(self, job: Job) -> None:
         job.node = None
         job.start_time = None
         job.status = CREATED
@@ -316,7 +333,7 @@ class State:
         else:
             job.cluster.pinned[job.pinned].push(job)
 
-    def _lose(self, job, outcome):
+    def _lose(self, job: Job, outcome: Rescheduled) -> None:
         """``job`` was on a node that died: requeue it if its cluster allows (and it has not
         outlived too many nodes already), else end it."""
         job.lost_nodes += 1
@@ -334,7 +351,8 @@ class State:
 
     # clusters
 
-    def add_cluster(self, name, code, patterns, reentrant, cleanup, allocate=False):
+    def add_cluster(self, name: str, code: bytes, patterns: list[tuple[str, int]],
+                    reentrant: bool, cleanup: bool, allocate: bool = False) -> ClusterAdded:
         """A new cluster and the nodes to offer it to: its computation is installed on each
         at once, or, with ``allocate``, once the client's NodeAllocate has accepted it.
         Returns ``ClusterAdded``."""
@@ -346,7 +364,7 @@ class State:
             node.clusters[cluster.cid] = OFFERED if allocate else INSTALLING
         return ClusterAdded(cluster, nodes)
 
-    def remove_cluster(self, cluster):
+    def remove_cluster(self, cluster: Cluster) -> ClusterRemoved:
         """Forget a cluster; returns ``ClusterRemoved``."""
         del self.clusters[cluster.cid]
         nodes = [node for node in self.nodes.values() if node.clusters.pop(cluster.cid, None)]
@@ -375,7 +393,7 @@ class State:
             dispatches.extend(self.fill_node(node))
         return ClusterRemoved(nodes, queued, running, dispatches)
 
-    def retire(self, cluster):
+    def retire(self, cluster: Cluster) -> list[Node]:
         """A cluster with nothing to run whose client is long gone keeps its results but
         frees its nodes: returns the nodes to uninstall it from."""
         nodes = [node for node in self.nodes.values() if node.clusters.pop(cluster.cid, None)]
@@ -386,7 +404,7 @@ class State:
         cluster.dormant = True
         return nodes
 
-    def revive(self, cluster):
+    def revive(self, cluster: Cluster) -> list[Node]:
         """A retired cluster's client came back: the nodes to install it on again."""
         cluster.dormant = False
         nodes = [node for node in self.nodes.values()
@@ -397,7 +415,7 @@ class State:
 
     # nodes
 
-    def add_node(self, key, name, ip_addr, port, cpus):
+    def add_node(self, key: str, name: str, ip_addr: str, port: int, cpus: int) -> NodeAdded:
         """A node that joined, and the clusters to offer it to (see ``add_cluster``);
         returns ``NodeAdded``."""
         node = Node(key, name, ip_addr, port, cpus, cpus * self.max_depth)
@@ -410,7 +428,7 @@ class State:
         self._load_changed(node)
         return NodeAdded(node, clusters)
 
-    def remove_node(self, node):
+    def remove_node(self, node: Node) -> Rescheduled:
         """A node is gone. Its jobs of reentrant clusters go back to their queues, ahead of
         later ones; the others, jobs being cancelled, jobs pinned to it (running or waiting)
         and jobs that have now lost ``max_node_losses`` nodes end here (Cancelled, or
@@ -436,7 +454,8 @@ class State:
         node.jobs_of.clear()
         return self._place_requeued(outcome)
 
-    def allocate(self, node, cid, cpus, setup_args, files):
+    def allocate(self, node: Node, cid: int, cpus: int, setup_args: Optional[bytes],
+                 files: Sequence[str]) -> bool:
         """The client's NodeAllocate answered for a node: 0 CPUs refuses it; otherwise the
         computation is to be installed there (returns True)."""
         cluster = self.clusters.get(cid)
@@ -449,7 +468,7 @@ class State:
         cluster.allocations[node.key] = (min(cpus, node.cpus), setup_args, files)
         return True
 
-    def compute_ready(self, node, cid):
+    def compute_ready(self, node: Node, cid: int) -> list[Dispatch]:
         """A node has installed a computation: it may now take that cluster's jobs."""
         cluster = self.clusters.get(cid)
         if cluster is None or node.clusters.get(cid) != INSTALLING:
@@ -458,7 +477,7 @@ class State:
         cluster.ready_nodes.add(node)
         return self.fill_node(node)
 
-    def compute_failed(self, node, cid):
+    def compute_failed(self, node: Node, cid: int) -> Rescheduled:
         """Setup failed on a node, or its worker host died: the node takes no more of the
         cluster's jobs, and those sent there that never started go back to the queue; jobs
         pinned to the node end here. Returns ``Rescheduled``."""
@@ -485,7 +504,7 @@ class State:
         outcome.dispatches = self.place(cluster) + self.fill_node(node)
         return outcome
 
-    def node_leaving(self, node, unstarted):
+    def node_leaving(self, node: Node, unstarted: Iterable[int]) -> Rescheduled:
         """A node shutting down hands back the jobs it has not started (``unstarted`` ids)
         and takes no more. Returns ``Rescheduled`` (nothing ends)."""
         node.slots = 0
@@ -499,15 +518,16 @@ class State:
                 outcome.requeued.append(job)
         return self._place_requeued(outcome)
 
-    def _take_back(self, node, job):
+    def _take_back(self, node: Node, job: Job) -> None:
         del node.jobs[job.jid]
         node.jobs_of[job.cluster.cid] -= 1
         job.cluster.in_flight -= 1
 
     # jobs
 
-    def submit(self, cluster, uid, args, priority=0, timeout=None, files=(), pinned=None,
-               tag=None):
+    def submit(self, cluster: Cluster, uid: int, args: bytes, priority: int = 0,
+               timeout: Optional[float] = None, files: Sequence[FileData] = (),
+               pinned: Optional[str] = None, tag: Optional[bytes] = None) -> Placed:
         """Queue a job; returns ``Placed``: the job and the dispatches it allows."""
         job = Job(self.next_jid(), uid, cluster, args, priority, timeout, files, pinned, tag)
         cluster.jobs[uid] = job
@@ -519,7 +539,7 @@ class State:
         node = self.nodes.get(pinned)
         return Placed(job, self.fill_node(node) if node is not None else [])
 
-    def place(self, cluster):
+    def place(self, cluster: Cluster) -> list[Dispatch]:
         """Send a cluster's queued jobs to free nodes, least loaded first."""
         dispatches = []
         while cluster.queued:
@@ -527,11 +547,12 @@ class State:
             if node is None:
                 break
             job = cluster.queue.pop()
+            assert job is not None  # one is queued
             self._dispatch(node, job)
             dispatches.append(Dispatch(node, job))
         return dispatches
 
-    def fill_node(self, node):
+    def fill_node(self, node: Node) -> list[Dispatch]:
         """Give a node's free slots to jobs pinned to it, then to queued jobs, cluster by
         fair share."""
         dispatches = []
@@ -540,19 +561,21 @@ class State:
             waiting = cluster.pinned.get(node.key)
             while waiting and len(node.jobs) < node.slots and cluster.wants(node):
                 job = waiting.pop()
+                assert job is not None  # one waits
                 self._dispatch(node, job)
                 dispatches.append(Dispatch(node, job))
         while len(node.jobs) < node.slots:
-            cluster = fair_share_pick([cluster for cluster in ready if cluster.wants(node)],
-                                      node.jobs_of)
-            if cluster is None:
+            chosen = fair_share_pick([cluster for cluster in ready if cluster.wants(node)],
+                                     node.jobs_of)
+            if chosen is None:
                 break
-            job = cluster.queue.pop()
+            job = chosen.queue.pop()
+            assert job is not None  # fair_share_pick chose a cluster with queued jobs
             self._dispatch(node, job)
             dispatches.append(Dispatch(node, job))
         return dispatches
 
-    def _dispatch(self, node, job):
+    def _dispatch(self, node: Node, job: Job) -> None:
         node.jobs[job.jid] = job
         job.node = node
         cluster = job.cluster
@@ -561,19 +584,19 @@ class State:
         cluster.last_served = self.tick()
         self._load_changed(node)
 
-    def _load_changed(self, node):
+    def _load_changed(self, node: Node) -> None:
         if len(node.jobs) < node.slots and self.nodes.get(node.key) is node:
             self.free_nodes.update(node, node.load)
         else:
             self.free_nodes.discard(node)
 
-    def _end(self, job, status):
+    def _end(self, job: Job, status: int) -> None:
         del self.jobs[job.jid]
         del job.cluster.jobs[job.uid]
         job.cluster.done += 1
         job.status = status
 
-    def job_started(self, node, jid, start_time):
+    def job_started(self, node: Node, jid: int, start_time: float) -> Optional[Job]:
         """The job began on its node; None if it is no longer this node's."""
         job = node.jobs.get(jid)
         if job is not None:
@@ -581,7 +604,8 @@ class State:
             job.start_time = start_time
         return job
 
-    def job_done(self, node, jid, status, runtime=None):
+    def job_done(self, node: Node, jid: int, status: int,
+                 runtime: Optional[float] = None) -> Placed:
         """A node reports a final status (and how long the job ran). Returns ``Placed``: the
         job (None for a late or repeated report) and the dispatches the freed slot allows."""
         job = node.jobs.pop(jid, None)
@@ -598,7 +622,7 @@ class State:
         self._load_changed(node)
         return Placed(job, self.fill_node(node))
 
-    def cancel(self, cluster, uid):
+    def cancel(self, cluster: Cluster, uid: int) -> Cancellation:
         """Cancel a job (``Cancellation``): a queued one ends here (no node); for one on a node,
         the node is to be told, and reports its end. No job if it is unknown."""
         job = cluster.jobs.get(uid)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import gevent
 
@@ -25,13 +26,16 @@ from .model import READY, Cluster, Node, State
 from .router import Router
 from .sessions import NodeSession, Peers
 
+if TYPE_CHECKING:
+    from OpenSSL import SSL
+
 logger = logging.getLogger(__name__)
 
 
 class NodeService:
     def __init__(self, config: SchedulerConfig, state: State, peers: Peers, router: Router,
                  durability: Durability, admission: Admission, scheduler_id: str,
-                 tls_context: Any = None) -> None:
+                 tls_context: Optional[SSL.Context] = None) -> None:
         self.config = config
         self.state = state
         self.peers = peers
@@ -47,7 +51,7 @@ class NodeService:
             m.ComputeFailed: self.on_compute_failed, m.NodeLeaving: self.on_node_leaving,
         }
 
-    def serve(self, sock, address) -> None:
+    def serve(self, sock: socket.socket, address: tuple[str, int]) -> None:
         """A node connected (a StreamServer handler): admit it, then serve it until its link
         ends, and handle it as lost then."""
         link = self.admission.accept(sock, self.tls_context, self.config.node_secret, 'node',
@@ -115,7 +119,9 @@ class NodeService:
         if files:
             gevent.spawn(self.stream_files, session, cluster, files)
 
-    def stream_files(self, session: NodeSession, cluster: Cluster, files: list) -> None:
+    def stream_files(self, session: NodeSession, cluster: Cluster,
+                     files: list[m.FileSpec]) -> None:
+        assert cluster.directory is not None  # a cluster with files keeps them there
         for name, _, _ in files:
             path = os.path.join(cluster.directory, safe_relative_path(name))
             for offset, data, last in read_chunks(path):
@@ -158,20 +164,20 @@ class NodeService:
     def on_job_started(self, session: NodeSession, node: Node, started: m.JobStarted) -> None:
         job = self.state.job_started(node, started.jid, started.start_time)
         client = self.peers.client(job.cluster.cid) if job is not None else None
-        if client is not None:
+        if job is not None and client is not None:
             client.job_started(job.uid, job.status, node.ip_addr, started.start_time)
 
     def on_provisional(self, session: NodeSession, node: Node,
                        provisional: m.Provisional) -> None:
         job = node.jobs.get(provisional.jid)
         client = self.peers.client(job.cluster.cid) if job is not None else None
-        if client is not None:
+        if job is not None and client is not None:
             client.provisional_result(job.uid, provisional.result, node.ip_addr)
 
     def on_job_file(self, session: NodeSession, node: Node, chunk: m.JobFile) -> None:
         job = node.jobs.get(chunk.jid)
         client = self.peers.client(job.cluster.cid) if job is not None else None
-        if client is not None:
+        if job is not None and client is not None:
             client.file_part(job.uid, chunk)
 
     def on_pulse(self, session: NodeSession, node: Node, pulse: m.Pulse) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from typing import Any, Callable
 
 import gevent
 
@@ -25,7 +26,7 @@ class Pinger:
         self.sockets = sockets  # address ('' for the wildcard) -> UDP socket
         self.node_link_port = node_link_port  # where nodes connect: told in every ping
 
-    def run_receivers(self, spawn) -> None:
+    def run_receivers(self, spawn: Callable[..., Any]) -> None:
         """A receive loop per socket, each started with ``spawn(function, *args)``."""
         for sock in self.sockets.values():
             spawn(discovery.receive_loop, sock, self.config.node_secret,

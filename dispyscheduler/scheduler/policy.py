@@ -2,12 +2,21 @@
 job a free node takes. Pure functions and one small index; no I/O.
 """
 
+from __future__ import annotations
+
 import fnmatch
 import heapq
 import itertools
+from typing import TYPE_CHECKING, Callable, Generic, Hashable, Iterable, Mapping, TypeVar
+
+if TYPE_CHECKING:
+    from .model import Cluster
+
+N = TypeVar('N', bound=Hashable)
 
 
-def node_matches(patterns, ip_addr, name, port):
+def node_matches(patterns: Iterable[tuple[str, int]], ip_addr: str, name: str,
+                 port: int) -> bool:
     """Whether a node may run a cluster's jobs.
 
     ``patterns`` holds ``(pattern, port)`` pairs: ``pattern`` is matched (shell-style, so
@@ -30,7 +39,7 @@ DEPTHS = ((0.005, 8), (0.05, 4), (1.0, 2))
 8 wait their turn on the node; jobs of a second or more go one per CPU."""
 
 
-def dispatch_depth(mean_runtime):
+def dispatch_depth(mean_runtime: float | None) -> int:
     """Jobs in flight per node CPU for a cluster whose jobs run ``mean_runtime`` seconds (None
     while none has ended)."""
     if mean_runtime is None:
@@ -41,7 +50,8 @@ def dispatch_depth(mean_runtime):
     return 1
 
 
-def fair_share_pick(clusters, on_node=None):
+def fair_share_pick(clusters: Iterable[Cluster],
+                    on_node: Mapping[int, int] | None = None) -> Cluster | None:
     """Of clusters with queued jobs, the one whose turn it is on a node with a free slot.
 
     First the cluster with the fewest jobs on this node (``on_node`` maps cluster id to that
@@ -51,17 +61,18 @@ def fair_share_pick(clusters, on_node=None):
     10,000, and two busy clusters do not settle into owning a node each.
     """
     on_node = on_node or {}
-    best = best_key = None
+    best: Cluster | None = None
+    best_key: tuple[int, int, int] | None = None
     for cluster in clusters:
         if not cluster.queued:
             continue
         key = (on_node.get(cluster.cid, 0), cluster.in_flight, cluster.last_served)
-        if best is None or key < best_key:
+        if best_key is None or key < best_key:
             best, best_key = cluster, key
     return best
 
 
-class LoadIndex:
+class LoadIndex(Generic[N]):
     """Nodes by load, least loaded first, with O(log n) updates.
 
     A heap of ``(load, -seq, node)`` entries; updating a node pushes a fresh entry and leaves
@@ -72,18 +83,18 @@ class LoadIndex:
     waking each node in turn.
     """
 
-    def __init__(self):
-        self.heap = []
-        self.current = {}  # node -> (load, seq) of its live entry
+    def __init__(self) -> None:
+        self.heap: list[tuple[float, int, N]] = []
+        self.current: dict[N, tuple[float, int]] = {}  # node -> (load, seq) of its live entry
         self.counter = itertools.count()
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.current)
 
-    def __contains__(self, node):
+    def __contains__(self, node: object) -> bool:
         return node in self.current
 
-    def update(self, node, load):
+    def update(self, node: N, load: float) -> None:
         entry = (load, -next(self.counter))
         self.current[node] = entry
         heapq.heappush(self.heap, (entry[0], entry[1], node))
@@ -91,10 +102,10 @@ class LoadIndex:
             self.heap = [(load, seq, node) for node, (load, seq) in self.current.items()]
             heapq.heapify(self.heap)
 
-    def discard(self, node):
+    def discard(self, node: N) -> None:
         self.current.pop(node, None)
 
-    def least_loaded(self, accept):
+    def least_loaded(self, accept: Callable[[N], bool]) -> N | None:
         """The least loaded node for which ``accept(node)`` is true, or None."""
         heap, current = self.heap, self.current
         passed_over = []

@@ -5,21 +5,24 @@ a table of nodes and one of clusters, in the manner of ``condor_status`` and ``c
 ``--json`` prints the status as it came, for scripts.
 """
 
+from __future__ import annotations
+
 import argparse
 import json
 import sys
 import urllib.error
 import urllib.request
+from typing import Any, Sequence
 
 DEFAULT_URL = 'http://127.0.0.1:8181'
 
 
-def fetch(url, timeout):
+def fetch(url: str, timeout: float) -> dict[str, Any]:
     with urllib.request.urlopen(url.rstrip('/') + '/status', timeout=timeout) as reply:
         return json.load(reply)
 
 
-def table(headers, rows):
+def table(headers: list[str], rows: list[list[Any]]) -> str:
     widths = [max(len(str(value)) for value in column) for column in zip(headers, *rows)]
     lines = []
     for row in [headers] + rows:
@@ -29,7 +32,7 @@ def table(headers, rows):
     return '\n'.join(lines)
 
 
-def render(status):
+def render(status: dict[str, Any]) -> str:
     late = 2 * status['pulse_interval']
     nodes = [[node['address'], node['name'], node['cpus'], node['busy'], node['jobs'],
               node['jobs_done'], '%.1fs%s' % (node['pulse_age'],
@@ -48,7 +51,7 @@ def render(status):
             sum(cluster['running'] for cluster in status['clusters']), status['uptime'])])
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog='dispyscheduler-status',
         description="Show a running scheduler's nodes and clusters (it must run with "

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Iterable, Optional
+from typing import TYPE_CHECKING, Iterable, Optional
 
 from ..constants import CANCELLED
 from ..wire.messages import JobDone, JobEnd
@@ -18,11 +18,15 @@ from .durability import Durability
 from .model import Cluster, Dispatch, Job, Node, Rescheduled, State
 from .sessions import Peers
 
+if TYPE_CHECKING:
+    from .httpd import Metrics
+
 logger = logging.getLogger(__name__)
 
 
 class Router:
-    def __init__(self, state: State, peers: Peers, durability: Durability, metrics) -> None:
+    def __init__(self, state: State, peers: Peers, durability: Durability,
+                 metrics: Metrics) -> None:
         self.state = state
         self.peers = peers
         self.durability = durability

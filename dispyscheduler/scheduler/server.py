@@ -25,7 +25,7 @@ import logging
 import signal
 import socket
 import time
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import gevent
 import gevent.event
@@ -47,6 +47,9 @@ from .router import Router
 from .sessions import Peers
 from .store import Store
 from .watchdogs import Watchdogs
+
+if TYPE_CHECKING:
+    from OpenSSL import SSL
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +100,8 @@ class Scheduler:
     """Most jobs in flight per node CPU (see ``policy.dispatch_depth``)."""
 
     def __init__(self, config: SchedulerConfig, store: Store, listeners: Listeners,
-                 node_tls: Any = None, cluster_tls: Any = None) -> None:
+                 node_tls: Optional[SSL.Context] = None,
+                 cluster_tls: Optional[SSL.Context] = None) -> None:
         self.config = config
         self.listeners = listeners
         self.stopped = gevent.event.Event()
@@ -136,7 +140,7 @@ class Scheduler:
                         sum(len(waiting) for waiting in self.state.awaiting.values()),
                         len(results))
 
-    def status(self) -> dict:
+    def status(self) -> dict[str, Any]:
         """The scheduler at a glance (``/status``, ``dispyscheduler-status``)."""
         return status(self.state, self.peers, self.started, self.config.pulse_interval)
 

@@ -10,7 +10,7 @@ by the cluster's id: the model never holds a link.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
 import gevent
 
@@ -18,6 +18,9 @@ from ..constants import ACK_BATCH
 from ..wire import messages as m
 from ..runtime.hublink import HubLink
 from ..wire.protocol import ProtocolError
+
+if TYPE_CHECKING:
+    from .model import Job
 
 logger = logging.getLogger(__name__)
 
@@ -48,16 +51,16 @@ class NodeSession:
     def welcome(self, pulse_interval: float, scheduler_id: str) -> None:
         self.link.send(m.Welcome(pulse_interval=pulse_interval, scheduler_id=scheduler_id))
 
-    def send_job(self, job) -> None:
+    def send_job(self, job: Job) -> None:
         """The job, with the acknowledgements waiting (in the same write)."""
         self.link.send(m.Job(jid=job.jid, cid=job.cluster.cid, args=job.args,
-                             timeout=job.timeout, files=job.files),
+                             timeout=job.timeout, files=list(job.files)),
                        *self.take_acknowledgements())
 
     def cancel_job(self, jid: int) -> None:
         self.link.send(m.CancelJob(jid=jid))
 
-    def install(self, cid: int, name: str, code: bytes, files: list, cpus: int,
+    def install(self, cid: int, name: str, code: bytes, files: list[m.FileSpec], cpus: int,
                 setup_args: Optional[bytes]) -> None:
         self.link.send(m.Compute(cid=cid, name=name, code=code, files=files, cpus=cpus,
                                  setup_args=setup_args))

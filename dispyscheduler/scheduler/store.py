@@ -20,11 +20,14 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-from typing import Any, Callable, Hashable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable, cast
 
 import msgpack
 
 from ..wire.messages import JobEnd, from_wire
+
+if TYPE_CHECKING:
+    from .model import Cluster, Job
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +87,7 @@ TABLES = (META, CLUSTERS, JOBS, RESULTS)
 INDEXES = ('CREATE INDEX jobs_by_cluster ON jobs (cid)',)
 
 
-def cluster_row(cluster) -> dict[str, Any]:
+def cluster_row(cluster: Cluster) -> dict[str, Any]:
     return dict(cid=cluster.cid, name=cluster.name, code=cluster.code,
                 patterns=pack([list(pattern) for pattern in cluster.patterns]),
                 reentrant=int(cluster.reentrant), cleanup=int(cluster.cleanup),
@@ -101,7 +104,7 @@ def cluster_from_row(row: dict[str, Any]) -> dict[str, Any]:
                 node_files=set(unpack(row['node_files'])))
 
 
-def job_row(job) -> dict[str, Any]:
+def job_row(job: Job) -> dict[str, Any]:
     return dict(jid=job.jid, cid=job.cluster.cid, uid=job.uid, args=job.args,
                 priority=job.priority, timeout=job.timeout, files=pack(job.files),
                 pinned=job.pinned, tag=job.tag, node=job.node.key if job.node else None,
@@ -121,7 +124,7 @@ class Batch:
     (and its result acknowledged) within one batch costs the database nothing."""
 
     def __init__(self) -> None:
-        self.jobs: dict[int, Any] = {}  # jid -> Job whose row to write as it is at the commit
+        self.jobs: dict[int, Job] = {}  # jid -> Job whose row to write as it is at the commit
         self.new_jobs: set[int] = set()  # jids first saved in this batch
         self.ended_jobs: set[int] = set()  # jids whose rows go
         self.results: dict[tuple[int, int], JobEnd] = {}  # (cid, uid) -> final message
@@ -184,7 +187,7 @@ class Store:
             group = self.batch.acknowledgements[peer] = (send, [])
         group[1].append(item)
 
-    def put_cluster(self, cluster) -> None:
+    def put_cluster(self, cluster: Cluster) -> None:
         self.batch.clusters.append((CLUSTERS.insert, CLUSTERS.values(cluster_row(cluster))))
         self.batch.clusters.append((META.insert, ('next_cid', cluster.cid + 1)))
 
@@ -193,11 +196,11 @@ class Store:
                                     ('DELETE FROM jobs WHERE cid = ?', (cid,)),
                                     ('DELETE FROM results WHERE cid = ?', (cid,))])
 
-    def put_job(self, job) -> None:
+    def put_job(self, job: Job) -> None:
         self.batch.jobs[job.jid] = job
         self.batch.new_jobs.add(job.jid)
 
-    def job_moved(self, job) -> None:
+    def job_moved(self, job: Job) -> None:
         """The job was sent to a node, or came back from one."""
         self.batch.jobs[job.jid] = job
 
@@ -261,11 +264,13 @@ class Store:
 
     # loading at start
 
-    def load(self) -> tuple[list[dict], list[dict], list[tuple[int, JobEnd]]]:
+    def load(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]],
+                            list[tuple[int, JobEnd]]]:
         """``(clusters, jobs, results)``: clusters and jobs as ``model.State.restore`` takes
         them, results as ``(cid, message)``."""
         clusters = [cluster_from_row(row) for row in CLUSTERS.rows(self.db)]
         jobs = [job_from_row(row) for row in JOBS.rows(self.db)]
-        results = [(row['cid'], from_wire(JobEnd.kind, unpack(row['message'])))
+        # from_wire of a job_end body is a JobEnd
+        results = [(row['cid'], cast(JobEnd, from_wire(JobEnd.kind, unpack(row['message']))))
                    for row in RESULTS.rows(self.db)]
         return clusters, jobs, results
