@@ -26,7 +26,7 @@ import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Deque, Dict, Optional, Protocol, Tuple
+from typing import Any, Deque, Dict, Optional, Protocol, Tuple, cast
 
 import gevent
 import gevent.event
@@ -151,8 +151,8 @@ class Computation:
         # pid -> job handed to a worker process's greenlet that has not woken yet
         self._handed: Dict[int, Optional[NodeJob]] = {}
         # pid -> AsyncResult with how the worker process ended
-        self._worker_exits: Dict[int, gevent.event.AsyncResult] = {}
-        self._setup_link = gevent.event.AsyncResult()
+        self._worker_exits: Dict[int, gevent.event.AsyncResult[str]] = {}
+        self._setup_link: gevent.event.AsyncResult[HubLink] = gevent.event.AsyncResult()
         self._load_done = gevent.event.Event()
         self._setup_process: Optional[subprocess.Popen[bytes]] = None
         self._closing = False
@@ -200,6 +200,7 @@ class Computation:
             with gevent.Timeout(WORKER_START_TIMEOUT, ComputationError(
                     'computation did not load within %d seconds' % WORKER_START_TIMEOUT)):
                 link = self._setup_link.get()
+                assert link is not None  # what ``serve_setup_process`` set
                 link.send_now(m.Load(code=self._code, node_name=self._settings.name,
                                      node_ip_addr=node_ip_addr,
                                      max_file_size=self._settings.max_file_size,
@@ -226,7 +227,7 @@ class Computation:
         if not self.loaded:
             return
 
-        def on_message(message):
+        def on_message(message: m.Message) -> None:
             if type(message) is m.WorkerExit:
                 self._exit_of(message.pid).set(message.how)
                 idle = self._idle_workers.pop(message.pid, None)
@@ -238,6 +239,7 @@ class Computation:
                     link.send(m.Fork(count=1))
         link.run_reader(on_message)
         if not self._closing:
+            assert self._setup_process is not None  # ``start`` started it before loading
             logger.error('setup process of %r exited (status %s)', self,
                          self._setup_process.wait())
             self._daemon.computation_failed(self, "the computation's setup process exited")
@@ -250,22 +252,23 @@ class Computation:
         else:
             self._queue.append(job)
 
-    def _wake_idle_worker(self, job):
+    def _wake_idle_worker(self, job: Optional[NodeJob]) -> None:
         """Wake the greenlet of the worker process idle the shortest time with ``job`` (None:
         to end)."""
         pid, (_, waiter) = self._idle_workers.popitem()
         self._handed[pid] = job  # if its greenlet is killed before it wakes, the job goes back
         gevent.get_hub().loop.run_callback(waiter.switch, job)
 
-    def _next_job(self, pid):
+    def _next_job(self, pid: int) -> Optional[NodeJob]:
         """The next job for worker process ``pid``, waiting for one; None once the node closes
         the computation."""
         if self._queue:
             return self._queue.popleft()
         if self._closing:
             return None
-        waiter = Waiter()
-        self._idle_workers[pid] = (gevent.getcurrent(), waiter)
+        waiter: Waiter[Optional[NodeJob]] = Waiter()
+        # a worker process's greenlet is its connection's: a gevent Greenlet
+        self._idle_workers[pid] = (cast(gevent.Greenlet, gevent.getcurrent()), waiter)
         try:
             job = waiter.get()
         finally:
@@ -304,7 +307,8 @@ class Computation:
                         self._kill_worker(pid)
                         self._daemon.job_finished(job, m.JobDone.failure(
                             job.jid, TERMINATED, 'job exceeded its time limit of %g seconds and '
-                            'was killed' % job.request.timeout if isinstance(exc, JobTimedOut)
+                            'was killed' % job.request.timeout  # type: ignore[str-format]
+                            if isinstance(exc, JobTimedOut)  # so it had a time limit
                             else 'worker process %d sent a bad frame (%s) and was killed'
                             % (pid, exc)))
                         return
@@ -331,7 +335,7 @@ class Computation:
             link.close()
             link.sock.close()
 
-    def _run_on_worker(self, job, link, report):
+    def _run_on_worker(self, job: NodeJob, link: HubLink, report: Any) -> m.JobDone:
         """Send the job, pass its provisional results and files on, return its final reply;
         ``report`` (a timer) reports it started if it runs for long."""
         written = []
@@ -347,9 +351,9 @@ class Computation:
                 try:
                     while True:
                         message = link.recv_now()
-                        kind = type(message)
-                        if kind is m.JobDone:
+                        if type(message) is m.JobDone:
                             return message
+                        kind = type(message)
                         if kind is not m.Provisional and kind is not m.JobFile:
                             raise ProtocolError('worker sent %r' % (message.kind,))
                         if report.active:  # it said something: it has started
@@ -367,14 +371,14 @@ class Computation:
                 except OSError:
                     pass
 
-    def _kill_worker(self, pid):
+    def _kill_worker(self, pid: int) -> None:
         """End a worker process and all it started (it leads its own process group)."""
         try:
             os.killpg(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
 
-    def _worker_died_reply(self, job, pid):
+    def _worker_died_reply(self, job: NodeJob, pid: int) -> m.JobDone:
         if job.cancelled:
             return m.JobDone.failure(job.jid, CANCELLED, 'job was cancelled')
         try:
@@ -384,7 +388,7 @@ class Computation:
         return m.JobDone.failure(job.jid, TERMINATED, 'worker process %d running the job %s'
                                  % (pid, reason))
 
-    def _exit_of(self, pid):
+    def _exit_of(self, pid: int) -> gevent.event.AsyncResult[str]:
         """The setup process's account of how worker process ``pid`` ended, once it has
         given it."""
         return self._worker_exits.setdefault(pid, gevent.event.AsyncResult())
@@ -424,11 +428,11 @@ class Computation:
         if cleanup:
             shutil.rmtree(self.directory, ignore_errors=True)
 
-    def _kill_setup_process(self):
+    def _kill_setup_process(self) -> None:
         if self._setup_process is not None and self._setup_process.poll() is None:
             self._setup_process.kill()
             self._setup_process.wait()
 
 
-def _package_root():
+def _package_root() -> str:
     return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

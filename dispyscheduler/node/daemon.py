@@ -83,8 +83,8 @@ class NodeDaemon:
         self.unacked: Dict[int, m.JobDone] = {}  # jid -> its end, not yet acknowledged
         self.link: Optional[HubLink] = None
         self.ip_addr = config.ext_ip_addr or config.ip_addr or ''  # as announced
-        self.scheduler_id = None
-        self.scheduler_addr = None
+        self.scheduler_id: Optional[str] = None
+        self.scheduler_addr: Optional[Tuple[str, int]] = None
         if config.scheduler_node:
             self.scheduler_addr = (config.scheduler_node, config.scheduler_port)
         self.scheduler_changed = gevent.event.Event()
@@ -274,21 +274,20 @@ class NodeDaemon:
             link.send(m.Pulse(busy=self.cpus - self.cpu_slots.counter))
 
     def on_scheduler_message(self, message: m.Message) -> None:
-        kind = type(message)
-        if kind is m.Job:
+        if type(message) is m.Job:
             self.queue_job(message)
-        elif kind is m.ResultAck:
+        elif type(message) is m.ResultAck:
             for jid in message.ids:
                 self.unacked.pop(jid, None)
-        elif kind is m.CancelJob:
+        elif type(message) is m.CancelJob:
             self.cancel_job(message.jid)
-        elif kind is m.ComputeFile:
+        elif type(message) is m.ComputeFile:
             computation = self.computations.get(message.cid)
             if computation is not None:
                 computation.receive_file(message)
-        elif kind is m.Compute:
+        elif type(message) is m.Compute:
             self.install(message)
-        elif kind is m.Uninstall:
+        elif type(message) is m.Uninstall:
             gevent.spawn(self.uninstall, message.cid, message.cleanup)
         else:
             raise ProtocolError('unexpected %r from the scheduler' % (message.kind,))

@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 import traceback
-from typing import Any, Dict, List, NoReturn, Optional, Set, Tuple
+from typing import Any, Dict, List, NoReturn, Optional, Set, Tuple, Union
 
 import cloudpickle
 
@@ -99,7 +99,8 @@ class JobContext:
 
 def dispy_provisional_result(result: Any, timeout: Optional[float] = None) -> int:
     """Send ``result`` to the client now, as the job's provisional result; 0 on success."""
-    if JobContext.jid is None:
+    channel = JobContext.channel
+    if JobContext.jid is None or channel is None:
         return -1
     try:
         data = serialize.dumps(result)
@@ -108,14 +109,15 @@ def dispy_provisional_result(result: Any, timeout: Optional[float] = None) -> in
         return -1
     if len(data) > MAX_RESULT_SIZE:
         return -1
-    JobContext.channel.send(m.Provisional(jid=JobContext.jid, result=data))
+    channel.send(m.Provisional(jid=JobContext.jid, result=data))
     return 0
 
 
 def dispy_send_file(path: str, timeout: Optional[float] = None) -> int:
     """Send the file at ``path`` to the client, which saves it under the same relative path in
     its working directory; 0 on success, -1 if it cannot be read or is too large."""
-    if JobContext.jid is None:
+    channel = JobContext.channel
+    if JobContext.jid is None or channel is None:
         return -1
     path = os.path.expanduser(path)
     try:
@@ -127,8 +129,8 @@ def dispy_send_file(path: str, timeout: Optional[float] = None) -> int:
     name = os.path.splitdrive(path)[1].lstrip(os.sep)
     try:
         for offset, data, last in read_chunks(path):
-            JobContext.channel.send(m.JobFile(jid=JobContext.jid, name=name, offset=offset,
-                                              data=data, last=last))
+            channel.send(m.JobFile(jid=JobContext.jid, name=name, offset=offset, data=data,
+                                   last=last))
     except OSError:
         return -1
     return 0
@@ -194,10 +196,11 @@ def serve_as_setup_process(channel: Channel, address: str, token: bytes, cid: in
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     workers: Set[int] = set()
     run_cleanup = False
+    watched: List[Union[socket.socket, int]] = [channel.sock, wakeup_read]
     try:
         while True:
             if not channel.has_buffered():
-                readable, _, _ = select.select([channel.sock, wakeup_read], [], [])
+                readable, _, _ = select.select(watched, [], [])
                 if wakeup_read in readable:
                     os.read(wakeup_read, 512)
                     reap(channel, workers)
