@@ -1,9 +1,12 @@
 """Running a program's callbacks: one at a time, in order, on a thread of their own."""
 
+from __future__ import annotations
+
 import collections
 import logging
 import threading
 import time
+from typing import Any, Callable
 
 logger = logging.getLogger('dispyscheduler')
 
@@ -11,24 +14,24 @@ logger = logging.getLogger('dispyscheduler')
 class CallbackRunner:
     """A queue of calls and the thread that makes them; ``join`` waits for it to empty."""
 
-    def __init__(self):
-        self.calls = collections.deque()
+    def __init__(self) -> None:
+        self.calls: collections.deque[tuple[Callable[..., Any], tuple]] = collections.deque()
         self.pending = 0  # queued or running
         self.condition = threading.Condition()
         self.stopping = False
         self.thread = threading.Thread(target=self.run, daemon=True,
                                        name='dispyscheduler-callbacks')
 
-    def start(self):
+    def start(self) -> None:
         self.thread.start()
 
-    def put(self, function, *args):
+    def put(self, function: Callable[..., Any], *args: Any) -> None:
         with self.condition:
             self.calls.append((function, args))
             self.pending += 1
             self.condition.notify_all()
 
-    def run(self):
+    def run(self) -> None:
         while True:
             with self.condition:
                 while not self.calls and not self.stopping:
@@ -45,7 +48,7 @@ class CallbackRunner:
                     self.pending -= 1
                     self.condition.notify_all()
 
-    def join(self, deadline=None):
+    def join(self, deadline: float | None = None) -> bool:
         """Wait until every queued call has run (``deadline``: ``time.monotonic()`` value);
         False on timeout. From a callback itself it returns at once: waiting there would
         wait for itself."""
@@ -59,7 +62,7 @@ class CallbackRunner:
                 self.condition.wait(remaining)
         return True
 
-    def stop(self):
+    def stop(self) -> None:
         """Run what is queued, then end the thread."""
         with self.condition:
             self.stopping = True

@@ -13,6 +13,8 @@ The cluster's credential is written to a recovery file, so that ``recover_jobs``
 process can collect the results of a program that was killed.
 """
 
+from __future__ import annotations
+
 import copy
 import glob
 import itertools
@@ -23,6 +25,7 @@ import socket
 import sys
 import threading
 import time
+from typing import Any, Callable, Iterable, Literal, Sequence, TextIO, Union
 
 from ..constants import (ABANDONED, ACK_BATCH, ACK_DELAY, CLIENT_CLUSTER_TIMEOUT,
                          CLIENT_RECONNECT_TIMEOUT, CREATED,
@@ -30,13 +33,26 @@ from ..constants import (ABANDONED, ACK_BATCH, ACK_DELAY, CLIENT_CLUSTER_TIMEOUT
                          RUNNING, SCHEDULER_CLIENT_PORT, TERMINATED)
 from ..wire import messages as m
 from ..wire.files import FileRefused, IncomingFiles, check_size, read_chunks
+from ..wire.link import Link
 from ..wire.protocol import ProtocolError
 from .callbacks import CallbackRunner
 from .connection import Refused, SchedulerConnection
-from .computation import collect_depends, pack_computation, pack_value, unpack_result
+from .computation import (FileEntry, collect_depends, pack_computation, pack_value,
+                          unpack_result)
 from .job import ClusterStatus, DispyJob, DispyNode, NodeAllocate
 
 logger = logging.getLogger('dispyscheduler')
+
+NodeEntry = Union[str, Sequence[Any], NodeAllocate, DispyNode]
+"""An entry of ``nodes``: a host name, address or pattern, a ``(host, port)`` pair, a
+``NodeAllocate`` or a ``DispyNode``."""
+
+JobCallback = Callable[[DispyJob], Any]
+"""``callback(job)``: called with a copy of a job at each change of its status."""
+
+ClusterCallback = Callable[[int, Union[DispyNode, None], Union[DispyJob, None]], Any]
+"""``cluster_status(status, node, job)``: called at each change of a job's or a node's
+status, with copies of them (``None`` for the one that did not change)."""
 
 IGNORED_OPTIONS = ('dest_path', 'pulse_interval', 'ping_interval', 'poll_interval',
                    'fault_recover', 'client_port', 'dispy_port', 'host',
@@ -58,13 +74,21 @@ class SharedJobCluster:
     ``submit`` says otherwise.
     """
 
-    def __init__(self, computation, nodes=None, depends=(), callback=None, ip_addr=None,
-                 ext_ip_addr=None, port=0, scheduler_node=None,
-                 scheduler_port=SCHEDULER_CLIENT_PORT, loglevel=logging.WARNING, setup=None,
-                 cleanup=True, reentrant=False, secret='', keyfile=None, certfile=None,
-                 cafile=None, scheduler_host=None, job_status=None, cluster_status=None,
-                 job_timeout=None, recover_file=None,
-                 reconnect_timeout=CLIENT_RECONNECT_TIMEOUT, **dispy_options):
+    def __init__(self, computation: Callable[..., Any] | str,
+                 nodes: Sequence[NodeEntry] | None = None, depends: Iterable[Any] = (),
+                 callback: JobCallback | None = None, ip_addr: str | None = None,
+                 ext_ip_addr: str | None = None, port: int = 0,
+                 scheduler_node: str | None = None, scheduler_port: int = SCHEDULER_CLIENT_PORT,
+                 loglevel: int = logging.WARNING, setup: Callable[..., Any] | None = None,
+                 cleanup: bool | Callable[..., Any] = True, reentrant: bool = False,
+                 secret: str = '', keyfile: str | None = None, certfile: str | None = None,
+                 cafile: str | None = None, scheduler_host: str | None = None,
+                 job_status: JobCallback | None = None,
+                 cluster_status: ClusterCallback | None = None,
+                 job_timeout: float | None = None,
+                 recover_file: str | Literal[False] | None = None,
+                 reconnect_timeout: float = CLIENT_RECONNECT_TIMEOUT,
+                 **dispy_options: Any) -> None:
         logger.setLevel(loglevel)
         for name in dispy_options:
             if name not in IGNORED_OPTIONS:
@@ -94,33 +118,37 @@ class SharedJobCluster:
         if recover_file is not False:
             self._write_recover_file(recover_file, connection.host, scheduler_port)
 
-    def _prepare(self, name, connection, job_status, cluster_status, job_timeout):
+    def _prepare(self, name: str, connection: SchedulerConnection,
+                 job_status: JobCallback | None, cluster_status: ClusterCallback | None,
+                 job_timeout: float | None) -> None:
         """What every cluster object holds, new or recovered."""
         self.name = name
-        self.cid = None
+        self.cid: int | None = None
         self._connection = connection
         self._job_status = job_status
         self._cluster_status = cluster_status
         self._job_timeout = job_timeout
         self._allocators = []  # (NodeAllocate, names of its own files)
-        self._jobs = {}  # uid -> DispyJob not yet final
-        self._unsaved = {}  # uid -> submission the scheduler has not said it saved
-        self._nodes = {}  # ip_addr -> DispyNode
+        self._jobs: dict[int, DispyJob] = {}  # uid -> DispyJob not yet final
+        # uid -> submission the scheduler has not said it saved
+        self._unsaved: dict[int, m.Submit] = {}
+        self._nodes: dict[str, DispyNode] = {}  # ip_addr -> DispyNode
         self._uids = itertools.count(1)
-        self._incoming = {}  # uid -> IncomingFiles of files its job sends back
-        self._acks = []  # uids of results received and not acknowledged yet
+        # uid -> IncomingFiles of files its job sends back
+        self._incoming: dict[int, IncomingFiles] = {}
+        self._acks: list[int] = []  # uids of results received and not acknowledged yet
         self._acks_lock = threading.Lock()
-        self._ack_timer = None
+        self._ack_timer: threading.Timer | None = None
         self._closing = False
         self._closed = threading.Event()
-        self._lost = None
+        self._lost: str | None = None
         self._recovering = False  # accept results of jobs this process did not submit
-        self._recovered = {}  # uid -> DispyJob of those, finished or not
+        self._recovered: dict[int, DispyJob] = {}  # uid -> DispyJob of those, finished or not
         self._pending_known = threading.Event()
-        self._recover_file = None
+        self._recover_file: str | None = None
         self._start_time = time.time()
         self._callbacks = CallbackRunner() if job_status or cluster_status else None
-        self._handlers = {
+        self._handlers: dict[type, Callable[[Any], None]] = {
             m.JobEnd: self._on_job_end, m.Submitted: self._on_submitted,
             m.JobsPending: self._on_jobs_pending, m.JobStatus: self._on_job_status,
             m.ProvisionalResult: self._on_provisional_result, m.FilePart: self._receive_file,
@@ -128,7 +156,7 @@ class SharedJobCluster:
             m.ClusterWarning: self._on_cluster_warning, m.Closed: self._on_closed,
         }
 
-    def _attached(self, link, accepted):
+    def _attached(self, link: Link, accepted: m.ClusterOk) -> None:
         """The scheduler accepted the cluster (``accepted``: its ``ClusterOk``): start the
         threads."""
         self.cid = accepted.cid
@@ -139,9 +167,10 @@ class SharedJobCluster:
         if self._callbacks is not None:
             self._callbacks.start()
 
-    def _resume(self, link):
+    def _resume(self, link: Link) -> m.ClusterOk:
         """Attach a new link to this cluster (after a reconnect, or to recover it); the
         scheduler's ``ClusterOk``."""
+        assert self.cid is not None  # known by now: from ``_attached``, or the recovery file
         link.send_now(m.ClusterResume(cid=self.cid, credential=self._credential))
         try:
             return link.expect(m.ClusterOk, time.monotonic() + CLIENT_CLUSTER_TIMEOUT)
@@ -149,7 +178,9 @@ class SharedJobCluster:
             raise Refused(str(exc)) from None
 
     @classmethod
-    def _recover(cls, record, path, secret, tls_files, loglevel):
+    def _recover(cls, record: dict[str, Any], path: str, secret: str,
+                 tls_files: tuple[str | None, str | None, str | None],
+                 loglevel: int) -> SharedJobCluster:
         """A cluster object attached to the cluster described by a recovery file."""
         logger.setLevel(loglevel)
         cluster = cls.__new__(cls)
@@ -169,12 +200,12 @@ class SharedJobCluster:
         cluster._attached(link, accepted)
         return cluster
 
-    def _resumed(self):
+    def _resumed(self) -> None:
         """Send again what the scheduler may not have saved before the link broke."""
         for submission in list(self._unsaved.values()):
             self._connection.send(submission)
 
-    def _give_up(self, reason):
+    def _give_up(self, reason: str) -> None:
         self._lost = reason
         logger.error('cluster %s: %s; %d unfinished jobs abandoned', self.cid, reason,
                      len(self._jobs))
@@ -182,9 +213,10 @@ class SharedJobCluster:
             self._end(uid, ABANDONED, None, reason)
         self._closed.set()
 
-    def _write_recover_file(self, path, host, port):
+    def _write_recover_file(self, path: str | None, host: str | None, port: int) -> None:
         """Where and how to find this cluster again (``recover_jobs``); only the owner may
         read it, for it holds the cluster's credential."""
+        assert self.cid is not None  # from ``_attached``
         path = path or '_dispyscheduler_%s_%d.json' % (time.strftime('%Y%m%d%H%M%S'), self.cid)
         record = {'scheduler': host, 'port': port, 'cid': self.cid,
                   'credential': self._credential.hex(), 'name': self.name}
@@ -193,7 +225,9 @@ class SharedJobCluster:
             json.dump(record, handle)
         self._recover_file = os.path.abspath(path)
 
-    def _create(self, link, code, nodes, files, node_files, reentrant, cleanup):
+    def _create(self, link: Link, code: bytes, nodes: Sequence[NodeEntry],
+                files: list[FileEntry], node_files: list[str], reentrant: bool,
+                cleanup: bool | Callable[..., Any]) -> m.ClusterOk:
         """Send the computation and its files; the scheduler's ``ClusterOk``."""
         link.send_now(m.ClusterNew(
             name=self.name, code=code, nodes=_node_patterns(nodes), reentrant=bool(reentrant),
@@ -213,7 +247,8 @@ class SharedJobCluster:
             raise ValueError('the scheduler refused the computation: %s' % (exc,)) from None
 
     @staticmethod
-    def _node_allocations(nodes):
+    def _node_allocations(nodes: Iterable[NodeEntry]) -> tuple[
+            list[tuple[NodeAllocate, list[str]]], list[FileEntry]]:
         """The NodeAllocate entries of ``nodes``, each with the names of its own files."""
         allocators, files = [], []
         for entry in nodes:
@@ -225,7 +260,7 @@ class SharedJobCluster:
 
     # jobs
 
-    def submit(self, *args, **kwargs):
+    def submit(self, *args: Any, **kwargs: Any) -> DispyJob:
         """Queue ``computation(*args, **kwargs)`` to run on a node; returns its DispyJob.
 
         Keywords for the scheduler: ``dispy_job_depends`` (files for this job),
@@ -233,18 +268,20 @@ class SharedJobCluster:
         ``dispy_job_priority`` (higher runs first within this cluster)."""
         return self._submit(None, None, args, kwargs)
 
-    def submit_node(self, node, *args, **kwargs):
+    def submit_node(self, node: DispyNode | str, *args: Any, **kwargs: Any) -> DispyJob:
         """As ``submit``, to run only on ``node`` (a DispyNode, address or name)."""
         return self._submit(None, node, args, kwargs)
 
-    def submit_job_id(self, job_id, *args, **kwargs):
+    def submit_job_id(self, job_id: Any, *args: Any, **kwargs: Any) -> DispyJob:
         """As ``submit``, with ``job.id`` set to ``job_id``."""
         return self._submit(job_id, None, args, kwargs)
 
-    def submit_job_id_node(self, job_id, node, *args, **kwargs):
+    def submit_job_id_node(self, job_id: Any, node: DispyNode | str, *args: Any,
+                           **kwargs: Any) -> DispyJob:
         return self._submit(job_id, node, args, kwargs)
 
-    def _submit(self, job_id, node, args, kwargs):
+    def _submit(self, job_id: Any, node: DispyNode | str | None, args: tuple,
+                kwargs: dict[str, Any]) -> DispyJob:
         if self._closing:
             raise RuntimeError('cluster is closed')
         if self._lost is not None:
@@ -273,7 +310,7 @@ class SharedJobCluster:
             raise ConnectionError(self._lost)
         return job
 
-    def _job_files(self, paths):
+    def _job_files(self, paths: Iterable[str] | None) -> list[m.FileData]:
         files = []
         for path in paths or ():
             with open(path, 'rb') as handle:
@@ -285,14 +322,14 @@ class SharedJobCluster:
             files.append((os.path.basename(path), data, os.stat(path).st_mode & 0o777))
         return files
 
-    def cancel(self, job):
+    def cancel(self, job: DispyJob) -> int:
         """Cancel a queued or running job; returns 0, or -1 if it had already ended."""
         if job.status in FINAL_STATUSES or job._uid not in self._jobs:
             return -1
         self._connection.send(m.Cancel(uid=job._uid))
         return 0
 
-    def wait(self, timeout=None, progress=None):
+    def wait(self, timeout: float | None = None, progress: bool | None = None) -> bool:
         """Wait until every submitted job has ended and its callbacks have run; False if
         ``timeout`` (seconds) passed first. ``progress`` shows a progress bar on stderr (by
         default, when stderr is a terminal)."""
@@ -315,11 +352,11 @@ class SharedJobCluster:
             bar.finish(len(jobs))
         return self._callbacks is None or self._callbacks.join(deadline)
 
-    def __call__(self):
+    def __call__(self) -> bool:
         """dispy 3.x spelling of ``wait()``."""
         return self.wait()
 
-    def close(self, timeout=None, terminate=False):
+    def close(self, timeout: float | None = None, terminate: bool = False) -> None:
         """Wait for the jobs (unless ``terminate``), then release the cluster's nodes."""
         if self._closing:
             return
@@ -341,27 +378,27 @@ class SharedJobCluster:
 
     shutdown = close
 
-    def __enter__(self):
+    def __enter__(self) -> SharedJobCluster:
         return self
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, *exc_info: Any) -> Literal[False]:
         self.close(terminate=exc_info[0] is not None)
         return False
 
     # nodes
 
-    def status(self):
+    def status(self) -> ClusterStatus:
         """``ClusterStatus(nodes, jobs_pending)``: the nodes running this cluster's jobs."""
         nodes = [copy.copy(node) for node in self._nodes.values() if not node.closed]
         return ClusterStatus(nodes, len(self._jobs))
 
-    def print_status(self, wall_time=None):
+    def print_status(self, wall_time: float | None = None) -> None:
         """Print a table of the nodes: CPUs, jobs done, time per job (as dispy does)."""
         print(self.status_table(wall_time))
 
     stats = print_status
 
-    def status_table(self, wall_time=None):
+    def status_table(self, wall_time: float | None = None) -> str:
         lines = ['%31s | %5s | %7s | %10s | %13s' % ('Node', 'CPUs', 'Jobs', 'Sec/Job',
                                                      'Node Time Sec'),
                  '-' * 78]
@@ -378,7 +415,7 @@ class SharedJobCluster:
                      % (total_time, wall_time, total_time / wall_time if wall_time else 0.0))
         return '\n'.join(lines)
 
-    def _on_node_offer(self, offer):
+    def _on_node_offer(self, offer: m.NodeOffer) -> None:
         """The scheduler asks how many CPUs of a node to use (NodeAllocate)."""
         cpus, setup_args, files = 0, None, []
         for allocator, own_files in self._allocators:
@@ -401,35 +438,35 @@ class SharedJobCluster:
 
     # what the scheduler sends
 
-    def _on_message(self, message):
+    def _on_message(self, message: m.Message) -> None:
         handler = self._handlers.get(type(message))
         if handler is None:
             raise ProtocolError('unexpected %r from the scheduler' % (message.kind,))
         handler(message)
 
-    def _on_job_end(self, end):
+    def _on_job_end(self, end: m.JobEnd) -> None:
         self._unsaved.pop(end.uid, None)
         if self._recovering and end.uid not in self._jobs:
             self._adopt(end.uid, end.tag)
         self._end(end.uid, end.status, end, end.exception)
         self._acknowledge(end.uid)
 
-    def _on_submitted(self, submitted):
+    def _on_submitted(self, submitted: m.Submitted) -> None:
         for uid in submitted.uids:
             self._unsaved.pop(uid, None)
 
-    def _on_jobs_pending(self, pending):
+    def _on_jobs_pending(self, pending: m.JobsPending) -> None:
         if self._recovering:
             for uid, tag in pending.jobs:
                 self._adopt(uid, tag)
             self._pending_known.set()
 
-    def _on_job_status(self, status):
+    def _on_job_status(self, status: m.JobStatus) -> None:
         job = self._jobs.get(status.uid)
         if job is not None and status.status == RUNNING:
             self._running(job, status.ip_addr, status.start_time)
 
-    def _on_provisional_result(self, provisional):
+    def _on_provisional_result(self, provisional: m.ProvisionalResult) -> None:
         job = self._jobs.get(provisional.uid)
         if job is None:
             return
@@ -443,13 +480,13 @@ class SharedJobCluster:
         job.status = PROVISIONAL_RESULT
         self._notify(job)
 
-    def _on_cluster_warning(self, warning):
+    def _on_cluster_warning(self, warning: m.ClusterWarning) -> None:
         logger.warning('cluster %s: %s', self.cid, warning.reason)
 
-    def _on_closed(self, closed):
+    def _on_closed(self, closed: m.Closed) -> None:
         self._closed.set()
 
-    def _on_node_status(self, status):
+    def _on_node_status(self, status: m.NodeStatus) -> None:
         node = self._nodes.get(status.ip_addr)
         if status.status == NODE_INITIALIZED:
             if node is None:
@@ -461,10 +498,10 @@ class SharedJobCluster:
         elif status.status == NODE_CLOSED:
             node.closed = True
         node.update_time = time.time()
-        if self._cluster_status is not None:
+        if self._callbacks is not None and self._cluster_status is not None:
             self._callbacks.put(self._cluster_status, status.status, copy.copy(node), None)
 
-    def _receive_file(self, part):
+    def _receive_file(self, part: m.FilePart) -> None:
         """A file a job sends back (``dispy_send_file``), into the working directory."""
         incoming = self._incoming.get(part.uid)
         if incoming is None:
@@ -477,7 +514,7 @@ class SharedJobCluster:
         if not incoming.open:
             del self._incoming[part.uid]
 
-    def _acknowledge(self, uid):
+    def _acknowledge(self, uid: int) -> None:
         """A result received: its acknowledgement goes with the next submission, after
         ``ACK_DELAY`` at the latest, at once when many are waiting."""
         with self._acks_lock:
@@ -490,7 +527,7 @@ class SharedJobCluster:
                 return
         self._flush_acks()
 
-    def _take_acks(self):
+    def _take_acks(self) -> tuple[m.ResultAck, ...]:
         """The acknowledgement waiting, as a message to send along, if any."""
         with self._acks_lock:
             if not self._acks:
@@ -498,22 +535,22 @@ class SharedJobCluster:
             acks, self._acks = self._acks, []
         return (m.ResultAck(ids=acks),)
 
-    def _flush_acks(self):
+    def _flush_acks(self) -> None:
         with self._acks_lock:
             self._ack_timer = None
         for message in self._take_acks():
             self._connection.send(message)
 
-    def _running(self, job, ip_addr, start_time):
+    def _running(self, job: DispyJob, ip_addr: str | None, start_time: float | None) -> None:
         job.status = RUNNING
         job.ip_addr = ip_addr
         job.start_time = start_time
-        job._node = self._nodes.get(ip_addr)
+        job._node = self._nodes.get(ip_addr) if ip_addr is not None else None
         if job._node is not None:
             job._node.busy += 1
         self._notify(job)
 
-    def _end(self, uid, status, end, exception):
+    def _end(self, uid: int, status: int, end: m.JobEnd | None, exception: str | None) -> None:
         """Job ``uid`` ended, as ``end`` (its ``JobEnd``; None if this client ended it)
         says."""
         job = self._jobs.pop(uid, None)
@@ -547,14 +584,14 @@ class SharedJobCluster:
         self._notify(job)
         job.finish.set()
 
-    def _adopt(self, uid, tag):
+    def _adopt(self, uid: int, tag: bytes | None) -> None:
         """A job of this cluster submitted by the process being recovered."""
         if uid not in self._recovered:
             job = self._jobs[uid] = self._recovered[uid] = DispyJob(None, None)
             job._uid = uid
             job.id = unpack_result(tag) if tag is not None else uid
 
-    def _notify(self, job):
+    def _notify(self, job: DispyJob) -> None:
         if self._callbacks is None:
             return
         snapshot = copy.copy(job)
@@ -571,12 +608,12 @@ class ProgressBar:
     refresh = 0.25
     width = 30
 
-    def __init__(self, total, stream):
+    def __init__(self, total: int, stream: TextIO) -> None:
         self.total = total
         self.stream = stream
         self.started = time.monotonic()
 
-    def show(self, done, end=''):
+    def show(self, done: int, end: str = '') -> None:
         filled = self.width * done // self.total
         elapsed = time.monotonic() - self.started
         self.stream.write('\r[%s%s] %*d/%d jobs  %.1f jobs/s%s' % (
@@ -584,11 +621,11 @@ class ProgressBar:
             done / elapsed if elapsed > 0 else 0.0, end))
         self.stream.flush()
 
-    def finish(self, done):
+    def finish(self, done: int) -> None:
         self.show(done, '\n')
 
 
-def _node_patterns(nodes):
+def _node_patterns(nodes: Iterable[NodeEntry]) -> list[tuple[str, int]]:
     """dispy's ``nodes`` argument as ``[pattern, port]`` pairs."""
     patterns = []
     for entry in nodes:
@@ -607,8 +644,10 @@ def _node_patterns(nodes):
     return patterns
 
 
-def recover_jobs(recover_file=None, timeout=None, terminate_pending=False, secret='',
-                 keyfile=None, certfile=None, cafile=None, loglevel=logging.WARNING):
+def recover_jobs(recover_file: str | None = None, timeout: float | None = None,
+                 terminate_pending: bool = False, secret: str = '', keyfile: str | None = None,
+                 certfile: str | None = None, cafile: str | None = None,
+                 loglevel: int = logging.WARNING) -> list[DispyJob]:
     """Collect the jobs of a cluster whose program went away (was killed, lost power).
 
     ``recover_file`` is the file ``SharedJobCluster`` wrote (by default the newest

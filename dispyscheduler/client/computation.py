@@ -12,22 +12,28 @@ and instances (made globals of the computation under their names; an instance br
 class).
 """
 
+from __future__ import annotations
+
 import inspect
 import os
 import sys
 import sysconfig
 import types
+from typing import Any, Callable, Iterable
 
 import cloudpickle
 
 from ..wire import serialize
+
+FileEntry = tuple[str, str, int]
+"""A file to send: ``(name, path, mode)``."""
 
 INSTALLED_PATHS = tuple(os.path.realpath(path) for path in {
     sysconfig.get_paths()['stdlib'], sysconfig.get_paths()['purelib'],
     sysconfig.get_paths()['platlib'], sys.prefix, sys.base_prefix})
 
 
-def is_users_module(module):
+def is_users_module(module: types.ModuleType) -> bool:
     """A module of the user's program rather than of Python or an installed package."""
     path = getattr(module, '__file__', None)
     if not path or module.__name__ == '__main__':
@@ -39,12 +45,12 @@ class Packed:
     """A computation ready to send: the blob the node loads and the files that go with it
     (``(name, path, mode)`` each)."""
 
-    def __init__(self, code, files):
+    def __init__(self, code: bytes, files: list[FileEntry]) -> None:
         self.code = code
         self.files = files
 
 
-def module_files(module):
+def module_files(module: types.ModuleType) -> list[tuple[str, str]]:
     """``(name, path)`` of the source files that make ``module`` importable elsewhere."""
     if hasattr(module, '__path__'):  # a package: every file of its directory tree
         root = os.path.realpath(list(module.__path__)[0])
@@ -58,25 +64,28 @@ def module_files(module):
                     found.append((os.path.relpath(path, top).replace(os.sep, '/'), path))
         return found
     try:
-        path = inspect.getsourcefile(module) or module.__file__
+        source = inspect.getsourcefile(module) or module.__file__
     except TypeError:
-        path = None
-    if not path:
+        source = None
+    if not source:
         raise TypeError('module %s has no source file to send to the nodes'
                         % (module.__name__,))
-    return [(os.path.basename(path), path)]
+    return [(os.path.basename(source), source)]
 
 
-def file_entry(path):
+def file_entry(path: str) -> FileEntry:
     """``(name, path, mode)`` for a file named in ``depends``."""
     if not os.path.isfile(path):
         raise ValueError('depends: %r is not a file' % (path,))
     return os.path.basename(path), os.path.abspath(path), os.stat(path).st_mode & 0o777
 
 
-def collect_depends(depends):
+def collect_depends(depends: Iterable[Any] | None) -> tuple[list[FileEntry], dict[str, Any],
+                                                             list[types.ModuleType]]:
     """Split ``depends`` into files to ship and objects to make globals."""
-    files, namespace, modules = [], {}, []
+    files: list[FileEntry] = []
+    namespace: dict[str, Any] = {}
+    modules: list[types.ModuleType] = []
     for item in depends or ():
         if isinstance(item, str):
             files.append(file_entry(item))
@@ -92,7 +101,7 @@ def collect_depends(depends):
     return files, namespace, modules
 
 
-def check_unique(files):
+def check_unique(files: Iterable[FileEntry]) -> None:
     seen = set()
     for name, _, _ in files:
         if name in seen:
@@ -100,24 +109,29 @@ def check_unique(files):
         seen.add(name)
 
 
-def pack_computation(computation, depends=(), setup=None, cleanup=True, setup_args=()):
+def pack_computation(computation: Callable[..., Any] | str, depends: Iterable[Any] = (),
+                     setup: Callable[..., Any] | None = None,
+                     cleanup: bool | Callable[..., Any] = True,
+                     setup_args: Iterable[Any] = ()) -> Packed:
     """The blob the node's worker host loads, and the files to ship with it."""
     files, namespace, shipped_modules = collect_depends(depends)
     program = None
+    compute = None  # the function, when the computation is one
     if isinstance(computation, str):
         program, path, mode = file_entry(computation)
         files.insert(0, (program, path, mode | 0o700))
-        computation = None
     elif not callable(computation):
         raise TypeError('computation must be a function or a program path; got %r'
                         % (computation,))
-    for function in (computation, setup, cleanup):
+    else:
+        compute = computation
+    for function in (compute, setup, cleanup):
         module = sys.modules.get(getattr(function, '__module__', None) or '')
         if module is not None and is_users_module(module) and module not in shipped_modules:
             cloudpickle.register_pickle_by_value(module)
     check_unique(files)
     code = cloudpickle.dumps({
-        'compute': computation,
+        'compute': compute,
         'program': program,
         'setup': setup,
         'setup_args': tuple(setup_args),
@@ -127,12 +141,12 @@ def pack_computation(computation, depends=(), setup=None, cleanup=True, setup_ar
     return Packed(code, files)
 
 
-def pack_value(value, what):
+def pack_value(value: Any, what: str) -> bytes:
     try:
         return serialize.dumps(value)
     except Exception as exc:
         raise TypeError('%s cannot be pickled: %s' % (what, exc)) from exc
 
 
-def unpack_result(data):
+def unpack_result(data: bytes) -> Any:
     return serialize.loads(data)

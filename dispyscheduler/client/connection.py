@@ -18,12 +18,12 @@ import logging
 import socket
 import threading
 import time
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from ..wire.auth import AUTH_FAILED, AuthenticationError, handshake
 from ..wire.backoff import Backoff
 from ..constants import CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT
-from ..wire.link import ConnectionClosed, Link, set_nodelay
+from ..wire.link import ConnectionClosed, Link, Socket, set_nodelay
 from ..wire.messages import Message
 from ..wire.protocol import ProtocolError
 
@@ -49,14 +49,15 @@ class SchedulerConnection:
         self.secret = secret
         self.tls_files = tls_files
         self.reconnect_timeout = reconnect_timeout
-        self.host = None  # the one of ``hosts`` that answered
-        self.link = None
+        self.host: Optional[str] = None  # the one of ``hosts`` that answered
+        self.link: Optional[Link] = None
         self.closing = False
-        self.threads = []
+        self.threads: List[threading.Thread] = []
 
     def connect(self) -> Link:
         """A new authenticated link; raises with a message that says what went wrong."""
         errors = []
+        sock: Socket  # TLS, when configured, wraps the plain socket
         for host in self.hosts:
             try:
                 sock = socket.create_connection((host, self.port), CONNECT_TIMEOUT, self.source)
@@ -121,12 +122,14 @@ class SchedulerConnection:
     def send(self, message: Message, *more: Message) -> bool:
         """Queue a message (and ``more``, in one write); False if it could not be (the link
         is down: it is reconnecting, or given up)."""
-        return self.link.send(message, *more)
+        link = self.link
+        return link is not None and link.send(message, *more)
 
     def read_loop(self) -> None:
         """The reader thread: handle every message of the link, and when the link ends,
         connect again (unless closing) and go on with the new one."""
         link = self.link
+        assert link is not None  # ``start`` set it
         while True:
             try:
                 link.run_reader(self.handle)

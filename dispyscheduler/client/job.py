@@ -27,21 +27,21 @@ class DispyJob:
     Finished = FINISHED
 
     def __init__(self, args: Optional[tuple], kwargs: Optional[dict]) -> None:
-        self.id = None
+        self.id: Any = None
         self.args = args
         self.kwargs = kwargs
-        self.result = None
-        self.stdout = None
-        self.stderr = None
-        self.exception = None
+        self.result: Any = None
+        self.stdout: Optional[str] = None
+        self.stderr: Optional[str] = None
+        self.exception: Optional[str] = None
         self.status = CREATED
         self.submit_time = time.time()
-        self.start_time = None
-        self.end_time = None
-        self.ip_addr = None
+        self.start_time: Optional[float] = None
+        self.end_time: Optional[float] = None
+        self.ip_addr: Optional[str] = None
         self.finish = JobEnd()
-        self._uid = None
-        self._node = None  # the DispyNode counting this job as running
+        self._uid: Optional[int] = None
+        self._node: Optional[DispyNode] = None  # the DispyNode counting this job as running
 
     def __call__(self, clear: bool = False, timeout: Optional[float] = None) -> Any:
         """Wait until the job ends and return its result (``clear`` drops it here); with
@@ -112,7 +112,7 @@ class DispyNode:
         self.tx = 0
         self.rx = 0
         self.update_time = time.time()
-        self.avail_info = None
+        self.avail_info: Any = None
         self.closed = False
 
     def __repr__(self) -> str:
