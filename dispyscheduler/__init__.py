@@ -6,6 +6,12 @@ monkey-patching) loads no socket code.
 """
 
 import logging
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what type checkers see of the names imported on first use
+    from .client.cluster import SharedJobCluster, recover_jobs
+    from .client.job import ClusterStatus, DispyJob, DispyNode, NodeAllocate
+    from .wire.auth import AuthenticationError
 
 __version__ = '0.1.0'
 
@@ -25,7 +31,7 @@ __all__ = ['SharedJobCluster', 'DispyJob', 'DispyNode', 'NodeAllocate', 'Cluster
            'recover_jobs', 'AuthenticationError', 'logger']
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> Any:
     module = _API.get(name)
     if module is None:
         raise AttributeError('module %r has no attribute %r' % (__name__, name))

@@ -8,12 +8,15 @@ can only be checked by trying (TLS files, directories, ports), and then hand ove
 daemon.
 """
 
+from __future__ import annotations
+
 import argparse
 import logging
 import os
 import signal
 import socket
 import sys
+from typing import Callable, Iterable, Sequence, TypeVar
 
 from . import __version__
 from .runtime import daemonize
@@ -46,13 +49,17 @@ from .constants import (
 from .optionfile import LIST, SWITCH, ArgumentParser, Option, build_parser, parse_args
 from .optionfile import write_option_file
 
+T = TypeVar('T')
+C = TypeVar('C')
+
 # Argument types: text to a value, or ``argparse.ArgumentTypeError`` with the reason; the
 # rules themselves are the configuration's (``config.py``), so a program building a
 # configuration meets the same ones.
 
 
-def argument_type(parse, check=None, what='a number'):
-    def convert(text):
+def argument_type(parse: Callable[[str], T], check: Callable[[T], T] | None = None,
+                  what: str = 'a number') -> Callable[[str], T]:
+    def convert(text: str) -> T:
         try:
             value = parse(text)
         except (ValueError, OverflowError):
@@ -67,7 +74,7 @@ def argument_type(parse, check=None, what='a number'):
 SIZE_SUFFIXES = {'': 1, 'k': 1 << 10, 'm': 1 << 20, 'g': 1 << 30, 't': 1 << 40}
 
 
-def parse_size(text):
+def parse_size(text: str) -> int:
     """Bytes, with an optional k/m/g/t suffix."""
     stripped = text.strip().lower().rstrip('b')
     suffix = stripped[-1:] if stripped[-1:] in SIZE_SUFFIXES else ''
@@ -82,22 +89,23 @@ pulse_interval = argument_type(float, check_pulse_interval)
 ping_interval = argument_type(float, check_ping_interval)
 
 
-def ip_address(text):
+def ip_address(text: str) -> str:
     """An IPv4 address, or a host name resolved to one."""
     try:
-        return socket.getaddrinfo(text, None, socket.AF_INET)[0][4][0]
+        # AF_INET: an address is a str
+        return socket.getaddrinfo(text, None, socket.AF_INET)[0][4][0]  # type: ignore[return-value]
     except (OSError, IndexError, UnicodeError):
         raise argparse.ArgumentTypeError('cannot resolve %r to an IPv4 address'
                                          % (text,)) from None
 
 
-def http_address(text):
+def http_address(text: str) -> tuple[str, int]:
     """``[HOST:]PORT`` for ``--httpd``; the host defaults to 127.0.0.1 (this host only)."""
     host, _, number = text.rpartition(':')
     return (ip_address(host) if host else '127.0.0.1'), port(number)
 
 
-def common_options(prog):
+def common_options(prog: str) -> list[Option]:
     return [
         Option(('-d', '--debug'), 'log debug messages', SWITCH),
         Option(('--config',), 'read options from FILE (an INI file with a [%s] section); the '
@@ -238,17 +246,18 @@ def node_config(options: argparse.Namespace) -> NodeConfig:
     return config
 
 
-def monkey_patch():
+def monkey_patch() -> None:
     from gevent import monkey
     monkey.patch_all()
 
 
-def fail(prog, message):
+def fail(prog: str, message: str) -> int:
     sys.stderr.write('%s: error: %s\n' % (prog, message))
     return 2
 
 
-def parse(prog, parser, argv, to_config):
+def parse(prog: str, parser: ArgumentParser, argv: Sequence[str] | None,
+          to_config: Callable[[argparse.Namespace], C]) -> tuple[argparse.Namespace, C]:
     """Parse, and turn into a configuration; a value the configuration refuses is a usage
     error naming its option."""
     options = parse_args(parser, OPTIONS[prog], sys.argv[1:] if argv is None else argv)
@@ -258,7 +267,7 @@ def parse(prog, parser, argv, to_config):
         parser.error('argument --%s: %s' % (exc.field, exc.reason))
 
 
-def start_running(options, prog):
+def start_running(options: argparse.Namespace, prog: str) -> str | None:
     """``--daemon``, logging, file limits: what both daemons do once everything is
     checked. Returns the pid file to write once serving (None without ``--daemon``)."""
     daemonize.raise_file_limit()
@@ -273,7 +282,8 @@ def start_running(options, prog):
     return pid_file
 
 
-def absolute_paths(config, options, names):
+def absolute_paths(config: SchedulerConfig | NodeConfig, options: argparse.Namespace,
+                   names: Iterable[str]) -> None:
     """A daemon runs in / once detached: relative paths are made absolute before that."""
     if options.daemon:
         for name in names:
@@ -284,7 +294,7 @@ def absolute_paths(config, options, names):
             options.log_file = os.path.abspath(options.log_file)
 
 
-def scheduler_main(argv=None):
+def scheduler_main(argv: Sequence[str] | None = None) -> int:
     monkey_patch()
     parser = scheduler_parser()
     options, config = parse('dispyscheduler', parser, argv, scheduler_config)
@@ -325,7 +335,7 @@ def scheduler_main(argv=None):
     return 0
 
 
-def node_main(argv=None):
+def node_main(argv: Sequence[str] | None = None) -> int:
     monkey_patch()
     parser = node_parser()
     options, config = parse('dispynode', parser, argv, node_config)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from typing import NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 from .constants import (
     DEFAULT_DEST_PATH_PREFIX,
@@ -43,7 +43,7 @@ class ConfigError(ValueError):
 # The rules for single values, shared by the dataclasses' ``check`` and the command line's
 # argument types: each takes a value of the right type, returns it, or raises ValueError.
 
-def number_between(low: float, high: float):
+def number_between(low: float, high: float) -> Callable[[float], float]:
     def check(value: float) -> float:
         if math.isnan(value) or not low <= value <= high:
             raise ValueError('must be between %g and %g, not %s' % (low, high, value))
@@ -92,7 +92,7 @@ class TLSFiles(NamedTuple):
         return bool(self.certfile or self.cafile)
 
 
-def _check_fields(config, rules) -> None:
+def _check_fields(config: object, rules: dict[str, Callable[[Any], Any]]) -> None:
     """Apply ``rules`` (field name -> check function) to ``config``'s values."""
     for name, rule in rules.items():
         try:

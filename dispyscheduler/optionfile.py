@@ -16,7 +16,7 @@ import argparse
 import configparser
 import dataclasses
 import os
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, NoReturn, Optional, Sequence
 
 VALUE, LIST, SWITCH = 'value', 'list', 'switch'
 """What an option takes: one value (the last given wins), a value each time it is given, or
@@ -47,7 +47,7 @@ class Option:
 class ArgumentParser(argparse.ArgumentParser):
     """An argparse parser whose errors are one line (and exit status 2)."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.exit(2, '%s: error: %s\n' % (self.prog, message))
 
 
@@ -60,8 +60,9 @@ def build_parser(prog: str, description: str, options: Sequence[Option],
             parser.add_argument(*option.flags, action='store_true', help=option.help)
         else:
             default = [] if option.kind == LIST else option.default
-            parser.add_argument(*option.flags, type=option.type, default=default,
-                                metavar=option.metavar, help=option.help,
+            # type=None is argparse's default (no conversion), which typeshed does not allow
+            parser.add_argument(*option.flags, type=option.type,  # type: ignore[arg-type]
+                                default=default, metavar=option.metavar, help=option.help,
                                 action='append' if option.kind == LIST else 'store')
     return parser
 
@@ -86,11 +87,11 @@ def parse_args(parser: ArgumentParser, options: Sequence[Option],
 
 def read_option_file(prog: str, options: Sequence[Option], path: str,
                      argv: Sequence[str] = (),
-                     error: Callable[[str], Any] = None) -> dict[str, Any]:
+                     error: Optional[Callable[[str], Any]] = None) -> dict[str, Any]:
     """The values ``path`` gives, converted and checked as on the command line; repeatable
     options given in ``argv`` are left out (the command line replaces them). ``error(text)``
     is called for a bad file (default: raise ValueError)."""
-    def fail(text):
+    def fail(text: str) -> NoReturn:
         if error is not None:
             error(text)
         raise ValueError(text)
