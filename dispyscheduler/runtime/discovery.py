@@ -80,7 +80,8 @@ def broadcast_targets(bound_addr: str) -> list[str]:
 def resolve(host: str) -> list[str]:
     """The IPv4 addresses of ``host`` (empty, with a warning, if it cannot be resolved)."""
     try:
-        return sorted({info[4][0]  # type: ignore[misc]  # AF_INET: an address is a str
+        # AF_INET: an address is a str already (str() for the checker's sake)
+        return sorted({str(info[4][0])
                        for info in socket.getaddrinfo(host, None, socket.AF_INET)})
     except OSError as exc:
         logger.warning('cannot resolve %s: %s', host, exc)
