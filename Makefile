@@ -15,9 +15,10 @@ venv: $(VENV)/installed
 demo: venv
 	$(VENV)/bin/python examples/demo.py
 
-# the static checks first (ruff.toml), then the tests
+# the static checks first (ruff.toml, mypy.ini), then the tests
 test: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(VENV)/bin/python -m pytest -q tests
 
 clean:

@@ -9,6 +9,7 @@ setup(
     long_description=open('README.md').read(),
     long_description_content_type='text/markdown',
     packages=find_packages(include=['dispyscheduler', 'dispyscheduler.*']),
+    package_data={'dispyscheduler': ['py.typed']},  # its type hints are for users' checkers too
     python_requires='>=3.10',
     install_requires=[
         'gevent>=24.2',
@@ -18,7 +19,8 @@ setup(
         'cloudpickle>=3.0',
         'prometheus_client>=0.17',
     ],
-    extras_require={'test': ['pytest>=8.0', 'hypothesis>=6.100']},
+    extras_require={'test': ['pytest>=8.0', 'hypothesis>=6.100', 'ruff>=0.5', 'mypy>=1.12',
+                             'types-gevent>=24.2']},
     entry_points={'console_scripts': [
         'dispyscheduler = dispyscheduler.cli:scheduler_main',
         'dispynode = dispyscheduler.cli:node_main',
