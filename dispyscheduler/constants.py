@@ -170,6 +170,11 @@ MAX_NODE_LOSSES = 3
 NODE_SHUTDOWN_GRACE = 30.0
 """Seconds a node told to stop (SIGTERM) lets its running jobs finish before killing them."""
 
+READER_RETAKE_DELAY = 0.005
+"""Seconds without a thread waiting for a job after which a client's reader thread reads the
+scheduler's link again (``client/seat.py``): short enough that callbacks and statuses are not
+held up, long enough that a program waiting for one job after another never wakes it."""
+
 CLIENT_RECONNECT_TIMEOUT = 600.0
 """Seconds a client keeps trying to reach its scheduler again before abandoning its jobs."""
 

@@ -2,10 +2,10 @@
 
 Plain threads and blocking sockets; importing this never monkey-patches the user's process.
 One long-lived link to the scheduler (``connection.py``, which reconnects and resumes the
-cluster when it breaks) carries submissions out and statuses and results in: a reader thread
-applies what arrives to the jobs (and wakes the threads waiting for their end), a writer thread
-sends what ``submit`` could not send at once, and callbacks run one at a time, in order, on a
-thread of their own. A submission is kept until the scheduler says it is saved, and sent again
+cluster when it breaks) carries submissions out and statuses and results in: a reader thread,
+or a thread waiting for a job's end (``seat.py``), applies what arrives to the jobs, a writer
+thread sends what ``submit`` could not send at once, and callbacks run one at a time, in order,
+on a thread of their own. A submission is kept until the scheduler says it is saved, and sent again
 after a reconnect; results are acknowledged as they arrive, and a result that arrives twice is
 dropped.
 
@@ -294,7 +294,7 @@ class SharedJobCluster:
             node = node.ip_addr
         tag = None if job_id is None else pack_value(job_id, 'job id')
         uid = next(self._uids)
-        job = DispyJob(args, kwargs)
+        job = DispyJob(args, kwargs, self._connection.wait_for)
         job._uid = uid
         job.id = uid if job_id is None else job_id
         submission = m.Submit(uid=uid, args=payload, files=files, priority=priority,
@@ -365,6 +365,7 @@ class SharedJobCluster:
         self._closing = True
         closing = self._take_acks() + (m.Close(terminate=bool(terminate)),)
         if self._lost is None and self._connection.send(*closing):
+            self._connection.wake_reader()
             if not self._closed.wait(CLIENT_CLUSTER_TIMEOUT):
                 logger.warning('scheduler did not confirm closing cluster %s', self.cid)
         self._connection.close()
@@ -587,7 +588,8 @@ class SharedJobCluster:
     def _adopt(self, uid: int, tag: bytes | None) -> None:
         """A job of this cluster submitted by the process being recovered."""
         if uid not in self._recovered:
-            job = self._jobs[uid] = self._recovered[uid] = DispyJob(None, None)
+            job = self._jobs[uid] = self._recovered[uid] = DispyJob(
+                None, None, self._connection.wait_for)
             job._uid = uid
             job.id = unpack_result(tag) if tag is not None else uid
 

@@ -1,11 +1,8 @@
 """The client's connection to its scheduler, kept up for as long as the cluster lives.
 
-One reader thread reads the link and handles every message, in the order they came; a thread
-waiting for a job's end waits on the job's ``JobEnd``, which the reader thread sets. Waiting
-threads do not read the link themselves: when they did (a thread waiting for its job led the
-reading while no other thread did), it took two locks, an event, a pipe and a poll to hand
-the link between threads, and it saved no time that the benchmark could tell from its noise
-(round trip and throughput measured both ways on the same machine, runs interleaved).
+A thread waiting for a job's end reads the link itself when no other thread does, and the
+reader thread reads it the rest of the time (``seat.py``): every message is handled once, in
+the order it came, whoever reads it.
 
 When the link breaks (the scheduler restarted, the network dropped) the reader thread
 reconnects with back-off, resumes the cluster with its credential and lets the cluster send
@@ -26,6 +23,8 @@ from ..constants import CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT
 from ..wire.link import ConnectionClosed, Link, Socket, set_nodelay
 from ..wire.messages import Message
 from ..wire.protocol import ProtocolError
+from .job import JobEnd
+from .seat import ReadSeat
 
 logger = logging.getLogger('dispyscheduler')
 
@@ -35,7 +34,7 @@ class Refused(Exception):
 
 
 Handler = Callable[[Message], None]
-"""``handle(kind, body)``: what the cluster does with one message from the scheduler."""
+"""``handle(message)``: what the cluster does with one message from the scheduler."""
 
 
 class SchedulerConnection:
@@ -53,6 +52,11 @@ class SchedulerConnection:
         self.link: Optional[Link] = None
         self.closing = False
         self.threads: List[threading.Thread] = []
+        self.seat = ReadSeat()
+        self.failure: Optional[BaseException] = None  # why a waiting thread's read failed
+        # a TLS connection may hold decrypted input that poll() does not see: only the
+        # reader thread reads it
+        self.shared_reading = not any(tls_files)
 
     def connect(self) -> Link:
         """A new authenticated link; raises with a message that says what went wrong."""
@@ -125,6 +129,26 @@ class SchedulerConnection:
         link = self.link
         return link is not None and link.send(message, *more)
 
+    def wait_for(self, finish: JobEnd, timeout: Optional[float]) -> bool:
+        """``finish.wait(timeout)`` for a job of this cluster, reading the link meanwhile
+        when no other thread does."""
+        link = self.link
+        if link is None or self.closing or not self.shared_reading:
+            return finish.wait_set(timeout)
+        return self.seat.wait_for(link, finish, timeout, self.handle, self.read_failed)
+
+    def read_failed(self, exc: BaseException) -> None:
+        """A thread waiting for a job could not read the link: the reader thread connects
+        again, and says why the link ended when that was not the scheduler closing it, as it
+        does when it fails to read itself."""
+        if not isinstance(exc, (ConnectionClosed, OSError)):
+            logger.error('reading from the scheduler failed: %r', exc)
+            self.failure = exc
+
+    def wake_reader(self) -> None:
+        """Something other than a job's end is awaited: the reader thread reads now."""
+        self.seat.wake_reader()
+
     def read_loop(self) -> None:
         """The reader thread: handle every message of the link, and when the link ends,
         connect again (unless closing) and go on with the new one."""
@@ -132,8 +156,13 @@ class SchedulerConnection:
         assert link is not None  # ``start`` set it
         while True:
             try:
-                link.run_reader(self.handle)
-                reason = 'connection to the scheduler was lost'
+                if self.shared_reading:
+                    self.seat.serve(link, self.handle)
+                else:
+                    link.run_reader(self.handle)
+                failure, self.failure = self.failure, None
+                reason = ('connection to the scheduler failed: %s' % (failure,) if failure
+                          else 'connection to the scheduler was lost')
             except Exception as exc:  # a bug or a bad frame must not leave jobs waiting
                 logger.exception('reading from the scheduler failed')
                 reason = 'connection to the scheduler failed: %s' % (exc,)
@@ -180,6 +209,9 @@ class SchedulerConnection:
         self.closing = True
         if self.link is not None:
             self.link.close()
+        self.seat.wake_reader()
         for thread in self.threads:
             if thread is not threading.current_thread():
                 thread.join(5)
+        if not any(thread.is_alive() for thread in self.threads):
+            self.seat.close()

@@ -1,17 +1,23 @@
 """What a user's program holds: ``DispyJob`` for each job, ``DispyNode`` for each node its
 cluster uses, and ``NodeAllocate`` to choose nodes and CPUs."""
 
+from __future__ import annotations
+
 import _thread
 import collections
 import fnmatch
 import time
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from ..constants import (ABANDONED, CANCELLED, CREATED, FINISHED, NODE_CLOSED, NODE_INITIALIZED,
                          PROVISIONAL_RESULT, RUNNING, STATUS_NAMES, TERMINATED)
 
 ClusterStatus = collections.namedtuple('ClusterStatus', ['nodes', 'jobs_pending'])
 """What ``SharedJobCluster.status()`` returns, as in dispy 4.x."""
+
+Reader = Callable[['JobEnd', Optional[float]], bool]
+"""``reader(job_end, timeout)``: waits for a job's end, reading the scheduler's link meanwhile
+(``SchedulerConnection.wait_for``)."""
 
 
 class DispyJob:
@@ -26,7 +32,8 @@ class DispyJob:
     Abandoned = ABANDONED
     Finished = FINISHED
 
-    def __init__(self, args: Optional[tuple], kwargs: Optional[dict]) -> None:
+    def __init__(self, args: Optional[tuple], kwargs: Optional[dict],
+                 reader: Optional[Reader] = None) -> None:
         self.id: Any = None
         self.args = args
         self.kwargs = kwargs
@@ -39,7 +46,7 @@ class DispyJob:
         self.start_time: Optional[float] = None
         self.end_time: Optional[float] = None
         self.ip_addr: Optional[str] = None
-        self.finish = JobEnd()
+        self.finish = JobEnd(reader)
         self._uid: Optional[int] = None
         self._node: Optional[DispyNode] = None  # the DispyNode counting this job as running
 
@@ -62,17 +69,19 @@ class JobEnd:
     ``threading.Event`` (whose interface it has, but for ``clear``). One is made for every job,
     so it is a single lock, held until the end, rather than an Event's condition and locks.
 
-    Only the client's reader thread sets it (``connection.py``): when it has handled the
-    message that ended the job, or when the cluster is given up. A wait, with a timeout or
-    without, is a lock's acquire, which a signal interrupts: Ctrl-C in ``job()`` or
-    ``cluster.wait()`` raises ``KeyboardInterrupt`` at once."""
+    ``reader(job_end, timeout)``, when given, waits in its place: it reads the scheduler's
+    link while it waits, if no other thread does (``seat.py``). Whichever thread handles the
+    message that ends the job sets it. A wait, with a timeout or without, is a poll or a
+    lock's acquire, which a signal interrupts: Ctrl-C in ``job()`` or ``cluster.wait()``
+    raises ``KeyboardInterrupt`` at once."""
 
-    __slots__ = ('_lock', '_set')
+    __slots__ = ('_lock', '_set', '_reader')
 
-    def __init__(self) -> None:
+    def __init__(self, reader: Optional[Reader] = None) -> None:
         self._lock = _thread.allocate_lock()
         self._lock.acquire()
         self._set = False
+        self._reader = reader
 
     def is_set(self) -> bool:
         return self._set
@@ -88,6 +97,12 @@ class JobEnd:
         """True once set; False if ``timeout`` (seconds) passed first."""
         if self._set:
             return True
+        if self._reader is not None:
+            return self._reader(self, timeout)
+        return self.wait_set(timeout)
+
+    def wait_set(self, timeout: Optional[float] = None) -> bool:
+        """Wait for another thread to ``set`` it."""
         if self._lock.acquire(True, -1 if timeout is None else max(0.0, timeout)):
             self._lock.release()  # the next waiter goes through in turn
             return True

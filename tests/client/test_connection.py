@@ -1,5 +1,6 @@
-"""The client's read path: the reader thread of a real ``SchedulerConnection`` reads a link from
-a stand-in scheduler on loopback, and threads wait for their jobs' ends (``JobEnd``).
+"""The client's read path: a real ``SchedulerConnection`` reads a link from a stand-in
+scheduler on loopback, and threads wait for their jobs' ends (``JobEnd``), reading the link
+themselves while no other thread does (``seat.py``), or woken by whichever thread read it.
 
 Each test checks outcomes only: every message handled once and in order, each waiter gets
 its own result, a wait says truly whether its job ended, a broken link is connected again,
@@ -97,7 +98,7 @@ class Client:
     def end(self, n):
         with self.ends_lock:
             if n not in self.ends:
-                self.ends[n] = JobEnd()
+                self.ends[n] = JobEnd(self.connection.wait_for)
             return self.ends[n]
 
     def handle(self, message):
@@ -419,3 +420,45 @@ def test_ctrl_c_interrupts_a_wait(timeout):
         watchdog.cancel()
         watchdog.join(DEADLINE)
     assert not end.is_set()
+
+
+def test_ctrl_c_in_a_wait_that_reads_the_link_leaves_every_message_handled(client, link):
+    """The main thread waits for job 0 (reading the link itself, as no other thread does) and
+    gets Ctrl-C: KeyboardInterrupt is raised, and the messages that come after are handled
+    once each and in order, the interrupted job's included."""
+    interrupter = Interrupter(DEADLINE)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            client.end(0).wait(DEADLINE)
+    finally:
+        interrupter.stop()
+    link.sendall(frames(*range(5)))
+    assert client.end(4).wait(DEADLINE) and client.end(0).wait(DEADLINE)
+    assert client.handled == list(range(5))
+
+
+def test_ctrl_c_while_handling_a_message_lands_once_it_is_handled():
+    """``interrupts_held``: SIGINT that comes while the main thread handles what it read
+    raises KeyboardInterrupt only once the block is done, so no message is left half handled;
+    outside a block, and in other threads, nothing is held."""
+    import os
+    import signal
+
+    from dispyscheduler.client.seat import interrupts_held
+    handled = []
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts_held():
+            os.kill(os.getpid(), signal.SIGINT)
+            for n in range(1000):  # bytecodes run: a handler that was not held would act
+                handled.append(n)
+    assert handled == list(range(1000))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    outcome = queue.Queue()
+
+    def in_a_thread():
+        with interrupts_held():
+            outcome.put(signal.getsignal(signal.SIGINT))
+    thread = threading.Thread(target=in_a_thread)
+    thread.start()
+    thread.join(DEADLINE)
+    assert outcome.get_nowait() is signal.default_int_handler
