@@ -52,6 +52,7 @@ class ClusterService:
         self.nodes = nodes
         self.metrics = metrics
         self.tls_context = tls_context
+        self.acknowledgers: dict[int, Callable[[list[int]], None]] = {}  # cid -> its sender
         self.handlers: dict[type, Callable[[Cluster, ClientSession, Any], None]] = {
             m.Submit: self.on_submit, m.ResultAck: self.on_result_ack,
             m.NodeAllocation: self.on_node_allocation, m.Cancel: self.on_cancel,
@@ -256,10 +257,14 @@ class ClusterService:
     def acknowledge_submit(self, cluster: Cluster, uid: int) -> None:
         """Tell the client its job is saved (once it is): it need not send it again. One
         message per batch carries every job of the cluster saved in it."""
-        self.durability.acknowledge_when_durable(('submitted', cluster.cid),
-                                                 self.submissions_saved(cluster), uid)
+        send = self.acknowledgers.get(cluster.cid)
+        if send is None:
+            send = self.acknowledgers[cluster.cid] = self.submissions_saved(cluster)
+        self.durability.acknowledge_when_durable(('submitted', cluster.cid), send, uid)
 
     def submissions_saved(self, cluster: Cluster) -> Callable[[list[int]], None]:
+        """What tells ``cluster``'s client that its jobs ``uids`` are saved (one for each
+        cluster, kept in ``acknowledgers``: it is asked for on every submission)."""
         def send(uids: list[int]) -> None:
             # a job that has ended meanwhile needs none: its result says it was received
             waiting = [uid for uid in uids if uid in cluster.jobs]
@@ -288,6 +293,7 @@ class ClusterService:
                                 % node.key)
         self.router.dispatch(removed.dispatches)
         self.durability.delete_cluster(cluster.cid)
+        self.acknowledgers.pop(cluster.cid, None)
         if cluster.directory is not None:
             shutil.rmtree(cluster.directory, ignore_errors=True)
         logger.info('cluster %s (%s) closed', cluster.cid, cluster.name)

@@ -22,7 +22,7 @@ import collections
 import dataclasses
 import heapq
 import itertools
-from typing import TYPE_CHECKING, Any, Container, Iterable, NamedTuple, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Container, Iterable, Optional, Sequence
 
 from ..constants import ABANDONED, CANCELLED, CREATED, MAX_DISPATCH_DEPTH, RUNNING
 from .policy import RUNTIME_WEIGHT, LoadIndex, dispatch_depth, fair_share_pick, node_matches
@@ -187,13 +187,12 @@ class Node:
 
 # What events return: named outcomes for the scheduler's parts to perform
 
-class Dispatch(NamedTuple):
-    """A job placed on a node: to be sent there."""
-    node: 'Node'
-    job: 'Job'
+Dispatch = tuple['Node', 'Job']
+"""A job placed on a node, ``(node, job)``: to be sent there. A plain pair, not a named
+tuple: two are made for every job, and a named tuple costs ten times as much to make."""
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class Rescheduled:
     """Jobs taken off a node (lost, leaving, its computation failed there, or it did not come
     back after a restart): those put back in their queues (their saved node changes), those
@@ -204,7 +203,7 @@ class Rescheduled:
     dispatches: list[Dispatch] = dataclasses.field(default_factory=list)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class ClusterRemoved:
     """A cluster forgotten: the nodes to uninstall it from, its queued jobs (ended
     Cancelled), its jobs that were on nodes (ended Cancelled; the uninstall stops them
@@ -215,21 +214,21 @@ class ClusterRemoved:
     dispatches: list[Dispatch]
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class ClusterAdded:
     """A new cluster, and the nodes to offer it to or install it on."""
     cluster: Cluster
     nodes: list[Node]
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class NodeAdded:
     """A node that joined, and the clusters to offer it to or install on it."""
     node: Node
     clusters: list[Cluster]
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class Placed:
     """A job submitted, or one that ended: the job (None for a late or repeated report) and
     the dispatches the change allows."""
@@ -237,7 +236,7 @@ class Placed:
     dispatches: list[Dispatch]
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class Cancellation:
     """A cancel: the job (None if unknown or ended), and the node to tell when it is on one
     (None: it ended here, before it ran)."""
@@ -378,7 +377,7 @@ class State:
                 queued.append(job)
             else:
                 del job.node.jobs[job.jid]
-                running.append(Dispatch(job.node, job))
+                running.append((job.node, job))
         for waiting in self.awaiting.values():
             for job in cluster.jobs.values():
                 waiting.pop(job.jid, None)
@@ -549,7 +548,7 @@ class State:
             job = cluster.queue.pop()
             assert job is not None  # one is queued
             self._dispatch(node, job)
-            dispatches.append(Dispatch(node, job))
+            dispatches.append((node, job))
         return dispatches
 
     def fill_node(self, node: Node) -> list[Dispatch]:
@@ -563,7 +562,7 @@ class State:
                 job = waiting.pop()
                 assert job is not None  # one waits
                 self._dispatch(node, job)
-                dispatches.append(Dispatch(node, job))
+                dispatches.append((node, job))
         while len(node.jobs) < node.slots:
             chosen = fair_share_pick([cluster for cluster in ready if cluster.wants(node)],
                                      node.jobs_of)
@@ -572,7 +571,7 @@ class State:
             job = chosen.queue.pop()
             assert job is not None  # fair_share_pick chose a cluster with queued jobs
             self._dispatch(node, job)
-            dispatches.append(Dispatch(node, job))
+            dispatches.append((node, job))
         return dispatches
 
     def _dispatch(self, node: Node, job: Job) -> None:

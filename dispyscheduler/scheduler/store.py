@@ -18,6 +18,7 @@ flusher's, see ``durability.py``), everything else on the hub.
 from __future__ import annotations
 
 import logging
+import operator
 import os
 import sqlite3
 from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable, cast
@@ -54,6 +55,9 @@ class Table:
                  key: tuple[str, ...]) -> None:
         self.name = name
         self.columns = tuple(column for column, _ in columns)
+        getter = operator.itemgetter(*self.columns)
+        self._getter: Callable[[dict[str, Any]], tuple] = (
+            getter if len(self.columns) > 1 else lambda row: (getter(row),))
         definitions = ', '.join('%s %s' % pair for pair in columns)
         primary = ', PRIMARY KEY (%s)' % ', '.join(key) if len(key) > 1 else ''
         self.create = 'CREATE TABLE %s (%s%s)' % (name, definitions, primary)
@@ -64,7 +68,9 @@ class Table:
         self.select = 'SELECT %s FROM %s ORDER BY %s' % (', '.join(self.columns), name, order)
 
     def values(self, row: dict[str, Any]) -> tuple:
-        return tuple(row[column] for column in self.columns)
+        """The row's values in the columns' order (one call to a prepared getter: a batch
+        writes a row for most jobs)."""
+        return self._getter(row)
 
     def rows(self, db: sqlite3.Connection) -> list[dict[str, Any]]:
         return [dict(zip(self.columns, values)) for values in db.execute(self.select)]
