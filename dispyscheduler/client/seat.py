@@ -76,7 +76,9 @@ class ReadSeat:
                     self.retake.wait(pause)
                     continue
                 with self.token:
-                    ready = [fd for fd, _ in poller.poll()]
+                    # messages already read (with the reply to a resume, say) come first: the
+                    # socket may have nothing more to say for a long time
+                    ready = [] if link.inbox else [fd for fd, _ in poller.poll()]
                     with self.state:
                         self.polling = False
                     if self.evict_read in ready:

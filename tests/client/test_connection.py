@@ -108,6 +108,8 @@ class Client:
         self.end(n).set()
 
     def resume(self, link):
+        """As a cluster resumes: it reads the scheduler's reply (here, any one message)."""
+        link.recv_now(time.monotonic() + DEADLINE)
         self.resumed_links.put(link)
 
     def resumed(self):
@@ -340,9 +342,9 @@ def test_a_broken_link_under_waiting_threads_is_connected_again(scheduler, clien
         link.close()
     else:
         link.sendall(b'\x00\x00\x00\x08nonsense')
-    resumed_with = client.resumed_links.get(timeout=DEADLINE)
     new_link = scheduler.next_link()
-    new_link.sendall(frames(*range(1, count + 1)))
+    new_link.sendall(encode(m.Closed()) + frames(*range(1, count + 1)))  # the reply first
+    resumed_with = client.resumed_links.get(timeout=DEADLINE)
     join_all(waiters)
     assert resumed_with is client.connection.link
     assert got == {n: 'result %d' % n for n in range(1, count + 1)}
@@ -469,3 +471,19 @@ def test_ctrl_c_while_handling_a_message_lands_once_it_is_handled():
         assert InterruptGate.hold() is False
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def test_messages_read_with_the_reply_to_a_resume_are_handled(scheduler):
+    """The scheduler's reply to a resume and the jobs' ends after it come in one read: the
+    ends, read along with the reply, are handled though nothing more comes on the link and no
+    thread waits through the seat (a program that waits only for its callbacks)."""
+    client = Client(scheduler)
+    try:
+        scheduler.next_link().close()  # the link breaks: the client connects again
+        again = scheduler.next_link()
+        again.sendall(encode(m.Closed()) + frames(1, 2, 3))  # the reply, then three ends
+        assert client.resumed_links.get(timeout=DEADLINE)
+        assert client.end(3).wait_set(DEADLINE)  # woken by the reader thread, not leading
+        assert client.handled == [1, 2, 3]
+    finally:
+        client.close()
