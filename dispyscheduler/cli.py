@@ -329,10 +329,9 @@ def scheduler_main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger('dispyscheduler').error('%s', exc)
         return fail(parser.prog, str(exc))
     try:
-        Scheduler(config, store, listeners, node_tls, cluster_tls).run()
+        return Scheduler(config, store, listeners, node_tls, cluster_tls).run()
     finally:
         state_lock.close()
-    return 0
 
 
 def node_main(argv: Sequence[str] | None = None) -> int:
@@ -356,6 +355,5 @@ def node_main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         return fail(parser.prog, 'cannot listen: %s' % (exc,))
     config.pid_file = start_running(options, parser.prog)
-    node.run()
-    return 0
+    return node.run()
 

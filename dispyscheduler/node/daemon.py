@@ -108,8 +108,9 @@ class NodeDaemon:
         addresses = [self.config.ip_addr] if self.config.ip_addr else []
         self.udp = discovery.open_sockets(addresses, self.config.node_port)
 
-    def run(self) -> None:
-        """Serve until SIGTERM or SIGINT; then stop every computation and return."""
+    def run(self) -> int:
+        """Serve until SIGTERM or SIGINT; then stop every computation and return the exit
+        status: 1 if a duty failed."""
         log_greenlet_errors()
         local_server = StreamServer(self.local_listener, self.serve_local)
         local_server.start()
@@ -136,6 +137,7 @@ class NodeDaemon:
             computation.close(cleanup=True)
         for sock in udp.values():
             sock.close()
+        return self.duties.status
 
     def leave(self) -> None:
         """Hand the jobs not started back to the scheduler, and give the running ones

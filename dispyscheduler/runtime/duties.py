@@ -2,7 +2,10 @@
 hook that puts every greenlet's crash in the daemon's log.
 
 If a duty dies of an error, the daemon stops rather than limp on without it: ``stopped`` is
-set, which the daemon's main greenlet waits on.
+set, which the daemon's main greenlet waits on, and the daemon exits with status 1 (so that a
+service manager restarts it). A duty that cannot go on for a reason outside the program (a full
+disk) raises ``Fatal``, whose one line is the log's last word; any other exception is a bug,
+logged as an internal error with its traceback.
 """
 
 from __future__ import annotations
@@ -19,10 +22,16 @@ import gevent.pool
 logger = logging.getLogger(__name__)
 
 
+class Fatal(Exception):
+    """A duty cannot go on, for a reason outside the program; the message says which."""
+
+
 class Duties:
     def __init__(self, stopped: gevent.event.Event) -> None:
         self.group = gevent.pool.Group()
         self.stopped = stopped
+        self.status = 0
+        """The daemon's exit status: 1 once a duty has failed."""
 
     def spawn(self, function: Callable[..., Any], *args: Any) -> gevent.Greenlet:
         greenlet = self.group.spawn(function, *args)
@@ -30,9 +39,12 @@ class Duties:
         return greenlet
 
     def failed(self, greenlet: gevent.Greenlet) -> None:
-        # its traceback is in the log already (``log_greenlet_errors``)
-        logger.error('internal error: duty %s died of %r; stopping', greenlet,
-                     greenlet.exception)
+        if isinstance(greenlet.exception, Fatal):
+            logger.error('%s; stopping', greenlet.exception)
+        else:  # its traceback is in the log already (``log_greenlet_errors``)
+            logger.error('internal error: duty %s died of %r; stopping', greenlet,
+                         greenlet.exception)
+        self.status = 1
         self.stopped.set()
 
     def kill(self) -> None:
@@ -48,6 +60,8 @@ def log_greenlet_errors(hub: gevent.hub.Hub | None = None) -> None:
 
     def print_exception(context: object, kind: type[BaseException] | None,
                         value: BaseException | str | None, tb: TracebackType | None) -> None:
+        if isinstance(value, Fatal):  # not a bug: the duty's group says why it stops
+            return
         if context is not None and not isinstance(context, str):
             try:
                 context = hub.format_context(context)

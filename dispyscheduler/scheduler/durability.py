@@ -11,14 +11,15 @@ on disk, never one fsync per job.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Callable, Hashable
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Optional
 
 import gevent
 import gevent.event
 
 from ..constants import COMMIT_INTERVAL
 from ..wire.messages import JobEnd
-from .store import Store
+from ..runtime.duties import Fatal
+from .store import Store, StoreError
 
 if TYPE_CHECKING:
     from .model import Cluster, Job
@@ -88,7 +89,9 @@ class Durability:
     def run_flusher(self) -> None:
         """Commit what handlers recorded, in batches, off the hub; then run what waited for
         it. A commit that fails (a full disk, say) ends this duty, and so the scheduler,
-        before anything that depended on it is acknowledged."""
+        before anything that depended on it is acknowledged: it raises ``Fatal`` with the
+        database's own reason ("database or disk is full"), and the scheduler exits with
+        status 1."""
         threadpool = gevent.get_hub().threadpool
         while True:
             self.dirty.wait()
@@ -96,13 +99,20 @@ class Durability:
             gevent.sleep(self.commit_interval)
             statements, actions = self.store.take_batch()
             if statements:
-                threadpool.apply(self.store.commit, (statements,))
+                failure = threadpool.apply(self.store.try_commit, (statements,))
+                if failure is not None:
+                    raise Fatal(failure)
             for action, args in actions:
                 action(*args)
 
-    def commit_now(self) -> None:
-        """Commit what is recorded, here and now (at shutdown)."""
-        self.store.commit_now()
+    def commit_now(self) -> Optional[str]:
+        """Commit what is recorded, here and now (at shutdown); why it could not, if not."""
+        try:
+            self.store.commit_now()
+        except StoreError as exc:
+            logger.error('%s', exc)
+            return str(exc)
+        return None
 
     def close(self) -> None:
         self.store.close()

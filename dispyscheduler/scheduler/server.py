@@ -144,8 +144,9 @@ class Scheduler:
         """The scheduler at a glance (``/status``, ``dispyscheduler-status``)."""
         return status(self.state, self.peers, self.started, self.config.pulse_interval)
 
-    def run(self) -> None:
-        """Serve until SIGTERM or SIGINT; then save what is pending and stop."""
+    def run(self) -> int:
+        """Serve until SIGTERM or SIGINT; then save what is pending and stop. Returns the
+        exit status: 1 if a duty failed (a full disk, say) or the last commit did."""
         log_greenlet_errors()
         servers = [StreamServer(sock, self.nodes.serve) for sock in self.listeners.node]
         servers += [StreamServer(sock, self.clusters.serve) for sock in self.listeners.client]
@@ -174,8 +175,10 @@ class Scheduler:
             server.close()
         failed = flusher.dead and flusher.exception is not None
         self.duties.kill()
-        if not failed:
-            self.durability.commit_now()
+        status = self.duties.status
+        if not failed and self.durability.commit_now() is not None:
+            status = 1
         self.peers.close_all()
         self.listeners.close()
         self.durability.close()
+        return status

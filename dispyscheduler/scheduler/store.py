@@ -21,7 +21,7 @@ import logging
 import operator
 import os
 import sqlite3
-from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable, cast
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable, Optional, cast
 
 import msgpack
 
@@ -250,15 +250,30 @@ class Store:
         return statements, actions
 
     def commit(self, statements: list[tuple[str, list]]) -> None:
-        """Apply ``statements`` in one transaction (called on a threadpool thread)."""
-        self.db.execute('BEGIN')
+        """Apply ``statements`` in one transaction (called on a threadpool thread); raises
+        ``StoreError`` with the database's reason if it cannot."""
         try:
-            for sql, rows in statements:
-                self.db.executemany(sql, rows)
-            self.db.execute('COMMIT')
-        except BaseException:
-            self.db.execute('ROLLBACK')
-            raise
+            self.db.execute('BEGIN')
+            try:
+                for sql, rows in statements:
+                    self.db.executemany(sql, rows)
+                self.db.execute('COMMIT')
+            except BaseException:
+                if self.db.in_transaction:  # SQLite ends it itself on some errors (disk full)
+                    self.db.execute('ROLLBACK')
+                raise
+        except sqlite3.Error as exc:
+            raise StoreError('cannot write the state database %s: %s' % (self.path, exc)) \
+                from None
+
+    def try_commit(self, statements: list[tuple[str, list]]) -> Optional[str]:
+        """``commit``, returning why it failed (None if it did not): for a thread pool, which
+        would report an exception as a bug."""
+        try:
+            self.commit(statements)
+        except StoreError as exc:
+            return str(exc)
+        return None
 
     def commit_now(self) -> None:
         """Commit what is recorded, here and now (at shutdown)."""

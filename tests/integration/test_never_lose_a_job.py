@@ -7,6 +7,7 @@ none is reported twice.
 import collections
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -202,6 +203,66 @@ def test_unusable_state_database_stops_the_scheduler_at_start(daemons, tmp_path)
         assert 'readonly' in start_expect_failure(daemons, 'read-only')
     finally:
         subprocess.run(['chattr', '-i', database])
+
+
+def test_close_while_the_scheduler_restarts_is_sent_again_and_closes(daemons, caplog):
+    """``close()`` called while the scheduler is down: the request goes once the link is up
+    again, the scheduler closes the cluster, and ``close()`` returns without waiting out its
+    timeout; the recovery file goes only then. It once was dropped, and the cluster stayed
+    open until the zombie interval."""
+    import threading
+    daemons.start_scheduler()
+    daemons.start_node('127.0.0.2')
+    cluster = SharedJobCluster(nap, **daemons.client_options())
+    try:
+        assert [cluster.submit(0, n)() for n in range(3)] == [0, 1, 2]
+        recover_file = cluster._recover_file
+        assert os.path.exists(recover_file)
+        daemons.scheduler.kill()
+        closing = threading.Thread(target=cluster.close)
+        closing.start()
+        restarted = daemons.start_scheduler(name='scheduler-restarted')
+        closing.join(60)
+        assert not closing.is_alive()
+        assert 'did not confirm closing' not in caplog.text  # confirmed, not timed out
+        restarted.wait_log(r'cluster \d+ \(nap\) closed')
+        assert not os.path.exists(recover_file)
+    finally:
+        cluster.close(terminate=True)
+
+
+def hold(seconds, data):
+    import time
+    time.sleep(seconds)
+    return len(data)
+
+
+def test_a_full_state_disk_stops_the_scheduler_with_status_1_and_its_cause(daemons, tmp_path):
+    """The state directory on a 2 MB disk that fills: the scheduler stops with exit status 1
+    (a service manager restarts it) and says why in one line, not as an internal error; it
+    once exited with status 0 and "cannot rollback - no transaction is active"."""
+    state = tmp_path / 'small-disk'
+    state.mkdir()
+    if subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=2m', 'tmpfs', str(state)],
+                      capture_output=True).returncode != 0:
+        pytest.skip('cannot mount a 2 MB tmpfs here (it needs root)')
+    try:
+        scheduler = daemons.start_scheduler('--state_dir', str(state))
+        daemons.start_node('127.0.0.2', cpus=1)
+        cluster = SharedJobCluster(hold, **daemons.client_options(reconnect_timeout=5))
+        try:
+            for _ in range(60):  # 6 MB of arguments to keep, for jobs that wait their turn
+                cluster.submit(60, b'x' * 100000)
+            wait_for(lambda: not scheduler.alive(), 60, 'the scheduler to stop')
+        finally:
+            cluster.close(terminate=True)
+        assert scheduler.process.returncode == 1
+        log = scheduler.log()
+        assert re.search(r'cannot write the state database \S+: database or disk is full; '
+                         r'stopping', log), log[-3000:]
+        assert 'internal error' not in log and 'Traceback' not in log, log[-3000:]
+    finally:
+        subprocess.run(['umount', '-l', str(state)], capture_output=True)
 
 
 def test_sigterm_of_the_scheduler_saves_state_and_a_restart_resumes(daemons):
