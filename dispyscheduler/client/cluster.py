@@ -140,6 +140,7 @@ class SharedJobCluster:
         self._acks_lock = threading.Lock()
         self._ack_timer: threading.Timer | None = None
         self._closing = False
+        self._close_request: m.Close | None = None  # sent, and sent again on resuming
         self._closed = threading.Event()
         self._lost: str | None = None
         self._recovering = False  # accept results of jobs this process did not submit
@@ -201,9 +202,12 @@ class SharedJobCluster:
         return cluster
 
     def _resumed(self) -> None:
-        """Send again what the scheduler may not have saved before the link broke."""
+        """Send again what the scheduler may not have saved before the link broke, and the
+        request to close if it was made meanwhile."""
         for submission in list(self._unsaved.values()):
             self._connection.send(submission)
+        if self._close_request is not None:
+            self._connection.send(self._close_request)
 
     def _give_up(self, reason: str) -> None:
         self._lost = reason
@@ -289,6 +293,9 @@ class SharedJobCluster:
         files = self._job_files(kwargs.pop('dispy_job_depends', ()))
         timeout = kwargs.pop('dispy_job_timeout', self._job_timeout)
         priority = int(kwargs.pop('dispy_job_priority', 0))
+        if not m.INT_RANGE[0] <= priority <= m.INT_RANGE[1]:
+            raise ValueError('dispy_job_priority must be between %d and %d, not %d'
+                             % (m.INT_RANGE[0], m.INT_RANGE[1], priority))
         payload = pack_value((args, kwargs), 'job arguments')
         if isinstance(node, DispyNode):
             node = node.ip_addr
@@ -363,15 +370,18 @@ class SharedJobCluster:
         if not terminate:
             self.wait(timeout)
         self._closing = True
-        closing = self._take_acks() + (m.Close(terminate=bool(terminate)),)
-        if self._lost is None and self._connection.send(*closing):
+        self._close_request = m.Close(terminate=bool(terminate))
+        if self._lost is None:
+            # while the link is down (the scheduler restarts), it goes once it is up again
+            self._connection.send(*self._take_acks(), self._close_request)
             self._connection.wake_reader()
             if not self._closed.wait(CLIENT_CLUSTER_TIMEOUT):
                 logger.warning('scheduler did not confirm closing cluster %s', self.cid)
+        closed = self._closed.is_set() and self._lost is None
         self._connection.close()
         if self._callbacks is not None:
             self._callbacks.stop()
-        if self._recover_file and self._lost is None:
+        if self._recover_file and closed:  # else ``recover_jobs`` may still want it
             try:
                 os.unlink(self._recover_file)
             except OSError:

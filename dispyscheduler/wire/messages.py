@@ -60,7 +60,26 @@ def _fail(expected: str, value: Any) -> Any:
     raise ProtocolError('has type %s, not %s' % (type(value).__name__, expected))
 
 
+INT_RANGE = (-2 ** 63, 2 ** 63 - 1)
+"""Integers a message may carry: what SQLite stores (and msgpack's signed 64 bits). One out
+of range would fail where it is stored, long after it was accepted; it is refused here."""
+
+
+def _in_range(value: Any) -> bool:
+    return type(value) is not int or INT_RANGE[0] <= value <= INT_RANGE[1]
+
+
 def _exact(allowed: frozenset[type], name: str) -> Checker:
+    if int in allowed:
+        def check_number(value: Any) -> Any:
+            if type(value) not in allowed:
+                return _fail(name, value)
+            if not _in_range(value):
+                raise ProtocolError('integer %d out of range' % (value,))
+            return value
+        check_number.allowed = allowed  # type: ignore[attr-defined]
+        return check_number
+
     def check(value: Any) -> Any:
         return value if type(value) in allowed else _fail(name, value)
     check.allowed = allowed  # type: ignore[attr-defined]
@@ -90,6 +109,8 @@ def _checker(annotation: Any) -> Checker:
         if allowed is not None:  # a list of plain values (ids, names): checked, kept as is
             def check_plain_list(value: Any) -> Any:
                 if type(value) is list and all(type(entry) in allowed for entry in value):
+                    if int in allowed and not all(_in_range(entry) for entry in value):
+                        raise ProtocolError('integer out of range')
                     return value
                 return _fail('a list of %s' % '/'.join(sorted(t.__name__ for t in allowed)),
                              value)
@@ -152,7 +173,11 @@ def _compile_codec(cls: type[Message]) -> None:
     for name, check in cls._checks:
         allowed = getattr(check, 'allowed', None)
         namespace['check_' + name] = check
-        if allowed is not None and len(allowed) == 1:  # one exact type: the common case
+        if allowed is not None and int in allowed:  # a number: its type, then its range
+            namespace['types_' + name] = allowed
+            test = ('type(v_%s) not in types_%s or type(v_%s) is int and not %d <= v_%s <= %d'
+                    % (name, name, name, INT_RANGE[0], name, INT_RANGE[1]))
+        elif allowed is not None and len(allowed) == 1:  # one exact type: the common case
             namespace['type_' + name] = next(iter(allowed))
             test = 'type(v_%s) is not type_%s' % (name, name)
         elif allowed is not None:

@@ -246,3 +246,31 @@ def test_plaintext_client_on_a_tls_port_is_told_tls_is_required(daemons, tmp_pat
     assert time.monotonic() - started < 5
     wait_for(lambda: 'plaintext peer on a TLS port' in daemons.scheduler.log(), 5, 'the log')
     assert encode(Closed())  # the module's own encoder is what the client speaks
+
+
+def test_numbers_out_of_range_stop_no_scheduler(daemons):
+    """A priority of 2**63 once made the database write fail and the scheduler exit, again
+    after each restart as the client sent the job again. Now the client refuses it at once,
+    and a client that sends one anyway loses its own link only: every integer a message
+    carries is checked against what the store can hold when it arrives."""
+    daemons.start_scheduler()
+    daemons.start_node('127.0.0.2')
+    with SharedJobCluster(square, **daemons.client_options()) as cluster:
+        with pytest.raises(ValueError, match='dispy_job_priority must be between'):
+            cluster.submit(1, dispy_job_priority=2 ** 63)
+        for field, value in (('priority', 2 ** 63), ('uid', 2 ** 64 - 1),
+                             ('timeout', 2 ** 63)):
+            link = authenticated_client(daemons)
+            try:
+                link.send_now(new_cluster_message())
+                link.expect(ClusterOk, time.monotonic() + 10)
+                body = {'uid': 1, 'args': b'', 'files': [], 'timeout': None, 'priority': 0,
+                        'node': None, 'tag': None}
+                body[field] = value
+                link.sock.sendall(encode_raw('submit', body))
+                daemons.scheduler.wait_log("field '%s': integer %d out of range" % (field, value))
+            finally:
+                link.sock.close()
+        assert cluster.submit(7)() == 49
+    assert daemons.scheduler.alive()
+    assert 'OverflowError' not in daemons.scheduler.log()
