@@ -33,6 +33,10 @@ class Refused(Exception):
     """The scheduler answered, and said no: reconnecting cannot help."""
 
 
+class HandshakeDropped(ConnectionError):
+    """The scheduler closed the connection before the handshake was done."""
+
+
 Handler = Callable[[Message], None]
 """``handle(message)``: what the cluster does with one message from the scheduler."""
 
@@ -59,7 +63,22 @@ class SchedulerConnection:
         self.shared_reading = not any(tls_files)
 
     def connect(self) -> Link:
-        """A new authenticated link; raises with a message that says what went wrong."""
+        """A new authenticated link; raises with a message that says what went wrong. A
+        handshake the scheduler drops (it sheds the oldest of many connections still in their
+        handshake from one address, which a user's may be when another program floods it)
+        is tried again, with back-off, for up to ``CONNECT_TIMEOUT``."""
+        deadline = time.monotonic() + CONNECT_TIMEOUT
+        backoff = Backoff(0.05, 1.0)
+        while True:
+            try:
+                return self.connect_once()
+            except HandshakeDropped:
+                delay = backoff.next_delay()
+                if time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay)
+
+    def connect_once(self) -> Link:
         errors = []
         sock: Socket  # TLS, when configured, wraps the plain socket
         for host in self.hosts:
@@ -96,10 +115,10 @@ class SchedulerConnection:
                 "scheduler's --cluster_secret)" % (AUTH_FAILED, where)) from None
         except (ConnectionClosed, ConnectionResetError, BrokenPipeError) as exc:
             sock.close()
-            raise ConnectionError('the scheduler at %s dropped the connection during the '
-                                  'handshake (%s)%s' % (where, exc, '; does it use TLS on this '
-                                                        'port?' if any(self.tls_files) else
-                                                        '')) from None
+            raise HandshakeDropped('the scheduler at %s dropped the connection during the '
+                                   'handshake (%s)%s' % (where, exc, '; does it use TLS on this '
+                                                         'port?' if any(self.tls_files) else
+                                                         '')) from None
         except BaseException:
             sock.close()
             raise

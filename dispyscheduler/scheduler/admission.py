@@ -36,38 +36,49 @@ class Admission:
         self.max_per_source = max_per_source
         self.handshaking: collections.OrderedDict[Any, str] = collections.OrderedDict()
         # greenlet -> peer address, oldest first
-        self.handshaking_from: collections.Counter[str] = collections.Counter()
-        # peer address -> how many of those
+        self.handshaking_from: dict[str, collections.OrderedDict[Any, None]] = {}
+        # peer address -> its greenlets of those, oldest first
 
     def accept(self, sock: socket.socket, tls_context: Optional[SSL.Context], secret: str,
                peer_role: str, address: tuple[str, int]) -> Optional[HubLink]:
         """TLS (if configured) and authentication of a new connection; its link, or None
         after logging why the peer was refused.
 
-        Connections that have not authenticated yet are capped per address and overall, the
-        oldest dropped first."""
+        Connections that have not authenticated yet are capped per address and overall. Past
+        a cap the oldest of them goes, never the newcomer: a program that opens connections
+        and says nothing must not lock out the users of its host (who share its address), and
+        a user's connection, quick to authenticate, is never the oldest for long."""
         source = address[0]
-        if self.handshaking_from[source] >= self.max_per_source:
-            logger.warning('refused a %s connection from %s: %d connections from there are '
-                           'still in their handshake', peer_role, source,
-                           self.handshaking_from[source])
-            return None
+        same_source = self.handshaking_from.get(source)
+        if same_source is not None and len(same_source) >= self.max_per_source:
+            self.drop(next(iter(same_source)))
+            logger.warning('dropped the oldest connection from %s: %d connections from there '
+                           'are still in their handshake', source, self.max_per_source)
         while len(self.handshaking) >= self.max_unauthenticated:
-            oldest, oldest_source = self.handshaking.popitem(last=False)
-            self.handshaking_from[oldest_source] -= 1
+            oldest, oldest_source = next(iter(self.handshaking.items()))
+            self.drop(oldest)
             logger.warning('dropped the oldest connection still in its handshake (from %s): '
                            '%d are open', oldest_source, self.max_unauthenticated)
-            oldest.kill(block=False)
         me = gevent.getcurrent()
         self.handshaking[me] = source
-        self.handshaking_from[source] += 1
+        self.handshaking_from.setdefault(source, collections.OrderedDict())[me] = None
         try:
             return self.authenticate(sock, tls_context, secret, peer_role, address)
         finally:
-            if self.handshaking.pop(me, None) is not None:
-                self.handshaking_from[source] -= 1
-                if not self.handshaking_from[source]:
-                    del self.handshaking_from[source]
+            self.forget(me)
+
+    def drop(self, greenlet: Any) -> None:
+        """End a connection still in its handshake (its greenlet)."""
+        self.forget(greenlet)
+        greenlet.kill(block=False)
+
+    def forget(self, greenlet: Any) -> None:
+        source = self.handshaking.pop(greenlet, None)
+        if source is not None:
+            same_source = self.handshaking_from[source]
+            del same_source[greenlet]
+            if not same_source:
+                del self.handshaking_from[source]
 
     def authenticate(self, sock: socket.socket, tls_context: Optional[SSL.Context],
                      secret: str, peer_role: str, address: tuple[str, int]) -> Optional[HubLink]:

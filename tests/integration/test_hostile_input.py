@@ -149,25 +149,47 @@ def test_every_kind_of_bad_input_on_every_port(daemons):
 
 
 def test_connection_caps_per_source_and_overall(daemons):
+    """Past a cap the oldest connection still in its handshake goes, never the newcomer:
+    per address, then overall."""
     daemons.start_scheduler('--max_unauthenticated', '50',
                             '--max_unauthenticated_per_source', '30')
     daemons.start_node('127.0.0.2')
     first = open_idle(daemons.scheduler_port, 30, ['127.0.0.10'])
     extra = open_idle(daemons.scheduler_port, 5, ['127.0.0.10'])
-    wait_for(lambda: all(closed_by_peer(sock) for sock in extra), 5,
-             'connections over the per-source cap to be closed')
+    wait_for(lambda: sum(closed_by_peer(sock) for sock in first) == 5, 5,
+             'the 5 oldest from that address to be dropped')
+    assert first[:5] == [sock for sock in first if closed_by_peer(sock)]
+    assert not any(closed_by_peer(sock) for sock in extra)
     second = open_idle(daemons.scheduler_port, 30, ['127.0.0.11'])
     # 60 in their handshake would pass the overall cap of 50: the 10 oldest went
-    wait_for(lambda: sum(closed_by_peer(sock) for sock in first) == 10, 5,
-             'the 10 oldest to be dropped')
-    assert first[:10] == [sock for sock in first if closed_by_peer(sock)]
-    assert not any(closed_by_peer(sock) for sock in second)
+    wait_for(lambda: sum(closed_by_peer(sock) for sock in first) == 15, 5,
+             'the 10 oldest overall to be dropped')
+    assert first[:15] == [sock for sock in first if closed_by_peer(sock)]
+    assert not any(closed_by_peer(sock) for sock in extra + second)
     with SharedJobCluster(square, **daemons.client_options()) as cluster:
         assert cluster.submit(3)() == 9
     for sock in first + extra + second:
         sock.close()
     assert 'dropped the oldest connection still in its handshake' in daemons.scheduler.log()
     assert 'still in their handshake' in daemons.scheduler.log()
+
+
+def test_connections_that_say_nothing_lock_no_one_of_their_host_out(daemons):
+    """A program on the clients' host holds 200 connections that never say a word (over the
+    per-address cap of 128): a user's program on that host still gets its cluster, since the
+    cap sheds the oldest silent connection, not the newcomer. It once failed with "the
+    scheduler dropped the connection during the handshake"."""
+    daemons.start_scheduler()
+    daemons.start_node('127.0.0.2')
+    idle = open_idle(daemons.scheduler_port, 200, ['127.0.0.1'])
+    try:
+        for _ in range(3):
+            with SharedJobCluster(square, **daemons.client_options()) as cluster:
+                assert cluster.submit(5)() == 25
+    finally:
+        for sock in idle:
+            sock.close()
+    assert daemons.scheduler.alive()
 
 
 @pytest.fixture(scope='module')
