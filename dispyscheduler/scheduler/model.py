@@ -22,7 +22,7 @@ import collections
 import dataclasses
 import heapq
 import itertools
-from typing import TYPE_CHECKING, Any, Container, Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
 
 from ..constants import ABANDONED, CANCELLED, CREATED, MAX_DISPATCH_DEPTH, RUNNING
 from .policy import RUNTIME_WEIGHT, LoadIndex, dispatch_depth, fair_share_pick, node_matches
@@ -38,7 +38,8 @@ FAILED = 'failed'  # setup failed there, or the client's allocation refused the 
 
 class Job:
     __slots__ = ('jid', 'uid', 'cluster', 'args', 'node', 'status', 'start_time', 'cancelling',
-                 'priority', 'timeout', 'files', 'pinned', 'tag', 'lost_nodes', 'submitted_at')
+                 'priority', 'timeout', 'files', 'pinned', 'tag', 'lost_nodes', 'submitted_at',
+                 'queued')
 
     def __init__(self, jid: int, uid: int, cluster: Cluster, args: bytes, priority: int = 0,
                  timeout: Optional[float] = None, files: Sequence[FileData] = (),
@@ -59,40 +60,51 @@ class Job:
         self.status = CREATED
         self.start_time: Optional[float] = None
         self.cancelling = False  # cancel sent to its node; never to be run again
+        self.queued = 0  # its entry in a queue (``JobQueue``), 0 while in none
 
     def __repr__(self) -> str:
         return '<Job %s (cluster %s job %s)>' % (self.jid, self.cluster.cid, self.uid)
 
 
+QUEUE_ENTRIES = itertools.count(1)
+"""Numbers of queue entries: a job knows the one entry that is still its own."""
+
+
 class JobQueue:
-    """Jobs by priority (highest first), then by submission; cancelled ones are skipped when
-    they surface, so cancelling is O(1)."""
+    """Jobs by priority (highest first), then by submission. A job leaves the queue at once
+    (cancelled, or taken back by a node that returned still running it), and its entry is
+    skipped when it surfaces, so leaving is O(1): an entry counts only while it is the job's
+    current one (``job.queued``), so a job queued again later is never taken twice."""
 
     def __init__(self) -> None:
-        self.heap: list[tuple[int, int, Job]] = []
+        self.heap: list[tuple[int, int, int, Job]] = []
         self.live = 0
 
     def __len__(self) -> int:
         return self.live
 
     def push(self, job: Job) -> None:
-        heapq.heappush(self.heap, (-job.priority, job.jid, job))
+        job.queued = next(QUEUE_ENTRIES)
+        heapq.heappush(self.heap, (-job.priority, job.jid, job.queued, job))
         self.live += 1
 
     def pop(self) -> Optional[Job]:
         while self.heap:
-            job = heapq.heappop(self.heap)[2]
-            if job.status != CANCELLED:
+            _, _, entry, job = heapq.heappop(self.heap)
+            if job.queued == entry:
+                job.queued = 0
                 self.live -= 1
                 return job
         return None
 
     def forget(self, job: Job) -> None:
-        """A job in the queue was cancelled: count it out now, skip it later."""
-        self.live -= 1
+        """A job leaves the queue: counted out now, its entry skipped later."""
+        if job.queued:
+            job.queued = 0
+            self.live -= 1
 
     def jobs(self) -> list[Job]:
-        return [entry[2] for entry in self.heap if entry[2].status != CANCELLED]
+        return [job for _, _, entry, job in self.heap if job.queued == entry]
 
 
 class Cluster:
@@ -201,6 +213,8 @@ class Rescheduled:
     requeued: list[Job] = dataclasses.field(default_factory=list)
     ended: list[Job] = dataclasses.field(default_factory=list)
     dispatches: list[Dispatch] = dataclasses.field(default_factory=list)
+    kept: list[Job] = dataclasses.field(default_factory=list)
+    """Jobs a node that was presumed lost still ran when it came back, on it again."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -292,21 +306,36 @@ class State:
             else:
                 cluster.pinned[job.pinned].push(job)
 
-    def reattach(self, node: Node, held: Container[int]) -> Rescheduled:
-        """A node that held jobs before a restart came back holding the jobs ``held``: those
-        stay on it; the others it lost go back to the queue. Returns ``Rescheduled``."""
+    def reattach(self, node: Node, held: Iterable[int]) -> Rescheduled:
+        """A node came back holding the jobs ``held``. Jobs it held before a restart of the
+        scheduler stay on it (those it lost go back to the queue); so do jobs it held when it
+        was presumed lost (frozen, cut off) that are still waiting in their queue: they ran on
+        all along, and running them again elsewhere would only waste their work. Held jobs
+        that now run elsewhere, or have ended, are not its own: the caller tells it to drop
+        them. Returns ``Rescheduled`` (``kept``: the jobs taken back from their queue)."""
         outcome = Rescheduled()
+        held = set(held)
         for jid, job in self.awaiting.pop(node.key, {}).items():
             if jid in held:
-                node.jobs[jid] = job
-                job.node = node
-                node.jobs_of[job.cluster.cid] += 1
-                job.cluster.in_flight += 1
+                self._attach(node, job)
             else:
                 self._requeue(job)
                 outcome.requeued.append(job)
+        for jid in held:
+            waiting = self.jobs.get(jid)
+            if waiting is not None and waiting.queued and waiting.pinned is None:
+                waiting.cluster.queue.forget(waiting)
+                waiting.status = RUNNING  # as it was when its node fell silent
+                self._attach(node, waiting)
+                outcome.kept.append(waiting)
         self._load_changed(node)
         return self._place_requeued(outcome)
+
+    def _attach(self, node: Node, job: Job) -> None:
+        node.jobs[job.jid] = job
+        job.node = node
+        node.jobs_of[job.cluster.cid] += 1
+        job.cluster.in_flight += 1
 
     def expire_awaiting(self) -> Rescheduled:
         """The grace period after a restart is over: jobs of nodes that did not come back are

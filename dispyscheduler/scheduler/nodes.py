@@ -85,6 +85,9 @@ class NodeService:
         held = set(info.jobs)
         outcome = self.state.reattach(node, held)
         stale = held.difference(node.jobs)
+        if outcome.kept:
+            logger.info('node %s came back still running %d jobs that waited to run again; '
+                        'they stay on it', node.key, len(outcome.kept))
         if stale:
             logger.info('node %s came back holding %d jobs that run elsewhere now or have '
                         'ended; told it to drop them', node.key, len(stale))

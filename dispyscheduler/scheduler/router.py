@@ -45,8 +45,9 @@ class Router:
 
     def reschedule(self, outcome: Rescheduled, reason: str) -> None:
         """Jobs taken off a node: the requeued ones are recorded and placed, the ended ones
-        told to their clients (``reason`` says why, for those that ended Cancelled)."""
-        for job in outcome.requeued:
+        told to their clients (``reason`` says why, for those that ended Cancelled); jobs a
+        returning node kept are recorded on it again."""
+        for job in outcome.requeued + outcome.kept:
             self.durability.job_moved(job)
         for job in outcome.ended:
             self.end_job(job, job.status, 'job was cancelled' if job.cancelling else

@@ -173,6 +173,33 @@ def test_frozen_node_is_presumed_dead_and_given_no_duplicate_work(daemons):
     assert counted.counts == {job.id: 1}
 
 
+def test_a_frozen_node_that_returns_finishes_the_jobs_that_waited_for_it(daemons):
+    """Issue 17, 1: one node, a reentrant cluster, jobs longer than the freeze. The node is
+    presumed dead while frozen (its jobs requeued, with nowhere else to go); when it returns
+    still running them it keeps them, and each job ends Finished with its result, reported
+    once. They once ended Cancelled: the node was told to drop them, then sent them again,
+    and the kill of its old copies was taken for their end."""
+    daemons.start_scheduler()
+    frozen = daemons.start_node('127.0.0.2', cpus=2)
+    counted = FinalCounter()
+    with SharedJobCluster(nap, reentrant=True, callback=counted,
+                          **daemons.client_options()) as cluster:
+        jobs = [cluster.submit(10, n) for n in range(2)]
+        wait_for(lambda: all(job.status == DispyJob.Running for job in jobs), 20,
+                 'both jobs to run')
+        os.kill(frozen.pid, signal.SIGSTOP)
+        try:
+            daemons.scheduler.wait_log(r'node 127\.0\.0\.2:\d+ lost: no pulse .*2 jobs requeued',
+                                       timeout=20)
+        finally:
+            os.kill(frozen.pid, signal.SIGCONT)
+        assert [job() for job in jobs] == [0, 1]
+        assert [job.status for job in jobs] == [DispyJob.Finished] * 2
+        daemons.scheduler.wait_log(r'node 127\.0\.0\.2:\d+ came back still running 2 jobs')
+        cluster.wait()
+    assert counted.counts == {job.id: 1 for job in jobs}
+
+
 def start_expect_failure(daemons, name):
     scheduler = daemons.start_scheduler(wait=False, name=name)
     assert scheduler.process.wait(30) == 2

@@ -586,3 +586,29 @@ def test_pinned_jobs_wait_for_their_node_and_end_with_it():
     assert outcome.requeued == [] and set(outcome.ended) == set(pinned)
     assert all(job.status == CANCELLED for job in pinned)
     check_invariants(state)
+
+
+def test_a_node_presumed_lost_that_returns_keeps_the_jobs_still_waiting_for_it():
+    """A node falls silent (frozen), is presumed lost, its jobs are requeued; it returns
+    still running them. Those still in their queue go back to it (their work is not lost, and
+    they are not sent to it a second time, where the copy it runs would be taken for them);
+    one already running elsewhere is not its own any more."""
+    state = State(max_depth=1)
+    cluster = new_cluster(state, reentrant=True)
+    frozen, _ = ready_node(state, 'frozen', cpus=2)
+    jobs, _ = submit_many(state, cluster, 3)  # two on the node, one queued
+    on_node = sorted(frozen.jobs)
+    outcome = state.remove_node(frozen)
+    assert sorted(job.jid for job in outcome.requeued) == on_node
+    other, dispatches = ready_node(state, 'other', cpus=1)  # takes one of the requeued
+    (moved,) = [job for _, job in dispatches]
+    returned = state.add_node('frozen', 'frozen', '10.0.0.1', 1, 2).node
+    outcome = state.reattach(returned, on_node)
+    kept = [job for job in jobs if job.jid in on_node and job is not moved]
+    assert outcome.kept == kept and outcome.dispatches == []
+    assert set(returned.jobs) == {job.jid for job in kept}
+    assert all(job.node is returned and job.status == RUNNING for job in kept)
+    assert moved.node is other and moved.jid not in returned.jobs
+    assert cluster.queue.pop() is jobs[2]  # the one never sent; a kept job is not taken twice
+    assert cluster.queue.pop() is None
+    check_invariants(state)
