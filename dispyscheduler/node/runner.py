@@ -64,10 +64,14 @@ class Channel:
         self.sock.sendall(encode(message))
 
     def recv(self) -> Optional[m.Message]:
-        """The next message, or None when the daemon closed the connection."""
+        """The next message, or None when the daemon closed the connection (or died: its
+        processes then end quietly, with nothing to report to anyone)."""
         while not self.inbox:
             self.readable.poll()
-            data = self.sock.recv(RECV_SIZE)
+            try:
+                data = self.sock.recv(RECV_SIZE)
+            except ConnectionError:
+                return None
             if not data:
                 return None
             self.inbox.extend(self.decoder.messages_from(data))
@@ -109,7 +113,10 @@ def dispy_provisional_result(result: Any, timeout: Optional[float] = None) -> in
         return -1
     if len(data) > MAX_RESULT_SIZE:
         return -1
-    channel.send(m.Provisional(jid=JobContext.jid, result=data))
+    try:
+        channel.send(m.Provisional(jid=JobContext.jid, result=data))
+    except OSError:  # the node daemon is gone
+        return -1
     return 0
 
 
@@ -183,7 +190,10 @@ def main() -> int:
         channel.send(m.LoadFailed(reason=traceback.format_exc()))
         return 1
     channel.send(m.Loaded())
-    return serve_as_setup_process(channel, address, token, cid, computation)
+    try:
+        return serve_as_setup_process(channel, address, token, cid, computation)
+    except ConnectionError:  # the node daemon died: there is no one left to tell
+        return 0
 
 
 def serve_as_setup_process(channel: Channel, address: str, token: bytes, cid: int,
@@ -275,6 +285,8 @@ def serve_as_worker(setup_channel: Channel, setup_fds: Tuple[int, int], address:
                 finally:
                     JobContext.jid = None
                 channel.send(done)
+    except ConnectionError:  # the node daemon died: there is no one left to tell
+        pass
     except BaseException:
         traceback.print_exc()
         status = 1

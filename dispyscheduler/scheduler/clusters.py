@@ -77,12 +77,12 @@ class ClusterService:
                                     % (request.kind,))
         except FileRefused as exc:
             logger.warning('refused cluster from %s: %s', address[0], exc)
-            link.send_now(m.Error(reason=str(exc)))
+            tell(link, str(exc))
             return
         except (ProtocolError, OSError) as exc:
             logger.warning('dropped client connection from %s: %s', address[0], exc)
             if not link.closed:
-                link.send_now(m.Error(reason=str(exc)))
+                tell(link, str(exc))
             return
         session = ClientSession(link, cluster.cid)
         self.attach(session, cluster, resumed=type(request) is m.ClusterResume,
@@ -305,6 +305,14 @@ class ClusterService:
     def connected(self, cluster: Cluster) -> bool:
         """Whether the cluster's client is connected now."""
         return self.peers.client(cluster.cid) is not None
+
+
+def tell(link: HubLink, reason: str) -> None:
+    """Say why a client is refused, if it is still there to hear it (it may have reset)."""
+    try:
+        link.send_now(m.Error(reason=reason))
+    except OSError as exc:
+        logger.debug('could not tell %s why: %s', link.peer, exc)
 
 
 def resolve_patterns(nodes: list[m.NodePattern]) -> list[tuple[str, int]]:

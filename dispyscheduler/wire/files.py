@@ -40,7 +40,10 @@ def open_for_writing(directory: str, name: str) -> int:
     relative = safe_relative_path(name)
     path = os.path.join(directory, relative)
     parent = os.path.dirname(path)
-    os.makedirs(parent, mode=0o700, exist_ok=True)
+    try:
+        os.makedirs(parent, mode=0o700, exist_ok=True)
+    except OSError as exc:  # a file of the same name is in the way, say ('a', then 'a/b')
+        raise FileRefused('cannot write %r: %s' % (name, exc.strerror)) from None
     expected = os.path.join(os.path.realpath(directory), os.path.dirname(relative))
     if os.path.realpath(parent) != expected.rstrip(os.sep):
         raise FileRefused('file name %r leads through a symbolic link' % (name,))

@@ -170,3 +170,79 @@ def test_callback_may_wait_and_a_slow_callback_does_not_break_wait_timeout(daemo
         assert cluster.wait(timeout=0.5) is False
         assert time.monotonic() - started < 2
         assert cluster.wait(timeout=10) is True
+
+
+def test_a_client_that_resets_during_setup_is_no_internal_error(daemons):
+    """A client announces a file, sends one it did not announce, and resets at once: the
+    scheduler refuses it without an internal error (telling a peer that is gone why it was
+    refused once raised BrokenPipeError there)."""
+    from dispyscheduler.client.computation import pack_computation
+    from dispyscheduler.wire.auth import handshake
+    from dispyscheduler.wire.link import Link
+    from dispyscheduler.wire.messages import ClusterFile, ClusterNew
+    daemons.start_scheduler()
+    daemons.start_node('127.0.0.2')
+    for _ in range(5):
+        sock = socket.create_connection(('127.0.0.1', daemons.scheduler_port), timeout=10)
+        link = Link(sock, 'resetter')
+        handshake(link, CLUSTER_SECRET, 'client', 'scheduler', True, time.monotonic() + 10)
+        link.send_now(ClusterNew(name='reset', code=pack_computation(nap).code,
+                                 nodes=[('*', 0)], reentrant=False, cleanup=True,
+                                 files=[('data.txt', 4, 0o600)], node_files=[], allocate=False))
+        link.send_now(ClusterFile(name='other.txt', offset=0, data=b'data', last=True))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))
+        sock.close()  # a reset, not a close
+    # refused after reading the file it did not announce, or as the reset came first
+    daemons.scheduler.wait_log(r"(file 'other.txt' was not announced|dropped client "
+                               r"connection from 127.0.0.1: .*reset)(.|\n)*" * 5)
+    with SharedJobCluster(nap, **daemons.client_options()) as cluster:
+        assert cluster.submit(0, 'fine')() == 'fine'
+    # the harness fails the test if the scheduler logged an internal error
+
+
+def test_job_files_that_cannot_be_written_end_the_job_saying_so(daemons):
+    """Files ``a`` and ``a/b`` for one job: the second cannot be written (a file is in the
+    way), and the job ends Terminated saying that, not that its worker process died."""
+    from dispyscheduler.wire.messages import Submit
+    daemons.start_scheduler()
+    daemons.start_node('127.0.0.2')
+    with SharedJobCluster(nap, **daemons.client_options()) as cluster:
+        job = DispyJob((), {})
+        job._uid = job.id = 10 ** 6
+        cluster._jobs[job._uid] = job
+        cluster._connection.send(Submit(uid=job._uid, args=b'', timeout=None, priority=0,
+                                        node=None, tag=None,
+                                        files=[('a', b'x', 0o600), ('a/b', b'y', 0o600)]))
+        job()
+        assert job.status == DispyJob.Terminated
+        assert "cannot write 'a/b'" in job.exception, job.exception
+        assert 'died' not in job.exception
+        assert cluster.submit(0, 'still here')() == 'still here'
+
+
+def chatty(seconds):
+    import time
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        dispy_provisional_result('still going')  # noqa: F821 - a node gives it to jobs
+        time.sleep(0.01)
+    return 'done'
+
+
+def test_a_node_killed_leaves_no_traceback_from_its_computations_processes(daemons):
+    """kill -9 of a node daemon alone while its jobs send provisional results: the processes
+    of its computation (the setup process, the worker processes) see their link end and exit
+    quietly, without a traceback in the node's log (their stderr), and none is left behind."""
+    daemons.start_scheduler()
+    node = daemons.start_node('127.0.0.2')
+    with SharedJobCluster(chatty, **daemons.client_options()) as cluster:
+        jobs = [cluster.submit(30) for _ in range(2)]
+        wait_for(lambda: all(job.status == DispyJob.ProvisionalResult for job in jobs), 30,
+                 'both jobs to send provisional results')
+        os.kill(node.pid, signal.SIGKILL)
+        node.process.wait()
+        wait_for(lambda: not any(pid for pid, state, _, sid, _ in processes()
+                                 if sid == node.pid and state != 'Z'), 30,
+                 "the node's processes to exit")
+        cluster.close(terminate=True)
+    assert 'Traceback' not in node.log(), node.log()[-3000:]
