@@ -64,6 +64,16 @@ PING_INTERVAL = 10.0
 PING_INTERVAL_RANGE = (1.0, 1000.0)
 """Allowed ``--ping_interval`` values (as in dispy)."""
 
+NAME_LOOKUP_TIMEOUT = 3.0
+"""Seconds a host name (a cluster's ``nodes``, ``-n``) may take to resolve; one that takes
+longer is taken as unresolvable, with a warning, so that a slow name service holds up no one
+for long."""
+
+MAX_NODE_NAMES = 32
+"""Host names (not addresses or patterns) a cluster's ``nodes`` may hold: each is looked up
+when the cluster is created, so a cluster naming hundreds of unknown hosts is refused at once
+rather than keeping the scheduler busy with lookups."""
+
 NO_NODE_PINGS = 3
 """Discovery rounds (``--ping_interval``) after which a client whose cluster no node has set up
 is warned in its log, with the nodes the scheduler knows, so that a typo in ``nodes`` or a

@@ -14,8 +14,10 @@ import socket
 import struct
 from typing import Any, Callable, Iterable
 
+import gevent
+
 from ..wire.auth import AuthenticationError, open_datagram, sign_datagram
-from ..constants import MAX_DATAGRAM_SIZE
+from ..constants import MAX_DATAGRAM_SIZE, NAME_LOOKUP_TIMEOUT
 from ..wire.messages import Message
 from ..wire.protocol import ProtocolError
 
@@ -77,15 +79,19 @@ def broadcast_targets(bound_addr: str) -> list[str]:
     return targets
 
 
-def resolve(host: str) -> list[str]:
-    """The IPv4 addresses of ``host`` (empty, with a warning, if it cannot be resolved)."""
+def resolve(host: str, timeout: float = NAME_LOOKUP_TIMEOUT) -> list[str]:
+    """The IPv4 addresses of ``host``; empty, with a warning, if it cannot be resolved within
+    ``timeout`` seconds."""
     try:
-        # AF_INET: an address is a str already (str() for the checker's sake)
-        return sorted({str(info[4][0])
-                       for info in socket.getaddrinfo(host, None, socket.AF_INET)})
-    except OSError as exc:
+        with gevent.Timeout(timeout):
+            # AF_INET: an address is a str already (str() for the checker's sake)
+            return sorted({str(info[4][0])
+                           for info in socket.getaddrinfo(host, None, socket.AF_INET)})
+    except (OSError, UnicodeError) as exc:
         logger.warning('cannot resolve %s: %s', host, exc)
-        return []
+    except gevent.Timeout:
+        logger.warning('cannot resolve %s: no answer in %g seconds', host, timeout)
+    return []
 
 
 def udp_socket(address: str, port: int) -> socket.socket:

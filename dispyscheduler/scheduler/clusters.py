@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from ..wire import messages as m
 from ..config import SchedulerConfig
-from ..constants import CANCELLED, FILE_TIMEOUT, NODE_INITIALIZED, TERMINATED
+from ..constants import CANCELLED, FILE_TIMEOUT, MAX_NODE_NAMES, NODE_INITIALIZED, TERMINATED
 from ..runtime.discovery import resolve
 from ..wire.files import (MAX_FILES, FileRefused, IncomingFiles, check_manifest_entry, check_size,
                      safe_relative_path)
@@ -317,12 +317,19 @@ def tell(link: HubLink, reason: str) -> None:
 
 def resolve_patterns(nodes: list[m.NodePattern]) -> list[tuple[str, int]]:
     """A cluster's ``nodes`` as ``(pattern, port)`` pairs; a host name also matches the
-    addresses it resolves to."""
+    addresses it resolves to. At most ``MAX_NODE_NAMES`` names are looked up (each for at
+    most ``NAME_LOOKUP_TIMEOUT`` seconds): more is refused before any lookup."""
+    names = {pattern for pattern, _ in nodes
+             if not any(ch in pattern for ch in '*?[') and not _is_ip(pattern)}
+    if len(names) > MAX_NODE_NAMES:
+        raise ProtocolError('nodes names %d hosts; at most %d host names are looked up (give '
+                            'addresses or patterns such as 10.0.0.*)'
+                            % (len(names), MAX_NODE_NAMES))
+    addresses = {name: resolve(name) for name in names}
     patterns = []
     for pattern, port in nodes:
         patterns.append((pattern, port))
-        if not any(ch in pattern for ch in '*?[') and not _is_ip(pattern):
-            patterns.extend((ip, port) for ip in resolve(pattern))
+        patterns.extend((ip, port) for ip in addresses.get(pattern, ()))
     return patterns
 
 

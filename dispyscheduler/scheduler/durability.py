@@ -2,7 +2,8 @@
 
 Handlers record changes (a job saved, moved, ended; a result acknowledged; a cluster added or
 removed) with the calls below, which cost no I/O; the flusher greenlet commits everything
-recorded since its last pass in one transaction, off the hub (on its threadpool), and only
+recorded since its last pass in one transaction, off the hub (on a thread of its own, so that
+name lookups, which gevent does on the hub's thread pool, never wait in front of it), and only
 then runs what had to wait for durability: acknowledging submissions to a client and results
 to a node, one message per peer per batch. So a submission is acknowledged once its batch is
 on disk, never one fsync per job.
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Hashable, Optional
 
 import gevent
 import gevent.event
+import gevent.threadpool
 
 from ..constants import COMMIT_INTERVAL
 from ..wire.messages import JobEnd
@@ -36,6 +38,9 @@ class Durability:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.dirty = gevent.event.Event()
+        self.committer = gevent.threadpool.ThreadPool(1)
+        """The one thread commits run on: not the hub's pool, which slow name lookups can
+        fill (issue 17, 7)."""
 
     # what handlers record (no I/O until the next commit)
 
@@ -92,14 +97,13 @@ class Durability:
         before anything that depended on it is acknowledged: it raises ``Fatal`` with the
         database's own reason ("database or disk is full"), and the scheduler exits with
         status 1."""
-        threadpool = gevent.get_hub().threadpool
         while True:
             self.dirty.wait()
             self.dirty.clear()
             gevent.sleep(self.commit_interval)
             statements, actions = self.store.take_batch()
             if statements:
-                failure = threadpool.apply(self.store.try_commit, (statements,))
+                failure = self.committer.apply(self.store.try_commit, (statements,))
                 if failure is not None:
                     raise Fatal(failure)
             for action, args in actions:
@@ -115,4 +119,5 @@ class Durability:
         return None
 
     def close(self) -> None:
+        self.committer.kill()
         self.store.close()

@@ -296,3 +296,31 @@ def test_numbers_out_of_range_stop_no_scheduler(daemons):
         assert cluster.submit(7)() == 49
     assert daemons.scheduler.alive()
     assert 'OverflowError' not in daemons.scheduler.log()
+
+
+def test_a_cluster_naming_hundreds_of_hosts_is_refused_and_stalls_no_one(daemons):
+    """Names in a cluster's ``nodes`` are looked up when it is created; hundreds of them (from
+    12 clients at once) once held every other user's cluster creation for seconds. More than
+    MAX_NODE_NAMES names are refused before any lookup (so this test asks no name service),
+    with the reason, and the others go on."""
+    daemons.start_scheduler()
+    daemons.start_node('127.0.0.2')
+    names = ['no-such-host-%d.invalid' % n for n in range(300)]
+    failures = []
+
+    def refused_cluster():
+        try:
+            SharedJobCluster(square, nodes=names, **daemons.client_options())
+        except ValueError as exc:
+            failures.append(str(exc))
+
+    threads = [threading.Thread(target=refused_cluster) for _ in range(12)]
+    for thread in threads:
+        thread.start()
+    with SharedJobCluster(square, **daemons.client_options()) as cluster:
+        assert cluster.submit(9)() == 81
+    for thread in threads:
+        thread.join(60)
+    assert len(failures) == 12
+    assert all('at most 32 host names are looked up' in failure for failure in failures)
+    assert daemons.scheduler.alive()
