@@ -120,8 +120,9 @@ def common_options(prog: str) -> list[Option]:
         Option(('--zombie_interval',), 'minutes after which work of a peer that went away is '
                                        'cleaned up (default %(default)g)',
                type=positive_number, default=ZOMBIE_INTERVAL, metavar='MINUTES'),
-        Option(('--max_file_size',), 'largest file accepted, in bytes or with k/m/g/t; 0 = no '
-                                     'limit', type=size, default=MAX_FILE_SIZE, metavar='SIZE'),
+        Option(('--max_file_size',), 'largest file accepted, in bytes or with k/m/g/t '
+                                     '(default 10g); 0 = no limit',
+               type=size, default=MAX_FILE_SIZE, metavar='SIZE'),
     ]
 
 

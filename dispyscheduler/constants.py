@@ -102,8 +102,14 @@ DEFAULT_DEST_PATH_PREFIX = os.path.join(tempfile.gettempdir(), 'dispyscheduler')
 DEFAULT_NODE_DEST_PATH_PREFIX = os.path.join(tempfile.gettempdir(), 'dispynode')
 """Default ``--dest_path_prefix`` of a node: one directory per computation below it."""
 
-MAX_FILE_SIZE = 0
-"""Default ``--max_file_size`` in bytes; 0 means no limit beyond ``MAX_FRAME_SIZE``."""
+MAX_FILE_SIZE = 10 * 1024 ** 3
+"""Default ``--max_file_size`` in bytes (10 GiB): the largest file a daemon accepts (a
+computation's ``depends``, a job's files, a result's ``dispy_send_file``); 0 means no limit.
+dispy has none, so one mistaken ``depends`` could fill a shared disk."""
+
+DISK_RESERVE = 256 * 1024 ** 2
+"""Bytes a daemon keeps free on the disk of its ``--dest_path_prefix``: files whose announced
+sizes would leave less are refused before any arrives."""
 
 ACK_DELAY = 0.05
 """Seconds an acknowledgement may wait to travel with other traffic (a client's for results,

@@ -20,8 +20,8 @@ from ..wire import messages as m
 from ..config import SchedulerConfig
 from ..constants import CANCELLED, FILE_TIMEOUT, MAX_NODE_NAMES, NODE_INITIALIZED, TERMINATED
 from ..runtime.discovery import resolve
-from ..wire.files import (MAX_FILES, FileRefused, IncomingFiles, check_manifest_entry, check_size,
-                     safe_relative_path)
+from ..wire.files import (MAX_FILES, FileRefused, IncomingFiles, check_disk_space,
+                          check_manifest_entry, check_size, safe_relative_path)
 from ..runtime.hublink import HubLink
 from ..wire.protocol import ProtocolError
 from .admission import Admission
@@ -164,8 +164,10 @@ class ClusterService:
         for entry in manifest:
             check_manifest_entry(entry, self.config.max_file_size)
             modes[entry[0]] = entry[2]
+        check_disk_space(self.config.dest_path_prefix, manifest)
         staging = tempfile.mkdtemp(prefix='incoming-', dir=self.config.dest_path_prefix)
-        incoming = IncomingFiles(staging, self.config.max_file_size)
+        incoming = IncomingFiles(staging, self.config.max_file_size,
+                                 {name: size for name, size, _ in manifest})
         try:
             while len(incoming.done) < len(modes):
                 chunk = link.expect(m.ClusterFile, time.monotonic() + FILE_TIMEOUT)

@@ -10,9 +10,10 @@ the receiver's ``--max_file_size`` as bytes arrive, never after.
 from __future__ import annotations
 
 import os
+import shutil
 from typing import Iterator
 
-from ..constants import FILE_CHUNK_SIZE
+from ..constants import DISK_RESERVE, FILE_CHUNK_SIZE
 from .messages import FileSpec
 
 MAX_FILES = 10000
@@ -69,6 +70,19 @@ def check_manifest_entry(entry: FileSpec, max_file_size: int = 0) -> None:
     check_size(name, size, max_file_size)
 
 
+def check_disk_space(directory: str, manifest: list[FileSpec]) -> None:
+    """``FileRefused`` if the files announced in ``manifest`` would leave less than
+    ``DISK_RESERVE`` bytes free where they are to be written."""
+    needed = sum(size for _, size, _ in manifest)
+    existing = os.path.abspath(directory)
+    while not os.path.exists(existing):  # not made yet: the disk it will be made on
+        existing = os.path.dirname(existing)
+    free = shutil.disk_usage(existing).free
+    if free - needed < DISK_RESERVE:
+        raise FileRefused('%d bytes of files, and %s has %d bytes free (%d are kept free)'
+                          % (needed, directory, free, DISK_RESERVE))
+
+
 def write_file(directory: str, name: str, data: bytes, mode: int = 0o600,
                max_file_size: int = 0) -> str:
     """Write a whole (small) file at once; returns its path."""
@@ -90,9 +104,13 @@ def _mode(mode: int) -> int:
 class IncomingFiles:
     """Files arriving in chunks, in order, each ended by a chunk with ``last`` set."""
 
-    def __init__(self, directory: str, max_file_size: int = 0) -> None:
+    def __init__(self, directory: str, max_file_size: int = 0,
+                 sizes: dict[str, int] | None = None) -> None:
         self.directory = directory
         self.max_file_size = max_file_size
+        self.sizes = sizes
+        """Each file's announced size, if they were announced: a file must be exactly that
+        long (a sender that announced 1 byte cannot then fill the disk)."""
         self.open: dict[str, list[int]] = {}  # name -> [fd, bytes written]
         self.done: list[str] = []
 
@@ -108,6 +126,11 @@ class IncomingFiles:
         if offset != written:
             raise FileRefused('file %r: chunk at offset %d, expected %d' % (name, offset, written))
         check_size(name, written + len(data), self.max_file_size)
+        announced = self.sizes.get(name) if self.sizes is not None else None
+        if announced is not None and (written + len(data) > announced
+                                      or last and written + len(data) != announced):
+            raise FileRefused('file %r: %d bytes sent, %d announced'
+                              % (name, written + len(data), announced))
         os.write(fd, data)
         entry[1] += len(data)
         if not last:

@@ -23,8 +23,8 @@ from daemons import CLUSTER_SECRET, wait_for
 from dispyscheduler import SharedJobCluster
 from dispyscheduler.wire.auth import handshake
 from dispyscheduler.wire.link import Link
-from dispyscheduler.wire.messages import MESSAGES, ClusterNew, ClusterOk, Closed
-from dispyscheduler.wire.protocol import encode, encode_raw
+from dispyscheduler.wire.messages import MESSAGES, ClusterFile, ClusterNew, ClusterOk, Closed
+from dispyscheduler.wire.protocol import ProtocolError, encode, encode_raw
 
 IDLE_SOURCES = ['127.0.0.%d' % n for n in range(10, 20)]
 
@@ -323,4 +323,32 @@ def test_a_cluster_naming_hundreds_of_hosts_is_refused_and_stalls_no_one(daemons
         thread.join(60)
     assert len(failures) == 12
     assert all('at most 32 host names are looked up' in failure for failure in failures)
+    assert daemons.scheduler.alive()
+
+
+def test_a_file_longer_than_announced_is_refused_at_once(daemons):
+    """A cluster file announced as 1 byte once took 300 MB of the scheduler's disk in 2 s:
+    only --max_file_size was checked, and it had no default. Now a file must be as long as
+    announced, and --max_file_size defaults to 10 GiB."""
+    daemons.start_scheduler()
+    link = authenticated_client(daemons)
+    try:
+        link.send_now(ClusterNew(name='liar', code=b'x', nodes=[('*', 0)], reentrant=False,
+                                 cleanup=True, files=[('data.bin', 1, 0o644)], node_files=[],
+                                 allocate=False))
+        chunk = b'x' * (1 << 20)
+        for offset in range(0, 300 << 20, 1 << 20):
+            try:
+                link.send_now(ClusterFile(name='data.bin', offset=offset, data=chunk,
+                                          last=False))
+            except OSError:  # the scheduler closed the link: what it said comes next
+                break
+        with pytest.raises(ProtocolError, match='1048576 bytes sent, 1 announced'):
+            link.expect(ClusterOk, time.monotonic() + 10)
+    finally:
+        link.sock.close()
+    daemons.scheduler.wait_log("file 'data.bin': 1048576 bytes sent, 1 announced")
+    staged = [name for name in os.listdir(os.path.join(daemons.directory, 'scheduler'))
+              if name.startswith('incoming-')]
+    assert staged == []
     assert daemons.scheduler.alive()
