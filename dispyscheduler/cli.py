@@ -248,8 +248,12 @@ def node_config(options: argparse.Namespace) -> NodeConfig:
 
 
 def monkey_patch() -> None:
+    """What a daemon's process needs before anything else: the stdlib made cooperative,
+    and large buffers returned to the system when freed."""
     from gevent import monkey
     monkey.patch_all()
+    from .runtime.memory import return_large_buffers
+    return_large_buffers()
 
 
 def fail(prog: str, message: str) -> int:

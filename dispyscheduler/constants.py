@@ -197,3 +197,29 @@ CLIENT_RECONNECT_TIMEOUT = 600.0
 RESULT_RETENTION = 24
 """Zombie intervals (a day, by default) that undelivered results of a cluster whose client is
 gone are kept for a client to collect them (``recover_jobs``); its nodes are freed after one."""
+
+RESULT_WINDOW = 32 * 1024 * 1024
+"""Bytes of a cluster's results the scheduler sends its client ahead of the client's
+acknowledgements. The rest wait on disk (in the state database), not in memory, so that a
+client that stops reading costs the scheduler no more than this (``scheduler/outbox.py``)."""
+
+MAX_CLUSTER_JOBS = 100000
+"""Default ``--max_cluster_jobs``: jobs of one cluster the scheduler holds at once (queued or
+running). ``submit()`` waits while its cluster has this many jobs not ended, so a program that
+submits a million jobs goes at the pace its nodes run them; a client that sends more anyway
+has them refused (Cancelled, with the reason)."""
+
+MAX_CLUSTER_BYTES = 256 * 1024 * 1024
+"""Default ``--max_cluster_bytes``: bytes of arguments and job files (``dispy_job_depends``)
+of one cluster's jobs the scheduler holds at once, in memory and in its state database;
+``submit()`` waits for room as for ``MAX_CLUSTER_JOBS``. A single job larger than this is
+refused by ``submit()`` with a ValueError."""
+
+MAX_UNSAVED_BYTES = 32 * 1024 * 1024
+"""Bytes of results the scheduler has received and not yet saved past which it stops reading
+results from nodes until its disk catches up (nodes keep their results until they are saved,
+so nothing is lost and the scheduler's memory stays bounded)."""
+
+LARGE_BUFFER = 256 * 1024
+"""Bytes from which a daemon's buffers (arguments, results, file chunks) are mapped apart from
+its heap and so returned to the system when freed (``runtime/memory.py``)."""

@@ -89,6 +89,7 @@ class ClusterService:
                     source=address[0])
         session.run(lambda message: self.on_message(cluster, session, message))
         if self.peers.client_detached(session):
+            cluster.results.detach()
             cluster.orphaned_since = time.monotonic()
             if cluster.cid in self.state.clusters:
                 logger.info('client of cluster %s left without closing it', cluster.cid)
@@ -102,6 +103,7 @@ class ClusterService:
         if old is not None:
             old.close()  # a client back on a new connection before its old one was noticed
         session.cluster_ok(self.config.max_file_size, cluster.credential)
+        cluster.results.attach()
         if not resumed:
             logger.info('cluster %s (%s) from %s', cluster.cid, cluster.name, source)
             for node in list(self.state.nodes.values()):
@@ -144,8 +146,7 @@ class ClusterService:
         """A resumed cluster's client gets what it missed: the jobs still to end, their
         results so far, the nodes, node offers."""
         session.jobs_pending([(job.uid, job.tag) for job in cluster.jobs.values()])
-        for message in list(cluster.results.values()):
-            session.job_ended(message)
+        self.router.send_waiting(cluster)
         for node in list(self.state.nodes.values()):
             state = node.clusters.get(cluster.cid)
             if state == READY:
@@ -233,8 +234,10 @@ class ClusterService:
 
     def on_result_ack(self, cluster: Cluster, session: ClientSession, ack: m.ResultAck) -> None:
         for uid in ack.ids:
-            if cluster.results.pop(uid, None) is not None:
+            if cluster.results.acknowledged(uid):
                 self.durability.result_acknowledged(cluster.cid, uid)
+        if cluster.results.waiting:
+            self.router.send_waiting(cluster)  # what waited for room in the window
 
     def on_node_allocation(self, cluster: Cluster, session: ClientSession,
                            allocation: m.NodeAllocation) -> None:

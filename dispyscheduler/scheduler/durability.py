@@ -18,9 +18,10 @@ import gevent
 import gevent.event
 import gevent.threadpool
 
-from ..constants import COMMIT_INTERVAL
+from ..constants import COMMIT_INTERVAL, MAX_UNSAVED_BYTES
 from ..wire.messages import JobEnd
 from ..runtime.duties import Fatal
+from .outbox import message_size
 from .store import Store, StoreError
 
 if TYPE_CHECKING:
@@ -35,9 +36,16 @@ class Durability:
     commit_interval = COMMIT_INTERVAL
     """Seconds the flusher lets a batch of state changes grow before committing it."""
 
+    max_unsaved_bytes = MAX_UNSAVED_BYTES
+    """Bytes of results recorded and not yet committed past which nodes wait
+    (``wait_for_room``): results arrive faster than a disk saves them."""
+
     def __init__(self, store: Store) -> None:
         self.store = store
         self.dirty = gevent.event.Event()
+        self.unsaved_bytes = 0  # of results recorded, not committed yet
+        self.batch_bytes = 0  # of those, recorded since the last batch was taken
+        self.committed = gevent.event.Event()  # set (and replaced) at each commit
         self.committer = gevent.threadpool.ThreadPool(1)
         """The one thread commits run on: not the hub's pool, which slow name lookups can
         fill (issue 17, 7)."""
@@ -65,6 +73,9 @@ class Durability:
         """A job ended (or a submission was refused: no ``jid``): its row goes, its final
         message is kept until the client acknowledges it."""
         self.store.job_ended(cid, jid, message)
+        size = message_size(message)
+        self.unsaved_bytes += size
+        self.batch_bytes += size
         self.dirty.set()
 
     def result_acknowledged(self, cid: int, uid: int) -> None:
@@ -82,6 +93,13 @@ class Durability:
         everything recorded so far is committed: one message per peer per batch."""
         self.store.acknowledge_when_durable(peer, send, item)
         self.dirty.set()
+
+    def wait_for_room(self) -> None:
+        """Block this greenlet (a node's reader) while more than ``max_unsaved_bytes`` of
+        results wait for their commit: the node keeps its results until they are saved, so
+        they wait there, not in the scheduler's memory."""
+        while self.unsaved_bytes > self.max_unsaved_bytes:
+            self.committed.wait()
 
     def wait_until_durable(self) -> None:
         """Block this greenlet until what was recorded so far is committed."""
@@ -102,12 +120,22 @@ class Durability:
             self.dirty.clear()
             gevent.sleep(self.commit_interval)
             statements, actions = self.store.take_batch()
+            saving, self.batch_bytes = self.batch_bytes, 0
             if statements:
                 failure = self.committer.apply(self.store.try_commit, (statements,))
                 if failure is not None:
                     raise Fatal(failure)
+            del statements  # results leave memory as soon as they are saved
+            self.unsaved_bytes -= saving
+            committed, self.committed = self.committed, gevent.event.Event()
+            committed.set()
             for action, args in actions:
                 action(*args)
+
+    def load_results(self, cid: int, uids: list[int]) -> dict[int, JobEnd]:
+        """Results of cluster ``cid`` kept only in the store, by uid (read on the committer's
+        thread, after the commit under way)."""
+        return self.committer.apply(self.store.load_results, (cid, uids))
 
     def commit_now(self) -> Optional[str]:
         """Commit what is recorded, here and now (at shutdown); why it could not, if not."""

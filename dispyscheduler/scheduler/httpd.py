@@ -123,7 +123,8 @@ def status(state: State, peers: Peers, started: float, pulse_interval: float) ->
         'clusters': [{'cid': cluster.cid, 'name': cluster.name,
                       'owner': owner(peers, cluster),
                       'queued': cluster.queued, 'running': cluster.in_flight,
-                      'done': cluster.done, 'nodes': len(cluster.ready_nodes)}
+                      'done': cluster.done, 'nodes': len(cluster.ready_nodes),
+                      'undelivered': len(cluster.results), 'job_bytes': cluster.job_bytes}
                      for cluster in sorted(state.clusters.values(),
                                            key=lambda cluster: cluster.cid)],
     }

@@ -25,10 +25,11 @@ import itertools
 from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
 
 from ..constants import ABANDONED, CANCELLED, CREATED, MAX_DISPATCH_DEPTH, RUNNING
+from .outbox import Outbox
 from .policy import RUNTIME_WEIGHT, LoadIndex, dispatch_depth, fair_share_pick, node_matches
 
 if TYPE_CHECKING:
-    from ..wire.messages import FileData, FileSpec, JobEnd
+    from ..wire.messages import FileData, FileSpec
 
 OFFERED = 'offered'  # waiting for the client's NodeAllocate to say how many CPUs to use
 INSTALLING = 'installing'
@@ -64,6 +65,15 @@ class Job:
 
     def __repr__(self) -> str:
         return '<Job %s (cluster %s job %s)>' % (self.jid, self.cluster.cid, self.uid)
+
+    @property
+    def size(self) -> int:
+        """Bytes of its arguments and files, as ``--max_cluster_bytes`` counts them."""
+        return job_size(self.args, self.files)
+
+
+def job_size(args: bytes, files: Sequence[FileData]) -> int:
+    return len(args) + sum(len(data) for _, data, _ in files)
 
 
 QUEUE_ENTRIES = itertools.count(1)
@@ -121,6 +131,7 @@ class Cluster:
         # node key -> jobs only it may run
         self.pinned: collections.defaultdict[str, JobQueue] = collections.defaultdict(JobQueue)
         self.jobs: dict[int, Job] = {}  # uid -> Job, every job not yet final
+        self.job_bytes = 0  # their ``size``s
         self.in_flight = 0  # jobs dispatched to nodes
         self.done = 0  # jobs ended
         self.mean_runtime: Optional[float] = None  # of its jobs, a running mean
@@ -129,8 +140,7 @@ class Cluster:
         self.ready_nodes: set[Node] = set()
         # node key -> (cpus, setup_args, files) the client chose
         self.allocations: dict[str, tuple[int, Optional[bytes], Sequence[str]]] = {}
-        # uid -> result message, until the client acknowledges it
-        self.results: dict[int, JobEnd] = {}
+        self.results = Outbox()  # results until the client acknowledges them
         self.files: list[FileSpec] = []  # [name, size, mode] of the computation's files
         # names of those sent only to nodes whose allocation asks
         self.node_files: set[str] = set()
@@ -298,6 +308,7 @@ class State:
                       row['timeout'], row['files'], row['pinned'], row['tag'])
             job.lost_nodes = row['lost_nodes']
             cluster.jobs[job.uid] = job
+            cluster.job_bytes += job.size
             self.jobs[job.jid] = job
             if row['node'] is not None:
                 self.awaiting.setdefault(row['node'], {})[job.jid] = job
@@ -411,6 +422,7 @@ class State:
             for job in cluster.jobs.values():
                 waiting.pop(job.jid, None)
         cluster.jobs.clear()
+        cluster.job_bytes = 0
         cluster.queue = JobQueue()
         cluster.pinned.clear()
         cluster.in_flight = 0
@@ -559,6 +571,7 @@ class State:
         """Queue a job; returns ``Placed``: the job and the dispatches it allows."""
         job = Job(self.next_jid(), uid, cluster, args, priority, timeout, files, pinned, tag)
         cluster.jobs[uid] = job
+        cluster.job_bytes += job.size
         self.jobs[job.jid] = job
         if pinned is None:
             cluster.queue.push(job)
@@ -621,6 +634,7 @@ class State:
     def _end(self, job: Job, status: int) -> None:
         del self.jobs[job.jid]
         del job.cluster.jobs[job.uid]
+        job.cluster.job_bytes -= job.size
         job.cluster.done += 1
         job.status = status
 

@@ -156,6 +156,13 @@ class NodeService:
         if job is None:  # a repeat, or a job that ended otherwise: nothing to keep
             session.acknowledge_result_now(done.jid)
             return
+        if self.durability.unsaved_bytes > self.durability.max_unsaved_bytes:
+            self.durability.wait_for_room()  # this node's results wait on the node meanwhile
+            node.last_heard = time.monotonic()  # it was not read while it waited
+            job = node.jobs.get(done.jid)
+            if job is None:  # it ended otherwise meanwhile (its cluster closed, say)
+                session.acknowledge_result_now(done.jid)
+                return
         self.router.deliver(job, node, done)  # first: the result leaves at once
         started = done.start_time
         ended = self.state.job_done(node, done.jid, done.status,

@@ -71,15 +71,39 @@ class Router:
         self.send_result(cluster, JobEnd.failure(uid, status, reason))
 
     def send_result(self, cluster: Cluster, message: JobEnd, job: Optional[Job] = None) -> None:
-        """Keep a job's final message (saved) until the client acknowledges it, and send it."""
-        session = self.peers.client(cluster.cid)
-        if session is not None:  # first: it leaves at once
-            session.job_ended(message)
-        cluster.results[message.uid] = message
+        """Keep a job's final message until the client acknowledges it (saved, and then in
+        the store only), and send it now if its client's window has room (else it waits)."""
+        if cluster.results.add(message):  # first: it leaves at once
+            session = self.peers.client(cluster.cid)
+            if session is not None:  # else it is sent again when a client attaches
+                session.job_ended(message)
         self.metrics.job_ended(message.status)
         if cluster.cid in self.state.clusters:
             self.durability.job_ended(cluster.cid, job.jid if job is not None else None,
                                       message)
+            self.durability.when_durable(cluster.results.saved, message.uid)
+
+    def send_waiting(self, cluster: Cluster) -> None:
+        """Send a cluster's waiting results that fit in its client's window now, reading those
+        kept only in the store from it."""
+        results = cluster.results
+        while cluster.cid in self.state.clusters:
+            session = self.peers.client(cluster.cid)
+            taken = results.take()
+            if session is None or not taken:
+                return
+            generation = results.generation
+            on_disk = [uid for uid, message in taken if message is None]
+            loaded = self.durability.load_results(cluster.cid, on_disk) if on_disk else {}
+            if results.generation != generation or cluster.cid not in self.state.clusters:
+                return  # another link took over meanwhile, or the cluster was closed
+            for uid, message in taken:
+                message = message or loaded.get(uid)
+                if message is not None:
+                    session.job_ended(message)
+                elif uid in results:  # not acknowledged meanwhile: it should have been there
+                    logger.error('internal error: result %d of cluster %d is not in the store',
+                                 uid, cluster.cid)
 
     def notify_node(self, cluster: Cluster, node: Node, status: int) -> None:
         """Tell a cluster's client that a node set it up, or no longer runs it."""

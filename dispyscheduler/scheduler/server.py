@@ -132,8 +132,8 @@ class Scheduler:
         now = time.monotonic()
         for cluster in self.state.clusters.values():
             cluster.orphaned_since = now
-        for cid, message in results:
-            self.state.clusters[cid].results[message.uid] = message
+        for cid, uid, size in results:
+            self.state.clusters[cid].results.restored(uid, size)
         if clusters:
             logger.info('restored %d clusters, %d unfinished jobs (%d on nodes) and %d '
                         'undelivered results', len(clusters), len(jobs),

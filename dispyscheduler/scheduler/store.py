@@ -36,6 +36,10 @@ SCHEMA_VERSION = 1
 """The layout below; a database of another version is refused (``StoreError``)."""
 
 
+LOAD_BATCH = 500
+"""Results read back in one statement (SQLite allows 999 parameters by default)."""
+
+
 class StoreError(Exception):
     """The state database cannot be used; the message says which file and why."""
 
@@ -286,12 +290,25 @@ class Store:
     # loading at start
 
     def load(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]],
-                            list[tuple[int, JobEnd]]]:
+                            list[tuple[int, int, int]]]:
         """``(clusters, jobs, results)``: clusters and jobs as ``model.State.restore`` takes
-        them, results as ``(cid, message)``."""
+        them, results as ``(cid, uid, size)``: their messages stay here until they are sent
+        (``load_results``)."""
         clusters = [cluster_from_row(row) for row in CLUSTERS.rows(self.db)]
         jobs = [job_from_row(row) for row in JOBS.rows(self.db)]
-        # from_wire of a job_end body is a JobEnd
-        results = [(row['cid'], cast(JobEnd, from_wire(JobEnd.kind, unpack(row['message']))))
-                   for row in RESULTS.rows(self.db)]
+        results = [(cid, uid, size) for cid, uid, size in self.db.execute(
+            'SELECT cid, uid, length(message) FROM results ORDER BY cid, uid')]
         return clusters, jobs, results
+
+    def load_results(self, cid: int, uids: list[int]) -> dict[int, JobEnd]:
+        """The saved results ``uids`` of cluster ``cid`` (those found), by uid."""
+        found: dict[int, JobEnd] = {}
+        for start in range(0, len(uids), LOAD_BATCH):
+            chunk = uids[start:start + LOAD_BATCH]
+            rows = self.db.execute(
+                'SELECT uid, message FROM results WHERE cid = ? AND uid IN (%s)'
+                % ','.join('?' * len(chunk)), [cid] + chunk)
+            for uid, message in rows:
+                # from_wire of a job_end body is a JobEnd
+                found[uid] = cast(JobEnd, from_wire(JobEnd.kind, unpack(message)))
+        return found

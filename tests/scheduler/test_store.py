@@ -49,7 +49,8 @@ def test_clusters_jobs_and_results_come_back_after_a_restart(tmp_path):
                  'node_files', 'directory', 'credential'):
         assert getattr(copy, name) == getattr(cluster, name), name
     assert sorted(copy.jobs) == [0, 1]  # the one that ended is kept as its result only
-    assert results == [(cluster.cid, message)]
+    assert [(cid, uid) for cid, uid, _ in results] == [(cluster.cid, message.uid)]
+    assert again.load_results(cluster.cid, [message.uid, 999]) == {message.uid: message}
     job = copy.jobs[1]
     assert (job.jid, job.args, job.priority, job.timeout, job.files, job.tag) == (
         jobs[1].jid, b'args1', 1, 2.5, [['f', b'x', 0o600]], b'tag')
