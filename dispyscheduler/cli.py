@@ -35,6 +35,8 @@ from .config import (
 from .constants import (
     DEFAULT_DEST_PATH_PREFIX,
     DEFAULT_NODE_DEST_PATH_PREFIX,
+    MAX_CLUSTER_BYTES,
+    MAX_CLUSTER_JOBS,
     MAX_FILE_SIZE,
     MAX_NODE_LOSSES,
     MAX_UNAUTHENTICATED,
@@ -172,6 +174,14 @@ SCHEDULER_OPTIONS = common_options('dispyscheduler') + [
                                                   'address; past this new ones are refused '
                                                   '(default %(default)d)', type=count,
            default=MAX_UNAUTHENTICATED_PER_SOURCE, metavar='N'),
+    Option(('--max_cluster_jobs',), "jobs of one cluster held at once, queued or running; a "
+                                    "client's submit() waits while its cluster has this many "
+                                    '(default %(default)d)', type=count,
+           default=MAX_CLUSTER_JOBS, metavar='N'),
+    Option(('--max_cluster_bytes',), "bytes of arguments and job files of one cluster's jobs "
+                                     'held at once, in bytes or with k/m/g/t; submit() waits '
+                                     'for room (default 256m; 0 = no limit)', type=size,
+           default=MAX_CLUSTER_BYTES, metavar='SIZE'),
 ]
 
 NODE_OPTIONS = common_options('dispynode') + [
@@ -229,6 +239,7 @@ def scheduler_config(options: argparse.Namespace) -> SchedulerConfig:
         max_node_losses=options.max_node_losses, httpd=options.httpd,
         max_unauthenticated=options.max_unauthenticated,
         max_unauthenticated_per_source=options.max_unauthenticated_per_source,
+        max_cluster_jobs=options.max_cluster_jobs, max_cluster_bytes=options.max_cluster_bytes,
     ).check()
 
 

@@ -16,6 +16,8 @@ from typing import Any, Callable, NamedTuple, Optional
 from .constants import (
     DEFAULT_DEST_PATH_PREFIX,
     DEFAULT_NODE_DEST_PATH_PREFIX,
+    MAX_CLUSTER_BYTES,
+    MAX_CLUSTER_JOBS,
     MAX_FILE_SIZE,
     MAX_NODE_LOSSES,
     MAX_UNAUTHENTICATED,
@@ -134,6 +136,10 @@ class SchedulerConfig:
     """(address, port) of the status page; None: off."""
     max_unauthenticated: int = MAX_UNAUTHENTICATED
     max_unauthenticated_per_source: int = MAX_UNAUTHENTICATED_PER_SOURCE
+    max_cluster_jobs: int = MAX_CLUSTER_JOBS
+    """Jobs of one cluster held at once (queued or running)."""
+    max_cluster_bytes: int = MAX_CLUSTER_BYTES
+    """Bytes of arguments and job files of one cluster's jobs held at once; 0: no limit."""
     pid_file: Optional[str] = None
     """Written once the scheduler serves (``--daemon``); None: none."""
 
@@ -154,6 +160,8 @@ class SchedulerConfig:
             'max_node_losses': check_count,
             'max_unauthenticated': check_count,
             'max_unauthenticated_per_source': check_count,
+            'max_cluster_jobs': check_count,
+            'max_cluster_bytes': check_size,
         })
         for link in ('node', 'cluster'):
             files = getattr(self, link + '_tls')

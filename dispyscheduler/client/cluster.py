@@ -36,6 +36,7 @@ from ..wire.files import FileRefused, IncomingFiles, check_size, read_chunks
 from ..wire.link import Link
 from ..wire.protocol import ProtocolError
 from .callbacks import CallbackRunner
+from .window import SubmitWindow
 from .connection import Refused, SchedulerConnection
 from .computation import (FileEntry, collect_depends, pack_computation, pack_value,
                           unpack_result)
@@ -149,6 +150,8 @@ class SharedJobCluster:
         self._recover_file: str | None = None
         self._start_time = time.time()
         self._callbacks = CallbackRunner() if job_status or cluster_status else None
+        # jobs not ended, within the scheduler's limits (``submit()`` waits for room)
+        self._window = SubmitWindow(connection.wait_for)
         self._handlers: dict[type, Callable[[Any], None]] = {
             m.JobEnd: self._on_job_end, m.Submitted: self._on_submitted,
             m.JobsPending: self._on_jobs_pending, m.JobStatus: self._on_job_status,
@@ -163,6 +166,7 @@ class SharedJobCluster:
         self.cid = accepted.cid
         self._credential = accepted.credential
         self._max_file_size = accepted.max_file_size
+        self._window.limits(accepted.max_jobs, accepted.max_job_bytes)
         self._connection.start(link, self._on_message, self._resume, self._resumed,
                                self._give_up)
         if self._callbacks is not None:
@@ -174,9 +178,11 @@ class SharedJobCluster:
         assert self.cid is not None  # known by now: from ``_attached``, or the recovery file
         link.send_now(m.ClusterResume(cid=self.cid, credential=self._credential))
         try:
-            return link.expect(m.ClusterOk, time.monotonic() + CLIENT_CLUSTER_TIMEOUT)
+            accepted = link.expect(m.ClusterOk, time.monotonic() + CLIENT_CLUSTER_TIMEOUT)
         except ProtocolError as exc:
             raise Refused(str(exc)) from None
+        self._window.limits(accepted.max_jobs, accepted.max_job_bytes)  # restarted, changed?
+        return accepted
 
     @classmethod
     def _recover(cls, record: dict[str, Any], path: str, secret: str,
@@ -216,6 +222,7 @@ class SharedJobCluster:
         for uid in list(self._jobs):
             self._end(uid, ABANDONED, None, reason)
         self._closed.set()
+        self._window.wake()  # a submit() waiting for room raises
 
     def _write_recover_file(self, path: str | None, host: str | None, port: int) -> None:
         """Where and how to find this cluster again (``recover_jobs``); only the owner may
@@ -286,10 +293,7 @@ class SharedJobCluster:
 
     def _submit(self, job_id: Any, node: DispyNode | str | None, args: tuple,
                 kwargs: dict[str, Any]) -> DispyJob:
-        if self._closing:
-            raise RuntimeError('cluster is closed')
-        if self._lost is not None:
-            raise ConnectionError(self._lost)
+        self._check_open()
         files = self._job_files(kwargs.pop('dispy_job_depends', ()))
         timeout = kwargs.pop('dispy_job_timeout', self._job_timeout)
         priority = int(kwargs.pop('dispy_job_priority', 0))
@@ -301,6 +305,8 @@ class SharedJobCluster:
             node = node.ip_addr
         tag = None if job_id is None else pack_value(job_id, 'job id')
         uid = next(self._uids)
+        self._window.enter(uid, len(payload) + sum(len(data) for _, data, _ in files),
+                           self._check_open)
         job = DispyJob(args, kwargs, self._connection.wait_for)
         job._uid = uid
         job.id = uid if job_id is None else job_id
@@ -314,8 +320,16 @@ class SharedJobCluster:
         if self._lost is not None:  # given up meanwhile: this job would wait for ever
             self._unsaved.pop(uid, None)
             self._jobs.pop(uid, None)
+            self._window.leave(uid)
             raise ConnectionError(self._lost)
         return job
+
+    def _check_open(self) -> None:
+        """Raise if the cluster can take no job any more."""
+        if self._closing:
+            raise RuntimeError('cluster is closed')
+        if self._lost is not None:
+            raise ConnectionError(self._lost)
 
     def _job_files(self, paths: Iterable[str] | None) -> list[m.FileData]:
         files = []
@@ -370,6 +384,7 @@ class SharedJobCluster:
         if not terminate:
             self.wait(timeout)
         self._closing = True
+        self._window.wake()  # a submit() waiting for room in another thread raises
         self._close_request = m.Close(terminate=bool(terminate))
         if self._lost is None:
             # while the link is down (the scheduler restarts), it goes once it is up again
@@ -567,6 +582,7 @@ class SharedJobCluster:
         job = self._jobs.pop(uid, None)
         if job is None:
             return  # a result delivered again
+        self._window.leave(uid)
         if end is not None and end.start_time is not None and job.status == CREATED:
             # a job that took a millisecond is reported once, at its end: it ran, though
             self._running(job, end.ip_addr, end.start_time)

@@ -12,7 +12,6 @@ both do nothing.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 from typing import Optional
 
@@ -29,7 +28,9 @@ def _glibc() -> Optional[ctypes.CDLL]:
     global _libc
     if _libc is None:
         try:
-            libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6')
+            # the process's own symbols, libc's among them (no find_library: it runs
+            # programs, which a daemon's thread outside gevent's default loop cannot)
+            libc = ctypes.CDLL(None)
             # glibc has both; others may not
             libc.mallopt, libc.malloc_trim  # noqa: B018
         except (OSError, AttributeError) as exc:

@@ -26,7 +26,7 @@ from ..runtime.hublink import HubLink
 from ..wire.protocol import ProtocolError
 from .admission import Admission
 from .durability import Durability
-from .model import FAILED, OFFERED, READY, Cluster, State
+from .model import FAILED, OFFERED, READY, Cluster, State, job_size
 from .nodes import NodeService
 from .router import Router
 from .sessions import ClientSession, Peers
@@ -102,7 +102,8 @@ class ClusterService:
         cluster.orphaned_since = None
         if old is not None:
             old.close()  # a client back on a new connection before its old one was noticed
-        session.cluster_ok(self.config.max_file_size, cluster.credential)
+        session.cluster_ok(cluster.credential, self.config.max_file_size,
+                           self.config.max_cluster_jobs, self.config.max_cluster_bytes)
         cluster.results.attach()
         if not resumed:
             logger.info('cluster %s (%s) from %s', cluster.cid, cluster.name, source)
@@ -208,6 +209,10 @@ class ClusterService:
         except FileRefused as exc:
             self.refuse(cluster, submit.uid, TERMINATED, str(exc))
             return
+        refusal = self.over_limits(cluster, job_size(submit.args, submit.files))
+        if refusal is not None:
+            self.refuse(cluster, submit.uid, CANCELLED, refusal)
+            return
         timeout = submit.timeout
         if timeout is not None and not 0 < timeout < float('inf'):
             self.refuse(cluster, submit.uid, TERMINATED, 'invalid time limit %r' % (timeout,))
@@ -231,6 +236,20 @@ class ClusterService:
         self.metrics.job_submitted()
         self.durability.put_job(job)
         self.acknowledge_submit(cluster, job.uid)
+
+    def over_limits(self, cluster: Cluster, size: int) -> Optional[str]:
+        """Why a job of ``size`` bytes does not fit in the cluster's limits now, if it does
+        not. (The client's ``submit()`` waits for room, so only a client that ignores the
+        limits it was given meets this.)"""
+        config = self.config
+        if len(cluster.jobs) >= config.max_cluster_jobs:
+            return ('the cluster has %d jobs at the scheduler, its limit (--max_cluster_jobs)'
+                    % len(cluster.jobs))
+        if config.max_cluster_bytes and cluster.job_bytes + size > config.max_cluster_bytes:
+            return ('the job has %d bytes of arguments and files and the cluster %d, more than '
+                    'its limit of %d (--max_cluster_bytes)'
+                    % (size, cluster.job_bytes, config.max_cluster_bytes))
+        return None
 
     def on_result_ack(self, cluster: Cluster, session: ClientSession, ack: m.ResultAck) -> None:
         for uid in ack.ids:

@@ -21,6 +21,7 @@ import gevent.threadpool
 from ..constants import COMMIT_INTERVAL, MAX_UNSAVED_BYTES
 from ..wire.messages import JobEnd
 from ..runtime.duties import Fatal
+from ..runtime.memory import trim
 from .outbox import message_size
 from .store import Store, StoreError
 
@@ -46,6 +47,7 @@ class Durability:
         self.unsaved_bytes = 0  # of results recorded, not committed yet
         self.batch_bytes = 0  # of those, recorded since the last batch was taken
         self.committed = gevent.event.Event()  # set (and replaced) at each commit
+        self.compact_wanted = False  # a cluster was removed: its pages and memory may go
         self.committer = gevent.threadpool.ThreadPool(1)
         """The one thread commits run on: not the hub's pool, which slow name lookups can
         fill (issue 17, 7)."""
@@ -58,6 +60,7 @@ class Durability:
 
     def delete_cluster(self, cid: int) -> None:
         self.store.delete_cluster(cid)
+        self.compact_wanted = True
         self.dirty.set()
 
     def put_job(self, job: Job) -> None:
@@ -131,6 +134,17 @@ class Durability:
             committed.set()
             for action, args in actions:
                 action(*args)
+            if self.compact_wanted:
+                self.compact_wanted = False
+                self.committer.apply(self.compact)
+
+    def compact(self) -> None:
+        """After a cluster is removed: free database pages and freed memory go back to the
+        system (on the committer's thread: both can take a while after a big cluster)."""
+        freed = self.store.compact()
+        if freed:
+            logger.info('state database: %d MB of free pages handed back', freed >> 20)
+        trim()
 
     def load_results(self, cid: int, uids: list[int]) -> dict[int, JobEnd]:
         """Results of cluster ``cid`` kept only in the store, by uid (read on the committer's

@@ -124,9 +124,11 @@ class ClientSession:
         it ended."""
         return serve_link(self.link, handle, 'the client of cluster %s' % (self.cid,))
 
-    def cluster_ok(self, max_file_size: int, credential: bytes) -> None:
+    def cluster_ok(self, credential: bytes, max_file_size: int, max_jobs: int,
+                   max_job_bytes: int) -> None:
         self.link.send(m.ClusterOk(cid=self.cid, max_file_size=max_file_size,
-                                   credential=credential))
+                                   credential=credential, max_jobs=max_jobs,
+                                   max_job_bytes=max_job_bytes))
 
     def job_ended(self, message: m.JobEnd) -> None:
         self.link.send(message)

@@ -36,6 +36,13 @@ SCHEMA_VERSION = 1
 """The layout below; a database of another version is refused (``StoreError``)."""
 
 
+WAL_SIZE_LIMIT = 64 * 1024 * 1024
+"""Bytes of write-ahead log kept once a checkpoint has emptied it (SQLite truncates it to this;
+without a limit it keeps its largest size)."""
+
+COMPACT_FREE_BYTES = 64 * 1024 * 1024
+"""Bytes of free pages in the database from which ``compact`` hands them back."""
+
 LOAD_BATCH = 500
 """Results read back in one statement (SQLite allows 999 parameters by default)."""
 
@@ -154,8 +161,11 @@ class Store:
             fresh = not os.path.exists(self.path)
             self.db = sqlite3.connect(self.path, check_same_thread=False,
                                       isolation_level=None)
+            if fresh:  # before any table: free pages can then be handed back (``compact``)
+                self.db.execute('PRAGMA auto_vacuum=INCREMENTAL')
             self.db.execute('PRAGMA journal_mode=WAL')
             self.db.execute('PRAGMA synchronous=FULL')
+            self.db.execute('PRAGMA journal_size_limit=%d' % WAL_SIZE_LIMIT)
             if fresh:
                 self.db.executescript('BEGIN;' + ';'.join(
                     [table.create for table in TABLES] + list(INDEXES)) + ';COMMIT;')
@@ -278,6 +288,23 @@ class Store:
         except StoreError as exc:
             return str(exc)
         return None
+
+    def compact(self) -> int:
+        """Hand free pages back to the file system if they are many (a cluster with many
+        jobs was removed); returns the bytes handed back (0 if too few were free). Runs on the
+        committer's thread, between commits."""
+        page_size = self.db.execute('PRAGMA page_size').fetchone()[0]
+        free = self.db.execute('PRAGMA freelist_count').fetchone()[0] * page_size
+        if free < COMPACT_FREE_BYTES:
+            return 0
+        try:
+            # run to its end (execute() would free one page: it steps once)
+            self.db.executescript('PRAGMA incremental_vacuum;')
+            self.db.execute('PRAGMA wal_checkpoint(TRUNCATE)').fetchall()
+        except sqlite3.Error as exc:  # tried again after the next cluster closes
+            logger.warning('could not compact %s: %s', self.path, exc)
+            return 0
+        return free
 
     def commit_now(self) -> None:
         """Commit what is recorded, here and now (at shutdown)."""

@@ -479,6 +479,10 @@ class ClusterOk(Message):
     cid: int
     max_file_size: int
     credential: bytes
+    max_jobs: int
+    """Jobs of the cluster the scheduler holds at once: ``submit()`` waits beyond."""
+    max_job_bytes: int
+    """Bytes of its jobs' arguments and files it holds at once (0: no limit)."""
 
 
 @message('submitted')
