@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import atexit
 import fcntl
+import faulthandler
 import logging
 import os
 import resource
@@ -58,6 +59,7 @@ class ReopeningFileHandler(logging.FileHandler):
         try:
             self.close()
             self.stream = self._open()
+            faulthandler.enable(self.stream)  # fatal signals' tracebacks follow the log
         finally:
             self.release()
 
@@ -70,6 +72,11 @@ def configure_logging(debug: bool, log_file: str | None = None) -> ReopeningFile
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if debug else logging.INFO)
+    # a fatal signal (SIGSEGV, SIGBUS, SIGFPE, SIGABRT) leaves its Python traceback in the
+    # log, not only an exit status
+    stream = file_handler.stream if file_handler is not None else sys.stderr
+    if stream is not None:
+        faulthandler.enable(stream)
     return file_handler
 
 

@@ -163,6 +163,10 @@ class Store:
                                       isolation_level=None)
             if fresh:  # before any table: free pages can then be handed back (``compact``)
                 self.db.execute('PRAGMA auto_vacuum=INCREMENTAL')
+            # one scheduler per database (``--state_dir`` is locked): its WAL index lives in
+            # memory, not in a mapped -shm file, whose pages kill the process with SIGBUS
+            # when the file becomes unwritable (``chattr +i``)
+            self.db.execute('PRAGMA locking_mode=EXCLUSIVE')
             self.db.execute('PRAGMA journal_mode=WAL')
             self.db.execute('PRAGMA synchronous=FULL')
             self.db.execute('PRAGMA journal_size_limit=%d' % WAL_SIZE_LIMIT)

@@ -10,7 +10,7 @@ import re
 import signal
 
 import pytest
-from daemons import CLUSTER_SECRET, NODE_SECRET, REPO, wait_for
+from daemons import BIN, CLUSTER_SECRET, NODE_SECRET, REPO, wait_for
 
 from dispyscheduler import DispyJob, SharedJobCluster
 
@@ -165,3 +165,24 @@ def test_a_bug_in_the_nodes_handler_is_logged_and_the_node_links_again(daemons, 
     assert_traceback(log, 'run_reader')
     assert node.alive()
 
+
+
+@pytest.mark.parametrize('program', ['dispyscheduler', 'dispynode'])
+def test_a_fatal_signal_leaves_its_traceback_in_the_log(daemons, detached, program):
+    """A daemon killed by SIGBUS (a mapped file that became unwritable, say) or SIGSEGV once
+    left nothing in its log; now faulthandler writes the signal and the Python stack there,
+    even after the log was reopened (SIGHUP, logrotate)."""
+    if program == 'dispyscheduler':
+        argv = scheduler_argv(daemons, os.path.join(BIN, program))
+    else:
+        daemons.start_scheduler(nodes=())
+        argv = node_argv(daemons, os.path.join(BIN, program))
+    daemon = Detached(daemons, program, argv)
+    detached.append(daemon)
+    daemon.wait_log('serving|linked to scheduler')
+    os.rename(daemon.log_file, daemon.log_file + '.1')
+    os.kill(daemon.pid, signal.SIGHUP)
+    wait_for(lambda: os.path.exists(daemon.log_file), 30, 'the log to be reopened')
+    os.kill(daemon.pid, signal.SIGBUS)
+    daemon.wait_log('Fatal Python error: Bus error')
+    assert 'Current thread' in daemon.log() or 'Thread 0x' in daemon.log(), daemon.log()

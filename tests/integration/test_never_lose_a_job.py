@@ -292,6 +292,38 @@ def test_a_full_state_disk_stops_the_scheduler_with_status_1_and_its_cause(daemo
         subprocess.run(['umount', '-l', str(state)], capture_output=True)
 
 
+def test_a_state_directory_made_immutable_stops_the_scheduler_with_its_cause(daemons):
+    """``chattr -R +i`` on the state directory of a running scheduler once killed it with
+    SIGBUS (a write to the mapped WAL index) and nothing in the log. Now it stops with status
+    1 and the cause in one line; made writable again and restarted, it finishes every job."""
+    state = os.path.join(daemons.directory, 'scheduler', 'state')
+    scheduler = daemons.start_scheduler()
+    daemons.start_node('127.0.0.2')
+    counted = FinalCounter()
+    cluster = SharedJobCluster(nap, callback=counted,
+                               **daemons.client_options(reconnect_timeout=30))
+    try:
+        assert cluster.submit(0, 'first')() == 'first'
+        if subprocess.run(['chattr', '-R', '+i', state], capture_output=True).returncode:
+            pytest.skip('chattr +i is not available here')
+        try:
+            jobs = [cluster.submit(0.01, n) for n in range(200)]
+            wait_for(lambda: not scheduler.alive(), 60, 'the scheduler to stop')
+        finally:
+            subprocess.run(['chattr', '-R', '-i', state])
+        assert scheduler.process.returncode == 1
+        log = scheduler.log()
+        assert re.search(r'cannot write the state database \S+: .*; stopping', log), log[-3000:]
+        assert 'Traceback' not in log, log[-3000:]
+        daemons.start_scheduler(name='restarted')
+        assert cluster.wait(120)
+    finally:
+        cluster.close(terminate=True)  # (nothing is left to terminate when it passes)
+    assert [job.result for job in jobs] == list(range(200))
+    assert all(job.status == DispyJob.Finished for job in jobs)
+    assert set(counted.counts.values()) == {1}
+
+
 def test_sigterm_of_the_scheduler_saves_state_and_a_restart_resumes(daemons):
     daemons.start_scheduler()
     daemons.start_node('127.0.0.2')
