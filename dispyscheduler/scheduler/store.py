@@ -187,10 +187,19 @@ class Store:
                 self.db.execute(META.insert, ('epoch', self.epoch))
                 self.db.execute(META.insert, ('scheduler_id', self.scheduler_id))
         except sqlite3.Error as exc:
-            raise StoreError('cannot use state database %s: %s' % (self.path, exc)) from None
+            raise StoreError('cannot use state database %s: %s' % (self.path, self.why(exc))) \
+                from None
 
     def close(self) -> None:
         self.db.close()
+
+    def why(self, exc: sqlite3.Error) -> str:
+        """SQLite's reason, and which file cannot be written if one cannot (SQLite says
+        only "disk I/O error" for a file made immutable)."""
+        for path in (self.path, self.path + '-wal', os.path.dirname(self.path)):
+            if os.path.exists(path) and not os.access(path, os.W_OK):
+                return '%s (%s cannot be written)' % (exc, path)
+        return str(exc)
 
     def meta(self, key: str, default: Any = None) -> Any:
         row = self.db.execute('SELECT value FROM meta WHERE key = ?', (key,)).fetchone()
@@ -281,7 +290,8 @@ class Store:
                     self.db.execute('ROLLBACK')
                 raise
         except sqlite3.Error as exc:
-            raise StoreError('cannot write the state database %s: %s' % (self.path, exc)) \
+            raise StoreError('cannot write the state database %s: %s'
+                             % (self.path, self.why(exc))) \
                 from None
 
     def try_commit(self, statements: list[tuple[str, list]]) -> Optional[str]:

@@ -227,7 +227,7 @@ def test_unusable_state_database_stops_the_scheduler_at_start(daemons, tmp_path)
     if subprocess.run(['chattr', '+i', database], capture_output=True).returncode != 0:
         pytest.skip('chattr +i is not available here to make the database read-only')
     try:
-        assert 'readonly' in start_expect_failure(daemons, 'read-only')
+        assert '%s cannot be written' % database in start_expect_failure(daemons, 'read-only')
     finally:
         subprocess.run(['chattr', '-i', database])
 
