@@ -220,6 +220,8 @@ MAX_UNSAVED_BYTES = 32 * 1024 * 1024
 results from nodes until its disk catches up (nodes keep their results until they are saved,
 so nothing is lost and the scheduler's memory stays bounded)."""
 
-LARGE_BUFFER = 256 * 1024
+LARGE_BUFFER = 512 * 1024
 """Bytes from which a daemon's buffers (arguments, results, file chunks) are mapped apart from
-its heap and so returned to the system when freed (``runtime/memory.py``)."""
+its heap and so returned to the system when freed (``runtime/memory.py``). Above msgpack's
+256 KiB packing buffer, which every message's encoding allocates and frees: mapping that
+would cost two system calls and page faults per message."""

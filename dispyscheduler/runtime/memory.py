@@ -19,7 +19,13 @@ from ..constants import LARGE_BUFFER
 
 logger = logging.getLogger(__name__)
 
-M_MMAP_THRESHOLD = -3  # mallopt's parameter number, from glibc's malloc.h
+M_TRIM_THRESHOLD = -1  # mallopt's parameter numbers, from glibc's malloc.h
+M_MMAP_THRESHOLD = -3
+
+TRIM_THRESHOLD = 64 * 1024 * 1024
+"""Free bytes at the top of the heap past which malloc gives them back by itself. Fixing the
+mmap threshold also fixes this one, at 128 KiB unless set: the heap would shrink and grow
+again with every burst of messages (a system call and page faults each time)."""
 
 _libc: Optional[ctypes.CDLL] = None
 
@@ -44,8 +50,9 @@ def return_large_buffers() -> None:
     """Buffers of ``LARGE_BUFFER`` bytes or more are mapped apart from the heap, so that
     freeing one gives its memory back at once (a daemon's ``main`` calls this once)."""
     libc = _glibc()
-    if libc is not None and not libc.mallopt(M_MMAP_THRESHOLD, LARGE_BUFFER):
-        logger.debug('mallopt refused an mmap threshold of %d', LARGE_BUFFER)
+    if libc is not None and not (libc.mallopt(M_MMAP_THRESHOLD, LARGE_BUFFER)
+                                 and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)):
+        logger.debug('mallopt refused the thresholds')
 
 
 def trim() -> None:

@@ -22,7 +22,6 @@ from ..constants import COMMIT_INTERVAL, MAX_UNSAVED_BYTES
 from ..wire.messages import JobEnd
 from ..runtime.duties import Fatal
 from ..runtime.memory import trim
-from .outbox import message_size
 from .store import Store, StoreError
 
 if TYPE_CHECKING:
@@ -72,11 +71,10 @@ class Durability:
         self.store.job_moved(job)
         self.dirty.set()
 
-    def job_ended(self, cid: int, jid: int | None, message: JobEnd) -> None:
+    def job_ended(self, cid: int, jid: int | None, message: JobEnd, size: int) -> None:
         """A job ended (or a submission was refused: no ``jid``): its row goes, its final
-        message is kept until the client acknowledges it."""
+        message (of ``message_size`` ``size``) is kept until the client acknowledges it."""
         self.store.job_ended(cid, jid, message)
-        size = message_size(message)
         self.unsaved_bytes += size
         self.batch_bytes += size
         self.dirty.set()

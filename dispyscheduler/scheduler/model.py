@@ -40,7 +40,7 @@ FAILED = 'failed'  # setup failed there, or the client's allocation refused the 
 class Job:
     __slots__ = ('jid', 'uid', 'cluster', 'args', 'node', 'status', 'start_time', 'cancelling',
                  'priority', 'timeout', 'files', 'pinned', 'tag', 'lost_nodes', 'submitted_at',
-                 'queued')
+                 'queued', 'size')
 
     def __init__(self, jid: int, uid: int, cluster: Cluster, args: bytes, priority: int = 0,
                  timeout: Optional[float] = None, files: Sequence[FileData] = (),
@@ -62,18 +62,17 @@ class Job:
         self.start_time: Optional[float] = None
         self.cancelling = False  # cancel sent to its node; never to be run again
         self.queued = 0  # its entry in a queue (``JobQueue``), 0 while in none
+        # bytes of its arguments and files, as ``--max_cluster_bytes`` counts them
+        self.size = job_size(args, files)
 
     def __repr__(self) -> str:
         return '<Job %s (cluster %s job %s)>' % (self.jid, self.cluster.cid, self.uid)
 
-    @property
-    def size(self) -> int:
-        """Bytes of its arguments and files, as ``--max_cluster_bytes`` counts them."""
-        return job_size(self.args, self.files)
 
 
 def job_size(args: bytes, files: Sequence[FileData]) -> int:
-    return len(args) + sum(len(data) for _, data, _ in files)
+    """Bytes of a job's arguments and files, as ``--max_cluster_bytes`` counts them."""
+    return len(args) + sum(len(data) for _, data, _ in files) if files else len(args)
 
 
 QUEUE_ENTRIES = itertools.count(1)

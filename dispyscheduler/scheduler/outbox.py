@@ -23,9 +23,20 @@ MESSAGE_OVERHEAD = 100
 
 
 def message_size(message: JobEnd) -> int:
-    """Roughly how many bytes ``message`` takes in memory and on the wire."""
-    return (MESSAGE_OVERHEAD + len(message.result or b'') + len(message.exception or '')
-            + len(message.stdout) + len(message.stderr) + len(message.tag or b''))
+    """Roughly how many bytes ``message`` takes in memory and on the wire (most fields are
+    empty: tested before they are measured, for this runs for every result)."""
+    size = MESSAGE_OVERHEAD
+    if message.result:
+        size += len(message.result)
+    if message.exception:
+        size += len(message.exception)
+    if message.stdout:
+        size += len(message.stdout)
+    if message.stderr:
+        size += len(message.stderr)
+    if message.tag:
+        size += len(message.tag)
+    return size
 
 
 class Outbox:
@@ -65,11 +76,10 @@ class Outbox:
         self.sizes[uid] = size
         self.waiting[uid] = None
 
-    def add(self, message: JobEnd) -> bool:
-        """A job's end, to hold until acknowledged. True if it is to be sent now; else it
-        waits (the client is away, or results before it wait)."""
+    def add(self, message: JobEnd, size: int) -> bool:
+        """A job's end (of ``message_size`` ``size``), to hold until acknowledged. True if it
+        is to be sent now; else it waits (the client is away, or results before it wait)."""
         uid = message.uid
-        size = message_size(message)
         if uid in self.sizes:  # replaced (never happens for a job that ended once)
             self._forget(uid)
         self.messages[uid] = message

@@ -16,6 +16,7 @@ from ..constants import CANCELLED
 from ..wire.messages import JobDone, JobEnd
 from .durability import Durability
 from .model import Cluster, Dispatch, Job, Node, Rescheduled, State
+from .outbox import message_size
 from .sessions import Peers
 
 if TYPE_CHECKING:
@@ -73,14 +74,15 @@ class Router:
     def send_result(self, cluster: Cluster, message: JobEnd, job: Optional[Job] = None) -> None:
         """Keep a job's final message until the client acknowledges it (saved, and then in
         the store only), and send it now if its client's window has room (else it waits)."""
-        if cluster.results.add(message):  # first: it leaves at once
+        size = message_size(message)
+        if cluster.results.add(message, size):  # first: it leaves at once
             session = self.peers.client(cluster.cid)
             if session is not None:  # else it is sent again when a client attaches
                 session.job_ended(message)
         self.metrics.job_ended(message.status)
         if cluster.cid in self.state.clusters:
             self.durability.job_ended(cluster.cid, job.jid if job is not None else None,
-                                      message)
+                                      message, size)
             self.durability.when_durable(cluster.results.saved, message.uid)
 
     def send_waiting(self, cluster: Cluster) -> None:

@@ -84,7 +84,8 @@ def test_results_a_frozen_client_does_not_read_wait_on_disk(daemons, tmp_path):
     wait_for(lambda: cluster_status(http_port) == [], 30, 'the cluster to close')
     kept = rss(scheduler.pid) - before
     print('scheduler memory after: %d MB more' % (kept // MB))
-    assert kept < 40 * MB, 'the scheduler kept %d MB after the cluster closed' % (kept // MB)
+    # (malloc may keep up to runtime.memory.TRIM_THRESHOLD free at the top of its heap)
+    assert kept < 64 * MB, 'the scheduler kept %d MB after the cluster closed' % (kept // MB)
 
 
 def nap_and_echo(n, data=b''):
