@@ -100,7 +100,8 @@ class Router:
             if results.generation != generation or cluster.cid not in self.state.clusters:
                 return  # another link took over meanwhile, or the cluster was closed
             for uid, message in taken:
-                message = message or loaded.get(uid)
+                if message is None:
+                    message = loaded.get(uid)
                 if message is not None:
                     session.job_ended(message)
                 elif uid in results:  # not acknowledged meanwhile: it should have been there

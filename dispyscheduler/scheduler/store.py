@@ -307,11 +307,11 @@ class Store:
         """Hand free pages back to the file system if they are many (a cluster with many
         jobs was removed); returns the bytes handed back (0 if too few were free). Runs on the
         committer's thread, between commits."""
-        page_size = self.db.execute('PRAGMA page_size').fetchone()[0]
-        free = self.db.execute('PRAGMA freelist_count').fetchone()[0] * page_size
-        if free < COMPACT_FREE_BYTES:
-            return 0
         try:
+            page_size = self.db.execute('PRAGMA page_size').fetchone()[0]
+            free = self.db.execute('PRAGMA freelist_count').fetchone()[0] * page_size
+            if free < COMPACT_FREE_BYTES:
+                return 0
             # run to its end (execute() would free one page: it steps once)
             self.db.executescript('PRAGMA incremental_vacuum;')
             self.db.execute('PRAGMA wal_checkpoint(TRUNCATE)').fetchall()
