@@ -23,6 +23,11 @@ MAX_FRAME_SIZE = 64 * 1024 * 1024
 """Largest frame accepted on any link; the length prefix is checked against it before any
 allocation, so a peer announcing 4 GB costs nothing but a closed connection."""
 
+FRAME_MARGIN = 64 * 1024
+"""Bytes of a job's message beyond its arguments and files, at most (its other fields, msgpack's
+framing): ``submit()`` refuses a job whose arguments and files leave less of
+``MAX_FRAME_SIZE``."""
+
 MAX_DATAGRAM_SIZE = 1400
 """Largest discovery datagram sent or read; fits one Ethernet frame."""
 

@@ -29,7 +29,8 @@ from typing import Any, Callable, Iterable, Literal, Sequence, TextIO, Union
 
 from ..constants import (ABANDONED, ACK_BATCH, ACK_DELAY, CLIENT_CLUSTER_TIMEOUT,
                          CLIENT_RECONNECT_TIMEOUT, CREATED,
-                         FINAL_STATUSES, NODE_CLOSED, NODE_INITIALIZED, PROVISIONAL_RESULT,
+                         FINAL_STATUSES, FRAME_MARGIN, MAX_FRAME_SIZE, NODE_CLOSED,
+                         NODE_INITIALIZED, PROVISIONAL_RESULT,
                          RUNNING, SCHEDULER_CLIENT_PORT, TERMINATED)
 from ..wire import messages as m
 from ..wire.files import FileRefused, IncomingFiles, check_size, read_chunks
@@ -97,6 +98,8 @@ class SharedJobCluster:
                                 % (name,))
             logger.info('option %s has no effect with dispyscheduler', name)
         del ext_ip_addr  # results return on the client's own connection: nothing to announce
+        if isinstance(nodes, str):  # dispy takes one pattern as well as a list of them
+            nodes = [nodes]
         packed = pack_computation(computation, depends, setup, cleanup)
         allocators, node_files = self._node_allocations(nodes or ['*'])
         files = packed.files + node_files
@@ -304,9 +307,12 @@ class SharedJobCluster:
         if isinstance(node, DispyNode):
             node = node.ip_addr
         tag = None if job_id is None else pack_value(job_id, 'job id')
+        size = len(payload) + sum(len(data) for _, data, _ in files)
+        if size > MAX_FRAME_SIZE - FRAME_MARGIN:  # the scheduler would drop the link, again
+            raise ValueError('the job has %d bytes of arguments and files; one message may '
+                             'carry at most %d' % (size, MAX_FRAME_SIZE - FRAME_MARGIN))
         uid = next(self._uids)
-        self._window.enter(uid, len(payload) + sum(len(data) for _, data, _ in files),
-                           self._check_open)
+        self._window.enter(uid, size, self._check_open)
         job = DispyJob(args, kwargs, self._connection.wait_for)
         job._uid = uid
         job.id = uid if job_id is None else job_id
@@ -620,10 +626,14 @@ class SharedJobCluster:
             job.id = unpack_result(tag) if tag is not None else uid
 
     def _notify(self, job: DispyJob) -> None:
+        """A job's status changed: ``cluster_status`` hears of every change, ``job_status``
+        (``callback``) only of provisional results and ends, as in dispy 4.15 (programs take
+        any other status there for a failure)."""
         if self._callbacks is None:
             return
         snapshot = copy.copy(job)
-        if self._job_status is not None:
+        if self._job_status is not None and (job.status == PROVISIONAL_RESULT
+                                             or job.status in FINAL_STATUSES):
             self._callbacks.put(self._job_status, snapshot)
         if self._cluster_status is not None:
             node = copy.copy(self._nodes.get(job.ip_addr)) if job.ip_addr else None

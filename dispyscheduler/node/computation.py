@@ -319,6 +319,8 @@ class Computation:
                         return
                     self._workers[pid] = None
                     self._daemon.job_finished(job, reply)
+                    if job.cancelled:  # cancelled after it replied: the cancel killed its
+                        return  # worker process, which must take no other job (a new one will)
                     job = None
                 if self._cpu_slots.linkcount():
                     # others wait for this CPU (another computation's workers): let them have

@@ -83,6 +83,7 @@ def resolve(host: str, timeout: float = NAME_LOOKUP_TIMEOUT) -> list[str]:
     """The IPv4 addresses of ``host``; empty, with a warning, if it cannot be resolved within
     ``timeout`` seconds."""
     try:
+        host.encode('idna')  # here, not in getaddrinfo's thread, which reports it as a crash
         with gevent.Timeout(timeout):
             # AF_INET: an address is a str already (str() for the checker's sake)
             return sorted({str(info[4][0])

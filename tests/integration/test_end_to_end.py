@@ -154,10 +154,15 @@ def test_stdout_and_stderr_are_captured(daemons):
 
 
 def test_cancel_queued_and_running_jobs(daemons):
+    """As in dispy 4.15, ``callback`` hears of ends (and provisional results) only, and
+    ``cluster_status`` of every change, Running included."""
     daemons.start_scheduler()
     daemons.start_node('127.0.0.2', cpus=1)
     statuses = []
+    changes = []
     with SharedJobCluster(nap, callback=lambda job: statuses.append((job.id, job.status)),
+                          cluster_status=lambda status, node, job: changes.append(
+                              (job.id if job else None, status)),
                           **daemons.client_options()) as cluster:
         running = cluster.submit(30, 'long')
         queued = [cluster.submit(30, n) for n in range(3)]
@@ -171,8 +176,11 @@ def test_cancel_queued_and_running_jobs(daemons):
         assert all(job.status == DispyJob.Cancelled for job in queued)
         assert cluster.cancel(running) == -1
         # the node's CPU is free again: a new job runs at once
-        assert cluster.submit(0, 'after')() == 'after'
-    assert (running.id, DispyJob.Running) in statuses
+        after = cluster.submit(0, 'after')
+        assert after() == 'after'
+    assert (running.id, DispyJob.Running) in changes
+    assert sorted(statuses) == sorted([(job.id, DispyJob.Cancelled) for job in [running] + queued]
+                                      + [(after.id, DispyJob.Finished)])
 
 
 def test_node_lost_cancels_or_requeues(daemons):

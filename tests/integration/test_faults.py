@@ -246,3 +246,50 @@ def test_a_node_killed_leaves_no_traceback_from_its_computations_processes(daemo
                  "the node's processes to exit")
         cluster.close(terminate=True)
     assert 'Traceback' not in node.log(), node.log()[-3000:]
+
+
+def finish_when_released(directory):
+    import os
+    import time
+    while not os.path.exists(os.path.join(directory, 'release')):
+        time.sleep(0.01)
+    open(os.path.join(directory, 'done'), 'w').close()
+    return 'finished'
+
+
+def unread_bytes(local_ip, remote_port):
+    """Bytes waiting unread in the receive queue of the connection from ``local_ip`` to
+    127.0.0.1:``remote_port`` (from /proc/net/tcp)."""
+    local = ''.join('%02X' % int(part) for part in reversed(local_ip.split('.')))
+    remote = '0100007F:%04X' % remote_port
+    with open('/proc/net/tcp') as handle:
+        for line in handle.readlines()[1:]:
+            fields = line.split()
+            if fields[1].startswith(local + ':') and fields[2] == remote:
+                return int(fields[4].split(':')[1], 16)
+    return 0
+
+
+def test_a_cancel_that_comes_after_the_job_finished_ends_no_other_job(daemons, tmp_path):
+    """Found by the chaos soak: a job cancelled just after its worker process replied had that
+    worker killed; the node then gave the next job to the dead worker and reported it
+    Terminated ("killed by signal 9"), a job nobody cancelled."""
+    daemons.start_scheduler()
+    node = daemons.start_node('127.0.0.2', cpus=1)
+    with SharedJobCluster(finish_when_released, **daemons.client_options()) as cluster:
+        first = cluster.submit(str(tmp_path))
+        wait_for(lambda: first.status == DispyJob.Running, 30, 'the first job to run')
+        second = cluster.submit(str(tmp_path / 'ready'))  # queued behind it, on the node
+        (tmp_path / 'ready').mkdir()
+        (tmp_path / 'ready' / 'release').touch()
+        os.kill(node.pid, signal.SIGSTOP)  # the daemon only: its worker process goes on
+        try:
+            (tmp_path / 'release').touch()
+            wait_for(lambda: (tmp_path / 'done').exists(), 30, 'the first job to finish')
+            assert cluster.cancel(first) == 0  # its reply waits, unread, at the node
+            wait_for(lambda: unread_bytes('127.0.0.2', daemons.port) > 0, 30,
+                     'the cancel to reach the frozen node')
+        finally:
+            os.kill(node.pid, signal.SIGCONT)
+        assert second(timeout=60) == 'finished', (second.status, second.exception)
+        assert first.status in (DispyJob.Finished, DispyJob.Cancelled)

@@ -1,0 +1,43 @@
+"""dispy 4.15 programs run as they are (issue 15): each test is written as a dispy user writes
+the program, changed only in its import and the scheduler's address."""
+
+import pytest
+
+from dispyscheduler import DispyJob, SharedJobCluster
+
+
+def compute(n):
+    import socket
+    return n * 2, socket.gethostname()
+
+
+def test_nodes_given_as_one_string_and_names_that_are_no_names(daemons):
+    """``nodes='10.0.0.*'`` is one pattern (dispy wraps it in a list), not a list of
+    characters; a name that cannot be a host name ('.', once an uncaught UnicodeError that
+    ended the client's link) matches nothing and ends nothing."""
+    daemons.start_scheduler()
+    daemons.start_node('127.0.0.2')
+    with SharedJobCluster(compute, nodes='127.0.0.*', **daemons.client_options()) as cluster:
+        jobs = [cluster.submit(n) for n in range(5)]
+        assert [job()[0] for job in jobs] == [0, 2, 4, 6, 8]
+        assert all(job.ip_addr == '127.0.0.2' for job in jobs)
+    with SharedJobCluster(compute, nodes=['.', '127.0.0.2', 'a..b'],
+                          **daemons.client_options()) as cluster:
+        assert cluster.submit(21)()[0] == 42
+    assert 'cannot resolve .' in daemons.scheduler.log()
+
+
+def test_an_argument_too_large_for_one_message_is_refused_by_submit(daemons):
+    """An argument larger than a message may be once made the client reconnect and send it
+    again for ever (850 reconnects in 100 s), stalling every other job of the program."""
+    daemons.start_scheduler()
+    daemons.start_node('127.0.0.2')
+    with SharedJobCluster(len, **daemons.client_options()) as cluster:
+        small = cluster.submit(b'x' * 1000)
+        with pytest.raises(ValueError, match=r'the job has 7\d{7} bytes of arguments and '
+                                             r'files; one message may carry at most'):
+            cluster.submit(b'x' * (70 * 1024 * 1024))
+        assert small() == 1000
+        after = cluster.submit(b'y' * 10)
+        assert after() == 10 and after.status == DispyJob.Finished
+    assert 'reconnect' not in daemons.scheduler.log()
