@@ -40,13 +40,29 @@ class Watchdogs:
         """Every pulse interval: presume silent nodes dead, give up on nodes that did not
         return after a restart, warn about clusters without nodes, clean up after clients
         that left long ago."""
+        last = time.monotonic()
         while True:
             gevent.sleep(self.config.pulse_interval)
             now = time.monotonic()
+            self.forgive_own_stall(now - last - self.config.pulse_interval)
+            last = now
             self.presume_silent_nodes_dead(now)
             self.give_up_on_nodes_that_did_not_return(now)
             self.warn_clusters_without_nodes(now)
             self.clean_up_after_gone_clients(now)
+
+    def forgive_own_stall(self, stall: float) -> None:
+        """The scheduler itself was stopped (SIGSTOP, a suspended VM, swapping) for ``stall``
+        seconds more than it meant to sleep: the pulses of that time wait unread in its
+        sockets, so no node is judged on it (nodes were once presumed dead, their jobs run
+        again, the moment a frozen scheduler went on)."""
+        if stall < self.config.pulse_interval:
+            return
+        logger.warning('the scheduler was stalled for %.1f seconds; nodes are given that '
+                       'time', stall)
+        for node in self.state.nodes.values():
+            node.last_heard += stall
+        self.awaiting_until += stall
 
     def presume_silent_nodes_dead(self, now: float) -> None:
         silence = self.missed_pulses * self.config.pulse_interval

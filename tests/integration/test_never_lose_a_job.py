@@ -399,3 +399,26 @@ def test_gone_clients_cluster_frees_its_nodes_and_keeps_its_results(daemons, tmp
     node.wait_log('uninstalled computation 1')
     jobs = recover_jobs(str(tmp_path / 'recover.json'), secret=CLUSTER_SECRET, timeout=30)
     assert {job.id: job.result for job in jobs} == {'job-%d' % n: n * 10 for n in range(12)}
+
+
+def test_a_scheduler_frozen_for_a_while_does_not_take_its_nodes_for_dead(daemons):
+    """Found by the chaos soak: a scheduler stopped (SIGSTOP) for longer than 5 pulse
+    intervals presumed every node dead the moment it went on, before reading the pulses
+    waiting in its sockets, and ran their jobs again for nothing."""
+    scheduler = daemons.start_scheduler()
+    daemons.start_node('127.0.0.2')
+    counted = FinalCounter()
+    with SharedJobCluster(nap, callback=counted, **daemons.client_options()) as cluster:
+        jobs = [cluster.submit(0.5, n) for n in range(8)]
+        wait_for(lambda: any(job.status == DispyJob.Running for job in jobs), 30, 'a job to run')
+        os.kill(scheduler.pid, signal.SIGSTOP)
+        try:
+            time.sleep(7)  # the fault itself: more than 5 missed pulses of 1 s
+        finally:
+            os.kill(scheduler.pid, signal.SIGCONT)
+        assert cluster.wait(60)
+    assert [job.result for job in jobs] == list(range(8))
+    assert set(counted.counts.values()) == {1}
+    log = scheduler.log()
+    assert 'no pulse' not in log and 'requeued' not in log, log[-3000:]
+    assert 'the scheduler was stalled for' in log
