@@ -89,6 +89,12 @@ ZOMBIE_INTERVAL = 60.0
 nothing running is cleaned up after this long; a node drops computations of a scheduler it has
 not heard from for this long."""
 
+IDLE_ORPHAN_PULSES = 10
+"""Pulse intervals (100 s by default) after which a cluster whose client is gone and that has
+nothing left to run frees its nodes (their worker processes end), if ``--zombie_interval`` is
+not shorter; its results stay for ``recover_jobs``, and a client that comes back has it set up
+again."""
+
 MAX_DISPATCH_DEPTH = 8
 """Most jobs the scheduler keeps in flight per node CPU (one running, the rest waiting on the
 node, so a worker never idles for a round trip between jobs). Each cluster gets a depth by how

@@ -10,7 +10,8 @@ import time
 import gevent
 
 from ..config import SchedulerConfig
-from ..constants import NO_NODE_PINGS, PULSES_MISSED_BEFORE_DEAD, RESULT_RETENTION
+from ..constants import (IDLE_ORPHAN_PULSES, NO_NODE_PINGS, PULSES_MISSED_BEFORE_DEAD,
+                         RESULT_RETENTION)
 from .clusters import ClusterService
 from .model import Cluster, State
 from .nodes import NodeService
@@ -101,10 +102,13 @@ class Watchdogs:
                                                            or 'none'))
 
     def clean_up_after_gone_clients(self, now: float) -> None:
-        """A cluster whose client has been gone ``--zombie_interval`` with nothing left to run
-        frees its nodes; its undelivered results wait ``RESULT_RETENTION`` intervals for a
-        client to collect them, then the cluster is removed."""
+        """A cluster whose client has been gone ``IDLE_ORPHAN_PULSES`` pulse intervals (or
+        ``--zombie_interval``, if shorter) with nothing left to run frees its nodes, so a
+        program killed mid-run leaves no worker processes behind for long; its undelivered
+        results wait ``RESULT_RETENTION`` zombie intervals for a client to collect them, then
+        the cluster is removed."""
         zombie_after = self.config.zombie_interval * 60
+        retire_after = min(zombie_after, IDLE_ORPHAN_PULSES * self.config.pulse_interval)
         for cluster in list(self.state.clusters.values()):
             if (cluster.orphaned_since is None or self.clusters.connected(cluster)
                     or cluster.in_flight or cluster.queued):
@@ -115,9 +119,9 @@ class Watchdogs:
                 logger.info('cluster %s: client gone for %d minutes; removing it',
                             cluster.cid, gone // 60)
                 self.clusters.close_cluster(cluster)
-            elif gone > zombie_after and not cluster.dormant:
-                logger.info('cluster %s: client gone for %d minutes; freeing its nodes, '
-                            'keeping %d results for it', cluster.cid, gone // 60,
+            elif gone > retire_after and not cluster.dormant:
+                logger.info('cluster %s: client gone for %d seconds with nothing left to run; '
+                            'freeing its nodes, keeping %d results for it', cluster.cid, gone,
                             len(cluster.results))
                 self.clusters.retire(cluster)
 

@@ -30,10 +30,11 @@ def big_result(size):
 
 def test_client_killed_mid_run_disturbs_no_one(daemons, tmp_path):
     """A client killed while its results are in flight: the nodes stay, other clients' jobs
-    (not reentrant) finish."""
+    (not reentrant) finish; once its jobs are done, its computation's processes leave the
+    nodes after IDLE_ORPHAN_PULSES pulses (10 s here), not after the zombie interval (an
+    hour), as they once did."""
     daemons.start_scheduler()
-    daemons.start_node('127.0.0.2')
-    daemons.start_node('127.0.0.3')
+    nodes = [daemons.start_node('127.0.0.2'), daemons.start_node('127.0.0.3')]
     victim = subprocess.Popen(
         [sys.executable, os.path.join(REPO, 'tests', 'integration', 'client_program.py'),
          str(daemons.scheduler_port), CLUSTER_SECRET, '5000', '0'],
@@ -45,11 +46,16 @@ def test_client_killed_mid_run_disturbs_no_one(daemons, tmp_path):
             time.sleep(1)
             victim.kill()
             assert cluster.wait(timeout=60)
+            assert [job.result for job in jobs] == list(range(200))
+            # the victim's computation leaves the nodes; this cluster's stays
+            wait_for(lambda: all(len(setup_processes(node.pid)) == 1 for node in nodes), 90,
+                     "the killed client's computation to leave the nodes")
+            assert cluster.submit(0, 'still here')() == 'still here'
     finally:
         victim.kill()
         victim.wait()
-    assert [job.result for job in jobs] == list(range(200))
     assert 'lost' not in daemons.scheduler.log()
+    daemons.scheduler.wait_log('client gone for .* seconds with nothing left to run; freeing')
 
 
 def test_odd_datagrams_stop_no_daemon(daemons):
