@@ -10,32 +10,42 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what type checkers see of the names imported on first use
     from .client.cluster import SharedJobCluster, recover_jobs
-    from .client.job import ClusterStatus, DispyJob, DispyNode, NodeAllocate
+    from .client.job import ClusterStatus, DispyJob, DispyNode, DispyNodeAvailInfo, NodeAllocate
     from .wire.auth import AuthenticationError
 
 __version__ = '0.1.0'
 
 logger = logging.getLogger('dispyscheduler')
+# dispy's logger carries the level names: programs pass ``loglevel=dispy.logger.DEBUG``
+logger.DEBUG, logger.INFO, logger.WARNING, logger.ERROR = (  # type: ignore[attr-defined]
+    logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR)
+
+MsgTimeout = 10
+"""dispy 4.15's message timeout, which programs read and set (also as ``config.MsgTimeout``);
+links here are long-lived and watched by pulses, so it has no effect."""
 
 _API = {
     'SharedJobCluster': 'dispyscheduler.client.cluster',
     'DispyJob': 'dispyscheduler.client.job',
     'DispyNode': 'dispyscheduler.client.job',
+    'DispyNodeAvailInfo': 'dispyscheduler.client.job',
     'NodeAllocate': 'dispyscheduler.client.job',
     'ClusterStatus': 'dispyscheduler.client.job',
     'recover_jobs': 'dispyscheduler.client.cluster',
     'AuthenticationError': 'dispyscheduler.wire.auth',
 }
 
-__all__ = ['SharedJobCluster', 'DispyJob', 'DispyNode', 'NodeAllocate', 'ClusterStatus',
-           'recover_jobs', 'AuthenticationError', 'logger']
+__all__ = ['SharedJobCluster', 'DispyJob', 'DispyNode', 'DispyNodeAvailInfo', 'NodeAllocate',
+           'ClusterStatus', 'recover_jobs', 'AuthenticationError', 'logger', 'MsgTimeout']
 
 
 def __getattr__(name: str) -> Any:
+    import importlib
+    if name == 'config':  # ``dispy.config``, which programs use as a module of settings
+        return importlib.import_module('dispyscheduler.config')
     module = _API.get(name)
     if module is None:
         raise AttributeError('module %r has no attribute %r' % (__name__, name))
-    import importlib
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value

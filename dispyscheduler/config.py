@@ -224,3 +224,10 @@ class NodeConfig:
         if self.tls.keyfile and not self.tls.certfile:
             raise ConfigError('keyfile', 'needs --certfile')
         return self
+
+
+# dispy 4.15's module-level settings (``dispy.config``), which programs read and set; links
+# here are long-lived and watched by pulses, and file sizes are the daemons' options, so
+# setting them changes nothing.
+MsgTimeout = 10
+MaxFileSize = 0

@@ -524,6 +524,7 @@ class SharedJobCluster:
             if node is None:
                 node = self._nodes[status.ip_addr] = DispyNode(status.ip_addr, status.name,
                                                                status.cpus)
+            node.platform = status.platform
             node.closed = False
         elif node is None:
             return

@@ -109,6 +109,17 @@ class JobEnd:
         return self._set
 
 
+class DispyNodeAvailInfo:
+    """What a node has free (dispy 4.15): CPU as a percentage, memory, disk and swap in
+    bytes. Nodes do not report it yet, so a ``DispyNode``'s ``avail_info`` stays None."""
+
+    def __init__(self, cpu: float, memory: int, disk: int, swap: float) -> None:
+        self.cpu = cpu
+        self.memory = memory
+        self.disk = disk
+        self.swap = swap
+
+
 class DispyNode:
     """A node as one cluster sees it: its jobs there, and how much time they took."""
 
@@ -127,7 +138,8 @@ class DispyNode:
         self.tx = 0
         self.rx = 0
         self.update_time = time.time()
-        self.avail_info: Any = None
+        self.avail_info: Optional[DispyNodeAvailInfo] = None
+        self.platform = ''  # the node's ``platform.platform()``
         self.closed = False
 
     def __repr__(self) -> str:

@@ -151,7 +151,8 @@ class ClusterService:
         for node in list(self.state.nodes.values()):
             state = node.clusters.get(cluster.cid)
             if state == READY:
-                session.node_status(node.ip_addr, node.name, node.cpus, NODE_INITIALIZED)
+                session.node_status(node.ip_addr, node.name, node.cpus, NODE_INITIALIZED,
+                                    node.platform)
             elif state == OFFERED:
                 self.nodes.offer_or_install(node, cluster)
 

@@ -112,7 +112,7 @@ class Router:
         """Tell a cluster's client that a node set it up, or no longer runs it."""
         session = self.peers.client(cluster.cid)
         if session is not None:
-            session.node_status(node.ip_addr, node.name, node.cpus, status)
+            session.node_status(node.ip_addr, node.name, node.cpus, status, node.platform)
 
     def warn_client(self, cluster: Cluster, reason: str) -> None:
         logger.warning('cluster %s: %s', cluster.cid, reason)

@@ -150,8 +150,10 @@ class ClientSession:
         self.link.send(m.FilePart(uid=uid, name=chunk.name, offset=chunk.offset,
                                   data=chunk.data, last=chunk.last))
 
-    def node_status(self, ip_addr: str, name: str, cpus: int, status: int) -> None:
-        self.link.send(m.NodeStatus(ip_addr=ip_addr, name=name, cpus=cpus, status=status))
+    def node_status(self, ip_addr: str, name: str, cpus: int, status: int,
+                    platform: str) -> None:
+        self.link.send(m.NodeStatus(ip_addr=ip_addr, name=name, cpus=cpus, status=status,
+                                    platform=platform))
 
     def offer_node(self, key: str, ip_addr: str, name: str, cpus: int, platform: str) -> None:
         self.link.send(m.NodeOffer(key=key, ip_addr=ip_addr, name=name, cpus=cpus,

@@ -525,6 +525,7 @@ class NodeStatus(Message):
     name: str
     cpus: int
     status: int
+    platform: str
 
 
 @message('node_offer')

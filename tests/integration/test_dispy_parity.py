@@ -41,3 +41,30 @@ def test_an_argument_too_large_for_one_message_is_refused_by_submit(daemons):
         after = cluster.submit(b'y' * 10)
         assert after() == 10 and after.status == DispyJob.Finished
     assert 'reconnect' not in daemons.scheduler.log()
+
+
+def test_the_module_level_names_dispy_programs_use(daemons):
+    """``dispy.config.MsgTimeout``, ``loglevel=dispy.logger.DEBUG``, ``DispyNodeAvailInfo``,
+    ``DispyNode.platform``: each once an AttributeError."""
+    import platform
+
+    import dispyscheduler
+    from dispyscheduler import DispyNode, DispyNodeAvailInfo, config, logger
+    config.MsgTimeout = 20
+    assert dispyscheduler.config.MsgTimeout == 20 and dispyscheduler.MsgTimeout == 10
+    assert (logger.DEBUG, logger.INFO, logger.WARNING, logger.ERROR) == (10, 20, 30, 40)
+    info = DispyNodeAvailInfo(50.0, 2 ** 30, 2 ** 34, 0.0)
+    assert (info.cpu, info.memory, info.disk, info.swap) == (50.0, 2 ** 30, 2 ** 34, 0.0)
+    daemons.start_scheduler()
+    daemons.start_node('127.0.0.2')
+    nodes = []
+
+    def cluster_status(status, node, job):
+        if status == DispyNode.Initialized:
+            nodes.append(node)
+
+    with SharedJobCluster(compute, cluster_status=cluster_status, loglevel=logger.DEBUG,
+                          **daemons.client_options()) as cluster:
+        assert cluster.submit(1)()[0] == 2
+    assert [node.platform for node in nodes] == [platform.platform()]
+    assert nodes[0].avail_info is None
