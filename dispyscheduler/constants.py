@@ -180,6 +180,10 @@ NODE_INITIALIZED = 4
 NODE_CLOSED = 16
 """``DispyNode.Closed``: a node no longer runs a cluster's jobs (dispy 4.x number)."""
 
+NODE_SETUP_FAILED = 18
+"""``DispyNode.SetupFailed`` (not in dispy, which only logs it): a node could not set up a
+cluster's computation; ``cluster_status`` gets the node, whose ``setup_failure`` says why."""
+
 FILE_TIMEOUT = 60.0
 """Seconds a peer may take between two chunks of a file it is sending."""
 

@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable, Literal, Sequence, TextIO, Union
 from ..constants import (ABANDONED, ACK_BATCH, ACK_DELAY, CLIENT_CLUSTER_TIMEOUT,
                          CLIENT_RECONNECT_TIMEOUT, CREATED,
                          FINAL_STATUSES, FRAME_MARGIN, MAX_FRAME_SIZE, NODE_CLOSED,
-                         NODE_INITIALIZED, PROVISIONAL_RESULT,
+                         NODE_INITIALIZED, NODE_SETUP_FAILED, PROVISIONAL_RESULT,
                          RUNNING, SCHEDULER_CLIENT_PORT, TERMINATED)
 from ..wire import messages as m
 from ..wire.files import FileRefused, IncomingFiles, check_size, read_chunks
@@ -520,6 +520,12 @@ class SharedJobCluster:
 
     def _on_node_status(self, status: m.NodeStatus) -> None:
         node = self._nodes.get(status.ip_addr)
+        if status.status == NODE_SETUP_FAILED:  # not one of this cluster's nodes: not kept
+            failed = DispyNode(status.ip_addr, status.name, status.cpus)
+            failed.platform, failed.setup_failure = status.platform, status.reason
+            if self._callbacks is not None and self._cluster_status is not None:
+                self._callbacks.put(self._cluster_status, status.status, failed, None)
+            return
         if status.status == NODE_INITIALIZED:
             if node is None:
                 node = self._nodes[status.ip_addr] = DispyNode(status.ip_addr, status.name,

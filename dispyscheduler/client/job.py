@@ -10,7 +10,8 @@ import time
 from typing import Any, Callable, Iterable, Optional
 
 from ..constants import (ABANDONED, CANCELLED, CREATED, FINISHED, NODE_CLOSED, NODE_INITIALIZED,
-                         PROVISIONAL_RESULT, RUNNING, STATUS_NAMES, TERMINATED)
+                         NODE_SETUP_FAILED, PROVISIONAL_RESULT, RUNNING, STATUS_NAMES,
+                         TERMINATED)
 
 ClusterStatus = collections.namedtuple('ClusterStatus', ['nodes', 'jobs_pending'])
 """What ``SharedJobCluster.status()`` returns, as in dispy 4.x."""
@@ -126,6 +127,8 @@ class DispyNode:
     Initialized = NODE_INITIALIZED
     Closed = NODE_CLOSED
     AvailInfo = 17
+    SetupFailed = NODE_SETUP_FAILED
+    """(Not in dispy.) The node could not set the computation up: ``setup_failure`` says why."""
 
     def __init__(self, ip_addr: str, name: str, cpus: int) -> None:
         self.ip_addr = ip_addr
@@ -140,6 +143,7 @@ class DispyNode:
         self.update_time = time.time()
         self.avail_info: Optional[DispyNodeAvailInfo] = None
         self.platform = ''  # the node's ``platform.platform()``
+        self.setup_failure: Optional[str] = None  # why it could not set the computation up
         self.closed = False
 
     def __repr__(self) -> str:

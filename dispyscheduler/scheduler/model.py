@@ -140,6 +140,7 @@ class Cluster:
         # node key -> (cpus, setup_args, files) the client chose
         self.allocations: dict[str, tuple[int, Optional[bytes], Sequence[str]]] = {}
         self.results = Outbox()  # results until the client acknowledges them
+        self.setup_failures: dict[str, str] = {}  # node key -> why setup failed there
         self.files: list[FileSpec] = []  # [name, size, mode] of the computation's files
         # names of those sent only to nodes whose allocation asks
         self.node_files: set[str] = set()
@@ -516,7 +517,7 @@ class State:
         cluster.ready_nodes.add(node)
         return self.fill_node(node)
 
-    def compute_failed(self, node: Node, cid: int) -> Rescheduled:
+    def compute_failed(self, node: Node, cid: int, reason: str = '') -> Rescheduled:
         """Setup failed on a node, or its worker host died: the node takes no more of the
         cluster's jobs, and those sent there that never started go back to the queue; jobs
         pinned to the node end here. Returns ``Rescheduled``."""
@@ -525,6 +526,7 @@ class State:
             node.clusters[cid] = FAILED
         if cluster is None:
             return Rescheduled()
+        cluster.setup_failures[node.key] = reason
         cluster.ready_nodes.discard(node)
         waiting = cluster.pinned.pop(node.key, None)
         outcome = Rescheduled(ended=waiting.jobs() if waiting else [])
@@ -542,6 +544,21 @@ class State:
         self._load_changed(node)
         outcome.dispatches = self.place(cluster) + self.fill_node(node)
         return outcome
+
+    def setting_up(self, cluster: Cluster) -> bool:
+        """Whether a node may still set the cluster up (it is installing or offered there)."""
+        return any(node.clusters.get(cluster.cid) in (INSTALLING, OFFERED)
+                   for node in self.nodes.values())
+
+    def abandon_queued(self, cluster: Cluster) -> list[Job]:
+        """End the cluster's jobs that wait for a node (none will set it up): Abandoned."""
+        waiting = cluster.queue.jobs() + [job for queue in cluster.pinned.values()
+                                          for job in queue.jobs()]
+        cluster.queue = JobQueue()
+        cluster.pinned.clear()
+        for job in waiting:
+            self._end(job, ABANDONED)
+        return waiting
 
     def node_leaving(self, node: Node, unstarted: Iterable[int]) -> Rescheduled:
         """A node shutting down hands back the jobs it has not started (``unstarted`` ids)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 import gevent
 
 from ..config import SchedulerConfig
-from ..constants import ACK_DELAY, NODE_CLOSED, NODE_INITIALIZED
+from ..constants import ACK_DELAY, NODE_CLOSED, NODE_INITIALIZED, NODE_SETUP_FAILED
 from ..wire import messages as m
 from ..wire.files import read_chunks, safe_relative_path
 from ..wire.protocol import ProtocolError
@@ -205,8 +205,9 @@ class NodeService:
     def on_compute_failed(self, session: NodeSession, node: Node,
                           failed: m.ComputeFailed) -> None:
         cluster = self.state.clusters.get(failed.cid)
-        outcome = self.state.compute_failed(node, failed.cid)
+        outcome = self.state.compute_failed(node, failed.cid, failed.reason)
         if cluster is not None:
+            self.router.notify_node(cluster, node, NODE_SETUP_FAILED, failed.reason)
             self.router.warn_client(cluster, 'computation could not be set up on node %s: %s'
                                     % (node.key, failed.reason))
             self.router.reschedule(outcome, 'job was submitted to node %s, where the '

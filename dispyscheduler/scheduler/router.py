@@ -108,11 +108,13 @@ class Router:
                     logger.error('internal error: result %d of cluster %d is not in the store',
                                  uid, cluster.cid)
 
-    def notify_node(self, cluster: Cluster, node: Node, status: int) -> None:
-        """Tell a cluster's client that a node set it up, or no longer runs it."""
+    def notify_node(self, cluster: Cluster, node: Node, status: int, reason: str = '') -> None:
+        """Tell a cluster's client that a node set it up, no longer runs it, or could not set
+        it up (``reason`` says why)."""
         session = self.peers.client(cluster.cid)
         if session is not None:
-            session.node_status(node.ip_addr, node.name, node.cpus, status, node.platform)
+            session.node_status(node.ip_addr, node.name, node.cpus, status, node.platform,
+                                reason)
 
     def warn_client(self, cluster: Cluster, reason: str) -> None:
         logger.warning('cluster %s: %s', cluster.cid, reason)

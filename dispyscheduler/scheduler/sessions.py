@@ -151,9 +151,9 @@ class ClientSession:
                                   data=chunk.data, last=chunk.last))
 
     def node_status(self, ip_addr: str, name: str, cpus: int, status: int,
-                    platform: str) -> None:
+                    platform: str, reason: str = '') -> None:
         self.link.send(m.NodeStatus(ip_addr=ip_addr, name=name, cpus=cpus, status=status,
-                                    platform=platform))
+                                    platform=platform, reason=reason))
 
     def offer_node(self, key: str, ip_addr: str, name: str, cpus: int, platform: str) -> None:
         self.link.send(m.NodeOffer(key=key, ip_addr=ip_addr, name=name, cpus=cpus,

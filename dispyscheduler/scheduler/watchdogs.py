@@ -10,7 +10,7 @@ import time
 import gevent
 
 from ..config import SchedulerConfig
-from ..constants import (IDLE_ORPHAN_PULSES, NO_NODE_PINGS, PULSES_MISSED_BEFORE_DEAD,
+from ..constants import (ABANDONED, IDLE_ORPHAN_PULSES, NO_NODE_PINGS, PULSES_MISSED_BEFORE_DEAD,
                          RESULT_RETENTION)
 from .clusters import ClusterService
 from .model import Cluster, State
@@ -36,6 +36,7 @@ class Watchdogs:
         self.router = router
         self.awaiting_until = time.monotonic() + self.missed_pulses * config.pulse_interval
         self.nodeless_since: dict[int, float] = {}  # cid -> since when no node has set it up
+        self.warned: set[int] = set()  # clusters whose clients were told so
 
     def run(self) -> None:
         """Every pulse interval: presume silent nodes dead, give up on nodes that did not
@@ -83,23 +84,41 @@ class Watchdogs:
 
     def warn_clusters_without_nodes(self, now: float) -> None:
         """Tell a client whose cluster no node has set up for ``NO_NODE_PINGS`` discovery
-        rounds (once), so that jobs waiting for ever are not a mystery."""
+        rounds (once), so that jobs waiting for ever are not a mystery; and when every node
+        that tried to set it up failed and none is still trying, end its waiting jobs
+        Abandoned with the nodes' reasons, rather than let them wait for nodes that will not
+        come (dispy's most reported complaint)."""
         wait = NO_NODE_PINGS * self.config.ping_interval
         for cid in [cid for cid in self.nodeless_since if cid not in self.state.clusters]:
             del self.nodeless_since[cid]
-        for cluster in self.state.clusters.values():
+            self.warned.discard(cid)
+        for cluster in list(self.state.clusters.values()):
             since = self.nodeless_since.get(cluster.cid)
             if cluster.ready_nodes or cluster.dormant:
                 self.nodeless_since.pop(cluster.cid, None)
+                self.warned.discard(cluster.cid)
             elif since is None:
                 self.nodeless_since[cluster.cid] = now
-            elif now - since > wait and self.clusters.connected(cluster):
-                self.nodeless_since[cluster.cid] = float('inf')  # said once
-                self.router.warn_client(cluster, 'no node has set up this cluster in %d '
-                                        'seconds; its nodes are %s; nodes known to the '
-                                        'scheduler: %s' % (wait, describe_patterns(cluster),
-                                                           ', '.join(sorted(self.state.nodes))
-                                                           or 'none'))
+            elif now - since > wait:
+                if cluster.cid not in self.warned and self.clusters.connected(cluster):
+                    self.warned.add(cluster.cid)
+                    self.router.warn_client(cluster, 'no node has set up this cluster in %d '
+                                            'seconds; its nodes are %s; nodes known to the '
+                                            'scheduler: %s' % (
+                                                wait, describe_patterns(cluster),
+                                                ', '.join(sorted(self.state.nodes)) or 'none'))
+                if cluster.setup_failures and not self.state.setting_up(cluster):
+                    self.abandon_waiting_jobs(cluster)
+
+    def abandon_waiting_jobs(self, cluster: Cluster) -> None:
+        jobs = self.state.abandon_queued(cluster)
+        if not jobs:
+            return
+        reason = 'the computation could not be set up on any node: %s' % '; '.join(
+            '%s: %s' % (key, why) for key, why in sorted(cluster.setup_failures.items()))
+        logger.warning('cluster %s: %d jobs abandoned: %s', cluster.cid, len(jobs), reason)
+        for job in jobs:
+            self.router.end_job(job, ABANDONED, reason)
 
     def clean_up_after_gone_clients(self, now: float) -> None:
         """A cluster whose client has been gone ``IDLE_ORPHAN_PULSES`` pulse intervals (or

@@ -526,6 +526,8 @@ class NodeStatus(Message):
     cpus: int
     status: int
     platform: str
+    reason: str
+    """Why, for a node that could not set the computation up (its traceback)."""
 
 
 @message('node_offer')

@@ -3,7 +3,7 @@ the program, changed only in its import and the scheduler's address."""
 
 import pytest
 
-from dispyscheduler import DispyJob, SharedJobCluster
+from dispyscheduler import DispyJob, DispyNode, SharedJobCluster
 
 
 def compute(n):
@@ -68,3 +68,36 @@ def test_the_module_level_names_dispy_programs_use(daemons):
         assert cluster.submit(1)()[0] == 2
     assert [node.platform for node in nodes] == [platform.platform()]
     assert nodes[0].avail_info is None
+
+
+def broken_setup():
+    raise RuntimeError('the data file is missing')
+
+
+def test_setup_failing_on_every_node_ends_the_jobs_instead_of_a_silent_hang(daemons, caplog):
+    """dispy's most reported complaint: setup fails on every node and the program waits for
+    ever. Each failure reaches cluster_status (the node, with the traceback) and the program's
+    log at once; once no node can set the cluster up, its waiting jobs end Abandoned with the
+    reasons, after NO_NODE_PINGS ping intervals (3 s here), jobs submitted later as well."""
+    daemons.start_scheduler()
+    daemons.start_node('127.0.0.2')
+    daemons.start_node('127.0.0.3')
+    failures = []
+
+    def cluster_status(status, node, job):
+        if status == DispyNode.SetupFailed:
+            failures.append((node.ip_addr, node.setup_failure))
+
+    with SharedJobCluster(compute, setup=broken_setup, cluster_status=cluster_status,
+                          **daemons.client_options()) as cluster:
+        jobs = [cluster.submit(n) for n in range(5)]
+        assert cluster.wait(timeout=60)
+        later = cluster.submit(99)
+        assert later(timeout=60) is None
+    for job in jobs + [later]:
+        assert job.status == DispyJob.Abandoned
+        assert 'could not be set up on any node' in job.exception
+        assert 'the data file is missing' in job.exception
+    assert sorted(ip for ip, _ in failures) == ['127.0.0.2', '127.0.0.3']
+    assert all('RuntimeError: the data file is missing' in why for _, why in failures)
+    assert 'computation could not be set up on node' in caplog.text
