@@ -152,3 +152,40 @@ def test_a_client_that_ignores_the_limits_has_its_extra_jobs_refused(daemons):
     assert all(end.status == DispyJob.Cancelled and 'its limit (--max_cluster_jobs)'
                in end.exception for end in refused)
     assert daemons.scheduler.alive()
+
+
+def long_nap(n):
+    import time
+    time.sleep(60)
+    return n
+
+
+def test_a_submit_waiting_for_room_raises_when_the_scheduler_is_gone_for_good(daemons):
+    """submit() waiting for room (the cluster at --max_cluster_jobs) does not wait for ever
+    when the scheduler goes away: it raises ConnectionError once the client gives up, as
+    submit() does then."""
+    daemons.start_scheduler('--max_cluster_jobs', '2')
+    daemons.start_node('127.0.0.2')
+    cluster = SharedJobCluster(long_nap, reconnect_timeout=2, **daemons.client_options())
+    outcomes = []
+
+    def third():
+        try:
+            cluster.submit(3)
+            outcomes.append('submitted')
+        except ConnectionError as exc:
+            outcomes.append(exc)
+
+    try:
+        held = [cluster.submit(n) for n in range(2)]
+        wait_for(lambda: all(job.status == DispyJob.Running for job in held), 30,
+                 'both jobs to run')
+        thread = threading.Thread(target=third)
+        thread.start()
+        daemons.scheduler.stop()
+        thread.join(60)
+        assert not thread.is_alive()
+        assert len(outcomes) == 1 and isinstance(outcomes[0], ConnectionError), outcomes
+        assert all(job.status == DispyJob.Abandoned for job in held)
+    finally:
+        cluster.close(terminate=True)
