@@ -349,6 +349,16 @@ class SharedJobCluster:
             files.append((os.path.basename(path), data, os.stat(path).st_mode & 0o777))
         return files
 
+    def node_jobs(self, node: DispyNode | str, from_node: bool = False) -> list[DispyJob]:
+        """This cluster's jobs running on ``node`` (a DispyNode, its address or its name),
+        as dispy's ``node_jobs``; ``from_node`` is accepted (the client knows them)."""
+        del from_node
+        if isinstance(node, DispyNode):
+            node = node.ip_addr
+        addresses = {ip for ip, known in self._nodes.items() if node in (ip, known.name)}
+        return [job for job in list(self._jobs.values())
+                if job.status == RUNNING and job.ip_addr in addresses]
+
     def cancel(self, job: DispyJob) -> int:
         """Cancel a queued or running job; returns 0, or -1 if it had already ended."""
         if job.status in FINAL_STATUSES or job._uid not in self._jobs:

@@ -2,6 +2,7 @@
 the program, changed only in its import and the scheduler's address."""
 
 import pytest
+from daemons import wait_for
 
 from dispyscheduler import DispyJob, DispyNode, SharedJobCluster
 
@@ -101,3 +102,27 @@ def test_setup_failing_on_every_node_ends_the_jobs_instead_of_a_silent_hang(daem
     assert sorted(ip for ip, _ in failures) == ['127.0.0.2', '127.0.0.3']
     assert all('RuntimeError: the data file is missing' in why for _, why in failures)
     assert 'computation could not be set up on node' in caplog.text
+
+
+def wait_for_file(path):
+    import os
+    import time
+    while not os.path.exists(path):
+        time.sleep(0.01)
+    return path
+
+
+def test_node_jobs_lists_this_clusters_jobs_running_on_a_node(daemons, tmp_path):
+    daemons.start_scheduler()
+    daemons.start_node('127.0.0.2', cpus=2)
+    with SharedJobCluster(wait_for_file, **daemons.client_options()) as cluster:
+        jobs = [cluster.submit(str(tmp_path / ('go%d' % n))) for n in range(2)]
+        wait_for(lambda: all(job.status == DispyJob.Running for job in jobs), 30, 'jobs to run')
+        node = cluster.status().nodes[0]
+        for key in (node, '127.0.0.2', node.name):
+            assert sorted(job.id for job in cluster.node_jobs(key)) == [1, 2]
+        assert cluster.node_jobs('127.0.0.3') == []
+        for n in range(2):
+            (tmp_path / ('go%d' % n)).touch()
+        assert cluster.wait(60)
+        assert cluster.node_jobs(node) == []
