@@ -198,6 +198,10 @@ MAX_NODE_LOSSES = 3
 """Default ``--max_node_losses``: a job whose runs have killed or lost this many nodes ends
 ``Abandoned`` instead of going round the cluster for ever."""
 
+CANCEL_GRACE = 5.0
+"""Seconds a cancelled job has, after its interrupt (SIGINT, KeyboardInterrupt), to end before
+its worker process is killed."""
+
 NODE_SHUTDOWN_GRACE = 30.0
 """Seconds a node told to stop (SIGTERM) lets its running jobs finish before killing them."""
 

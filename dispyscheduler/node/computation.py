@@ -34,7 +34,8 @@ import gevent.lock
 from gevent.hub import Waiter
 
 from ..wire import messages as m
-from ..constants import CANCELLED, STARTED_REPORT_DELAY, TERMINATED, WORKER_START_TIMEOUT
+from ..constants import (CANCEL_GRACE, CANCELLED, STARTED_REPORT_DELAY, TERMINATED,
+                         WORKER_START_TIMEOUT)
 from ..wire.files import FileRefused, IncomingFiles, write_file
 from ..runtime.hublink import HubLink
 from ..wire.protocol import ProtocolError
@@ -318,9 +319,12 @@ class Computation:
                         self._daemon.job_finished(job, self._worker_died_reply(job, pid))
                         return
                     self._workers[pid] = None
+                    if job.cancelled and reply.status == TERMINATED:  # it did not catch the
+                        reply = m.JobDone.failure(job.jid, CANCELLED,  # cancel's interrupt
+                                                  'job was cancelled')
                     self._daemon.job_finished(job, reply)
-                    if job.cancelled:  # cancelled after it replied: the cancel killed its
-                        return  # worker process, which must take no other job (a new one will)
+                    if job.cancelled:  # its worker process was interrupted, or killed: it
+                        return  # takes no other job (the setup process starts a new one)
                     job = None
                 if self._cpu_slots.linkcount():
                     # others wait for this CPU (another computation's workers): let them have
@@ -397,10 +401,22 @@ class Computation:
         return self._worker_exits.setdefault(pid, gevent.event.AsyncResult())
 
     def cancel(self, job: NodeJob) -> None:
-        """Kill the worker process running ``job``; its greenlet then reports it cancelled."""
+        """Interrupt the job as Ctrl-C would (SIGINT to its worker process's group), as dispy
+        does: a job that catches KeyboardInterrupt may return a value, and ends Finished with
+        it; one that has not ended ``CANCEL_GRACE`` seconds later is killed. Either way its
+        greenlet reports it (Cancelled unless it returned)."""
         job.cancelled = True
-        if job.worker is not None and self._workers.get(job.worker) is job:
-            self._kill_worker(job.worker)
+        pid = job.worker
+        if pid is not None and self._workers.get(pid) is job:
+            try:
+                os.killpg(pid, signal.SIGINT)
+            except ProcessLookupError:
+                return
+            gevent.spawn_later(CANCEL_GRACE, self._kill_if_still_running, pid, job)
+
+    def _kill_if_still_running(self, pid: int, job: NodeJob) -> None:
+        if self._workers.get(pid) is job:
+            self._kill_worker(pid)
 
     def close(self, cleanup: bool) -> None:
         """Stop the computation: ``cleanup`` runs the user's cleanup and removes the files.

@@ -101,8 +101,11 @@ class JobContext:
     max_file_size = 0
 
 
-def dispy_provisional_result(result: Any, timeout: Optional[float] = None) -> int:
-    """Send ``result`` to the client now, as the job's provisional result; 0 on success."""
+def dispy_provisional_result(result: Any, relay: bool = False,
+                             timeout: Optional[float] = None) -> int:
+    """Send ``result`` to the client now, as the job's provisional result; 0 on success.
+    ``relay`` (dispy's: send it through the scheduler) changes nothing here, where everything
+    goes through it."""
     channel = JobContext.channel
     if JobContext.jid is None or channel is None:
         return -1
@@ -120,9 +123,10 @@ def dispy_provisional_result(result: Any, timeout: Optional[float] = None) -> in
     return 0
 
 
-def dispy_send_file(path: str, timeout: Optional[float] = None) -> int:
+def dispy_send_file(path: str, relay: bool = False, timeout: Optional[float] = None) -> int:
     """Send the file at ``path`` to the client, which saves it under the same relative path in
-    its working directory; 0 on success, -1 if it cannot be read or is too large."""
+    its working directory; 0 on success, -1 if it cannot be read or is too large. ``relay``
+    is dispy's and changes nothing here."""
     channel = JobContext.channel
     if JobContext.jid is None or channel is None:
         return -1
@@ -269,6 +273,9 @@ def serve_as_worker(setup_channel: Channel, setup_fds: Tuple[int, int], address:
         os.setpgid(0, 0)
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        # a cancel interrupts the job first (KeyboardInterrupt), even where the node was
+        # started with SIGINT ignored (in the background by a shell)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         for fd in setup_fds:
             os.close(fd)
         setup_channel.sock.close()
@@ -285,8 +292,8 @@ def serve_as_worker(setup_channel: Channel, setup_fds: Tuple[int, int], address:
                 finally:
                     JobContext.jid = None
                 channel.send(done)
-    except ConnectionError:  # the node daemon died: there is no one left to tell
-        pass
+    except (ConnectionError, KeyboardInterrupt):
+        pass  # the node daemon died, or a cancel's interrupt came after the job's end
     except BaseException:
         traceback.print_exc()
         status = 1

@@ -126,3 +126,78 @@ def test_node_jobs_lists_this_clusters_jobs_running_on_a_node(daemons, tmp_path)
             (tmp_path / ('go%d' % n)).touch()
         assert cluster.wait(60)
         assert cluster.node_jobs(node) == []
+
+
+def catches_the_interrupt(directory):
+    import os
+    import time
+    open(os.path.join(directory, 'started'), 'w').close()
+    try:
+        time.sleep(60)
+    except KeyboardInterrupt:
+        return 'interrupted, partial result'
+    return 'slept'
+
+
+def does_not_catch_it(directory):
+    import os
+    import time
+    open(os.path.join(directory, 'started'), 'w').close()
+    time.sleep(60)
+
+
+def ignores_the_interrupt(directory):
+    import os
+    import signal
+    import time
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    open(os.path.join(directory, 'started'), 'w').close()
+    time.sleep(60)
+
+
+def cancel_when_running(daemons, computation, directory):
+    """Run one job of ``computation``, cancel it once it runs; its (status, result). The
+    node's CPU then serves the next job."""
+    with SharedJobCluster(computation, **daemons.client_options()) as cluster:
+        job = cluster.submit(str(directory))
+        wait_for(lambda: job.status == DispyJob.Running and (directory / 'started').exists(),
+                 30, 'the job to run')
+        assert cluster.cancel(job) == 0
+        assert cluster.wait(60)
+    with SharedJobCluster(wait_for_file, **daemons.client_options()) as cluster:
+        (directory / 'go').touch()
+        assert cluster.submit(str(directory / 'go'))() == str(directory / 'go')
+    return job.status, job.result
+
+
+def test_cancel_interrupts_a_running_job_first_as_dispy_does(daemons, tmp_path):
+    """dispy interrupts a running job with SIGINT, so a job that catches KeyboardInterrupt
+    returns its value and ends Finished with it; one that does not is Cancelled; one that
+    ignores the interrupt is killed after CANCEL_GRACE (5 s) and Cancelled."""
+    daemons.start_scheduler()
+    daemons.start_node('127.0.0.2', cpus=1)
+    outcomes = []
+    for computation in (catches_the_interrupt, does_not_catch_it, ignores_the_interrupt):
+        directory = tmp_path / computation.__name__
+        directory.mkdir()
+        outcomes.append(cancel_when_running(daemons, computation, directory))
+    assert outcomes == [(DispyJob.Finished, 'interrupted, partial result'),
+                        (DispyJob.Cancelled, None), (DispyJob.Cancelled, None)]
+
+
+def relays(name):
+    with open(name, 'w') as handle:
+        handle.write('data')
+    assert dispy_provisional_result('half', True) == 0  # noqa: F821 (a node's global)
+    assert dispy_send_file(name, relay=True) == 0  # noqa: F821
+    return 'done'
+
+
+def test_relay_of_provisional_results_and_files_is_accepted(daemons, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    daemons.start_scheduler()
+    daemons.start_node('127.0.0.2')
+    with SharedJobCluster(relays, **daemons.client_options()) as cluster:
+        job = cluster.submit('relayed.txt')
+        assert job() == 'done', job.exception
+    assert (tmp_path / 'relayed.txt').read_text() == 'data'
