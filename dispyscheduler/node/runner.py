@@ -188,8 +188,11 @@ def main() -> int:
         setup = computation.get('setup')
         if setup is not None:
             outcome = setup(*computation.get('setup_args', ()))
-            if outcome not in (None, 0):
-                raise RuntimeError('setup returned %r, not 0' % (outcome,))
+            # dispy 4: 0, 1 (its globals copied to each job) or 2 (jobs forked from the setup
+            # process) all mean success; here jobs always run in processes forked from it,
+            # with the globals setup made, which is what each asks for
+            if outcome not in (None, 0, 1, 2):
+                raise RuntimeError('setup returned %r, not 0, 1 or 2' % (outcome,))
     except BaseException:  # whatever user code raises is reported, never fatal to the node
         channel.send(m.LoadFailed(reason=traceback.format_exc()))
         return 1

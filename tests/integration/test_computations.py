@@ -180,7 +180,9 @@ def test_file_names_cannot_escape_and_sizes_are_enforced(daemons, tmp_path):
 
 
 def fail_setup_on_second_node():
-    return 1 if dispy_node_ip_addr == '127.0.0.3' else 0  # noqa: F821 (a dispynode global)
+    if dispy_node_ip_addr == '127.0.0.3':  # noqa: F821 (a dispynode global)
+        raise OSError('no such device on this node')
+    return 0
 
 
 def where(n):
@@ -195,7 +197,7 @@ def test_failing_setup_marks_the_node_unusable(shared, caplog):
             wait_for(lambda: 'could not be set up on node 127.0.0.3' in caplog.text, 10,
                      'the client to be told')
     assert {job.result for job in jobs} == {'127.0.0.2'}
-    assert 'setup returned 1' in caplog.text
+    assert 'no such device on this node' in caplog.text
 
 
 def make_marker(directory):

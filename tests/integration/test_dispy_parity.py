@@ -201,3 +201,32 @@ def test_relay_of_provisional_results_and_files_is_accepted(daemons, tmp_path, m
         job = cluster.submit('relayed.txt')
         assert job() == 'done', job.exception
     assert (tmp_path / 'relayed.txt').read_text() == 'data'
+
+
+def setup_returning(status):
+    global loaded
+    loaded = 'data for status %d' % status
+    return status
+
+
+def uses_loaded(n):
+    return loaded  # noqa: F821 (made by setup)
+
+
+def test_setup_may_return_0_1_or_2_as_in_dispy_4(daemons):
+    daemons.start_scheduler()
+    daemons.start_node('127.0.0.2')
+    import functools
+    for status in (0, 1, 2):
+        with SharedJobCluster(uses_loaded, setup=functools.partial(setup_returning, status),
+                              **daemons.client_options()) as cluster:
+            assert cluster.submit(1)() == 'data for status %d' % status
+    failures = []
+    with SharedJobCluster(uses_loaded, setup=functools.partial(setup_returning, 3),
+                          cluster_status=lambda status, node, job: failures.append(
+                              node.setup_failure) if status == DispyNode.SetupFailed else None,
+                          **daemons.client_options()) as cluster:
+        job = cluster.submit(1)
+        assert cluster.wait(60)
+    assert job.status == DispyJob.Abandoned
+    assert 'setup returned 3, not 0, 1 or 2' in failures[0]
