@@ -48,7 +48,7 @@ from .constants import (
     SCHEDULER_NODE_PORT,
     ZOMBIE_INTERVAL,
 )
-from .optionfile import LIST, SWITCH, ArgumentParser, Option, build_parser, parse_args
+from .optionfile import LIST, SWITCH, VALUE, ArgumentParser, Option, build_parser, parse_args
 from .optionfile import write_option_file
 
 T = TypeVar('T')
@@ -128,13 +128,21 @@ def common_options(prog: str) -> list[Option]:
     ]
 
 
+def accepted_from_dispy(*names: str, value: bool = False) -> list[Option]:
+    """dispy 4.15's options that have no meaning here: accepted (so that its command lines and
+    option files work), without effect."""
+    return [Option((name,), "dispy's; accepted, no effect here", VALUE if value else SWITCH,
+                   metavar='VALUE' if value else None, effect=False) for name in names]
+
+
 SCHEDULER_OPTIONS = common_options('dispyscheduler') + [
-    Option(('-n', '--nodes'), 'ping this node (repeatable); without -n, nodes are found by '
-                              'broadcast', LIST, metavar='NODE'),
-    Option(('-i', '--ip_addr'), 'listen on this address (repeatable; default all)', LIST,
+    Option(('-n', '--node', '--nodes'), 'ping this node (repeatable); without -n, nodes are '
+                                        'found by broadcast', LIST, metavar='NODE'),
+    Option(('-i', '--host', '--ip_addr'), 'listen on this address (repeatable; default all)',
+           LIST, type=ip_address, metavar='ADDR'),
+    Option(('--ext_host', '--ext_ip_addr'), 'address announced to nodes instead of the matching '
+                                            '-i address (NAT); repeatable', LIST,
            type=ip_address, metavar='ADDR'),
-    Option(('--ext_ip_addr',), 'address announced to nodes instead of the matching -i address '
-                               '(NAT); repeatable', LIST, type=ip_address, metavar='ADDR'),
     Option(('-p', '--port'), 'TCP port for nodes and UDP port for discovery (default '
                              '%(default)d)', type=port, default=SCHEDULER_NODE_PORT),
     Option(('--scheduler_port',), 'TCP port for clients (default %(default)d)', type=port,
@@ -182,13 +190,16 @@ SCHEDULER_OPTIONS = common_options('dispyscheduler') + [
                                      'held at once, in bytes or with k/m/g/t; submit() waits '
                                      'for room (default 256m; 0 = no limit)', type=size,
            default=MAX_CLUSTER_BYTES, metavar='SIZE'),
-]
+] + accepted_from_dispy('--fair_cluster_scheduler', '--early_cluster_scheduler',
+                        '--cooperative', '--cleanup_nodes', '--clean') + accepted_from_dispy(
+    '--msg_timeout', value=True)
 
 NODE_OPTIONS = common_options('dispynode') + [
-    Option(('-i', '--ip_addr'), 'address to use and announce (default: the one that reaches '
-                                'the scheduler)', type=ip_address, metavar='ADDR'),
-    Option(('--ext_ip_addr',), 'address announced instead of -i (NAT)', type=ip_address,
+    Option(('-i', '--host', '--ip_addr'), 'address to use and announce (default: the one that '
+                                          'reaches the scheduler)', type=ip_address,
            metavar='ADDR'),
+    Option(('--ext_host', '--ext_ip_addr'), 'address announced instead of -i (NAT)',
+           type=ip_address, metavar='ADDR'),
     Option(('-p', '--node_port'), 'UDP port for discovery pings (default %(default)d)',
            type=port, default=NODE_PORT),
     Option(('-c', '--cpus'), 'jobs run at once (default: all CPUs; negative: all but that '
@@ -198,8 +209,9 @@ NODE_OPTIONS = common_options('dispynode') + [
     Option(('--keyfile',), 'TLS key, if not in the certificate file'),
     Option(('--cafile',), "CA certificates that must have signed the scheduler's certificate "
                           '(turns TLS on)', metavar='FILE'),
-    Option(('--scheduler_node',), 'connect to this scheduler at start, retrying until it is '
-                                  'there', metavar='HOST'),
+    Option(('--scheduler_host', '--scheduler_node'), 'connect to this scheduler at start, '
+                                                     'retrying until it is there',
+           metavar='HOST'),
     Option(('--scheduler_port',), "the scheduler's --port (default %(default)d)", type=port,
            default=SCHEDULER_NODE_PORT),
     Option(('--dest_path_prefix',), "where computations' files are kept (default "
@@ -210,6 +222,9 @@ NODE_OPTIONS = common_options('dispynode') + [
                                  'scheduler (default %(default)g)', type=ping_interval,
            default=PING_INTERVAL, metavar='SECONDS'),
 ]
+
+NODE_OPTIONS += accepted_from_dispy('--client_shutdown') + accepted_from_dispy(
+    '--msg_timeout', value=True)
 
 OPTIONS = {'dispyscheduler': SCHEDULER_OPTIONS, 'dispynode': NODE_OPTIONS}
 

@@ -35,6 +35,8 @@ class Option:
     metavar: Optional[str] = None
     in_files: bool = True
     """Whether an option file may hold it (``--config`` itself may not, say)."""
+    effect: bool = True
+    """False for dispy's options that mean nothing here: accepted, and ignored."""
 
     @property
     def dest(self) -> str:
@@ -57,13 +59,15 @@ def build_parser(prog: str, description: str, options: Sequence[Option],
     parser.add_argument('--version', action='version', version='%(prog)s ' + version)
     for option in options:
         if option.kind == SWITCH:
-            parser.add_argument(*option.flags, action='store_true', help=option.help)
+            parser.add_argument(*option.flags, action='store_true', help=option.help,
+                                dest=option.dest)
         else:
             default = [] if option.kind == LIST else option.default
             # type=None is argparse's default (no conversion), which typeshed does not allow
             parser.add_argument(*option.flags, type=option.type,  # type: ignore[arg-type]
                                 default=default, metavar=option.metavar, help=option.help,
-                                action='append' if option.kind == LIST else 'store')
+                                action='append' if option.kind == LIST else 'store',
+                                dest=option.dest)
     return parser
 
 
@@ -103,7 +107,9 @@ def read_option_file(prog: str, options: Sequence[Option], path: str,
         fail('cannot read --config %s: %s' % (path, exc))
     if not config.has_section(prog):
         fail('--config %s has no [%s] section' % (path, prog))
-    table = {option.dest: option for option in options if option.in_files}
+    # keyed by every long name, so that files saved with dispy 4.15's names (``host``) work
+    table = {flag.lstrip('-'): option for option in options if option.in_files
+             for flag in option.flags if flag.startswith('--')}
     values: dict[str, Any] = {}
     for key, text in config.items(prog):
         option = table.get(key)
@@ -112,12 +118,12 @@ def read_option_file(prog: str, options: Sequence[Option], path: str,
             continue
         try:
             if option.kind == SWITCH:
-                values[key] = config.getboolean(prog, key)
+                values[option.dest] = config.getboolean(prog, key)
             elif option.kind == LIST:
                 if not given_on(argv, option):
-                    values[key] = [option.convert(item) for item in text.split()]
+                    values[option.dest] = [option.convert(item) for item in text.split()]
             else:
-                values[key] = option.convert(text.strip())
+                values[option.dest] = option.convert(text.strip())
         except (argparse.ArgumentTypeError, ValueError) as exc:
             fail('--config %s: option %s: %s' % (path, key, exc))
     return values

@@ -142,3 +142,25 @@ def test_max_file_size_overflow_is_a_usage_error(capsys):
 def test_size_function_directly():
     assert size('10k') == 10240
     assert size(' 3M ') == 3 << 20
+
+
+def test_dispy_4_15_option_names_are_aliases(tmp_path):
+    """dispy 4.15's command lines and saved option files work: --host, --ext_host, --node,
+    --scheduler_host are the seed's -i, --ext_ip_addr, -n, --scheduler_node; its options that
+    mean nothing here are accepted without effect."""
+    options = scheduler_parser().parse_args(
+        ['--host', '127.0.0.1', '--ext_host', '10.0.0.1', '--node', '10.0.0.2', '--node',
+         '10.0.0.3', '--msg_timeout', '20', '--fair_cluster_scheduler', '--cooperative',
+         '--cleanup_nodes', '--clean', '--early_cluster_scheduler'])
+    assert options.ip_addr == ['127.0.0.1'] and options.ext_ip_addr == ['10.0.0.1']
+    assert options.nodes == ['10.0.0.2', '10.0.0.3']
+    node = node_parser().parse_args(['--host', '127.0.0.2', '--scheduler_host', '127.0.0.1',
+                                     '--msg_timeout', '5', '--client_shutdown'])
+    assert node.ip_addr == '127.0.0.2' and node.scheduler_node == '127.0.0.1'
+    saved = tmp_path / 'dispynode.conf'
+    saved.write_text('[dispynode]\nhost = 127.0.0.3\nscheduler_host = 127.0.0.1\n'
+                     'msg_timeout = 10\n')
+    from dispyscheduler.cli import NODE_OPTIONS
+    from dispyscheduler.optionfile import parse_args
+    parsed = parse_args(node_parser(), NODE_OPTIONS, ['--config', str(saved)])
+    assert parsed.ip_addr == '127.0.0.3' and parsed.scheduler_node == '127.0.0.1'
