@@ -8,6 +8,9 @@ monkey-patching) loads no socket code.
 import logging
 from typing import TYPE_CHECKING, Any
 
+from . import config  # dispy's ``config`` module of settings, which programs read and set
+from .config import MsgTimeout  # dispy's name; it has no effect here
+
 if TYPE_CHECKING:  # what type checkers see of the names imported on first use
     from .client.cluster import SharedJobCluster, recover_jobs
     from .client.job import ClusterStatus, DispyJob, DispyNode, DispyNodeAvailInfo, NodeAllocate
@@ -20,9 +23,6 @@ logger = logging.getLogger('dispyscheduler')
 logger.DEBUG, logger.INFO, logger.WARNING, logger.ERROR = (  # type: ignore[attr-defined]
     logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR)
 
-MsgTimeout = 10
-"""dispy 4.15's message timeout, which programs read and set (also as ``config.MsgTimeout``);
-links here are long-lived and watched by pulses, so it has no effect."""
 
 _API = {
     'SharedJobCluster': 'dispyscheduler.client.cluster',
@@ -36,13 +36,12 @@ _API = {
 }
 
 __all__ = ['SharedJobCluster', 'DispyJob', 'DispyNode', 'DispyNodeAvailInfo', 'NodeAllocate',
-           'ClusterStatus', 'recover_jobs', 'AuthenticationError', 'logger', 'MsgTimeout']
+           'ClusterStatus', 'recover_jobs', 'AuthenticationError', 'logger', 'MsgTimeout',
+           'config']
 
 
 def __getattr__(name: str) -> Any:
     import importlib
-    if name == 'config':  # ``dispy.config``, which programs use as a module of settings
-        return importlib.import_module('dispyscheduler.config')
     module = _API.get(name)
     if module is None:
         raise AttributeError('module %r has no attribute %r' % (__name__, name))

@@ -179,8 +179,8 @@ SCHEDULER_OPTIONS = common_options('dispyscheduler') + [
                                        'oldest is dropped (default %(default)d)', type=count,
            default=MAX_UNAUTHENTICATED, metavar='N'),
     Option(('--max_unauthenticated_per_source',), 'connections in their handshake from one '
-                                                  'address; past this new ones are refused '
-                                                  '(default %(default)d)', type=count,
+                                                  'address; past this the oldest of them is '
+                                                  'dropped (default %(default)d)', type=count,
            default=MAX_UNAUTHENTICATED_PER_SOURCE, metavar='N'),
     Option(('--max_cluster_jobs',), "jobs of one cluster held at once, queued or running; a "
                                     "client's submit() waits while its cluster has this many "

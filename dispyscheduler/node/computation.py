@@ -136,8 +136,7 @@ class Computation:
         self._cpus = request.cpus or settings.cpus
         self._setup_args = request.setup_args
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        self._incoming = IncomingFiles(directory, settings.max_file_size,
-                                       {name: size for name, size, _ in request.files})
+        self._incoming = IncomingFiles(directory, settings.max_file_size, request.files)
         self._expected_files = {name: mode for name, _, mode in request.files}
         self._files_ready = gevent.event.Event()
         if not self._expected_files:

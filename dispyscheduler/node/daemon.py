@@ -42,7 +42,7 @@ from ..wire import messages as m
 from ..config import NodeConfig
 from ..runtime.daemonize import write_pid_file
 from ..runtime.duties import Duties, log_greenlet_errors
-from ..wire.files import FileRefused, check_disk_space, check_manifest_entry
+from ..wire.files import FileRefused, check_manifest
 from ..runtime.hublink import HubLink
 from ..wire.link import ConnectionClosed, set_nodelay
 from ..wire.protocol import ProtocolError
@@ -323,9 +323,8 @@ class NodeDaemon:
         directory = os.path.join(self.config.dest_path_prefix,
                                  '%d_%s' % (cid, os.urandom(4).hex()))
         try:
-            for entry in request.files:
-                check_manifest_entry(entry, self.config.max_file_size)
-            check_disk_space(self.config.dest_path_prefix, request.files)
+            check_manifest(self.config.dest_path_prefix, request.files,
+                           self.config.max_file_size)
         except FileRefused as exc:
             self.send(m.ComputeFailed(cid=cid, reason=str(exc)))
             return

@@ -20,8 +20,8 @@ from ..wire import messages as m
 from ..config import SchedulerConfig
 from ..constants import CANCELLED, FILE_TIMEOUT, MAX_NODE_NAMES, NODE_INITIALIZED, TERMINATED
 from ..runtime.discovery import resolve
-from ..wire.files import (MAX_FILES, FileRefused, IncomingFiles, check_disk_space,
-                          check_manifest_entry, check_size, safe_relative_path)
+from ..wire.files import (MAX_FILES, FileRefused, IncomingFiles, check_manifest, check_size,
+                          safe_relative_path)
 from ..runtime.hublink import HubLink
 from ..wire.protocol import ProtocolError
 from .admission import Admission
@@ -163,14 +163,10 @@ class ClusterService:
             return None
         if len(manifest) > MAX_FILES:
             raise FileRefused('%d files; at most %d are accepted' % (len(manifest), MAX_FILES))
-        modes = {}
-        for entry in manifest:
-            check_manifest_entry(entry, self.config.max_file_size)
-            modes[entry[0]] = entry[2]
-        check_disk_space(self.config.dest_path_prefix, manifest)
+        check_manifest(self.config.dest_path_prefix, manifest, self.config.max_file_size)
+        modes = {name: mode for name, _, mode in manifest}
         staging = tempfile.mkdtemp(prefix='incoming-', dir=self.config.dest_path_prefix)
-        incoming = IncomingFiles(staging, self.config.max_file_size,
-                                 {name: size for name, size, _ in manifest})
+        incoming = IncomingFiles(staging, self.config.max_file_size, manifest)
         try:
             while len(incoming.done) < len(modes):
                 chunk = link.expect(m.ClusterFile, time.monotonic() + FILE_TIMEOUT)
@@ -210,7 +206,8 @@ class ClusterService:
         except FileRefused as exc:
             self.refuse(cluster, submit.uid, TERMINATED, str(exc))
             return
-        refusal = self.over_limits(cluster, job_size(submit.args, submit.files))
+        size = job_size(submit.args, submit.files)
+        refusal = self.over_limits(cluster, size)
         if refusal is not None:
             self.refuse(cluster, submit.uid, CANCELLED, refusal)
             return
@@ -229,7 +226,7 @@ class ClusterService:
                 return
             pinned = node.key
         placed = self.state.submit(cluster, submit.uid, submit.args, submit.priority,
-                                   submit.timeout, submit.files, pinned, submit.tag)
+                                   submit.timeout, submit.files, pinned, submit.tag, size)
         job = placed.job
         assert job is not None  # a submission makes one
         job.submitted_at = time.monotonic()

@@ -44,7 +44,8 @@ class Job:
 
     def __init__(self, jid: int, uid: int, cluster: Cluster, args: bytes, priority: int = 0,
                  timeout: Optional[float] = None, files: Sequence[FileData] = (),
-                 pinned: Optional[str] = None, tag: Optional[bytes] = None) -> None:
+                 pinned: Optional[str] = None, tag: Optional[bytes] = None,
+                 size: Optional[int] = None) -> None:
         self.jid = jid
         self.tag = tag  # the client's job id (pickled), for a client recovering results
         self.lost_nodes = 0  # nodes that died or vanished while holding this job
@@ -62,12 +63,12 @@ class Job:
         self.start_time: Optional[float] = None
         self.cancelling = False  # cancel sent to its node; never to be run again
         self.queued = 0  # its entry in a queue (``JobQueue``), 0 while in none
-        # bytes of its arguments and files, as ``--max_cluster_bytes`` counts them
-        self.size = job_size(args, files)
+        # bytes of its arguments and files, as ``--max_cluster_bytes`` counts them (given
+        # when the caller has counted them already)
+        self.size = job_size(args, files) if size is None else size
 
     def __repr__(self) -> str:
         return '<Job %s (cluster %s job %s)>' % (self.jid, self.cluster.cid, self.uid)
-
 
 
 def job_size(args: bytes, files: Sequence[FileData]) -> int:
@@ -583,9 +584,12 @@ class State:
 
     def submit(self, cluster: Cluster, uid: int, args: bytes, priority: int = 0,
                timeout: Optional[float] = None, files: Sequence[FileData] = (),
-               pinned: Optional[str] = None, tag: Optional[bytes] = None) -> Placed:
-        """Queue a job; returns ``Placed``: the job and the dispatches it allows."""
-        job = Job(self.next_jid(), uid, cluster, args, priority, timeout, files, pinned, tag)
+               pinned: Optional[str] = None, tag: Optional[bytes] = None,
+               size: Optional[int] = None) -> Placed:
+        """Queue a job (of ``job_size`` ``size``, if counted already); returns ``Placed``:
+        the job and the dispatches it allows."""
+        job = Job(self.next_jid(), uid, cluster, args, priority, timeout, files, pinned, tag,
+                  size)
         cluster.jobs[uid] = job
         cluster.job_bytes += job.size
         self.jobs[job.jid] = job
@@ -633,12 +637,8 @@ class State:
         return dispatches
 
     def _dispatch(self, node: Node, job: Job) -> None:
-        node.jobs[job.jid] = job
-        job.node = node
-        cluster = job.cluster
-        node.jobs_of[cluster.cid] += 1
-        cluster.in_flight += 1
-        cluster.last_served = self.tick()
+        self._attach(node, job)
+        job.cluster.last_served = self.tick()
         self._load_changed(node)
 
     def _load_changed(self, node: Node) -> None:

@@ -291,8 +291,7 @@ class Store:
                 raise
         except sqlite3.Error as exc:
             raise StoreError('cannot write the state database %s: %s'
-                             % (self.path, self.why(exc))) \
-                from None
+                             % (self.path, self.why(exc))) from None
 
     def try_commit(self, statements: list[tuple[str, list]]) -> Optional[str]:
         """``commit``, returning why it failed (None if it did not): for a thread pool, which

@@ -70,6 +70,14 @@ def check_manifest_entry(entry: FileSpec, max_file_size: int = 0) -> None:
     check_size(name, size, max_file_size)
 
 
+def check_manifest(directory: str, manifest: list[FileSpec], max_file_size: int = 0) -> None:
+    """``FileRefused`` if a file that ``manifest`` announces for ``directory`` is not
+    acceptable (``check_manifest_entry``), or all of them would not fit (``check_disk_space``)."""
+    for entry in manifest:
+        check_manifest_entry(entry, max_file_size)
+    check_disk_space(directory, manifest)
+
+
 def check_disk_space(directory: str, manifest: list[FileSpec]) -> None:
     """``FileRefused`` if the files announced in ``manifest`` would leave less than
     ``DISK_RESERVE`` bytes free where they are to be written."""
@@ -105,10 +113,10 @@ class IncomingFiles:
     """Files arriving in chunks, in order, each ended by a chunk with ``last`` set."""
 
     def __init__(self, directory: str, max_file_size: int = 0,
-                 sizes: dict[str, int] | None = None) -> None:
+                 manifest: list[FileSpec] | None = None) -> None:
         self.directory = directory
         self.max_file_size = max_file_size
-        self.sizes = sizes
+        self.sizes = None if manifest is None else {name: size for name, size, _ in manifest}
         """Each file's announced size, if they were announced: a file must be exactly that
         long (a sender that announced 1 byte cannot then fill the disk)."""
         self.open: dict[str, list[int]] = {}  # name -> [fd, bytes written]

@@ -17,14 +17,14 @@ def test_names_that_could_leave_the_directory_are_refused(name):
 
 
 def test_a_file_must_be_as_long_as_announced(tmp_path):
-    incoming = IncomingFiles(str(tmp_path), 0, {'a': 3, 'b': 3})
+    incoming = IncomingFiles(str(tmp_path), 0, [('a', 3, 0o600), ('b', 3, 0o600)])
     with pytest.raises(FileRefused, match="file 'a': 4 bytes sent, 3 announced"):
         incoming.chunk('a', 0, b'abcd', False)
     with pytest.raises(FileRefused, match="file 'b': 2 bytes sent, 3 announced"):
         incoming.chunk('b', 0, b'ab', True)
     incoming.abort()
     assert os.listdir(tmp_path) == []
-    complete = IncomingFiles(str(tmp_path), 0, {'c': 3})
+    complete = IncomingFiles(str(tmp_path), 0, [('c', 3, 0o600)])
     assert complete.chunk('c', 0, b'ab', False) is None
     assert open(complete.chunk('c', 2, b'c', True), 'rb').read() == b'abc'
 
