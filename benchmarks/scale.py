@@ -1,7 +1,9 @@
 """Scale benchmark: one scheduler, 1,000 simulated nodes, 10 clients, up to 100,000 queued jobs.
 
-    /work/venv/bin/python benchmarks/scale.py            # 1,000 nodes; 1k, 10k, 100k queued
-    /work/venv/bin/python benchmarks/scale.py --quick    # 100 nodes; 1k and 10k queued
+    .venv/bin/python benchmarks/scale.py            # 1,000 nodes; 1k, 10k, 100k queued
+    .venv/bin/python benchmarks/scale.py --quick    # 100 nodes; 1k and 10k queued
+
+(from a checkout, after ``make venv``; ``benchmarks/run.py`` runs it too)
 
 For each level Q of queued jobs, with a fresh scheduler (``bin/dispyscheduler``, durable state
 on, in a temporary directory) and a fresh ``node_simulator.py`` (N node links over loopback,
