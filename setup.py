@@ -18,6 +18,7 @@ setup(
         'cryptography>=42.0',
         'cloudpickle>=3.0',
         'prometheus_client>=0.17',
+        'psutil>=5.9',
     ],
     extras_require={'test': ['pytest>=8.0', 'hypothesis>=6.100', 'ruff>=0.5', 'mypy>=1.12',
                              'types-gevent>=24.2']},

@@ -171,6 +171,13 @@ NODE_DISPY_MODULES = ('os', 'sys', 'time', 'stat', 'socket', 'multiprocessing', 
 """Modules that dispynode's globals give computations (dispy programs use ``os`` and ``sys``
 without importing them), added to a computation's globals where it has no name of its own."""
 
+UPLOADS_DIRECTORY = '.uploads'
+"""Where, in a cluster's directory at the scheduler, files uploaded after its creation are kept
+(``NodeAllocate.depends`` set in ``allocate``, ``send_file``), one directory per upload."""
+
+MAX_UPLOADS = 1000
+"""Most files a cluster may upload after its creation (they are kept until it closes)."""
+
 NODE_ALLOCATE_TIMEOUT = 30.0
 """Seconds the scheduler waits for a client's ``NodeAllocate.allocate`` answer for a node."""
 
@@ -179,6 +186,9 @@ NODE_INITIALIZED = 4
 
 NODE_CLOSED = 16
 """``DispyNode.Closed``: a node no longer runs a cluster's jobs (dispy 4.x number)."""
+
+NODE_AVAIL_INFO = 17
+"""``DispyNode.AvailInfo``: a node reported what it has free (dispy 4.x number)."""
 
 NODE_SETUP_FAILED = 18
 """``DispyNode.SetupFailed`` (not in dispy, which only logs it): a node could not set up a

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import glob
+import hashlib
 import itertools
 import json
 import logging
@@ -39,9 +40,9 @@ from ..wire.protocol import ProtocolError
 from .callbacks import CallbackRunner
 from .window import SubmitWindow
 from .connection import Refused, SchedulerConnection
-from .computation import (FileEntry, collect_depends, pack_computation, pack_value,
-                          unpack_result)
-from .job import ClusterStatus, DispyJob, DispyNode, NodeAllocate
+from .computation import (FileEntry, collect_depends, file_entry, pack_computation,
+                          pack_value, unpack_result)
+from .job import ClusterStatus, DispyJob, DispyNode, DispyNodeAvailInfo, NodeAllocate
 
 logger = logging.getLogger('dispyscheduler')
 
@@ -101,8 +102,7 @@ class SharedJobCluster:
         if isinstance(nodes, str):  # dispy takes one pattern as well as a list of them
             nodes = [nodes]
         packed = pack_computation(computation, depends, setup, cleanup)
-        allocators, node_files = self._node_allocations(nodes or ['*'])
-        files = packed.files + node_files
+        allocators = node_allocations(nodes or ['*'])
         name = os.path.basename(computation) if isinstance(computation, str) else \
             getattr(computation, '__name__', str(computation))
         host = scheduler_node or scheduler_host
@@ -113,8 +113,7 @@ class SharedJobCluster:
         self._allocators = allocators
         link = connection.connect()
         try:
-            body = self._create(link, packed.code, nodes or ['*'], files,
-                                [name for name, _, _ in node_files], reentrant, cleanup)
+            body = self._create(link, packed.code, packed.files, reentrant, cleanup)
         except BaseException:
             link.sock.close()
             raise
@@ -132,8 +131,13 @@ class SharedJobCluster:
         self._job_status = job_status
         self._cluster_status = cluster_status
         self._job_timeout = job_timeout
-        self._allocators = []  # (NodeAllocate, names of its own files)
+        self._allocators = list[NodeAllocate]()  # ``nodes``, then ``allocate_node``'s
+        # (path, size, mtime) -> reference of a file uploaded for some nodes only
+        self._uploaded: dict[tuple[str, int, int], str] = {}
+        self._controls: dict[int, list[Any]] = {}  # rid -> [Event, NodeControl, answer]
+        self._rids = itertools.count(1)
         self._jobs: dict[int, DispyJob] = {}  # uid -> DispyJob not yet final
+        self._jobs_submitted = self._jobs_done = 0  # for status pages (DispyHTTPServer)
         # uid -> submission the scheduler has not said it saved
         self._unsaved: dict[int, m.Submit] = {}
         self._nodes: dict[str, DispyNode] = {}  # ip_addr -> DispyNode
@@ -161,6 +165,7 @@ class SharedJobCluster:
             m.ProvisionalResult: self._on_provisional_result, m.FilePart: self._receive_file,
             m.NodeStatus: self._on_node_status, m.NodeOffer: self._on_node_offer,
             m.ClusterWarning: self._on_cluster_warning, m.Closed: self._on_closed,
+            m.NodeControlDone: self._on_node_control_done,
         }
 
     def _attached(self, link: Link, accepted: m.ClusterOk) -> None:
@@ -213,8 +218,11 @@ class SharedJobCluster:
     def _resumed(self) -> None:
         """Send again what the scheduler may not have saved before the link broke, and the
         request to close if it was made meanwhile."""
+        self._uploaded.clear()  # an upload cut short is sent again when a node wants it
         for submission in list(self._unsaved.values()):
             self._connection.send(submission)
+        for _, request, _ in list(self._controls.values()):
+            self._connection.send(request)
         if self._close_request is not None:
             self._connection.send(self._close_request)
 
@@ -239,15 +247,15 @@ class SharedJobCluster:
             json.dump(record, handle)
         self._recover_file = os.path.abspath(path)
 
-    def _create(self, link: Link, code: bytes, nodes: Sequence[NodeEntry],
-                files: list[FileEntry], node_files: list[str], reentrant: bool,
+    def _create(self, link: Link, code: bytes, files: list[FileEntry], reentrant: bool,
                 cleanup: bool | Callable[..., Any]) -> m.ClusterOk:
         """Send the computation and its files; the scheduler's ``ClusterOk``."""
         link.send_now(m.ClusterNew(
-            name=self.name, code=code, nodes=_node_patterns(nodes), reentrant=bool(reentrant),
-            cleanup=bool(cleanup),
+            name=self.name, code=code,
+            nodes=[(entry.ip_addr, entry.port or 0) for entry in self._allocators],
+            reentrant=bool(reentrant), cleanup=bool(cleanup),
             files=[(name, os.path.getsize(path), mode) for name, path, mode in files],
-            node_files=node_files, allocate=bool(self._allocators)))
+            allocate=any(entry.offered for entry in self._allocators)))
         try:
             for name, path, _ in files:
                 for offset, data, last in read_chunks(path):
@@ -259,18 +267,6 @@ class SharedJobCluster:
             return link.expect(m.ClusterOk, time.monotonic() + CLIENT_CLUSTER_TIMEOUT)
         except ProtocolError as exc:
             raise ValueError('the scheduler refused the computation: %s' % (exc,)) from None
-
-    @staticmethod
-    def _node_allocations(nodes: Iterable[NodeEntry]) -> tuple[
-            list[tuple[NodeAllocate, list[str]]], list[FileEntry]]:
-        """The NodeAllocate entries of ``nodes``, each with the names of its own files."""
-        allocators, files = [], []
-        for entry in nodes:
-            if isinstance(entry, NodeAllocate):
-                own_files, _, _ = collect_depends(entry.depends)
-                allocators.append((entry, [name for name, _, _ in own_files]))
-                files.extend(own_files)
-        return allocators, files
 
     # jobs
 
@@ -297,13 +293,14 @@ class SharedJobCluster:
     def _submit(self, job_id: Any, node: DispyNode | str | None, args: tuple,
                 kwargs: dict[str, Any]) -> DispyJob:
         self._check_open()
-        files = self._job_files(kwargs.pop('dispy_job_depends', ()))
+        files, namespace = self._job_depends(kwargs.pop('dispy_job_depends', ()))
         timeout = kwargs.pop('dispy_job_timeout', self._job_timeout)
         priority = int(kwargs.pop('dispy_job_priority', 0))
         if not m.INT_RANGE[0] <= priority <= m.INT_RANGE[1]:
             raise ValueError('dispy_job_priority must be between %d and %d, not %d'
                              % (m.INT_RANGE[0], m.INT_RANGE[1], priority))
-        payload = pack_value((args, kwargs), 'job arguments')
+        payload = pack_value((args, kwargs, namespace) if namespace else (args, kwargs),
+                             'job arguments')
         if isinstance(node, DispyNode):
             node = node.ip_addr
         tag = None if job_id is None else pack_value(job_id, 'job id')
@@ -315,11 +312,13 @@ class SharedJobCluster:
         self._window.enter(uid, size, self._check_open)
         job = DispyJob(args, kwargs, self._connection.wait_for)
         job._uid = uid
+        job._tx = size
         job.id = uid if job_id is None else job_id
         submission = m.Submit(uid=uid, args=payload, files=files, priority=priority,
                               timeout=None if timeout is None else float(timeout), node=node,
                               tag=tag)
         self._jobs[uid] = job
+        self._jobs_submitted += 1
         self._unsaved[uid] = submission
         # if the link is down, sent on reconnecting; acknowledgements waiting go along
         self._connection.send(submission, *self._take_acks())
@@ -337,17 +336,21 @@ class SharedJobCluster:
         if self._lost is not None:
             raise ConnectionError(self._lost)
 
-    def _job_files(self, paths: Iterable[str] | None) -> list[m.FileData]:
+    def _job_depends(self, depends: Iterable[Any] | None) -> tuple[list[m.FileData],
+                                                                   dict[str, Any]]:
+        """A job's ``dispy_job_depends``: files (and modules' files) to send with it, and
+        functions and classes (an object: its class) to make globals of the job."""
+        entries, namespace, _ = collect_depends(depends)
         files = []
-        for path in paths or ():
+        for name, path, mode in entries:
             with open(path, 'rb') as handle:
                 data = handle.read()
             try:
                 check_size(path, len(data), self._max_file_size)
             except FileRefused as exc:
                 raise ValueError(str(exc)) from None
-            files.append((os.path.basename(path), data, os.stat(path).st_mode & 0o777))
-        return files
+            files.append((name, data, mode))
+        return files, namespace
 
     def node_jobs(self, node: DispyNode | str, from_node: bool = False) -> list[DispyJob]:
         """This cluster's jobs running on ``node`` (a DispyNode, its address or its name),
@@ -458,25 +461,129 @@ class SharedJobCluster:
         return '\n'.join(lines)
 
     def _on_node_offer(self, offer: m.NodeOffer) -> None:
-        """The scheduler asks how many CPUs of a node to use (NodeAllocate)."""
-        cpus, setup_args, files = 0, None, []
-        for allocator, own_files in self._allocators:
+        """The scheduler asks how many CPUs of a node to use (NodeAllocate). ``allocate`` may
+        set the entry's ``depends`` and ``setup_args`` for this node: its files are sent now,
+        for this node only."""
+        cpus, setup_args, refs = 0, None, []
+        for allocator in self._allocators:
             if allocator.matches(offer.ip_addr, offer.name):
                 try:
                     cpus = int(allocator.allocate(self, offer.ip_addr, offer.name, offer.cpus,
-                                                  None, offer.platform) or 0)
+                                                  avail_info(offer.avail), offer.platform) or 0)
+                    if cpus > 0 and allocator.setup_args:
+                        setup_args = pack_value(tuple(allocator.setup_args), 'setup_args')
+                    if cpus > 0:
+                        files, _, _ = collect_depends(allocator.depends)
+                        refs = [self._upload(name, path, mode) for name, path, mode in files]
                 except Exception:
-                    logger.exception('NodeAllocate.allocate failed for node %s',
+                    logger.exception('NodeAllocate.allocate failed for node %s; not used',
                                      offer.ip_addr)
                     cpus = 0
-                if allocator.setup_args:
-                    setup_args = pack_value(allocator.setup_args, 'setup_args')
-                files = own_files
                 break
-        else:
-            cpus = offer.cpus  # matched a plain pattern: the whole node
         self._connection.send(m.NodeAllocation(key=offer.key, cpus=max(0, cpus),
-                                               setup_args=setup_args, files=files))
+                                               setup_args=setup_args, files=refs))
+
+    def _upload(self, name: str, path: str, mode: int) -> str:
+        """Send a file for some nodes only (once, while it does not change); its
+        reference."""
+        info = os.stat(path)
+        key = (os.path.abspath(path), info.st_size, info.st_mtime_ns)
+        ref = self._uploaded.get(key)
+        if ref is None:
+            check_size(name, info.st_size, self._max_file_size)
+            ref = self._uploaded[key] = hashlib.sha256(repr(key).encode()).hexdigest()[:32]
+            for offset, data, last in read_chunks(path):
+                self._connection.send(m.Upload(ref=ref, name=name, size=info.st_size,
+                                               mode=mode, offset=offset, data=data,
+                                               last=last))
+        return ref
+
+    # nodes, as dispy's cluster methods use them
+
+    def allocate_node(self, node: NodeEntry | list[NodeEntry]) -> int:
+        """Use also the nodes ``node`` names (a name, address or pattern, a NodeAllocate,
+        a DispyNode, or a list of them); a node ``deallocate_node`` set aside takes jobs
+        again. Returns 0, or -1 if the scheduler refused (the reason is logged)."""
+        entries = node_allocations(node if isinstance(node, list) else [node])
+        self._allocators[:0] = entries  # the newest decide first
+        status = 0
+        for entry in entries:
+            action = 'allocate_offered' if entry.offered else 'allocate'
+            status = min(status, self._control(action, entry.ip_addr, port=entry.port or 0))
+        return status
+
+    def deallocate_node(self, node: DispyNode | str) -> int:
+        """Send no more of this cluster's jobs to ``node`` (its jobs there go on) until
+        ``allocate_node``; 0, or -1 if it is not one of the cluster's nodes."""
+        return self._control('deallocate', node)
+
+    def close_node(self, node: DispyNode | str, terminate_pending: bool = False) -> int:
+        """Stop using ``node``: jobs submitted for it alone end Cancelled, those it runs
+        finish (or are cancelled, with ``terminate_pending``), then ``cleanup`` runs there and
+        ``cluster_status`` hears ``DispyNode.Closed``. ``allocate_node`` takes it back."""
+        return self._control('close', node, terminate=terminate_pending)
+
+    def resetup_node(self, node: DispyNode | str, terminate_pending: bool = False) -> int:
+        """As ``close_node``, then set the computation up there again: ``NodeAllocate``
+        decides anew (its ``depends`` and ``setup_args`` may change), ``setup`` runs again."""
+        return self._control('resetup', node, terminate=terminate_pending)
+
+    def set_node_cpus(self, node: DispyNode | str, cpus: int) -> int:
+        """How many of ``node``'s CPUs this cluster's jobs use from now on (negative: all
+        but that many), at most what its allocation gave; other clusters' shares are theirs.
+        Returns the CPUs now used, or -1."""
+        value = self._control('set_cpus', node, cpus=int(cpus))
+        known = self._nodes.get(node.ip_addr if isinstance(node, DispyNode) else node)
+        if value >= 0 and known is not None:
+            known.cpus = value
+        return value
+
+    def send_file(self, path: str, node: DispyNode | str, relay: bool = False) -> int:
+        """Send a file to the computation's directory on ``node``, where jobs submitted after
+        this returns find it (``relay`` is accepted: files always pass through the
+        scheduler). Returns 0, or -1."""
+        del relay
+        name, source, mode = file_entry(path)
+        return self._control('send_file', node, ref=self._upload(name, source, mode))
+
+    def discover_nodes(self, nodes: NodeEntry | list[NodeEntry]) -> int:
+        """Have the scheduler look for ``nodes`` (names or addresses; ``'*'`` broadcasts)
+        now, rather than at its next ping. Nodes found join the scheduler and, if this
+        cluster's ``nodes`` match them, set the cluster up."""
+        status = 0
+        for entry in node_allocations(nodes if isinstance(nodes, list) else [nodes]):
+            status = min(status, self._control('discover', entry.ip_addr,
+                                               port=entry.port or 0))
+        return status
+
+    def _control(self, action: str, node: DispyNode | str, port: int = 0, cpus: int = 0,
+                 terminate: bool = False, ref: str = '') -> int:
+        """Ask the scheduler to ``action`` a node for this cluster; its answer (dispy's
+        return value), -1 when refused (why is logged) or unanswered."""
+        self._check_open()
+        name = node.ip_addr if isinstance(node, (DispyNode, NodeAllocate)) else str(node)
+        request = m.NodeControl(rid=next(self._rids), action=action, node=name, port=port,
+                                cpus=cpus, terminate=bool(terminate), ref=ref)
+        answered = threading.Event()
+        waiting = self._controls[request.rid] = [answered, request, None]
+        try:
+            self._connection.send(request)  # after a reconnect, ``_resumed`` sends it again
+            self._connection.wake_reader()
+            if not answered.wait(CLIENT_CLUSTER_TIMEOUT):
+                logger.warning('%s of node %s: no answer from the scheduler', action, name)
+                return -1
+        finally:
+            del self._controls[request.rid]
+        answer = waiting[2]
+        if answer.value < 0:
+            logger.warning('%s of node %s: %s', action, name, answer.reason)
+        return answer.value
+
+    def _on_node_control_done(self, done: m.NodeControlDone) -> None:
+        waiting = self._controls.get(done.rid)
+        if waiting is not None:
+            waiting[2] = done
+            waiting[0].set()
 
     # what the scheduler sends
 
@@ -544,6 +651,8 @@ class SharedJobCluster:
             node.closed = False
         elif node is None:
             return
+        if status.avail is not None:
+            node.avail_info = avail_info(status.avail)
         elif status.status == NODE_CLOSED:
             node.closed = True
         node.update_time = time.time()
@@ -597,6 +706,7 @@ class SharedJobCluster:
         job._node = self._nodes.get(ip_addr) if ip_addr is not None else None
         if job._node is not None:
             job._node.busy += 1
+            job._node.avail_cpus = max(0, job._node.cpus - job._node.busy)
         self._notify(job)
 
     def _end(self, uid: int, status: int, end: m.JobEnd | None, exception: str | None) -> None:
@@ -605,6 +715,7 @@ class SharedJobCluster:
         job = self._jobs.pop(uid, None)
         if job is None:
             return  # a result delivered again
+        self._jobs_done += 1
         self._window.leave(uid)
         if end is not None and end.start_time is not None and job.status == CREATED:
             # a job that took a millisecond is reported once, at its end: it ran, though
@@ -627,7 +738,11 @@ class SharedJobCluster:
         node = job._node
         if node is not None:
             node.busy -= 1
+            node.avail_cpus = max(0, node.cpus - node.busy)
             node.jobs_done += 1
+            node.tx += job._tx
+            if end is not None:
+                node.rx += len(end.result or b'') + len(end.stdout) + len(end.stderr)
             if job.start_time and job.end_time:
                 node.cpu_time += job.end_time - job.start_time
             job._node = None
@@ -680,23 +795,35 @@ class ProgressBar:
         self.show(done, '\n')
 
 
-def _node_patterns(nodes: Iterable[NodeEntry]) -> list[tuple[str, int]]:
-    """dispy's ``nodes`` argument as ``[pattern, port]`` pairs."""
-    patterns = []
+def node_allocations(nodes: Iterable[Any]) -> list[NodeAllocate]:
+    """dispy's ``nodes`` entries as NodeAllocate objects: a name, address or pattern, a
+    ``(host, port, cpus, depends, setup_args)`` tuple or list (any prefix of it), a dict with
+    those keys, a DispyNode, or a NodeAllocate."""
+    allocators = []
     for entry in nodes:
         if isinstance(entry, NodeAllocate):
-            patterns.append((entry.ip_addr, entry.port or 0))
+            allocators.append(entry)
         elif isinstance(entry, DispyNode):
-            patterns.append((entry.ip_addr, 0))
+            allocators.append(NodeAllocate(entry.ip_addr))
         elif isinstance(entry, str):
-            patterns.append((entry, 0))
-        elif isinstance(entry, (tuple, list)) and entry and isinstance(entry[0], str):
-            port = entry[1] if len(entry) > 1 and isinstance(entry[1], int) else 0
-            patterns.append((entry[0], port))
+            allocators.append(NodeAllocate(entry))
+        elif isinstance(entry, dict) and set(entry) <= NODE_ENTRY_KEYS:
+            allocators.append(NodeAllocate(**dict(entry, host=entry.get('host', '*'))))
+        elif (isinstance(entry, (tuple, list)) and entry and isinstance(entry[0], str)
+              and len(entry) <= len(NODE_ENTRY_KEYS)):
+            allocators.append(NodeAllocate(*entry))
         else:
             raise TypeError('nodes entries are host names, addresses or patterns, '
-                            '(host, port) pairs or NodeAllocate objects; got %r' % (entry,))
-    return patterns
+                            '(host, port, cpus, depends, setup_args) tuples, dicts with those '
+                            'keys, DispyNode or NodeAllocate objects; got %r' % (entry,))
+    return allocators
+
+
+def avail_info(avail: m.AvailInfo | None) -> DispyNodeAvailInfo | None:
+    return None if avail is None else DispyNodeAvailInfo(*avail)
+
+
+NODE_ENTRY_KEYS = {'host', 'port', 'cpus', 'depends', 'setup_args'}
 
 
 def recover_jobs(recover_file: str | None = None, timeout: float | None = None,

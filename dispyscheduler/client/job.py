@@ -50,6 +50,7 @@ class DispyJob:
         self.finish = JobEnd(reader)
         self._uid: Optional[int] = None
         self._node: Optional[DispyNode] = None  # the DispyNode counting this job as running
+        self._tx = 0  # bytes of its arguments and files, counted in its node's ``tx``
 
     def __call__(self, clear: bool = False, timeout: Optional[float] = None) -> Any:
         """Wait until the job ends and return its result (``clear`` drops it here); with
@@ -111,8 +112,9 @@ class JobEnd:
 
 
 class DispyNodeAvailInfo:
-    """What a node has free (dispy 4.15): CPU as a percentage, memory, disk and swap in
-    bytes. Nodes do not report it yet, so a ``DispyNode``'s ``avail_info`` stays None."""
+    """What a node has free (dispy 4.15): CPU idle as a percentage, memory and disk in bytes,
+    swap free as a percentage. Nodes report it at each pulse (``DispyNode.AvailInfo`` events
+    of ``cluster_status``, and ``NodeAllocate.allocate``'s ``avail_info``)."""
 
     def __init__(self, cpu: float, memory: int, disk: int, swap: float) -> None:
         self.cpu = cpu
@@ -166,6 +168,13 @@ class NodeAllocate:
         self.cpus = cpus
         self.depends = list(depends)
         self.setup_args = tuple(setup_args)
+
+    @property
+    def offered(self) -> bool:
+        """Whether matching nodes wait for ``allocate`` before the computation is set up
+        there (a subclass, or CPUs, files or setup arguments of its own)."""
+        return (type(self).allocate is not NodeAllocate.allocate or bool(self.cpus)
+                or bool(self.depends) or bool(self.setup_args))
 
     def matches(self, ip_addr: str, name: str) -> bool:
         return (fnmatch.fnmatchcase(ip_addr, self.ip_addr)

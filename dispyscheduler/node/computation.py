@@ -17,6 +17,7 @@ the daemon, and the daemon uses only its public methods.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import shutil
@@ -26,7 +27,7 @@ import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Deque, Dict, Optional, Protocol, Tuple, cast
+from typing import Any, Deque, Dict, Iterator, Optional, Protocol, Tuple, cast
 
 import gevent
 import gevent.event
@@ -134,6 +135,9 @@ class Computation:
         self._daemon = daemon
         self._code = request.code
         self._cpus = request.cpus or settings.cpus
+        self._cpu_limit = self._cpus  # jobs run at once (``set_node_cpus`` may lower it)
+        self._busy = 0  # jobs running on its worker processes
+        self._cpu_freed = gevent.event.Event()
         self._setup_args = request.setup_args
         os.makedirs(directory, mode=0o700, exist_ok=True)
         self._incoming = IncomingFiles(directory, settings.max_file_size, request.files)
@@ -142,6 +146,7 @@ class Computation:
         if not self._expected_files:
             self._files_ready.set()
         self._file_error: Optional[str] = None
+        self._sent = IncomingFiles(directory)  # a file the client sends later, arriving
         # jobs that came while no worker process was idle
         self._queue: Deque[NodeJob] = collections.deque()
         # pid -> the job it runs, or None, for every connected worker process
@@ -174,6 +179,21 @@ class Computation:
             self._file_error = str(exc)
             self._incoming.abort()
             self._files_ready.set()
+
+    def receive_sent_file(self, chunk: m.SentFile) -> None:
+        """A chunk of a file the client sent later (``send_file``): into the computation's
+        directory, where its next jobs find it. A refused file is logged (the client was
+        answered when the scheduler passed it on)."""
+        if chunk.offset == 0:
+            self._sent.abort()
+            self._sent = IncomingFiles(self.directory, self._settings.max_file_size,
+                                       [(chunk.name, chunk.size, chunk.mode)])
+        try:
+            self._sent.chunk(chunk.name, chunk.offset, chunk.data, chunk.last, chunk.mode)
+        except (FileRefused, OSError) as exc:
+            logger.warning('%r: file %r sent by the client not written: %s', self, chunk.name,
+                           exc)
+            self._sent.abort()
 
     def start(self, node_ip_addr: str) -> None:
         """Receive the files, start the setup process, load the computation, run setup, fork
@@ -277,6 +297,24 @@ class Computation:
         del self._handed[pid]
         return job
 
+    def set_cpus(self, cpus: int) -> None:
+        """Run at most ``cpus`` of its jobs at once from now on (``set_node_cpus``)."""
+        self._cpu_limit = max(0, cpus)
+        self._cpu_freed.set()
+
+    @contextlib.contextmanager
+    def _own_cpu(self) -> Iterator[None]:
+        """One of the CPUs this computation may use, waited for."""
+        while self._busy >= self._cpu_limit and not self._closing:
+            self._cpu_freed.clear()
+            self._cpu_freed.wait()
+        self._busy += 1
+        try:
+            yield
+        finally:
+            self._busy -= 1
+            self._cpu_freed.set()
+
     def serve_worker(self, link: HubLink, pid: int) -> None:
         """Run this computation's jobs on one worker process, until it or the node stops.
 
@@ -293,7 +331,7 @@ class Computation:
                 job = self._next_job(pid)
                 if job is None or self._closing:
                     return
-                with self._cpu_slots:
+                with self._own_cpu(), self._cpu_slots:
                     if job.cancelled or self._closing:
                         job = None
                         continue
@@ -422,6 +460,7 @@ class Computation:
         Worker processes go down with their setup process; any that lost it are killed
         here."""
         self._closing = True
+        self._cpu_freed.set()
         link = self._setup_link.value if self._setup_link.successful() else None
         if link is not None:
             link.send(m.Exit(cleanup=bool(cleanup)))

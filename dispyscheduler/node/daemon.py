@@ -47,6 +47,7 @@ from ..runtime.hublink import HubLink
 from ..wire.link import ConnectionClosed, set_nodelay
 from ..wire.protocol import ProtocolError
 from ..wire.tls import TLSError, TLSSocket
+from .avail import avail_info
 from .computation import Computation, ComputationError, NodeJob, NodeSettings
 
 if TYPE_CHECKING:
@@ -232,7 +233,8 @@ class NodeDaemon:
                 link.send_now(m.NodeInfo(
                     name=self.name, ip_addr=self.ip_addr, port=self.config.node_port,
                     cpus=self.cpus, platform=platform.platform(),
-                    jobs=list(self.jobs) + list(self.unacked)))
+                    jobs=list(self.jobs) + list(self.unacked),
+                    avail=avail_info(self.config.dest_path_prefix)))
                 welcome = link.expect(m.Welcome, time.monotonic() + HANDSHAKE_TIMEOUT)
         except BaseException:
             sock.close()
@@ -273,7 +275,9 @@ class NodeDaemon:
     def pulse_loop(self, link: HubLink) -> None:
         while not link.closed:
             gevent.sleep(self.pulse_interval)
-            link.send(m.Pulse(busy=self.cpus - self.cpu_slots.counter))
+            pulse = m.Pulse(busy=self.cpus - self.cpu_slots.counter)
+            avail = avail_info(self.config.dest_path_prefix)
+            link.send(pulse, *([m.Avail(avail=avail)] if avail is not None else []))
 
     def on_scheduler_message(self, message: m.Message) -> None:
         if type(message) is m.Job:
@@ -289,8 +293,18 @@ class NodeDaemon:
                 computation.receive_file(message)
         elif type(message) is m.Compute:
             self.install(message)
+        elif type(message) is m.SentFile:
+            computation = self.computations.get(message.cid)
+            if computation is not None:
+                computation.receive_sent_file(message)
+        elif type(message) is m.SetCpus:
+            computation = self.computations.get(message.cid)
+            if computation is not None:
+                computation.set_cpus(message.cpus)
+        elif type(message) is m.ReleaseJobs:
+            self.release_jobs(message.cid)
         elif type(message) is m.Uninstall:
-            gevent.spawn(self.uninstall, message.cid, message.cleanup)
+            self.uninstall(message.cid, message.cleanup)
         else:
             raise ProtocolError('unexpected %r from the scheduler' % (message.kind,))
 
@@ -348,14 +362,20 @@ class NodeDaemon:
         self.send(m.ComputeReady(cid=cid))
 
     def uninstall(self, cid: int, cleanup: bool) -> None:
+        """Forget the computation at once (so that one installed again under its id, by
+        ``resetup_node``, is a new one); it closes in a greenlet of its own."""
         computation = self.computations.pop(cid, None)
         if computation is None:
             return
         for jid in [jid for jid, job in self.jobs.items() if job.cid == cid]:
             job = self.jobs.pop(jid)
             computation.cancel(job)
+        gevent.spawn(self.close_computation, computation, cleanup)
+
+    @staticmethod
+    def close_computation(computation: Computation, cleanup: bool) -> None:
         computation.close(cleanup)
-        logger.info('uninstalled computation %s (%s)', cid, computation.name)
+        logger.info('uninstalled computation %s (%s)', computation.cid, computation.name)
 
     def computation_failed(self, computation: Computation, reason: str) -> None:
         """Setup failed or the setup process died. The scheduler hears it first, so it sends
@@ -405,6 +425,14 @@ class NodeDaemon:
             self.job_finished(job, m.JobDone.failure(job.jid, CANCELLED, 'job was cancelled'))
         else:
             self.computations[job.cid].cancel(job)
+
+    def release_jobs(self, cid: int) -> None:
+        """The scheduler takes back the computation's jobs that have not started here."""
+        unstarted = [job for job in self.jobs.values() if job.cid == cid and job.worker is None]
+        for job in unstarted:
+            job.cancelled = True
+            del self.jobs[job.jid]
+        self.send(m.JobsReleased(cid=cid, jobs=[job.jid for job in unstarted]))
 
     def job_started(self, job: NodeJob, start_time: float) -> None:
         self.send(m.JobStarted(jid=job.jid, start_time=start_time))

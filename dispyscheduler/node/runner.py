@@ -343,7 +343,9 @@ def run_job(computation: UserComputation, job: m.Job) -> m.JobDone:
     start_time = time.time()
     result = exception = None
     try:
-        args, kwargs = serialize.loads(job.args)
+        args, kwargs, *depends = serialize.loads(job.args)
+        if depends:  # functions and classes of its ``dispy_job_depends``: globals of the job
+            give_job_globals(computation, depends[0])
         if computation.get('program'):
             value = run_program(computation['program'], args, stdout, stderr)
         else:
@@ -373,6 +375,13 @@ def run_job(computation: UserComputation, job: m.Job) -> m.JobDone:
     return m.JobDone(jid=job.jid, status=status, result=result, exception=exception,
                      stdout=stdout.getvalue(), stderr=stderr.getvalue(), start_time=start_time,
                      end_time=end_time)
+
+
+def give_job_globals(computation: UserComputation, namespace: dict[str, Any]) -> None:
+    function = computation.get('compute')
+    globals_ = getattr(function, '__globals__', None)
+    if globals_ is not None:
+        globals_.update(namespace)
 
 
 def run_program(program: str, args: List[Any], stdout: BoundedOutput,

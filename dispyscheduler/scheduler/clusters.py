@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import logging
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -18,7 +19,8 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from ..wire import messages as m
 from ..config import SchedulerConfig
-from ..constants import CANCELLED, FILE_TIMEOUT, MAX_NODE_NAMES, NODE_INITIALIZED, TERMINATED
+from ..constants import (CANCELLED, FILE_TIMEOUT, MAX_NODE_NAMES, MAX_UPLOADS,
+                         NODE_INITIALIZED, TERMINATED)
 from ..runtime.discovery import resolve
 from ..wire.files import (MAX_FILES, FileRefused, IncomingFiles, check_manifest, check_size,
                           safe_relative_path)
@@ -27,7 +29,7 @@ from ..wire.protocol import ProtocolError
 from .admission import Admission
 from .durability import Durability
 from .model import FAILED, OFFERED, READY, Cluster, State, job_size
-from .nodes import NodeService
+from .nodes import NodeService, upload_directory
 from .router import Router
 from .sessions import ClientSession, Peers
 
@@ -37,6 +39,9 @@ if TYPE_CHECKING:
     from .httpd import Metrics
 
 logger = logging.getLogger(__name__)
+
+UPLOAD_REF = re.compile('[0-9a-f]{1,64}')
+"""What a client may name an upload: it names a directory at the scheduler."""
 
 
 class ClusterService:
@@ -56,8 +61,12 @@ class ClusterService:
         self.handlers: dict[type, Callable[[Cluster, ClientSession, Any], None]] = {
             m.Submit: self.on_submit, m.ResultAck: self.on_result_ack,
             m.NodeAllocation: self.on_node_allocation, m.Cancel: self.on_cancel,
-            m.Close: self.on_close,
+            m.Close: self.on_close, m.Upload: self.on_upload,
+            m.NodeControl: self.on_node_control,
         }
+        self.uploading: dict[tuple[int, str], IncomingFiles] = {}  # (cid, ref) -> arriving
+        # pings hosts for ``discover_nodes`` (the server sets it: ``Pinger.ping``)
+        self.discover: Callable[[list[str], int], None] = lambda hosts, port: None
 
     def serve(self, sock: socket.socket, address: tuple[str, int]) -> None:
         """A client connected (a StreamServer handler): admit it, create or resume its
@@ -126,7 +135,6 @@ class ClusterService:
                                          request.reentrant, request.cleanup,
                                          request.allocate).cluster
         cluster.files = request.files
-        cluster.node_files = set(request.node_files)
         cluster.credential = os.urandom(16)
         if staging is not None:
             cluster.directory = os.path.join(self.config.dest_path_prefix, str(cluster.cid))
@@ -151,8 +159,7 @@ class ClusterService:
         for node in list(self.state.nodes.values()):
             state = node.clusters.get(cluster.cid)
             if state == READY:
-                session.node_status(node.ip_addr, node.name, node.cpus, NODE_INITIALIZED,
-                                    node.platform)
+                session.node_status(node, NODE_INITIALIZED)
             elif state == OFFERED:
                 self.nodes.offer_or_install(node, cluster)
 
@@ -259,11 +266,114 @@ class ClusterService:
     def on_node_allocation(self, cluster: Cluster, session: ClientSession,
                            allocation: m.NodeAllocation) -> None:
         node = self.state.nodes.get(allocation.key)
-        if node is not None and self.state.allocate(node, cluster.cid, allocation.cpus,
+        cpus = allocation.cpus
+        missing = [ref for ref in allocation.files if ref not in cluster.uploads]
+        if node is not None and missing:  # its upload was refused: the client was told why
+            self.router.warn_client(cluster, 'node %s not used: a file for it did not arrive'
+                                    % (node.key,))
+            cpus = 0
+        if node is not None and self.state.allocate(node, cluster.cid, cpus,
                                                     allocation.setup_args, allocation.files):
             self.nodes.install(node, cluster)
 
-    def on_cancel(self, cluster: Cluster, session: ClientSession, cancel: m.Cancel) -> None:
+    def on_upload(self, cluster: Cluster, session: ClientSession, chunk: m.Upload) -> None:
+        """A chunk of a file for some nodes only: kept under its ref until the cluster
+        closes. A refused file is named to the client, and the nodes that want it are not
+        used."""
+        key = (cluster.cid, chunk.ref)
+        incoming = self.uploading.pop(key, None)
+        try:
+            if chunk.offset == 0:
+                if incoming is not None:  # sent again after a reconnect
+                    incoming.abort()
+                incoming = self.start_upload(cluster, chunk)
+            elif incoming is None:
+                raise FileRefused('chunk at offset %d before its start' % (chunk.offset,))
+            if incoming.chunk(chunk.name, chunk.offset, chunk.data, chunk.last,
+                              chunk.mode) is None:
+                self.uploading[key] = incoming
+                return
+        except (FileRefused, OSError) as exc:
+            if incoming is not None:
+                incoming.abort()
+            self.router.warn_client(cluster, 'file %r was refused: %s' % (chunk.name, exc))
+            return
+        cluster.uploads[chunk.ref] = (chunk.name, chunk.size, chunk.mode)
+        self.durability.put_cluster(cluster)
+
+    def start_upload(self, cluster: Cluster, chunk: m.Upload) -> IncomingFiles:
+        if not UPLOAD_REF.fullmatch(chunk.ref):
+            raise FileRefused('invalid upload reference %r' % (chunk.ref,))
+        if chunk.ref not in cluster.uploads and len(cluster.uploads) >= MAX_UPLOADS:
+            raise FileRefused('the cluster has uploaded %d files, its limit' % MAX_UPLOADS)
+        if cluster.directory is None:
+            cluster.directory = os.path.join(self.config.dest_path_prefix, str(cluster.cid))
+            os.makedirs(cluster.directory, mode=0o700, exist_ok=True)
+            self.durability.put_cluster(cluster)
+        directory = upload_directory(cluster.directory, chunk.ref)
+        entry = (chunk.name, chunk.size, chunk.mode)
+        check_manifest(directory, [entry], self.config.max_file_size)
+        return IncomingFiles(directory, self.config.max_file_size, [entry])
+
+    def on_node_control(self, cluster: Cluster, session: ClientSession,
+                        control: m.NodeControl) -> None:
+        """A client's own use of a node; answered with what dispy's method returns."""
+        value, reason = self.node_control(cluster, control)
+        session.node_control_done(control.rid, value, reason)
+
+    def node_control(self, cluster: Cluster, control: m.NodeControl) -> tuple[int, str]:
+        action = control.action
+        if action in ('allocate', 'allocate_offered'):
+            try:
+                patterns = resolve_patterns([(control.node, control.port)])
+            except ProtocolError as exc:
+                return -1, str(exc)
+            nodes, dispatches = self.state.allocate_nodes(cluster, patterns,
+                                                          action == 'allocate_offered')
+            self.durability.put_cluster(cluster)
+            for node in nodes:
+                self.nodes.offer_or_install(node, cluster)
+            self.router.dispatch(dispatches)
+            return 0, ''
+        if action == 'discover':
+            self.discover([control.node], control.port or self.config.node_port)
+            return 0, ''
+        found = next((node for node in self.state.nodes.values()
+                      if node.answers_to(control.node) and cluster.cid in node.clusters), None)
+        if found is None:
+            return -1, 'node %s is not one of this cluster\'s' % (control.node,)
+        node = found
+        if action == 'deallocate':
+            if not self.state.deallocate_node(cluster, node):
+                return -1, 'node %s does not run this cluster' % (node.key,)
+            self.nodes.release_jobs(node, cluster)
+            return 0, ''
+        if action == 'set_cpus':
+            cpus = self.state.set_node_cpus(cluster, node, control.cpus)
+            self.nodes.set_cpus(node, cluster, cpus)
+            self.router.dispatch(self.state.fill_node(node))
+            return cpus, ''
+        if action == 'send_file':
+            if node.clusters[cluster.cid] != READY:
+                return -1, 'node %s has not set the computation up' % (node.key,)
+            sent = self.nodes.send_file(node, cluster, control.ref)
+            return (0, '') if sent else (-1, 'the file could not be sent to %s' % (node.key,))
+        if action in ('close', 'resetup'):
+            ended = self.state.close_node(cluster, node, action == 'resetup')
+            if ended is None:
+                return -1, 'node %s is closing already' % (node.key,)
+            for job in ended:
+                self.router.end_job(job, CANCELLED, 'node %s was closed' % (node.key,))
+            self.nodes.release_jobs(node, cluster)
+            if control.terminate:
+                for job in [job for job in node.jobs.values() if job.cluster is cluster]:
+                    self.on_cancel(cluster, None, m.Cancel(uid=job.uid))
+            self.nodes.finish_closing(node, cluster)
+            return 0, ''
+        return -1, 'unknown node action %r' % (action,)
+
+    def on_cancel(self, cluster: Cluster, session: Optional[ClientSession],
+                  cancel: m.Cancel) -> None:
         cancellation = self.state.cancel(cluster, cancel.uid)
         if cancellation.job is not None and cancellation.node is not None:
             self.nodes.cancel_job(cancellation.node, cancellation.job.jid)
@@ -316,6 +426,8 @@ class ClusterService:
         self.router.dispatch(removed.dispatches)
         self.durability.delete_cluster(cluster.cid)
         self.acknowledgers.pop(cluster.cid, None)
+        for key in [key for key in self.uploading if key[0] == cluster.cid]:
+            self.uploading.pop(key).abort()
         if cluster.directory is not None:
             shutil.rmtree(cluster.directory, ignore_errors=True)
         logger.info('cluster %s (%s) closed', cluster.cid, cluster.name)

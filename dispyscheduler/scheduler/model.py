@@ -29,12 +29,13 @@ from .outbox import Outbox
 from .policy import RUNTIME_WEIGHT, LoadIndex, dispatch_depth, fair_share_pick, node_matches
 
 if TYPE_CHECKING:
-    from ..wire.messages import FileData, FileSpec
+    from ..wire.messages import AvailInfo, FileData, FileSpec
 
 OFFERED = 'offered'  # waiting for the client's NodeAllocate to say how many CPUs to use
 INSTALLING = 'installing'
 READY = 'ready'
 FAILED = 'failed'  # setup failed there, or the client's allocation refused the node
+CLOSING = 'closing'  # the client closed the node (``close_node``): it ends the jobs it has
 
 
 class Job:
@@ -138,13 +139,17 @@ class Cluster:
         self.depth = dispatch_depth(None)  # jobs in flight per CPU it may use
         self.last_served = 0
         self.ready_nodes: set[Node] = set()
-        # node key -> (cpus, setup_args, files) the client chose
+        # node key -> (cpus, setup_args, uploads) the client chose
         self.allocations: dict[str, tuple[int, Optional[bytes], Sequence[str]]] = {}
+        self.paused: set[str] = set()  # node keys given no more jobs (``deallocate_node``)
+        self.cpu_limits: dict[str, int] = {}  # node key -> CPUs ``set_node_cpus`` left it
+        self.resetting: set[str] = set()  # node keys to set up again once closed
         self.results = Outbox()  # results until the client acknowledges them
         self.setup_failures: dict[str, str] = {}  # node key -> why setup failed there
         self.files: list[FileSpec] = []  # [name, size, mode] of the computation's files
-        # names of those sent only to nodes whose allocation asks
-        self.node_files: set[str] = set()
+        # ref -> [name, size, mode] of files uploaded later, sent only to nodes whose
+        # allocation names them (or by ``send_file``)
+        self.uploads: dict[str, FileSpec] = {}
         self.directory: Optional[str] = None  # where the scheduler keeps them
         self.credential = b''  # what lets a client resume the cluster
         self.orphaned_since: Optional[float] = None  # when its client left without closing
@@ -162,6 +167,7 @@ class Cluster:
         use there (all, or what its NodeAllocate gave it)."""
         allocation = self.allocations.get(node.key)
         cpus = allocation[0] if allocation is not None and allocation[0] else node.cpus
+        cpus = self.cpu_limits.get(node.key, cpus)
         return min(node.slots, cpus * self.depth)
 
     def ran(self, runtime: float) -> None:
@@ -175,7 +181,7 @@ class Cluster:
     def wants(self, node: Node) -> bool:
         """Whether a free slot on ``node`` could take one of this cluster's queued jobs."""
         return (node.clusters.get(self.cid) == READY
-                and node.jobs_of[self.cid] < self.limit_on(node))
+                and node.jobs_of[self.cid] < self.limit_on(node) and node.key not in self.paused)
 
 
 class Node:
@@ -195,6 +201,7 @@ class Node:
         self.busy = 0  # as the node last reported
         self.last_heard = 0.0
         self.platform = ''
+        self.avail: Optional[AvailInfo] = None  # what it has free, as it last reported
 
     def __repr__(self) -> str:
         return '<Node %s>' % (self.key,)
@@ -297,7 +304,7 @@ class State:
         for row in clusters:
             cluster = Cluster(row['cid'], row['name'], row['code'], row['patterns'],
                               row['reentrant'], row['cleanup'], row['allocate'])
-            cluster.files, cluster.node_files = row['files'], row['node_files']
+            cluster.files, cluster.uploads = row['files'], row['uploads']
             cluster.directory = row['directory']
             cluster.credential = row['credential']
             self.clusters[cluster.cid] = cluster
@@ -442,6 +449,9 @@ class State:
             node.jobs_of.pop(cluster.cid, None)
         cluster.ready_nodes.clear()
         cluster.allocations.clear()
+        cluster.paused.clear()
+        cluster.cpu_limits.clear()
+        cluster.resetting.clear()
         cluster.dormant = True
         return nodes
 
@@ -483,6 +493,9 @@ class State:
             if cluster is not None:
                 cluster.ready_nodes.discard(node)
                 cluster.allocations.pop(node.key, None)
+                cluster.paused.discard(node.key)
+                cluster.cpu_limits.pop(node.key, None)
+                cluster.resetting.discard(node.key)
                 waiting = cluster.pinned.pop(node.key, None)
                 for job in waiting.jobs() if waiting else ():
                     self._end(job, CANCELLED)
@@ -523,7 +536,7 @@ class State:
         cluster's jobs, and those sent there that never started go back to the queue; jobs
         pinned to the node end here. Returns ``Rescheduled``."""
         cluster = self.clusters.get(cid)
-        if cid in node.clusters:
+        if cid in node.clusters and node.clusters[cid] != CLOSING:  # closing: it ends anyway
             node.clusters[cid] = FAILED
         if cluster is None:
             return Rescheduled()
@@ -549,7 +562,7 @@ class State:
     def setting_up(self, cluster: Cluster) -> bool:
         """Whether a node may still set the cluster up (it is installing or offered there)."""
         return any(node.clusters.get(cluster.cid) in (INSTALLING, OFFERED)
-                   for node in self.nodes.values())
+                   or node.key in cluster.resetting for node in self.nodes.values())
 
     def abandon_queued(self, cluster: Cluster) -> list[Job]:
         """End the cluster's jobs that wait for a node (none will set it up): Abandoned."""
@@ -560,6 +573,116 @@ class State:
         for job in waiting:
             self._end(job, ABANDONED)
         return waiting
+
+    # a cluster's own use of its nodes (``allocate_node``, ``close_node``, ...)
+
+    def allocate_nodes(self, cluster: Cluster, patterns: list[tuple[str, int]],
+                       offer: bool) -> tuple[list[Node], list[Dispatch]]:
+        """``allocate_node``: the cluster may also use nodes matching ``patterns`` (offered to
+        its NodeAllocate first with ``offer``); nodes it had stopped using
+        (``deallocate_node``) take its jobs again. Returns the nodes to offer it to or install
+        it on, and the dispatches the resumed nodes allow."""
+        cluster.patterns.extend(pattern for pattern in patterns
+                                if pattern not in cluster.patterns)
+        cluster.allocate = cluster.allocate or offer
+        new, dispatches = [], []
+        for node in self.nodes.values():
+            if not node_matches(patterns, node.ip_addr, node.name, node.port):
+                continue
+            if node.key in cluster.paused:
+                cluster.paused.discard(node.key)
+                dispatches.extend(self.fill_node(node))
+            elif cluster.cid not in node.clusters and not cluster.dormant:
+                node.clusters[cluster.cid] = OFFERED if cluster.allocate else INSTALLING
+                new.append(node)
+        return new, dispatches
+
+    def deallocate_node(self, cluster: Cluster, node: Node) -> bool:
+        """``deallocate_node``: the node keeps the computation and finishes the cluster's
+        jobs it has, and takes no more of them until ``allocate_node``."""
+        if node.clusters.get(cluster.cid) not in (READY, INSTALLING):
+            return False
+        cluster.paused.add(node.key)
+        return True
+
+    def set_node_cpus(self, cluster: Cluster, node: Node, cpus: int) -> int:
+        """``set_node_cpus``: how many of the node's CPUs the cluster uses from now on
+        (a negative number: all but that many), at most what its allocation gave it, or -1
+        if the node is not the cluster's. Other clusters' shares do not change."""
+        if node.clusters.get(cluster.cid) not in (READY, INSTALLING):
+            return -1
+        allocation = self.allocations_cpus(cluster, node)
+        cpus = cpus if cpus >= 0 else allocation + cpus
+        cluster.cpu_limits[node.key] = max(0, min(cpus, allocation))
+        self._load_changed(node)
+        return cluster.cpu_limits[node.key]
+
+    @staticmethod
+    def allocations_cpus(cluster: Cluster, node: Node) -> int:
+        allocation = cluster.allocations.get(node.key)
+        return allocation[0] if allocation is not None and allocation[0] else node.cpus
+
+    def close_node(self, cluster: Cluster, node: Node, resetup: bool) -> Optional[list[Job]]:
+        """``close_node``/``resetup_node``: the node takes no more of the cluster's jobs;
+        jobs waiting for it alone (``submit_node``) end Cancelled (returned); those it has go
+        on to their end, then it uninstalls the computation (``finish_closing``), and sets it
+        up again with ``resetup``. None if the node is not the cluster's."""
+        if node.clusters.get(cluster.cid) not in (READY, INSTALLING, FAILED):
+            return None
+        node.clusters[cluster.cid] = CLOSING
+        cluster.ready_nodes.discard(node)
+        cluster.paused.discard(node.key)
+        cluster.cpu_limits.pop(node.key, None)
+        if resetup:
+            cluster.resetting.add(node.key)
+        waiting = cluster.pinned.pop(node.key, None)
+        ended = waiting.jobs() if waiting else []
+        for job in ended:
+            self._end(job, CANCELLED)
+        return ended
+
+    def jobs_released(self, node: Node, cid: int, released: Iterable[int]) -> Rescheduled:
+        """The node handed back the cluster's jobs it had not started (``released``), after
+        the client closed it or set it aside: they go back to their queues, except jobs
+        submitted for a node the client closed, which end Cancelled. Returns
+        ``Rescheduled``."""
+        outcome = Rescheduled()
+        cluster = self.clusters.get(cid)
+        if cluster is None:
+            return outcome
+        closing = node.clusters.get(cid) == CLOSING
+        for jid in released:
+            job = node.jobs.get(jid)
+            if job is None or job.cluster is not cluster or job.status == RUNNING:
+                continue
+            self._take_back(node, job)
+            if closing and job.pinned is not None:
+                job.node = None
+                self._end(job, CANCELLED)
+                outcome.ended.append(job)
+            else:
+                self._requeue(job)
+                outcome.requeued.append(job)
+        self._load_changed(node)
+        outcome.dispatches = self.place(cluster) + self.fill_node(node)
+        return outcome
+
+    def finish_closing(self, node: Node, cid: int) -> Optional[bool]:
+        """A node closing a cluster's computation has ended its jobs of it: None while it
+        has not (or is not closing it); else the computation is to be uninstalled there, and
+        True if it is to be set up again (the node is offered to the cluster anew)."""
+        cluster = self.clusters.get(cid)
+        if cluster is None or node.clusters.get(cid) != CLOSING or node.jobs_of[cid]:
+            return None
+        cluster.allocations.pop(node.key, None)
+        cluster.setup_failures.pop(node.key, None)
+        if node.key in cluster.resetting:
+            cluster.resetting.discard(node.key)
+            node.clusters[cid] = OFFERED if cluster.allocate else INSTALLING
+            return True
+        del node.clusters[cid]
+        node.jobs_of.pop(cid, None)
+        return False
 
     def node_leaving(self, node: Node, unstarted: Iterable[int]) -> Rescheduled:
         """A node shutting down hands back the jobs it has not started (``unstarted`` ids)

@@ -11,18 +11,19 @@ import logging
 import os
 import socket
 import time
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
 import gevent
 
 from ..config import SchedulerConfig
-from ..constants import ACK_DELAY, NODE_CLOSED, NODE_INITIALIZED, NODE_SETUP_FAILED
+from ..constants import (ACK_DELAY, NODE_AVAIL_INFO, NODE_CLOSED, NODE_INITIALIZED,
+                         NODE_SETUP_FAILED, UPLOADS_DIRECTORY)
 from ..wire import messages as m
 from ..wire.files import read_chunks, safe_relative_path
 from ..wire.protocol import ProtocolError
 from .admission import Admission
 from .durability import Durability
-from .model import READY, Cluster, Node, State
+from .model import CLOSING, READY, Cluster, Node, State
 from .router import Router
 from .sessions import NodeSession, Peers
 
@@ -49,6 +50,7 @@ class NodeService:
             m.Provisional: self.on_provisional, m.JobFile: self.on_job_file,
             m.Pulse: self.on_pulse, m.ComputeReady: self.on_compute_ready,
             m.ComputeFailed: self.on_compute_failed, m.NodeLeaving: self.on_node_leaving,
+            m.JobsReleased: self.on_jobs_released, m.Avail: self.on_avail,
         }
 
     def serve(self, sock: socket.socket, address: tuple[str, int]) -> None:
@@ -79,6 +81,7 @@ class NodeService:
                                     max(1, info.cpus))
         node = added.node
         node.platform = info.platform
+        node.avail = info.avail
         node.last_heard = time.monotonic()
         self.peers.node_joined(session)
         session.welcome(self.config.pulse_interval, self.scheduler_id)
@@ -108,28 +111,76 @@ class NodeService:
             return
         client = self.peers.client(cluster.cid)
         if client is not None:
-            client.offer_node(node.key, node.ip_addr, node.name, node.cpus, node.platform)
+            client.offer_node(node)
 
     def install(self, node: Node, cluster: Cluster) -> None:
         """Send the computation and then its files (from the scheduler's copy, in chunks)."""
         session = self.peers.node(node.key)
         if session is None:
             return
-        cpus, setup_args, node_files = cluster.allocations.get(node.key, (0, None, ()))
-        files = [entry for entry in cluster.files
-                 if entry[0] not in cluster.node_files or entry[0] in node_files]
-        session.install(cluster.cid, cluster.name, cluster.code, files, cpus, setup_args)
+        cpus, setup_args, refs = cluster.allocations.get(node.key, (0, None, ()))
+        files = node_files(cluster, refs)
+        session.install(cluster.cid, cluster.name, cluster.code, list(files), cpus, setup_args)
         if files:
-            gevent.spawn(self.stream_files, session, cluster, files)
+            gevent.spawn(self.stream_files, session, cluster.cid, files)
 
-    def stream_files(self, session: NodeSession, cluster: Cluster,
-                     files: list[m.FileSpec]) -> None:
-        assert cluster.directory is not None  # a cluster with files keeps them there
-        for name, _, _ in files:
-            path = os.path.join(cluster.directory, safe_relative_path(name))
+    @staticmethod
+    def stream_files(session: NodeSession, cid: int, files: dict[m.FileSpec, str]) -> None:
+        for (name, _, _), path in files.items():
             for offset, data, last in read_chunks(path):
-                if not session.send_file_chunk(cluster.cid, name, offset, data, last):
+                if not session.send_file_chunk(m.ComputeFile(cid=cid, name=name, offset=offset,
+                                                             data=data, last=last)):
                     return
+
+    def send_file(self, node: Node, cluster: Cluster, ref: str) -> bool:
+        """``send_file``: an uploaded file to the node's copy of the computation, before
+        anything the client sends later (its chunks leave first)."""
+        session = self.peers.node(node.key)
+        if session is None or ref not in cluster.uploads:
+            return False
+        name, size, mode = cluster.uploads[ref]
+        for offset, data, last in read_chunks(upload_path(cluster, ref)):
+            if not session.send_file_chunk(m.SentFile(cid=cluster.cid, name=name, size=size,
+                                                      mode=mode, offset=offset, data=data,
+                                                      last=last)):
+                return False
+        return True
+
+    def set_cpus(self, node: Node, cluster: Cluster, cpus: int) -> None:
+        """The node runs at most ``cpus`` of the cluster's jobs at once; jobs it holds
+        beyond that wait there (``set_node_cpus``)."""
+        session = self.peers.node(node.key)
+        if session is not None:
+            session.set_cpus(cluster.cid, cpus)
+
+    def release_jobs(self, node: Node, cluster: Cluster) -> None:
+        """Take back the cluster's jobs the node has not started (``on_jobs_released``)."""
+        session = self.peers.node(node.key)
+        if session is not None:
+            session.release_jobs(cluster.cid)
+
+    def on_jobs_released(self, session: NodeSession, node: Node,
+                         released: m.JobsReleased) -> None:
+        outcome = self.state.jobs_released(node, released.cid, released.jobs)
+        self.router.reschedule(outcome, 'node %s was closed before the job started there'
+                               % (node.key,))
+        cluster = self.state.clusters.get(released.cid)
+        if cluster is not None and node.clusters.get(cluster.cid) == CLOSING:
+            self.finish_closing(node, cluster)
+
+    def finish_closing(self, node: Node, cluster: Cluster) -> None:
+        """A node the client closed (``close_node``, ``resetup_node``) has ended the
+        cluster's jobs it had: it uninstalls the computation (running ``cleanup``), and the
+        client hears it is closed; with ``resetup_node`` it is set up again."""
+        again = self.state.finish_closing(node, cluster.cid)
+        if again is None:
+            return
+        session = self.peers.node(node.key)
+        if session is not None:
+            session.uninstall(cluster.cid, cluster.cleanup)
+        self.router.notify_node(cluster, node, NODE_CLOSED)
+        if again:
+            self.offer_or_install(node, cluster)
 
     def uninstall(self, nodes: list[Node], cluster: Cluster) -> None:
         for node in nodes:
@@ -170,6 +221,8 @@ class NodeService:
         self.durability.acknowledge_when_durable(session, session.acknowledge_results,
                                                  done.jid)
         self.router.dispatch(ended.dispatches)
+        if node.clusters.get(job.cluster.cid) == CLOSING:
+            self.finish_closing(node, job.cluster)
 
     def on_job_started(self, session: NodeSession, node: Node, started: m.JobStarted) -> None:
         job = self.state.job_started(node, started.jid, started.start_time)
@@ -192,6 +245,14 @@ class NodeService:
 
     def on_pulse(self, session: NodeSession, node: Node, pulse: m.Pulse) -> None:
         node.busy = pulse.busy
+
+    def on_avail(self, session: NodeSession, node: Node, avail: m.Avail) -> None:
+        """What the node has free goes to the clusters it runs (``DispyNode.AvailInfo``)."""
+        node.avail = avail.avail
+        for cid, state in node.clusters.items():
+            cluster = self.state.clusters.get(cid)
+            if state == READY and cluster is not None:
+                self.router.notify_node(cluster, node, NODE_AVAIL_INFO)
 
     def on_compute_ready(self, session: NodeSession, node: Node, ready: m.ComputeReady) -> None:
         cluster = self.state.clusters.get(ready.cid)
@@ -248,3 +309,29 @@ class NodeService:
             gevent.sleep(ACK_DELAY)
             for session in list(self.peers.nodes.values()):
                 session.flush_acknowledgements()
+
+
+def upload_path(cluster: Cluster, ref: str) -> str:
+    """Where the scheduler keeps a cluster's upload ``ref``."""
+    assert cluster.directory is not None  # made for its first upload
+    name = cluster.uploads[ref][0] if ref in cluster.uploads else ''
+    return os.path.join(upload_directory(cluster.directory, ref), safe_relative_path(name))
+
+
+def upload_directory(cluster_directory: str, ref: str) -> str:
+    return os.path.join(cluster_directory, UPLOADS_DIRECTORY, ref)
+
+
+def node_files(cluster: Cluster, refs: Iterable[str]) -> dict[m.FileSpec, str]:
+    """The files a node gets with the computation: its own, then the uploads its allocation
+    names (one of the same name replaces it), each with where the scheduler keeps it."""
+    by_name: dict[str, tuple[m.FileSpec, str]] = {}
+    for name, size, mode in cluster.files:
+        assert cluster.directory is not None  # a cluster with files keeps them there
+        by_name[name] = ((name, size, mode),
+                         os.path.join(cluster.directory, safe_relative_path(name)))
+    for ref in refs:
+        if ref in cluster.uploads:
+            name, size, mode = cluster.uploads[ref]
+            by_name[name] = ((name, size, mode), upload_path(cluster, ref))
+    return dict(by_name.values())

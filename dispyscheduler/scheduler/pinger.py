@@ -35,21 +35,25 @@ class Pinger:
     def run(self) -> None:
         """Ping nodes every ``--ping_interval``."""
         while True:
-            linked = {node.ip_addr for node in self.state.nodes.values()}
-            for address, sock in self.sockets.items():
-                if not address and len(self.sockets) > 1:
-                    continue  # the wildcard socket only listens for broadcasts
-                ping = Ping(addr=self.announced_address(address), port=self.node_link_port)
-                targets = []
-                for host in self.config.nodes or ['*']:
-                    if host == '*':
-                        targets.extend(discovery.broadcast_targets(address))
-                    else:
-                        targets.extend(ip for ip in discovery.resolve(host) if ip not in linked)
-                for target in targets:
-                    discovery.send(sock, self.config.node_secret, ping,
-                                   (target, self.config.node_port))
+            self.ping(self.config.nodes or ['*'], self.config.node_port)
             gevent.sleep(self.config.ping_interval)
+
+    def ping(self, hosts: list[str], port: int) -> None:
+        """Ping ``hosts`` not linked yet (``'*'``: broadcast) at ``port``; also what a
+        client's ``discover_nodes`` asks for."""
+        linked = {node.ip_addr for node in self.state.nodes.values()}
+        for address, sock in self.sockets.items():
+            if not address and len(self.sockets) > 1:
+                continue  # the wildcard socket only listens for broadcasts
+            ping = Ping(addr=self.announced_address(address), port=self.node_link_port)
+            targets = []
+            for host in hosts:
+                if host == '*':
+                    targets.extend(discovery.broadcast_targets(address))
+                else:
+                    targets.extend(ip for ip in discovery.resolve(host) if ip not in linked)
+            for target in targets:
+                discovery.send(sock, self.config.node_secret, ping, (target, port))
 
     def on_datagram(self, sock: socket.socket, message: Message, source: tuple) -> None:
         if type(message) is Announce and discovery.valid_port(message.port):

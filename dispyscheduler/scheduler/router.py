@@ -113,8 +113,7 @@ class Router:
         it up (``reason`` says why)."""
         session = self.peers.client(cluster.cid)
         if session is not None:
-            session.node_status(node.ip_addr, node.name, node.cpus, status, node.platform,
-                                reason)
+            session.node_status(node, status, reason)
 
     def warn_client(self, cluster: Cluster, reason: str) -> None:
         logger.warning('cluster %s: %s', cluster.cid, reason)

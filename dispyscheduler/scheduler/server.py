@@ -123,6 +123,7 @@ class Scheduler:
         self.restore(store)
         self.watchdogs = Watchdogs(config, self.state, self.nodes, self.clusters, self.router)
         self.pinger = Pinger(config, self.state, listeners.udp, listeners.node_port)
+        self.clusters.discover = self.pinger.ping
         self.status_server: Optional[StatusServer] = None
 
     def restore(self, store: Store) -> None:

@@ -20,7 +20,7 @@ from ..runtime.hublink import HubLink
 from ..wire.protocol import ProtocolError
 
 if TYPE_CHECKING:
-    from .model import Job
+    from .model import Job, Node
 
 logger = logging.getLogger(__name__)
 
@@ -65,18 +65,23 @@ class NodeSession:
         self.link.send(m.Compute(cid=cid, name=name, code=code, files=files, cpus=cpus,
                                  setup_args=setup_args))
 
-    def send_file_chunk(self, cid: int, name: str, offset: int, data: bytes,
-                        last: bool) -> bool:
+    def send_file_chunk(self, chunk: m.ComputeFile | m.SentFile) -> bool:
         """One chunk of a computation's file, once the ones before it have left (back
         pressure: a big file passes in a chunk or two at a time); False if the link closed."""
         if self.link.closed:
             return False
-        self.link.send(m.ComputeFile(cid=cid, name=name, offset=offset, data=data, last=last))
+        self.link.send(chunk)
         self.link.wait_until_drained()
         return True
 
     def uninstall(self, cid: int, cleanup: bool) -> None:
         self.link.send(m.Uninstall(cid=cid, cleanup=cleanup))
+
+    def set_cpus(self, cid: int, cpus: int) -> None:
+        self.link.send(m.SetCpus(cid=cid, cpus=cpus))
+
+    def release_jobs(self, cid: int) -> None:
+        self.link.send(m.ReleaseJobs(cid=cid))
 
     def acknowledge_results(self, ids: Iterable[int]) -> None:
         """Saved results the node may forget. The acknowledgement travels with the next job
@@ -150,17 +155,20 @@ class ClientSession:
         self.link.send(m.FilePart(uid=uid, name=chunk.name, offset=chunk.offset,
                                   data=chunk.data, last=chunk.last))
 
-    def node_status(self, ip_addr: str, name: str, cpus: int, status: int,
-                    platform: str, reason: str = '') -> None:
-        self.link.send(m.NodeStatus(ip_addr=ip_addr, name=name, cpus=cpus, status=status,
-                                    platform=platform, reason=reason))
+    def node_status(self, node: Node, status: int, reason: str = '') -> None:
+        self.link.send(m.NodeStatus(ip_addr=node.ip_addr, name=node.name, cpus=node.cpus,
+                                    status=status, platform=node.platform, reason=reason,
+                                    avail=node.avail))
 
-    def offer_node(self, key: str, ip_addr: str, name: str, cpus: int, platform: str) -> None:
-        self.link.send(m.NodeOffer(key=key, ip_addr=ip_addr, name=name, cpus=cpus,
-                                   platform=platform))
+    def offer_node(self, node: Node) -> None:
+        self.link.send(m.NodeOffer(key=node.key, ip_addr=node.ip_addr, name=node.name,
+                                   cpus=node.cpus, platform=node.platform, avail=node.avail))
 
     def warn(self, reason: str) -> None:
         self.link.send(m.ClusterWarning(reason=reason))
+
+    def node_control_done(self, rid: int, value: int, reason: str = '') -> None:
+        self.link.send(m.NodeControlDone(rid=rid, value=value, reason=reason))
 
     def closed(self) -> None:
         """The cluster is closed, as its client asked."""

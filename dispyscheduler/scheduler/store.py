@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """The layout below; a database of another version is refused (``StoreError``)."""
 
 
@@ -91,7 +91,7 @@ META = Table('meta', [('key', 'TEXT PRIMARY KEY'), ('value', 'BLOB')], 'key', ('
 CLUSTERS = Table('clusters', [
     ('cid', 'INTEGER PRIMARY KEY'), ('name', 'TEXT'), ('code', 'BLOB'), ('patterns', 'BLOB'),
     ('reentrant', 'INTEGER'), ('cleanup', 'INTEGER'), ('allocate', 'INTEGER'),
-    ('files', 'BLOB'), ('node_files', 'BLOB'), ('directory', 'TEXT'), ('credential', 'BLOB'),
+    ('files', 'BLOB'), ('uploads', 'BLOB'), ('directory', 'TEXT'), ('credential', 'BLOB'),
 ], 'cid', ('cid',))
 JOBS = Table('jobs', [
     ('jid', 'INTEGER PRIMARY KEY'), ('cid', 'INTEGER'), ('uid', 'INTEGER'), ('args', 'BLOB'),
@@ -109,7 +109,8 @@ def cluster_row(cluster: Cluster) -> dict[str, Any]:
                 patterns=pack([list(pattern) for pattern in cluster.patterns]),
                 reentrant=int(cluster.reentrant), cleanup=int(cluster.cleanup),
                 allocate=int(cluster.allocate), files=pack(cluster.files),
-                node_files=pack(sorted(cluster.node_files)), directory=cluster.directory,
+                uploads=pack([[ref, *spec] for ref, spec in cluster.uploads.items()]),
+                directory=cluster.directory,
                 credential=cluster.credential)
 
 
@@ -118,7 +119,8 @@ def cluster_from_row(row: dict[str, Any]) -> dict[str, Any]:
     return dict(row, patterns=[tuple(pattern) for pattern in unpack(row['patterns'])],
                 reentrant=bool(row['reentrant']), cleanup=bool(row['cleanup']),
                 allocate=bool(row['allocate']), files=unpack(row['files']),
-                node_files=set(unpack(row['node_files'])))
+                uploads={ref: (name, size, mode)
+                         for ref, name, size, mode in unpack(row['uploads'])})
 
 
 def job_row(job: Job) -> dict[str, Any]:

@@ -225,6 +225,10 @@ FileData = tuple[str, bytes, int]
 NodePattern = tuple[str, int]
 """A cluster's ``nodes`` entry: ``(pattern, port)``, port 0 for any."""
 
+AvailInfo = tuple[float, int, int, float]
+"""What a node has free (dispy's ``DispyNodeAvailInfo``): CPU % idle, memory and disk bytes
+available, swap % free."""
+
 PendingJob = tuple[int, Optional[bytes]]
 """A job still to end, for a client resuming a cluster: ``(uid, tag)``."""
 
@@ -312,6 +316,7 @@ class NodeInfo(Message):
     platform: str
     jobs: list[int]
     """Jobs the node holds (running, or ended and not acknowledged)."""
+    avail: Optional[AvailInfo]
 
 
 @message('node_leaving')
@@ -320,9 +325,22 @@ class NodeLeaving(Message):
     """Jobs it had not started, handed back."""
 
 
+@message('jobs_released')
+class JobsReleased(Message):
+    """The jobs ``release_jobs`` asked for, which this node will not run."""
+    cid: int
+    jobs: list[int]
+
+
 @message('pulse')
 class Pulse(Message):
     busy: int
+
+
+@message('avail')
+class Avail(Message):
+    """What the node has free, sent with each pulse."""
+    avail: AvailInfo
 
 
 @message('compute_ready')
@@ -400,6 +418,33 @@ class CancelJob(Message):
     jid: int
 
 
+@message('sent_file')
+class SentFile(Message):
+    """A chunk of a file the client sends an installed computation (``send_file``): it goes
+    to the computation's directory on the node."""
+    cid: int
+    name: str
+    size: int
+    mode: int
+    offset: int
+    data: bytes
+    last: bool
+
+
+@message('set_cpus')
+class SetCpus(Message):
+    """Run at most ``cpus`` of the cluster's jobs at once (``set_node_cpus``)."""
+    cid: int
+    cpus: int
+
+
+@message('release_jobs')
+class ReleaseJobs(Message):
+    """Hand back the cluster's jobs not started yet (the client closed or set aside the
+    node); answered by ``jobs_released``."""
+    cid: int
+
+
 @message('uninstall')
 class Uninstall(Message):
     cid: int
@@ -423,8 +468,6 @@ class ClusterNew(Message):
     reentrant: bool
     cleanup: bool
     files: list[FileSpec]
-    node_files: list[str]
-    """Names of the files that go only to the nodes whose allocation asks for them."""
     allocate: bool
     """Nodes are offered to the client's NodeAllocate first."""
 
@@ -465,6 +508,34 @@ class NodeAllocation(Message):
     cpus: int
     setup_args: Optional[bytes]
     files: list[str]
+
+
+@message('upload')
+class Upload(Message):
+    """A chunk of a file for some nodes only, sent after the cluster was created (depends set
+    in ``NodeAllocate.allocate``, ``send_file``): kept by the scheduler under ``ref``, which
+    allocations and ``node_control`` name. Chunks of one file follow each other."""
+    ref: str
+    name: str
+    size: int
+    mode: int
+    offset: int
+    data: bytes
+    last: bool
+
+
+@message('node_control')
+class NodeControl(Message):
+    """The cluster's own use of a node (``allocate_node``, ``deallocate_node``,
+    ``close_node``, ``resetup_node``, ``set_node_cpus``, ``send_file``, ``discover_nodes``);
+    answered by ``node_control_done`` with the same ``rid``."""
+    rid: int
+    action: str
+    node: str
+    port: int
+    cpus: int
+    terminate: bool
+    ref: str
 
 
 @message('close')
@@ -528,6 +599,7 @@ class NodeStatus(Message):
     platform: str
     reason: str
     """Why, for a node that could not set the computation up (its traceback)."""
+    avail: Optional[AvailInfo]
 
 
 @message('node_offer')
@@ -537,10 +609,19 @@ class NodeOffer(Message):
     name: str
     cpus: int
     platform: str
+    avail: Optional[AvailInfo]
 
 
 @message('cluster_warning')
 class ClusterWarning(Message):
+    reason: str
+
+
+@message('node_control_done')
+class NodeControlDone(Message):
+    rid: int
+    value: int
+    """What dispy's method returns: 0 (or the CPUs, for ``set_node_cpus``), -1 refused."""
     reason: str
 
 

@@ -1,6 +1,8 @@
 """dispy 4.15 programs run as they are (issue 15): each test is written as a dispy user writes
 the program, changed only in its import and the scheduler's address."""
 
+import os
+
 import pytest
 from daemons import wait_for
 
@@ -68,7 +70,7 @@ def test_the_module_level_names_dispy_programs_use(daemons):
                           **daemons.client_options()) as cluster:
         assert cluster.submit(1)()[0] == 2
     assert [node.platform for node in nodes] == [platform.platform()]
-    assert nodes[0].avail_info is None
+    assert isinstance(nodes[0].avail_info, DispyNodeAvailInfo)
 
 
 def broken_setup():
@@ -230,3 +232,122 @@ def test_setup_may_return_0_1_or_2_as_in_dispy_4(daemons):
         assert cluster.wait(60)
     assert job.status == DispyJob.Abandoned
     assert 'setup returned 3, not 0, 1 or 2' in failures[0]
+
+
+def delegate(func_name, n):
+    # dispy's delegate.py: the function to run comes with the job
+    return globals()[func_name](n)
+
+
+def triple(n):
+    return 'triple', 3 * n
+
+
+class Scaler:
+    def __init__(self, factor):
+        self.factor = factor
+
+
+def uses_shipped(name, n):
+    import importlib
+    helper = importlib.import_module(name)
+    return helper.double(n), globals()['Scaler'](n).factor
+
+
+def test_functions_classes_objects_and_modules_in_dispy_job_depends(daemons, tmp_path,
+                                                                     monkeypatch):
+    """``dispy_job_depends=[func]`` once raised TypeError in ``submit``: dispy ships
+    functions, classes (an object: its class) and modules to the job."""
+    daemons.start_scheduler()
+    daemons.start_node('127.0.0.2')
+    (tmp_path / 'shipped_helper.py').write_text('def double(n):\n    return 2 * n\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import shipped_helper
+    with SharedJobCluster(delegate, **daemons.client_options()) as cluster:
+        job = cluster.submit('triple', 5, dispy_job_depends=[triple])
+        assert job() == ('triple', 15), job.exception
+    with SharedJobCluster(uses_shipped, **daemons.client_options()) as cluster:
+        job = cluster.submit('shipped_helper', 4,
+                             dispy_job_depends=[shipped_helper, Scaler(2)])
+        assert job() == (8, 4), job.exception
+        with pytest.raises(ValueError, match='is not a file'):
+            cluster.submit('x', 1, dispy_job_depends=[str(tmp_path / 'missing.txt')])
+
+
+def sleeps_until(path):
+    import time
+    while not os.path.exists(path):
+        time.sleep(0.02)
+    return path
+
+
+def test_dispy_httpd_status_page_of_the_programs_cluster(daemons, tmp_path):
+    """``dispy.httpd.DispyHTTPServer(cluster)``: the program's own status page (dispy's
+    httpd_example.py), once an ImportError."""
+    import json
+    import urllib.request
+
+    import dispyscheduler.httpd
+    from daemons import free_ports
+    daemons.start_scheduler()
+    daemons.start_node('127.0.0.2')
+    port, = free_ports(1)
+    release = str(tmp_path / 'release')
+    with SharedJobCluster(sleeps_until, **daemons.client_options()) as cluster:
+        server = dispyscheduler.httpd.DispyHTTPServer(cluster, host='127.0.0.1', port=port,
+                                                      poll_sec=1)
+        try:
+            jobs = [cluster.submit(release) for _ in range(2)]
+
+            def fetch(path):
+                with urllib.request.urlopen('http://127.0.0.1:%d%s' % (port, path),
+                                            timeout=10) as answer:
+                    return answer.read().decode()
+
+            wait_for(lambda: len(json.loads(fetch('/jobs'))) == 2, 30, 'jobs running')
+            status = json.loads(fetch('/cluster_status'))
+            assert [cluster_['name'] for cluster_ in status] == ['sleeps_until']
+            assert status[0]['jobs'] == {'submitted': 2, 'done': 0}
+            assert [node['ip_addr'] for node in status[0]['nodes']] == ['127.0.0.2']
+            assert status[0]['nodes'][0]['busy'] == 2
+            assert release in json.loads(fetch('/jobs'))[0]['args']
+            assert 'Cluster status' in fetch('/')
+            open(release, 'w').close()
+            assert [job() for job in jobs] == [release, release]
+            status = json.loads(fetch('/cluster_status'))
+            assert status[0]['jobs'] == {'submitted': 2, 'done': 2}
+            assert status[0]['nodes'][0]['jobs_done'] == 2
+            assert json.loads(fetch('/cluster_updates'))[0]['nodes']  # the first: all
+            assert json.loads(fetch('/cluster_updates'))[0]['nodes'] == []  # none changed
+        finally:
+            server.shutdown(wait=False)
+
+
+def test_nodes_report_what_they_have_free_and_jobs_count_bytes(daemons):
+    """``DispyNode.AvailInfo`` events to ``cluster_status`` at each pulse, ``avail_info``
+    for ``NodeAllocate.allocate``, and ``DispyNode.tx``/``rx``/``avail_cpus`` kept current."""
+    from dispyscheduler import DispyNodeAvailInfo, NodeAllocate
+    daemons.start_scheduler()
+    daemons.start_node('127.0.0.2')
+    offered, reports = [], []
+
+    class Allocate(NodeAllocate):
+        def allocate(self, cluster, ip_addr, name, cpus, avail_info=None, platform=''):
+            offered.append(avail_info)
+            return cpus
+
+    def cluster_status(status, node, job):
+        if status == DispyNode.AvailInfo:
+            reports.append(node.avail_info)
+
+    with SharedJobCluster(len, nodes=[Allocate('*')], cluster_status=cluster_status,
+                          **daemons.client_options()) as cluster:
+        wait_for(lambda: len(reports) >= 2, 30, 'two availability reports')
+        assert cluster.submit(b'x' * 100000)() == 100000
+        node, = cluster.status().nodes
+        assert node.tx > 100000 and 0 < node.rx < 1000
+        assert node.avail_cpus == node.cpus == 2
+    for info in offered + reports:
+        assert isinstance(info, DispyNodeAvailInfo)
+        assert 0 <= info.cpu <= 100 and 0 <= info.swap <= 100
+        assert 0 < info.memory and 0 < info.disk

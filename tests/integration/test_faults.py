@@ -194,7 +194,7 @@ def test_a_client_that_resets_during_setup_is_no_internal_error(daemons):
         handshake(link, CLUSTER_SECRET, 'client', 'scheduler', True, time.monotonic() + 10)
         link.send_now(ClusterNew(name='reset', code=pack_computation(nap).code,
                                  nodes=[('*', 0)], reentrant=False, cleanup=True,
-                                 files=[('data.txt', 4, 0o600)], node_files=[], allocate=False))
+                                 files=[('data.txt', 4, 0o600)], allocate=False))
         link.send_now(ClusterFile(name='other.txt', offset=0, data=b'data', last=True))
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))
         sock.close()  # a reset, not a close

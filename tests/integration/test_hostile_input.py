@@ -229,7 +229,7 @@ messages = st.sampled_from(sorted(MESSAGES)).flatmap(message_for)
 def new_cluster_message():
     from dispyscheduler.client.computation import pack_computation
     return ClusterNew(name='fuzz', code=pack_computation(square).code, nodes=[('*', 0)],
-                      reentrant=False, cleanup=True, files=[], node_files=[], allocate=False)
+                      reentrant=False, cleanup=True, files=[], allocate=False)
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
@@ -334,7 +334,7 @@ def test_a_file_longer_than_announced_is_refused_at_once(daemons):
     link = authenticated_client(daemons)
     try:
         link.send_now(ClusterNew(name='liar', code=b'x', nodes=[('*', 0)], reentrant=False,
-                                 cleanup=True, files=[('data.bin', 1, 0o644)], node_files=[],
+                                 cleanup=True, files=[('data.bin', 1, 0o644)],
                                  allocate=False))
         chunk = b'x' * (1 << 20)
         for offset in range(0, 300 << 20, 1 << 20):

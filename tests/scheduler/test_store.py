@@ -18,7 +18,7 @@ def add_cluster(state):
     cluster = state.add_cluster('c', b'code', [('127.0.0.*', 0), ('node', 9000)], True, False,
                                 allocate=True).cluster
     cluster.files = [['data.txt', 4, 0o600]]
-    cluster.node_files = {'data.txt'}
+    cluster.uploads = {'ab12': ('data.txt', 4, 0o600)}
     cluster.directory = '/tmp/c'
     cluster.credential = b'\x01' * 16
     return cluster
@@ -46,7 +46,7 @@ def test_clusters_jobs_and_results_come_back_after_a_restart(tmp_path):
     restored.restore(clusters, rows)
     copy = restored.clusters[cluster.cid]
     for name in ('name', 'code', 'patterns', 'reentrant', 'cleanup', 'allocate', 'files',
-                 'node_files', 'directory', 'credential'):
+                 'uploads', 'directory', 'credential'):
         assert getattr(copy, name) == getattr(cluster, name), name
     assert sorted(copy.jobs) == [0, 1]  # the one that ended is kept as its result only
     assert [(cid, uid) for cid, uid, _ in results] == [(cluster.cid, message.uid)]

@@ -1,0 +1,6 @@
+"""dispy's ``dispy.httpd`` module: ``DispyHTTPServer(cluster)``, a program's own status page
+of its clusters (``client/monitor.py``)."""
+
+from .client.monitor import DEFAULT_HTTP_PORT, DispyHTTPServer
+
+__all__ = ['DispyHTTPServer', 'DEFAULT_HTTP_PORT']
