@@ -19,6 +19,7 @@ import sys
 from typing import Callable, Iterable, Sequence, TypeVar
 
 from . import __version__
+from .node.service import parse_time_of_day
 from .runtime import daemonize
 from .config import (
     ConfigError,
@@ -34,6 +35,7 @@ from .config import (
 )
 from .constants import (
     DEFAULT_DEST_PATH_PREFIX,
+    DEFAULT_HTTP_PORT,
     DEFAULT_NODE_DEST_PATH_PREFIX,
     MAX_CLUSTER_BYTES,
     MAX_CLUSTER_JOBS,
@@ -99,6 +101,9 @@ def ip_address(text: str) -> str:
     except (OSError, IndexError, UnicodeError):
         raise argparse.ArgumentTypeError('cannot resolve %r to an IPv4 address'
                                          % (text,)) from None
+
+
+time_of_day = argument_type(parse_time_of_day, what='a time of day (HH:MM)')
 
 
 def http_address(text: str) -> tuple[str, int]:
@@ -173,8 +178,9 @@ SCHEDULER_OPTIONS = common_options('dispyscheduler') + [
                                    '(default %(default)d)', type=count,
            default=MAX_NODE_LOSSES, metavar='N'),
     Option(('--httpd',), 'serve the status page, /status (JSON) and /metrics (Prometheus) on '
-                         'PORT, at HOST (default 127.0.0.1); off unless given',
-           type=http_address, metavar='[HOST:]PORT'),
+                         'PORT (alone: %d), at HOST (default 127.0.0.1); off unless given'
+                         % DEFAULT_HTTP_PORT,
+           type=http_address, metavar='[HOST:]PORT', const=('127.0.0.1', DEFAULT_HTTP_PORT)),
     Option(('--max_unauthenticated',), 'connections in their handshake at once; past this the '
                                        'oldest is dropped (default %(default)d)', type=count,
            default=MAX_UNAUTHENTICATED, metavar='N'),
@@ -221,6 +227,17 @@ NODE_OPTIONS = common_options('dispynode') + [
     Option(('--ping_interval',), 'seconds between announcements while the node has no '
                                  'scheduler (default %(default)g)', type=ping_interval,
            default=PING_INTERVAL, metavar='SECONDS'),
+    Option(('--serve',), 'exit after serving N computations (default: serve for ever)',
+           type=count, metavar='N'),
+    Option(('--service_start',), 'take jobs each day from this time (default: midnight, or '
+                                 'at once)', type=time_of_day, metavar='HH:MM'),
+    Option(('--service_stop',), 'take no new jobs each day from this time; running jobs go '
+                                'on', type=time_of_day, metavar='HH:MM'),
+    Option(('--service_end',), 'end running jobs and leave the scheduler each day at this '
+                               'time, until --service_start', type=time_of_day,
+           metavar='HH:MM'),
+    Option(('--clean',), "remove computations' directories a previous run left in "
+                         '--dest_path_prefix', SWITCH),
 ]
 
 NODE_OPTIONS += accepted_from_dispy('--client_shutdown') + accepted_from_dispy(
@@ -267,7 +284,9 @@ def node_config(options: argparse.Namespace) -> NodeConfig:
         scheduler_node=options.scheduler_node, scheduler_port=options.scheduler_port,
         dest_path_prefix=options.dest_path_prefix, name=options.name,
         ping_interval=options.ping_interval, zombie_interval=options.zombie_interval,
-        max_file_size=options.max_file_size,
+        max_file_size=options.max_file_size, serve=options.serve or 0,
+        service_start=options.service_start, service_stop=options.service_stop,
+        service_end=options.service_end, clean=options.clean,
     ).check()
     config.cpus = config.cpu_count()
     return config

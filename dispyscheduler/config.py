@@ -66,6 +66,12 @@ def check_count(value: int) -> int:
     return value
 
 
+def check_not_negative(value: int) -> int:
+    if value < 0:
+        raise ValueError('must be 0 or more, not %s' % (value,))
+    return value
+
+
 def check_size(value: int) -> int:
     if value < 0:
         raise ValueError('size cannot be negative: %s' % (value,))
@@ -203,6 +209,16 @@ class NodeConfig:
     max_file_size: int = MAX_FILE_SIZE
     pid_file: Optional[str] = None
     """Written once the node serves (``--daemon``); None: none."""
+    serve: int = 0
+    """Exit after serving this many computations (dispy's ``--serve``); 0: serve for ever."""
+    service_start: Optional[int] = None
+    """Each day from this time (seconds after midnight) the node takes jobs; None: midnight."""
+    service_stop: Optional[int] = None
+    """... until this time, when it takes no more (its running jobs go on); None: no stop."""
+    service_end: Optional[int] = None
+    """... and at this time it ends its running jobs and leaves its scheduler; None: never."""
+    clean: bool = False
+    """Remove computations' directories a previous run left in ``dest_path_prefix``."""
 
     def cpu_count(self, available: Optional[int] = None) -> int:
         """The CPUs to use on a host with ``available`` of them (default: this host's)."""
@@ -217,6 +233,7 @@ class NodeConfig:
             'ping_interval': check_ping_interval,
             'zombie_interval': check_positive,
             'max_file_size': check_size,
+            'serve': check_not_negative,
         })
         if self.cpu_count() < 1:
             raise ConfigError('cpus', 'leaves no CPU to use (%d available)'

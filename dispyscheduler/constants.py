@@ -171,6 +171,10 @@ NODE_DISPY_MODULES = ('os', 'sys', 'time', 'stat', 'socket', 'multiprocessing', 
 """Modules that dispynode's globals give computations (dispy programs use ``os`` and ``sys``
 without importing them), added to a computation's globals where it has no name of its own."""
 
+DEFAULT_HTTP_PORT = 8181
+"""dispy's port for status pages: a program's ``DispyHTTPServer``, the scheduler's bare
+``--httpd``."""
+
 UPLOADS_DIRECTORY = '.uploads'
 """Where, in a cluster's directory at the scheduler, files uploaded after its creation are kept
 (``NodeAllocate.depends`` set in ``allocate``, ``send_file``), one directory per upload."""

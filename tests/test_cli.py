@@ -164,3 +164,111 @@ def test_dispy_4_15_option_names_are_aliases(tmp_path):
     from dispyscheduler.optionfile import parse_args
     parsed = parse_args(node_parser(), NODE_OPTIONS, ['--config', str(saved)])
     assert parsed.ip_addr == '127.0.0.3' and parsed.scheduler_node == '127.0.0.1'
+
+
+def test_bare_httpd_serves_on_dispys_port():
+    assert scheduler_parser().parse_args(['--httpd']).httpd == ('127.0.0.1', 8181)
+    assert scheduler_parser().parse_args(['--httpd', '9000']).httpd == ('127.0.0.1', 9000)
+    assert scheduler_parser().parse_args([]).httpd is None
+
+
+def test_node_serve_service_window_and_clean():
+    options = node_parser().parse_args(['--serve', '3', '--service_start', '08:00',
+                                        '--service_stop', '17:30', '--service_end',
+                                        '18:00:30', '--clean'])
+    assert options.serve == 3 and options.clean
+    assert (options.service_start, options.service_stop, options.service_end) == (
+        8 * 3600, 17 * 3600 + 1800, 18 * 3600 + 30)
+
+
+@pytest.mark.parametrize('argv, option', [
+    (['--service_start', '25:00'], '--service_start'),
+    (['--service_end', 'tonight'], '--service_end'),
+    (['--serve', '0'], '--serve'),
+])
+def test_bad_node_service_values_exit_2_with_one_line(argv, option, capsys):
+    assert option in refused(node_parser(), argv, capsys)
+
+
+# what dispy 4.15.2's ``dispyscheduler.py --save_config`` and ``dispynode.py --save_config``
+# wrote for the command lines in their first lines
+DISPY_SCHEDULER_FILE = '''# -i 127.0.0.1 -n 127.0.0.2 --httpd --clean
+[DEFAULT]
+loglevel = False
+nodes = ['127.0.0.2']
+hosts = ['127.0.0.1']
+ext_hosts = []
+dispy_port = 9700
+ipv4_udp_multicast = False
+node_secret = s
+node_keyfile =
+node_certfile =
+cluster_secret = c
+cluster_certfile =
+cluster_keyfile =
+pulse_interval = 0
+ping_interval = 0
+zombie_interval = 60
+msg_timeout = 10
+dest_path_prefix = None
+max_file_size = 0
+clean = True
+http_server = True
+scheduler_alg = None
+cooperative = False
+cleanup_nodes = False
+daemon = False
+'''
+
+DISPY_NODE_FILE = '''# -i 127.0.0.2 --serve 3 --service_start 08:00 --service_end 18:00 -s sec
+[DEFAULT]
+cpus = 0
+loglevel = True
+hosts = ['127.0.0.2']
+ext_hosts = []
+dispy_port = 9700
+ipv4_udp_multicast = False
+name =
+dest_path_prefix =
+node_init =
+scheduler_host =
+max_file_size = 0
+zombie_interval = 60.0
+ping_interval = 0
+service_start = 08:00
+service_stop =
+service_end = 18:00
+serve = 3
+client_shutdown = False
+force_cleanup = False
+msg_timeout = 10
+secret = sec
+admin_secret =
+certfile =
+keyfile =
+clean = False
+safe_setup = True
+daemon = False
+'''
+
+
+def test_option_files_dispy_4_15_saved_are_read(tmp_path):
+    from dispyscheduler.cli import NODE_OPTIONS, SCHEDULER_OPTIONS, scheduler_config
+    from dispyscheduler.optionfile import parse_args
+    scheduler_file = tmp_path / 'dispyscheduler.conf'
+    scheduler_file.write_text(DISPY_SCHEDULER_FILE)
+    options = parse_args(scheduler_parser(), SCHEDULER_OPTIONS, ['--config',
+                                                                 str(scheduler_file)])
+    assert options.ip_addr == ['127.0.0.1'] and options.nodes == ['127.0.0.2']
+    assert options.ext_ip_addr == [] and options.httpd == ('127.0.0.1', 8181)
+    assert (options.node_secret, options.cluster_secret) == ('s', 'c')
+    assert options.pulse_interval == PULSE_INTERVAL and not options.debug
+    config = scheduler_config(options)
+    assert config.max_file_size == 0 and config.zombie_interval == 60
+    node_file = tmp_path / 'dispynode.conf'
+    node_file.write_text(DISPY_NODE_FILE)
+    node = parse_args(node_parser(), NODE_OPTIONS, ['--config', str(node_file), '--cpus', '1'])
+    assert node.ip_addr == '127.0.0.2' and node.secret == 'sec' and node.debug
+    assert (node.serve, node.service_start, node.service_stop, node.service_end) == (
+        3, 8 * 3600, None, 18 * 3600)
+    assert node.cpus == 1 and node.scheduler_node is None and not node.clean

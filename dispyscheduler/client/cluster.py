@@ -111,6 +111,7 @@ class SharedJobCluster:
             port, secret, (certfile, keyfile, cafile), reconnect_timeout)
         self._prepare(name, connection, job_status or callback, cluster_status, job_timeout)
         self._allocators = allocators
+        self._program = isinstance(computation, str)
         link = connection.connect()
         try:
             body = self._create(link, packed.code, packed.files, reentrant, cleanup)
@@ -138,6 +139,7 @@ class SharedJobCluster:
         self._rids = itertools.count(1)
         self._jobs: dict[int, DispyJob] = {}  # uid -> DispyJob not yet final
         self._jobs_submitted = self._jobs_done = 0  # for status pages (DispyHTTPServer)
+        self._program = False  # the computation is a program: its output is bytes, as dispy's
         # uid -> submission the scheduler has not said it saved
         self._unsaved: dict[int, m.Submit] = {}
         self._nodes: dict[str, DispyNode] = {}  # ip_addr -> DispyNode
@@ -722,6 +724,8 @@ class SharedJobCluster:
             self._running(job, end.ip_addr, end.start_time)
         if end is not None:
             job.stdout, job.stderr = end.stdout, end.stderr
+            if self._program:
+                job.stdout, job.stderr = end.stdout.encode(), end.stderr.encode()
             job.start_time, job.end_time = end.start_time, end.end_time
             job.ip_addr = end.ip_addr
             job.result = None

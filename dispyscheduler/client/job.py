@@ -39,8 +39,8 @@ class DispyJob:
         self.args = args
         self.kwargs = kwargs
         self.result: Any = None
-        self.stdout: Optional[str] = None
-        self.stderr: Optional[str] = None
+        self.stdout: Optional[str | bytes] = None  # bytes when the computation is a program
+        self.stderr: Optional[str | bytes] = None
         self.exception: Optional[str] = None
         self.status = CREATED
         self.submit_time = time.time()

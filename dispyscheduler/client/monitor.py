@@ -20,17 +20,13 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Optional
 
-from ..constants import RUNNING
+from ..constants import DEFAULT_HTTP_PORT, RUNNING
 
 if TYPE_CHECKING:
     from .cluster import SharedJobCluster
     from .job import DispyNode
 
 logger = logging.getLogger('dispyscheduler')
-
-DEFAULT_HTTP_PORT = 8181
-"""dispy's port for a program's status page."""
-
 
 class DispyHTTPServer:
     """Serve the status of ``cluster`` (and of any added with ``add_cluster``) over HTTP on

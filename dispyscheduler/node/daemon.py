@@ -16,6 +16,8 @@ import hmac
 import logging
 import os
 import platform
+import re
+import shutil
 import signal
 import socket
 import time
@@ -48,6 +50,7 @@ from ..wire.link import ConnectionClosed, set_nodelay
 from ..wire.protocol import ProtocolError
 from ..wire.tls import TLSError, TLSSocket
 from .avail import avail_info
+from .service import OFF, SERVING, STOPPING, ServiceWindow, seconds_of_day
 from .computation import Computation, ComputationError, NodeJob, NodeSettings
 
 if TYPE_CHECKING:
@@ -69,6 +72,10 @@ class NodeDaemon:
     zombie_check_interval = 30.0
     """Seconds between checks for computations whose scheduler has been gone too long."""
 
+    service_check_interval = 60.0
+    """Most seconds between looks at the clock for the service window (the clock may be
+    set, or the host suspended, between its changes)."""
+
     shutdown_grace = NODE_SHUTDOWN_GRACE
     """Seconds a node told to stop lets its running jobs finish and their results reach the
     scheduler before it kills them."""
@@ -88,6 +95,8 @@ class NodeDaemon:
         self.scheduler_addr: Optional[Tuple[str, int]] = None
         if config.scheduler_node:
             self.scheduler_addr = (config.scheduler_node, config.scheduler_port)
+        if config.clean:
+            remove_leftovers(config.dest_path_prefix)
         self.scheduler_changed = gevent.event.Event()
         self.last_scheduler_contact = time.monotonic()
         self.pulse_interval = PULSE_INTERVAL
@@ -98,6 +107,13 @@ class NodeDaemon:
                                      max_file_size=config.max_file_size, cpus=self.cpus)
         self.stopped = gevent.event.Event()
         self.duties = Duties(self.stopped)
+        self.window = ServiceWindow(config.service_start, config.service_stop,
+                                    config.service_end)
+        # a node started out of its window waits for its start (one started after its stop
+        # too: it takes no jobs until then)
+        self.service = SERVING if self.window.state(seconds_of_day()) == SERVING else OFF
+        self.service_changed = gevent.event.Event()
+        self.served = 0  # computations served to their end (``--serve``)
 
     # lifecycle
 
@@ -121,6 +137,8 @@ class NodeDaemon:
         self.duties.spawn(self.scheduler_connector)
         self.duties.spawn(self.zombie_watchdog)
         self.duties.spawn(self.announce_loop, udp)
+        if self.window.limited:
+            self.duties.spawn(self.service_watch)
         for signum in (signal.SIGTERM, signal.SIGINT):
             gevent.signal_handler(signum, self.stopped.set)
         if self.config.pid_file:  # ``--daemon``
@@ -143,11 +161,7 @@ class NodeDaemon:
     def leave(self) -> None:
         """Hand the jobs not started back to the scheduler, and give the running ones
         ``shutdown_grace`` seconds to finish and their results time to be acknowledged."""
-        unstarted = [job for job in self.jobs.values() if job.worker is None]
-        for job in unstarted:
-            job.cancelled = True
-            del self.jobs[job.jid]
-        self.send(m.NodeLeaving(jobs=[job.jid for job in unstarted]))
+        self.hand_back_unstarted()
         deadline = time.monotonic() + self.shutdown_grace
         while (self.jobs or self.unacked) and self.link is not None:
             if time.monotonic() > deadline:
@@ -155,13 +169,60 @@ class NodeDaemon:
                 return
             gevent.sleep(0.05)
 
+    def hand_back_unstarted(self) -> None:
+        """The scheduler takes back the jobs not started here, and sends no more."""
+        unstarted = [job for job in self.jobs.values() if job.worker is None]
+        for job in unstarted:
+            job.cancelled = True
+            del self.jobs[job.jid]
+        self.send(m.NodeLeaving(jobs=[job.jid for job in unstarted]))
+
+    # the daily service window (--service_start, --service_stop, --service_end)
+
+    def service_watch(self) -> None:
+        """Follow the service window: at its stop, hand back the jobs not started and take
+        no more; at its end, interrupt the running ones (as ``cancel`` does) and leave the
+        scheduler; at its start, link again (or take jobs again)."""
+        while True:
+            now = seconds_of_day()
+            self.change_service(self.window.state(now))
+            gevent.sleep(min(self.window.next_change(now), self.service_check_interval))
+
+    def change_service(self, state: str) -> None:
+        previous, self.service = self.service, state
+        if state == previous:
+            return
+        logger.info('service window: %s (was %s)', state, previous)
+        if state == SERVING and previous == STOPPING:
+            self.send(m.NodeResumed())
+        elif state == STOPPING and previous == SERVING:
+            self.hand_back_unstarted()
+        elif state == OFF:
+            self.hand_back_unstarted()
+            for job in list(self.jobs.values()):
+                computation = self.computations.get(job.cid)
+                if computation is not None:
+                    computation.cancel(job)
+            gevent.spawn(self.leave_when_done)
+        self.service_changed.set()
+
+    def leave_when_done(self) -> None:
+        """Out of service: once the interrupted jobs have ended and their ends reached the
+        scheduler (or after ``shutdown_grace``), the link closes until service starts."""
+        deadline = time.monotonic() + self.shutdown_grace
+        while (self.jobs or self.unacked) and self.link is not None \
+                and time.monotonic() < deadline and self.service == OFF:
+            gevent.sleep(0.05)
+        if self.service == OFF and self.link is not None:
+            self.link.close()
+
     # discovery
 
     def announce_loop(self, udp: Dict[str, socket.socket]) -> None:
         """Announce this node at start, and every ``--ping_interval`` while it has no
         scheduler (its own went away: another may take it)."""
         while True:
-            if self.link is None:
+            if self.link is None and self.service != OFF:
                 self.announce(udp)
             gevent.sleep(self.config.ping_interval)
 
@@ -194,6 +255,10 @@ class NodeDaemon:
         """Keep one link to the scheduler, reconnecting with back-off when it breaks."""
         backoff = Backoff(*self.reconnect_delays)
         while True:
+            if self.service == OFF:  # outside its service window: it waits
+                self.service_changed.clear()
+                self.service_changed.wait()
+                continue
             if self.scheduler_addr is None:
                 self.scheduler_changed.wait()
                 self.scheduler_changed.clear()
@@ -371,6 +436,11 @@ class NodeDaemon:
             job = self.jobs.pop(jid)
             computation.cancel(job)
         gevent.spawn(self.close_computation, computation, cleanup)
+        if computation.loaded:
+            self.served += 1
+            if self.served == self.config.serve:  # --serve N
+                logger.info('served %d computations (--serve): stopping', self.served)
+                self.stopped.set()
 
     @staticmethod
     def close_computation(computation: Computation, cleanup: bool) -> None:
@@ -463,3 +533,20 @@ class NodeDaemon:
             computation.serve_setup_process(link)
         else:
             computation.serve_worker(link, hello.pid)
+
+
+COMPUTATION_DIRECTORY = re.compile(r'[0-9]+_[0-9a-f]{8}')
+"""How computations' directories are named in ``dest_path_prefix``."""
+
+
+def remove_leftovers(dest_path_prefix: str) -> None:
+    """``--clean``: computations' directories a previous run left (only those: the prefix
+    may hold anything else)."""
+    try:
+        entries = os.listdir(dest_path_prefix)
+    except OSError:
+        return
+    for entry in entries:
+        if COMPUTATION_DIRECTORY.fullmatch(entry):
+            shutil.rmtree(os.path.join(dest_path_prefix, entry), ignore_errors=True)
+            logger.info('removed %s left by a previous run (--clean)', entry)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import io
+import inspect
 import os
 import select
 import signal
@@ -342,10 +343,11 @@ def run_job(computation: UserComputation, job: m.Job) -> m.JobDone:
     sys.stdout, sys.stderr = stdout, stderr
     start_time = time.time()
     result = exception = None
+    added: list[str] = []
     try:
         args, kwargs, *depends = serialize.loads(job.args)
         if depends:  # functions and classes of its ``dispy_job_depends``: globals of the job
-            give_job_globals(computation, depends[0])
+            added = give_job_globals(computation, depends[0])
         if computation.get('program'):
             value = run_program(computation['program'], args, stdout, stderr)
         else:
@@ -372,16 +374,36 @@ def run_job(computation: UserComputation, job: m.Job) -> m.JobDone:
     finally:
         end_time = time.time()
         sys.stdout, sys.stderr = saved
+        for name in added:  # the next job of this worker process does not see them
+            computation['compute'].__globals__.pop(name, None)
     return m.JobDone(jid=job.jid, status=status, result=result, exception=exception,
                      stdout=stdout.getvalue(), stderr=stderr.getvalue(), start_time=start_time,
                      end_time=end_time)
 
 
-def give_job_globals(computation: UserComputation, namespace: dict[str, Any]) -> None:
+def give_job_globals(computation: UserComputation, namespace: dict[str, Any]) -> list[str]:
+    """Make a job's ``dispy_job_depends`` functions and classes globals of the computation
+    for this job, as dispy does; they, in turn, see the computation's globals (dispynode's
+    names, what ``setup`` made). Returns the names added, to take away after the job."""
     function = computation.get('compute')
-    globals_ = getattr(function, '__globals__', None)
-    if globals_ is not None:
-        globals_.update(namespace)
+    shared = getattr(function, '__globals__', None)
+    if shared is None:  # a program: nothing to give
+        return []
+    added = [name for name in namespace if name not in shared]
+    shared.update(namespace)
+    for value in namespace.values():
+        if inspect.isfunction(value):
+            functions = [value]
+        elif inspect.isclass(value):  # its methods
+            functions = [member for member in vars(value).values() if inspect.isfunction(member)]
+        else:
+            continue
+        for member in functions:
+            own = member.__globals__
+            if own is not shared:
+                for name, item in shared.items():
+                    own.setdefault(name, item)
+    return added
 
 
 def run_program(program: str, args: List[Any], stdout: BoundedOutput,

@@ -28,7 +28,7 @@ from ..runtime.hublink import HubLink
 from ..wire.protocol import ProtocolError
 from .admission import Admission
 from .durability import Durability
-from .model import FAILED, OFFERED, READY, Cluster, State, job_size
+from .model import FAILED, OFFERED, READY, Cluster, Node, State, job_size
 from .nodes import NodeService, upload_directory
 from .router import Router
 from .sessions import ClientSession, Peers
@@ -65,6 +65,12 @@ class ClusterService:
             m.NodeControl: self.on_node_control,
         }
         self.uploading: dict[tuple[int, str], IncomingFiles] = {}  # (cid, ref) -> arriving
+        # what a client's ``node_control`` asks of one of its nodes
+        self.node_actions: dict[str, Callable[[Cluster, Node, m.NodeControl],
+                                              tuple[int, str]]] = {
+            'deallocate': self.deallocate_node, 'set_cpus': self.set_node_cpus,
+            'send_file': self.send_file, 'close': self.close_node, 'resetup': self.close_node,
+        }
         # pings hosts for ``discover_nodes`` (the server sets it: ``Pinger.ping``)
         self.discover: Callable[[list[str], int], None] = lambda hosts, port: None
 
@@ -322,55 +328,70 @@ class ClusterService:
         session.node_control_done(control.rid, value, reason)
 
     def node_control(self, cluster: Cluster, control: m.NodeControl) -> tuple[int, str]:
-        action = control.action
-        if action in ('allocate', 'allocate_offered'):
-            try:
-                patterns = resolve_patterns([(control.node, control.port)])
-            except ProtocolError as exc:
-                return -1, str(exc)
-            nodes, dispatches = self.state.allocate_nodes(cluster, patterns,
-                                                          action == 'allocate_offered')
-            self.durability.put_cluster(cluster)
-            for node in nodes:
-                self.nodes.offer_or_install(node, cluster)
-            self.router.dispatch(dispatches)
-            return 0, ''
-        if action == 'discover':
+        """``(value, reason)``: what dispy's method returns, and why it was refused."""
+        if control.action in ('allocate', 'allocate_offered'):
+            return self.allocate_nodes(cluster, control)
+        if control.action == 'discover':
             self.discover([control.node], control.port or self.config.node_port)
             return 0, ''
-        found = next((node for node in self.state.nodes.values()
-                      if node.answers_to(control.node) and cluster.cid in node.clusters), None)
-        if found is None:
+        act = self.node_actions.get(control.action)
+        if act is None:
+            return -1, 'unknown node action %r' % (control.action,)
+        node = next((node for node in self.state.nodes.values()
+                     if node.answers_to(control.node) and cluster.cid in node.clusters), None)
+        if node is None:
             return -1, 'node %s is not one of this cluster\'s' % (control.node,)
-        node = found
-        if action == 'deallocate':
-            if not self.state.deallocate_node(cluster, node):
-                return -1, 'node %s does not run this cluster' % (node.key,)
-            self.nodes.release_jobs(node, cluster)
-            return 0, ''
-        if action == 'set_cpus':
-            cpus = self.state.set_node_cpus(cluster, node, control.cpus)
-            self.nodes.set_cpus(node, cluster, cpus)
-            self.router.dispatch(self.state.fill_node(node))
-            return cpus, ''
-        if action == 'send_file':
-            if node.clusters[cluster.cid] != READY:
-                return -1, 'node %s has not set the computation up' % (node.key,)
-            sent = self.nodes.send_file(node, cluster, control.ref)
-            return (0, '') if sent else (-1, 'the file could not be sent to %s' % (node.key,))
-        if action in ('close', 'resetup'):
-            ended = self.state.close_node(cluster, node, action == 'resetup')
-            if ended is None:
-                return -1, 'node %s is closing already' % (node.key,)
-            for job in ended:
-                self.router.end_job(job, CANCELLED, 'node %s was closed' % (node.key,))
-            self.nodes.release_jobs(node, cluster)
-            if control.terminate:
-                for job in [job for job in node.jobs.values() if job.cluster is cluster]:
-                    self.on_cancel(cluster, None, m.Cancel(uid=job.uid))
-            self.nodes.finish_closing(node, cluster)
-            return 0, ''
-        return -1, 'unknown node action %r' % (action,)
+        return act(cluster, node, control)
+
+    def allocate_nodes(self, cluster: Cluster, control: m.NodeControl) -> tuple[int, str]:
+        try:
+            patterns = resolve_patterns([(control.node, control.port)])
+        except ProtocolError as exc:
+            return -1, str(exc)
+        nodes, dispatches = self.state.allocate_nodes(cluster, patterns,
+                                                      control.action == 'allocate_offered')
+        self.durability.put_cluster(cluster)
+        for node in nodes:
+            self.nodes.offer_or_install(node, cluster)
+        self.router.dispatch(dispatches)
+        return 0, ''
+
+    def deallocate_node(self, cluster: Cluster, node: Node,
+                        control: m.NodeControl) -> tuple[int, str]:
+        if not self.state.deallocate_node(cluster, node):
+            return -1, 'node %s does not run this cluster' % (node.key,)
+        self.nodes.release_jobs(node, cluster)
+        return 0, ''
+
+    def set_node_cpus(self, cluster: Cluster, node: Node,
+                      control: m.NodeControl) -> tuple[int, str]:
+        cpus = self.state.set_node_cpus(cluster, node, control.cpus)
+        if cpus < 0:
+            return -1, 'node %s does not run this cluster' % (node.key,)
+        self.nodes.set_cpus(node, cluster, cpus)
+        self.router.dispatch(self.state.fill_node(node))
+        return cpus, ''
+
+    def send_file(self, cluster: Cluster, node: Node, control: m.NodeControl) -> tuple[int, str]:
+        if node.clusters[cluster.cid] != READY:
+            return -1, 'node %s has not set the computation up' % (node.key,)
+        if not self.nodes.send_file(node, cluster, control.ref):
+            return -1, 'the file could not be sent to %s' % (node.key,)
+        return 0, ''
+
+    def close_node(self, cluster: Cluster, node: Node, control: m.NodeControl) -> tuple[int, str]:
+        """``close_node`` and ``resetup_node``."""
+        ended = self.state.close_node(cluster, node, control.action == 'resetup')
+        if ended is None:
+            return -1, 'node %s is closing, or has not set the computation up' % (node.key,)
+        for job in ended:
+            self.router.end_job(job, CANCELLED, 'node %s was closed' % (node.key,))
+        self.nodes.release_jobs(node, cluster)
+        if control.terminate:
+            for job in [job for job in node.jobs.values() if job.cluster is cluster]:
+                self.on_cancel(cluster, None, m.Cancel(uid=job.uid))
+        self.nodes.finish_closing(node, cluster)
+        return 0, ''
 
     def on_cancel(self, cluster: Cluster, session: Optional[ClientSession],
                   cancel: m.Cancel) -> None:

@@ -698,6 +698,12 @@ class State:
                 outcome.requeued.append(job)
         return self._place_requeued(outcome)
 
+    def node_resumed(self, node: Node) -> list[Dispatch]:
+        """A node that left (``node_leaving``) but kept its link takes jobs again."""
+        node.slots = node.cpus * self.max_depth
+        self._load_changed(node)
+        return self.fill_node(node)
+
     def _take_back(self, node: Node, job: Job) -> None:
         del node.jobs[job.jid]
         node.jobs_of[job.cluster.cid] -= 1

@@ -51,6 +51,7 @@ class NodeService:
             m.Pulse: self.on_pulse, m.ComputeReady: self.on_compute_ready,
             m.ComputeFailed: self.on_compute_failed, m.NodeLeaving: self.on_node_leaving,
             m.JobsReleased: self.on_jobs_released, m.Avail: self.on_avail,
+            m.NodeResumed: self.on_node_resumed,
         }
 
     def serve(self, sock: socket.socket, address: tuple[str, int]) -> None:
@@ -273,6 +274,11 @@ class NodeService:
                                     % (node.key, failed.reason))
             self.router.reschedule(outcome, 'job was submitted to node %s, where the '
                                    'computation could not be set up' % (node.key,))
+
+    def on_node_resumed(self, session: NodeSession, node: Node,
+                        resumed: m.NodeResumed) -> None:
+        logger.info('node %s takes jobs again', node.key)
+        self.router.dispatch(self.state.node_resumed(node))
 
     def on_node_leaving(self, session: NodeSession, node: Node,
                         leaving: m.NodeLeaving) -> None:

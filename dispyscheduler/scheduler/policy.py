@@ -42,8 +42,8 @@ DEPTHS = ((0.005, 8), (0.05, 4), (1.0, 2))
 def dispatch_depth(mean_runtime: float | None) -> int:
     """Jobs in flight per node CPU for a cluster whose jobs run ``mean_runtime`` seconds (None
     while none has ended)."""
-    if mean_runtime is None:
-        return 2
+    if mean_runtime is None:  # one per CPU, as dispy: a new cluster's first jobs spread
+        return 1
     for limit, depth in DEPTHS:
         if mean_runtime < limit:
             return depth

@@ -325,6 +325,12 @@ class NodeLeaving(Message):
     """Jobs it had not started, handed back."""
 
 
+@message('node_resumed')
+class NodeResumed(Message):
+    """A node that handed its jobs back (``node_leaving``: its daily service stopped) takes
+    jobs again."""
+
+
 @message('jobs_released')
 class JobsReleased(Message):
     """The jobs ``release_jobs`` asked for, which this node will not run."""

@@ -53,8 +53,8 @@ def test_shell_program(shared, tmp_path):
         jobs = run_all(cluster, [cluster.submit('world', code) for code in (0, 3)])
     assert [job.status for job in jobs] == [DispyJob.Finished] * 2
     assert [job.result for job in jobs] == [0, 3]
-    assert jobs[0].stdout == 'hello world\n'
-    assert jobs[1].stderr == 'oops 3\n'
+    assert jobs[0].stdout == b'hello world\n'  # a program's output is bytes, as in dispy
+    assert jobs[1].stderr == b'oops 3\n'
 
 
 def test_python_program_runs_with_the_nodes_python(shared, tmp_path):
@@ -64,7 +64,7 @@ def test_python_program_runs_with_the_nodes_python(shared, tmp_path):
         job = cluster.submit('a', 'b')
         job()
     assert job.result == 7
-    assert job.stdout == "2 ['a', 'b']\n"
+    assert job.stdout == b"2 ['a', 'b']\n"
 
 
 class Point:

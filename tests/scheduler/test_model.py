@@ -13,8 +13,14 @@ from dispyscheduler.scheduler.model import (FAILED, INSTALLING, READY, Cancellat
 ALL = [('*', 0)]
 
 
-def new_cluster(state, name='c', patterns=ALL, reentrant=False, cleanup=True):
-    return state.add_cluster(name, b'code', patterns, reentrant, cleanup).cluster
+def new_cluster(state, name='c', patterns=ALL, reentrant=False, cleanup=True,
+                short_jobs=True):
+    """A cluster; with ``short_jobs``, as once its jobs were seen to take under a second
+    (two in flight per CPU: what most tests here place), else as new (one per CPU)."""
+    cluster = state.add_cluster(name, b'code', patterns, reentrant, cleanup).cluster
+    if short_jobs:
+        cluster.ran(0.5)
+    return cluster
 
 
 def ready_node(state, key, cpus=1, ip_addr=None, name=None, port=51348):
@@ -49,6 +55,19 @@ def check_invariants(state):
             assert job.node is node and state.jobs[job.jid] is job
         per_cluster = collections.Counter(job.cluster.cid for job in node.jobs.values())
         assert +node.jobs_of == per_cluster
+
+
+def test_a_new_clusters_first_jobs_go_one_per_cpu_and_spread_over_nodes_ready_later():
+    """Before any job has ended, how long they take is unknown: each node gets one per CPU,
+    so a node that finishes installing later still gets its share (it once got none: the
+    first node ready took two per CPU, and jobs on a node stay there)."""
+    state = State(max_depth=2)
+    cluster = new_cluster(state, short_jobs=False)
+    first, _ = ready_node(state, 'first', cpus=2)
+    _, dispatches = submit_many(state, cluster, 4)
+    assert [node for node, _ in dispatches] == [first, first]
+    second, later = ready_node(state, 'second', cpus=2)
+    assert [node for node, _ in later] == [second, second]
 
 
 # installs
@@ -166,17 +185,17 @@ def test_one_job_at_a_time_stays_on_the_node_that_ran_the_last():
 
 
 def test_slots_cap_jobs_in_flight_per_node():
-    """A cluster starts two deep per CPU; short jobs make it deeper, up to the node's slots."""
+    """A cluster starts one deep per CPU; short jobs make it deeper, up to the node's slots."""
     state = State(max_depth=3)
-    cluster = new_cluster(state)
+    cluster = new_cluster(state, short_jobs=False)
     node, _ = ready_node(state, 'a', cpus=2)
     assert node.slots == 6
     jobs, dispatches = submit_many(state, cluster, 10)
-    assert [job for _, job in dispatches] == jobs[:4]
-    assert len(node.jobs) == 4 and cluster.in_flight == 4 and cluster.queued == 6
+    assert [job for _, job in dispatches] == jobs[:2]
+    assert len(node.jobs) == 2 and cluster.in_flight == 2 and cluster.queued == 8
     refill = state.job_done(node, jobs[0].jid, FINISHED, runtime=0.001).dispatches
     assert cluster.depth == 8  # millisecond jobs: as deep as it goes
-    assert [job for _, job in refill] == jobs[4:7]  # the node's 6 slots are the limit now
+    assert [job for _, job in refill] == jobs[2:7]  # the node's 6 slots are the limit now
     assert len(node.jobs) == 6 and node not in state.free_nodes
     check_invariants(state)
 
