@@ -13,6 +13,7 @@ from .config import MsgTimeout  # dispy's name; it has no effect here
 
 if TYPE_CHECKING:  # what type checkers see of the names imported on first use
     from .client.cluster import SharedJobCluster, recover_jobs
+    from .client.jobcluster import JobCluster
     from .client.job import ClusterStatus, DispyJob, DispyNode, DispyNodeAvailInfo, NodeAllocate
     from .wire.auth import AuthenticationError
 
@@ -26,6 +27,7 @@ logger.DEBUG, logger.INFO, logger.WARNING, logger.ERROR = (  # type: ignore[attr
 
 _API = {
     'SharedJobCluster': 'dispyscheduler.client.cluster',
+    'JobCluster': 'dispyscheduler.client.jobcluster',
     'DispyJob': 'dispyscheduler.client.job',
     'DispyNode': 'dispyscheduler.client.job',
     'DispyNodeAvailInfo': 'dispyscheduler.client.job',
@@ -35,9 +37,9 @@ _API = {
     'AuthenticationError': 'dispyscheduler.wire.auth',
 }
 
-__all__ = ['SharedJobCluster', 'DispyJob', 'DispyNode', 'DispyNodeAvailInfo', 'NodeAllocate',
-           'ClusterStatus', 'recover_jobs', 'AuthenticationError', 'logger', 'MsgTimeout',
-           'config']
+__all__ = ['SharedJobCluster', 'JobCluster', 'DispyJob', 'DispyNode', 'DispyNodeAvailInfo',
+           'NodeAllocate', 'ClusterStatus', 'recover_jobs', 'AuthenticationError', 'logger',
+           'MsgTimeout', 'config']
 
 
 def __getattr__(name: str) -> Any:

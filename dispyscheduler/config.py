@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional, TypeVar
 
 from .constants import (
     DEFAULT_DEST_PATH_PREFIX,
@@ -248,3 +248,23 @@ class NodeConfig:
 # setting them changes nothing.
 MsgTimeout = 10
 MaxFileSize = 0
+
+
+def fields_of(config: SchedulerConfig | NodeConfig) -> dict[str, Any]:
+    """A configuration as plain values (JSON), for a daemon run in a child process."""
+    return dataclasses.asdict(config)
+
+
+C = TypeVar('C', SchedulerConfig, NodeConfig)
+
+
+def from_fields(cls: type[C], fields: dict[str, Any]) -> C:
+    """The configuration ``fields_of`` gave; not checked (``check`` it)."""
+    values = dict(fields)
+    for name, field in cls.__dataclass_fields__.items():
+        value = values.get(name)
+        if isinstance(value, list) and field.type in ('TLSFiles', TLSFiles):
+            values[name] = TLSFiles(*value)
+        elif isinstance(value, list) and name == 'httpd':
+            values[name] = tuple(value)
+    return cls(**values)

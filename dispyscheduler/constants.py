@@ -171,6 +171,9 @@ NODE_DISPY_MODULES = ('os', 'sys', 'time', 'stat', 'socket', 'multiprocessing', 
 """Modules that dispynode's globals give computations (dispy programs use ``os`` and ``sys``
 without importing them), added to a computation's globals where it has no name of its own."""
 
+BUSY_WARNING_INTERVAL = 600.0
+"""Seconds between a scheduler's warnings about one node that serves another scheduler."""
+
 DEFAULT_HTTP_PORT = 8181
 """dispy's port for status pages: a program's ``DispyHTTPServer``, the scheduler's bare
 ``--httpd``."""

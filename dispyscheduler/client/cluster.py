@@ -65,6 +65,9 @@ results come back on the client's own connection); accepted so that programs run
 
 
 class SharedJobCluster:
+    _private_scheduler: dict[str, Any] | None = None
+    """A JobCluster's scheduler's configuration, for ``recover_jobs`` to start it again."""
+
     """Run ``computation`` (a function, or the path of a program) on the nodes of a shared
     ``dispyscheduler``.
 
@@ -242,8 +245,10 @@ class SharedJobCluster:
         read it, for it holds the cluster's credential."""
         assert self.cid is not None  # from ``_attached``
         path = path or '_dispyscheduler_%s_%d.json' % (time.strftime('%Y%m%d%H%M%S'), self.cid)
-        record = {'scheduler': host, 'port': port, 'cid': self.cid,
-                  'credential': self._credential.hex(), 'name': self.name}
+        record: dict[str, Any] = {'scheduler': host, 'port': port, 'cid': self.cid,
+                                  'credential': self._credential.hex(), 'name': self.name}
+        if self._private_scheduler is not None:  # a JobCluster's: how to start it again
+            record['private_scheduler'] = self._private_scheduler
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, 'w') as handle:
             json.dump(record, handle)
@@ -852,8 +857,23 @@ def recover_jobs(recover_file: str | None = None, timeout: float | None = None,
         recover_file = found[-1]
     with open(recover_file) as handle:
         record = json.load(handle)
-    cluster = SharedJobCluster._recover(record, recover_file, secret,
-                                        (certfile, keyfile, cafile), loglevel)
+    if record.get('private_scheduler'):  # a JobCluster's: its scheduler starts again
+        from .jobcluster import forget_private_scheduler, restart_private_scheduler
+        private, started, secret = restart_private_scheduler(record)
+        try:
+            return _recover_jobs(started, recover_file, timeout, terminate_pending, secret,
+                                 (certfile, keyfile, cafile), loglevel)
+        finally:
+            forget_private_scheduler(private, record, recover_file)
+    return _recover_jobs(record, recover_file, timeout, terminate_pending, secret,
+                         (certfile, keyfile, cafile), loglevel)
+
+
+def _recover_jobs(record: dict[str, Any], recover_file: str, timeout: float | None,
+                  terminate_pending: bool, secret: str,
+                  tls_files: tuple[str | None, str | None, str | None],
+                  loglevel: int) -> list[DispyJob]:
+    cluster = SharedJobCluster._recover(record, recover_file, secret, tls_files, loglevel)
     cluster._pending_known.wait(CLIENT_CLUSTER_TIMEOUT)
     finished = cluster.wait(timeout)
     if not finished and terminate_pending:

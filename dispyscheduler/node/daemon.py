@@ -76,6 +76,9 @@ class NodeDaemon:
     """Most seconds between looks at the clock for the service window (the clock may be
     set, or the host suspended, between its changes)."""
 
+    busy_answer_interval = 60.0
+    """Seconds between answers to a scheduler that pings this node while it serves another."""
+
     shutdown_grace = NODE_SHUTDOWN_GRACE
     """Seconds a node told to stop lets its running jobs finish and their results reach the
     scheduler before it kills them."""
@@ -114,6 +117,7 @@ class NodeDaemon:
         self.service = SERVING if self.window.state(seconds_of_day()) == SERVING else OFF
         self.service_changed = gevent.event.Event()
         self.served = 0  # computations served to their end (``--serve``)
+        self.busy_answered: Dict[Tuple[str, int], float] = {}  # scheduler -> when told busy
 
     # lifecycle
 
@@ -133,7 +137,9 @@ class NodeDaemon:
         local_server.start()
         udp = self.udp
         for sock in udp.values():
-            self.duties.spawn(discovery.receive_loop, sock, self.config.secret, self.on_datagram)
+            self.duties.spawn(discovery.receive_loop, sock, self.config.secret,
+                              lambda message, source, sock=sock: self.on_datagram(
+                                  message, source, sock))
         self.duties.spawn(self.scheduler_connector)
         self.duties.spawn(self.zombie_watchdog)
         self.duties.spawn(self.announce_loop, udp)
@@ -237,8 +243,15 @@ class NodeDaemon:
             discovery.send(source, self.config.secret, announcement,
                            (target, self.config.scheduler_port))
 
-    def on_datagram(self, ping: m.Message, source: Tuple[str, int]) -> None:
-        if type(ping) is not m.Ping or self.link is not None or self.config.scheduler_node:
+    def on_datagram(self, ping: m.Message, source: Tuple[str, int],
+                    sock: Optional[socket.socket] = None) -> None:
+        if type(ping) is not m.Ping:
+            return
+        if self.link is not None:
+            if sock is not None:
+                self.answer_busy(ping, source, sock)
+            return
+        if self.config.scheduler_node:
             return
         if not (discovery.valid_address(ping.addr) and discovery.valid_port(ping.port)):
             logger.debug('ignored a ping with address %r port %r', ping.addr, ping.port)
@@ -248,6 +261,21 @@ class NodeDaemon:
             logger.info('pinged by scheduler at %s:%s', *address)
             self.scheduler_addr = address
         self.scheduler_changed.set()
+
+    def answer_busy(self, ping: m.Ping, source: Tuple[str, int], sock: socket.socket) -> None:
+        """Tell a scheduler that pings this node while it serves another which one it serves
+        (its programs see a warning naming the node), at most once a ``busy_answer_interval``
+        per scheduler."""
+        serving = self.link.peer if self.link is not None else ''
+        if (ping.addr or source[0], ping.port) == self.scheduler_addr:
+            return  # ours, pinging before it noticed the link
+        now = time.monotonic()
+        if now - self.busy_answered.get(source, -self.busy_answer_interval) \
+                < self.busy_answer_interval:
+            return
+        self.busy_answered[source] = now
+        discovery.send(sock, self.config.secret,
+                       m.NodeBusy(port=self.config.node_port, serving=serving), source)
 
     # the scheduler link
 

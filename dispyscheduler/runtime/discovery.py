@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 SIOCGIFFLAGS = 0x8913
 SIOCGIFADDR = 0x8915
 SIOCGIFBRDADDR = 0x8919
+SIOCGIFNETMASK = 0x891b
 IFF_BROADCAST = 0x2
 IFF_LOOPBACK = 0x8
 IFF_UP = 0x1
@@ -51,6 +52,10 @@ def ipv4_interfaces() -> list[tuple[str, str, str | None, bool]]:
             broadcast = None
             if flags & IFF_BROADCAST:
                 broadcast = socket.inet_ntoa(_ioctl(sock, SIOCGIFBRDADDR, name)[20:24])
+                if broadcast == '0.0.0.0':  # none set (``ip addr add`` without ``brd +``):
+                    mask = socket.inet_ntoa(_ioctl(sock, SIOCGIFNETMASK, name)[20:24])
+                    broadcast = str(ipaddress.IPv4Network('%s/%s' % (address, mask),
+                                                          strict=False).broadcast_address)
             found.append((name, address, broadcast, bool(flags & IFF_LOOPBACK)))
     return found
 

@@ -71,8 +71,10 @@ class ClusterService:
             'deallocate': self.deallocate_node, 'set_cpus': self.set_node_cpus,
             'send_file': self.send_file, 'close': self.close_node, 'resetup': self.close_node,
         }
-        # pings hosts for ``discover_nodes`` (the server sets it: ``Pinger.ping``)
+        # pings hosts for ``discover_nodes``, and tells a new cluster of nodes it would use
+        # that serve another scheduler (the server sets them: ``Pinger``'s)
         self.discover: Callable[[list[str], int], None] = lambda hosts, port: None
+        self.warn_of_busy_nodes: Callable[[Cluster], None] = lambda cluster: None
 
     def serve(self, sock: socket.socket, address: tuple[str, int]) -> None:
         """A client connected (a StreamServer handler): admit it, create or resume its
@@ -122,6 +124,7 @@ class ClusterService:
         cluster.results.attach()
         if not resumed:
             logger.info('cluster %s (%s) from %s', cluster.cid, cluster.name, source)
+            self.warn_of_busy_nodes(cluster)
             for node in list(self.state.nodes.values()):
                 if cluster.cid in node.clusters:
                     self.nodes.offer_or_install(node, cluster)

@@ -154,6 +154,7 @@ class Cluster:
         self.credential = b''  # what lets a client resume the cluster
         self.orphaned_since: Optional[float] = None  # when its client left without closing
         self.dormant = False  # its client is long gone: uninstalled, kept for its results
+        self.busy_warned: set[str] = set()  # nodes serving another scheduler it was told of
 
     def __repr__(self) -> str:
         return '<Cluster %s %s>' % (self.cid, self.name)

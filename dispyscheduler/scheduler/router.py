@@ -115,8 +115,10 @@ class Router:
         if session is not None:
             session.node_status(node, status, reason)
 
-    def warn_client(self, cluster: Cluster, reason: str) -> None:
+    def warn_client(self, cluster: Cluster, reason: str) -> bool:
+        """Log a cluster's warning and tell its client; whether the client was there."""
         logger.warning('cluster %s: %s', cluster.cid, reason)
         session = self.peers.client(cluster.cid)
         if session is not None:
             session.warn(reason)
+        return session is not None

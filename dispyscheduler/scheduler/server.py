@@ -124,6 +124,8 @@ class Scheduler:
         self.watchdogs = Watchdogs(config, self.state, self.nodes, self.clusters, self.router)
         self.pinger = Pinger(config, self.state, listeners.udp, listeners.node_port)
         self.clusters.discover = self.pinger.ping
+        self.pinger.warn_client = self.router.warn_client
+        self.clusters.warn_of_busy_nodes = self.pinger.warn_of_busy_nodes
         self.status_server: Optional[StatusServer] = None
 
     def restore(self, store: Store) -> None:

@@ -692,3 +692,11 @@ class Ping(Message):
 @message('announce')
 class Announce(Message):
     port: int
+
+
+@message('node_busy')
+class NodeBusy(Message):
+    """A node's answer to a scheduler's ping while it serves another (it serves one at a
+    time): ``serving`` names that one, ``port`` is the node's discovery port."""
+    port: int
+    serving: str

@@ -75,3 +75,18 @@ def test_migration_guide_program_runs_as_printed(readme_setup, tmp_path):
             assert handle.read().startswith('job %d ran on ' % n)
     assert 'node 127.0.0.2 ready' in result.stdout and 'node 127.0.0.3 ready' in result.stdout
     assert 'Sec/Job' in result.stdout
+
+
+def test_readme_first_program_runs_with_nothing_started_beforehand(tmp_path):
+    """The README's first program (a JobCluster with ``local=True``) as printed: no daemon
+    started by hand."""
+    with open(os.path.join(REPO, 'README.md')) as handle:
+        readme = handle.read()
+    running_it = readme[readme.index('## Running it'):]
+    match = re.search(r'\n\n((?:    .*\n|\n)+?)\n(?! )', running_it)
+    program = tmp_path / 'first.py'
+    program.write_text(re.sub(r'^    ', '', match.group(1), flags=re.M))
+    assert 'JobCluster(compute, local=True)' in program.read_text()
+    result = run_program(program, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(sum(n * n for n in range(1000)))

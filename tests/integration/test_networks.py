@@ -6,6 +6,7 @@ exist only there) and removes them; it skips, saying why, where namespaces canno
 
 import json
 import os
+import re
 import sys
 import time
 
@@ -243,3 +244,132 @@ def test_discovery_when_most_pings_are_lost(hosts):
     scheduler.wait_log(r'node 10\.99\.1\.2:51348 .* joined', timeout=60)
     summary = finish(hosts.client('sched', '10.99.1.1', 10))
     assert summary['ip_addrs'] == ['10.99.1.2']
+
+
+JOBCLUSTER = '''
+import json, sys, threading
+import dispyscheduler as dispy
+
+def compute(n):
+    return n * n
+
+options = json.loads(sys.argv[1])
+wanted = options.pop('wait_for_nodes', 1)
+ready = threading.Semaphore(0)
+
+def cluster_status(status, node, job):
+    if status == dispy.DispyNode.Initialized:
+        ready.release()
+
+cluster = dispy.JobCluster(compute, secret=%r, ping_interval=1, cluster_status=cluster_status,
+                           **options)
+for _ in range(wanted):  # every node there before the jobs, so that each gets some
+    assert ready.acquire(timeout=60)
+jobs = [cluster.submit(n) for n in range(40)]
+cluster.wait()
+print(json.dumps({'results': [job.result for job in jobs],
+                  'ip_addrs': sorted({job.ip_addr for job in jobs if job.ip_addr})}))
+cluster.close()
+''' % NODE_SECRET
+
+
+def jobcluster(hosts, on, **options):
+    """A JobCluster program (dispy's, changed only in its import) on host ``on``."""
+    import subprocess
+    script = os.path.join(hosts.directory, 'jobcluster.py')
+    with open(script, 'w') as handle:
+        handle.write(JOBCLUSTER)
+    return subprocess.Popen(hosts.net.command(on, [sys.executable, script,
+                                                     json.dumps(options)]),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            cwd=hosts.directory, env=dict(os.environ, PYTHONPATH=REPO))
+
+
+def test_jobcluster_finds_nodes_on_its_lan_by_broadcast(hosts):
+    """dispy's JobCluster(compute): nodes '*' by default, found by broadcast."""
+    one_lan(hosts)
+    for host in ('n1', 'n2'):
+        hosts.node(host).wait_log('serving with 2 CPUs')
+    summary = finish(jobcluster(hosts, 'sched', wait_for_nodes=2))
+    assert summary['results'] == [n * n for n in range(40)]
+    assert summary['ip_addrs'] == ['10.99.1.2', '10.99.1.3']
+
+
+def test_jobcluster_finds_a_node_on_another_subnet_by_name(hosts):
+    net = hosts.net
+    net.lan('lan')
+    net.lan('far')
+    net.router('router', [('lan', '10.99.1.254/24'), ('far', '10.99.2.254/24')])
+    net.host('sched', 'lan', '10.99.1.1/24', gateway='10.99.1.254')
+    net.host('n3', 'far', '10.99.2.3/24', gateway='10.99.2.254')
+    hosts.node('n3').wait_log('serving with 2 CPUs')
+    summary = finish(jobcluster(hosts, 'sched', nodes=['10.99.2.3']))
+    assert summary['results'] == [n * n for n in range(40)]
+    assert summary['ip_addrs'] == ['10.99.2.3']
+
+
+@pytest.mark.skipif(not netns.nat_available(),
+                    reason="nftables (nft) is not installed: .ci/run installs Debian's "
+                           'nftables package when it can')
+def test_jobcluster_behind_nat_with_ext_ip_addr(hosts):
+    """The program on a private network behind a gateway that forwards its port
+    (``dispy_port``, TCP and UDP); it announces the gateway's address (``ext_ip_addr``)."""
+    net = hosts.net
+    net.lan('private')
+    net.lan('public')
+    net.router('gateway', [('private', '10.99.3.1/24'), ('public', '10.99.4.1/24')])
+    net.forward_ports('gateway', '10.99.4.1', '10.99.3.2', tcp_ports=(51350,),
+                      udp_ports=(51350,))
+    net.host('sched', 'private', '10.99.3.2/24', gateway='10.99.3.1')
+    net.host('n1', 'public', '10.99.4.5/24')
+    node = hosts.node('n1')
+    node.wait_log('serving with 2 CPUs')
+    summary = finish(jobcluster(hosts, 'sched', nodes=['10.99.4.5'], host='10.99.3.2',
+                                ext_ip_addr='10.99.4.1', dispy_port=51350))
+    assert summary['results'] == [n * n for n in range(40)]
+    assert summary['ip_addrs'] == ['10.99.4.5']
+    node.wait_log('pinged by scheduler at 10.99.4.1:51350')
+
+
+def run_example(hosts, on, name, changes):
+    """One of dispy 4.15.2's example programs as a JobCluster program on host ``on``, changed
+    only in its import and sleep lengths (``changes``): it finds the LAN's nodes as dispy's
+    does, by broadcast."""
+    import subprocess
+
+    from test_dispy_examples import EXAMPLES, example_source, replace, use_dispyscheduler
+    for entry in os.listdir(EXAMPLES):
+        if entry.endswith('.py'):
+            with open(os.path.join(EXAMPLES, entry)) as source, \
+                    open(os.path.join(hosts.directory, entry), 'w') as copy:
+                copy.write(source.read())
+    with open(os.path.join(hosts.directory, name + '.py'), 'w') as handle:
+        handle.write(use_dispyscheduler(replace(example_source(name), changes)))
+    result = subprocess.run(hosts.net.command(on, [sys.executable, name + '.py']),
+                            capture_output=True, text=True, timeout=120, cwd=hosts.directory,
+                            env=dict(os.environ, PYTHONPATH=REPO))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_dispy_example_programs_as_jobcluster_programs(hosts):
+    """sample.py (which never closes its cluster), obj_instances.py and node_shvars.py with
+    their JobCluster, on a LAN whose nodes run with dispy's default (empty) secret."""
+    one_lan(hosts)
+    for host in ('n1', 'n2'):
+        hosts.node(host, '-s', '').wait_log('serving with 2 CPUs')
+    stdout = run_example(hosts, 'sched', 'sample', [('time.sleep(n)', 'time.sleep(n / 20)')])
+    lines = re.findall(r'^\S+ \((10\.99\.1\.\d)\) executed job (\d+) at [\d.]+ with (\d+)$',
+                       stdout, re.M)
+    assert [int(job) for _, job, _ in lines] == list(range(1, 11)), stdout
+    assert {ip for ip, _, _ in lines} <= {'10.99.1.2', '10.99.1.3'}
+    assert all(5 <= int(n) <= 20 for _, _, n in lines)
+    stdout = run_example(hosts, 'sched', 'obj_instances',
+                         [('time.sleep(obj.n)', 'time.sleep(obj.n / 10)')])
+    shown = re.findall(r'^(\d+): (\d+\.\d\d) / (\d+): (\d+\.\d\d)$', stdout, re.M)
+    assert [int(i) for i, _, _, _ in shown] == list(range(10)), stdout
+    assert all((i, result) == (again, printed) for i, result, again, printed in shown)
+    stdout = run_example(hosts, 'sched', 'node_shvars', [])
+    assert [int(job) for job in re.findall(r'^(\d+): \d+$', stdout, re.M)] == \
+        list(range(1, 11)), stdout
+    assert not [name for name in os.listdir(hosts.directory) if name.endswith('.state')]
