@@ -39,10 +39,11 @@ class JobCluster(SharedJobCluster):
     ``certfile`` turn on TLS to the nodes; ``host``/``ip_addr`` the address (or list of them)
     the scheduler uses, ``ext_host``/``ext_ip_addr`` what it announces behind NAT;
     ``ping_interval`` and ``pulse_interval`` its intervals; ``dispy_port`` the port (TCP and
-    UDP) where nodes reach it (default: a free one; give one to forward through NAT). Beyond
-    dispy: ``local=True`` starts
-    a node on this host with all its CPUs for this cluster alone (``local=N``: N CPUs), and
-    with no ``nodes`` given then uses only that node; ``job_timeout`` as SharedJobCluster's.
+    UDP) where nodes reach it (default: a free one; give one to forward through NAT);
+    ``recover_file`` where ``recover_jobs`` finds it (its state beside it, in a ``.state``
+    directory; False: none). Beyond dispy: ``local=True`` starts a node on this host with all
+    its CPUs for this cluster alone (``local=N``: N CPUs), and with no ``nodes`` given then
+    uses only that node; ``job_timeout`` as SharedJobCluster's.
     """
 
     def __init__(self, computation: Callable[..., Any] | str,
@@ -65,14 +66,8 @@ class JobCluster(SharedJobCluster):
         if isinstance(nodes, str):
             nodes = [nodes]
         workdir = tempfile.mkdtemp(prefix='dispyscheduler-jobcluster-')
-        # the scheduler's state and files: beside the recovery file (so that ``recover_jobs``
-        # can start it again if the program is killed), or in the temporary directory
         recover = recover_file is not False
-        recover_path = (recover_file or '_dispyscheduler_%s_%s.json' % (
-            time.strftime('%Y%m%d%H%M%S'), os.urandom(3).hex())) if recover else None
-        state = os.path.abspath(recover_path[:-5] if recover_path.endswith('.json')
-                                else recover_path) + '.state' if recover_path else \
-            os.path.join(workdir, 'scheduler')
+        recover_path, state = _state_paths(recover_file or None, workdir, recover)
         self._stopper = Stopper(workdir, state)
         self._finalizer = weakref.finalize(self, self._stopper.stop, True)
         atexit.register(_close_at_exit, weakref.ref(self))
@@ -116,7 +111,7 @@ class JobCluster(SharedJobCluster):
                              reentrant=reentrant, secret=cluster_secret,
                              job_status=job_status, cluster_status=cluster_status,
                              job_timeout=job_timeout,
-                             recover_file=recover_path if recover else False,
+                             recover_file=recover_path or False,
                              **dispy_options)
         except BaseException:
             self._finalizer.detach()
@@ -197,6 +192,19 @@ def forget_private_scheduler(scheduler: ChildDaemon, record: dict[str, Any],
     if not os.path.exists(recover_file):
         shutil.rmtree(record['private_scheduler']['config']['dest_path_prefix'],
                       ignore_errors=True)
+
+
+def _state_paths(recover_file: str | None, workdir: str,
+                 recover: bool) -> tuple[str | None, str]:
+    """The recovery file and the scheduler's state directory: beside it (so that
+    ``recover_jobs`` can start the scheduler again if the program is killed), or without
+    recovery in the temporary directory."""
+    if not recover:
+        return None, os.path.join(workdir, 'scheduler')
+    path = recover_file or '_dispyscheduler_%s_%s.json' % (time.strftime('%Y%m%d%H%M%S'),
+                                                           os.urandom(3).hex())
+    stem = path[:-len('.json')] if path.endswith('.json') else path
+    return path, os.path.abspath(stem) + '.state'
 
 
 def _listify(value: str | list[str] | None) -> list[str]:
