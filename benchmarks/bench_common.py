@@ -84,6 +84,20 @@ def _members(field, value, exclude=()):
     return members
 
 
+def start_time(pid):
+    """Start time of ``pid`` (clock ticks after boot): with the PID, names one process."""
+    return int(proc_stat(pid)[19])
+
+
+def same_process(pid, started):
+    """``pid`` is still the live process that started at ``started``."""
+    try:
+        fields = proc_stat(pid)
+    except (OSError, ValueError):
+        return False
+    return int(fields[19]) == started and fields[0] != 'Z'
+
+
 def session_members(sid, exclude=()):
     """PIDs of live (non-zombie) processes in session ``sid``."""
     return _members(3, sid, exclude)
@@ -219,6 +233,7 @@ class ClientProcess:
                                         stderr=self.stderr, cwd=workdir, env=env,
                                         preexec_fn=_child_setup, text=True, bufsize=1)
         self.pid = self.process.pid
+        self.watched = []  # (pid, start time): processes it started outside its group
         self.lines = queue.Queue()
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
@@ -245,6 +260,16 @@ class ClientProcess:
                     self.name, self.process.returncode, prefix, self.stderr_tail()))
             if line.startswith(prefix):
                 return line[len(prefix):].strip()
+
+    def watch(self, pids):
+        """Processes this client started outside its process group (a JobCluster's own
+        scheduler runs in a session of its own), to be stopped by PID with it."""
+        for pid in pids:
+            if pid != self.pid:
+                try:
+                    self.watched.append((pid, start_time(pid)))
+                except OSError:
+                    pass
 
     def go(self):
         self.process.stdin.write('GO\n')
@@ -275,6 +300,14 @@ class ClientProcess:
             self.process.wait(10)
         kill_pids(group_members(self.pid))
         self.stderr.close()
+        # what it started outside its group stops with it (a JobCluster's scheduler sees its
+        # standard input close); whatever is still there after 20 s is killed by PID
+        deadline = time.monotonic() + 20
+        while any(same_process(*w) for w in self.watched) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        left = [pid for pid, started in self.watched if same_process(pid, started)]
+        kill_pids(left)
+        return left
 
 
 def percentile(values, fraction):
@@ -284,41 +317,67 @@ def percentile(values, fraction):
     return ordered[min(rank, len(ordered)) - 1]
 
 
+def program_cpu_seconds(pids):
+    return sum(cpu_seconds(pid) for pid in pids)
+
+
 def run_phase(spawn_client, scheduler_pid, mode, n, clients, workdir, label):
-    """Run one phase with ``clients`` client processes sharing ``n`` jobs; return its record."""
+    """Run one phase with ``clients`` client processes sharing ``n`` jobs; return its record.
+
+    ``scheduler_pid`` is the shared scheduler's (None for JobCluster, where each client has
+    its own). A client may name, on its ``READY`` line, the processes that make up its
+    program (``{"pids": [...]}``: itself, and a JobCluster's scheduler child): their CPU time
+    over the phase is the record's ``program_cpu_s``."""
     per_client = [n // clients + (1 if i < n % clients else 0) for i in range(clients)]
     procs = []
+    killed = []
     try:
         for index, count in enumerate(per_client):
             procs.append(spawn_client(mode, count, '%s-c%d' % (label, index)))
         deadline = time.monotonic() + 120
+        program = []
         for proc in procs:
-            proc.expect('READY', deadline)
-        cpu0 = cpu_seconds(scheduler_pid)
+            ready = proc.expect('READY', deadline)
+            pids = json.loads(ready).get('pids', []) if ready else []
+            proc.watch(pids)
+            program += pids
+        cpu0 = cpu_seconds(scheduler_pid) if scheduler_pid else None
+        prog0 = program_cpu_seconds(program) if program else None
         wall0 = time.monotonic()
         for proc in procs:
             proc.go()
         deadline = time.monotonic() + phase_timeout(n)
         outcomes = [json.loads(proc.expect('RESULT', deadline)) for proc in procs]
         wall1 = time.monotonic()
-        cpu1 = cpu_seconds(scheduler_pid)
-        memory = memory_kb(scheduler_pid)
+        cpu1 = cpu_seconds(scheduler_pid) if scheduler_pid else None
+        prog1 = program_cpu_seconds(program) if program else None
+        memory = memory_kb(scheduler_pid) if scheduler_pid else {}
+        program_hwm = sum(memory_kb(pid).get('VmHWM', 0) for pid in program)
     finally:
         for proc in procs:
-            proc.finish()
+            killed += proc.finish()
     record = {'mode': mode, 'n': n, 'clients': clients,
               'errors': sum(o['errors'] for o in outcomes),
               'error_samples': [s for o in outcomes for s in o.get('error_samples', [])][:5],
-              'sched_cpu_s': cpu1 - cpu0, 'sched_rss_kb_after': memory.get('VmRSS'),
               'driver_wall_s': wall1 - wall0}
+    if scheduler_pid:
+        record.update(sched_cpu_s=cpu1 - cpu0, sched_rss_kb_after=memory.get('VmRSS'))
+    if program:
+        record.update(program_pids=len(program), program_cpu_s=prog1 - prog0,
+                      program_peak_rss_kb=program_hwm)
+    if killed:
+        record['killed_after_client'] = killed
     if mode == 'throughput':
         start = min(o['t_start'] for o in outcomes)
         end = max(o['t_end'] for o in outcomes)
         record.update(wall_s=end - start, throughput=n / (end - start),
                       submit_s=max(o['submit_s'] for o in outcomes),
                       max_gap_s=max((o['max_gap_s'] for o in outcomes
-                                     if o['max_gap_s'] is not None), default=None),
-                      sched_cpu_s_per_1000=(cpu1 - cpu0) * 1000.0 / n)
+                                     if o['max_gap_s'] is not None), default=None))
+        if scheduler_pid:
+            record['sched_cpu_s_per_1000'] = (cpu1 - cpu0) * 1000.0 / n
+        if program:
+            record['program_cpu_s_per_1000'] = (prog1 - prog0) * 1000.0 / n
     else:
         latencies = [x for o in outcomes for x in o['latencies']]
         record.update(latency_median_ms=1000 * statistics.median(latencies),
@@ -327,14 +386,15 @@ def run_phase(spawn_client, scheduler_pid, mode, n, clients, workdir, label):
     return record
 
 
-def run_suite(system, spawn_client, scheduler_pid, sizes, latency_n, workdir, extra=None):
+def run_suite(system, spawn_client, scheduler_pid, sizes, latency_n, workdir, extra=None,
+              client_counts=(1, 2)):
     """All phases of one run of one system: latency, then for each size one client and two
-    clients. Returns the result dict (``failed`` set if a phase failed)."""
+    clients (``client_counts``). Returns the result dict (``failed`` set if a phase failed)."""
     result = {'system': system, 'phases': [], 'failed': None}
     result.update(extra or {})
     plan = [('latency', latency_n, 1)]
     for n in sizes:
-        plan += [('throughput', n, 1), ('throughput', n, 2)]
+        plan += [('throughput', n, clients) for clients in client_counts]
     for mode, n, clients in plan:
         label = '%s-%d-%dc' % (mode, n, clients)
         try:
@@ -347,6 +407,8 @@ def run_suite(system, spawn_client, scheduler_pid, sizes, latency_n, workdir, ex
             result['failed'] = '%s: %d jobs failed or missing, e.g. %s' % (
                 label, record['errors'], record['error_samples'][:2])
             break
+    if scheduler_pid is None:
+        return result
     try:
         memory = memory_kb(scheduler_pid)
         seen = [p['sched_rss_kb_after'] for p in result['phases']]
@@ -361,18 +423,28 @@ def emit(result):
     print('RESULT ' + json.dumps(result), flush=True)
 
 
-def driver_main(system, start, spawn_client_factory, argv=None):
+def driver_main(system, start, spawn_client_factory, argv=None, jobcluster=None):
     """Common ``run`` entry of a per-system driver.
 
-    ``start(workdir)`` starts the daemons and returns ``(daemons, scheduler_pid, extra)``;
-    ``spawn_client_factory(workdir, state)`` returns ``spawn_client(mode, n, name)``.
+    ``start(workdir)`` starts the daemons and returns ``(daemons, scheduler_pid, extra,
+    state)``; ``spawn_client_factory(workdir, state)`` returns ``spawn_client(mode, n, name)``.
+    ``jobcluster``: the ``(start, spawn_client_factory)`` pair of ``--jobcluster``, where only
+    nodes are started (``scheduler_pid`` None: each client program is its own scheduler), the
+    system is reported as ``SYSTEM-jobcluster`` and throughput phases have one client only (a
+    node serves one JobCluster at a time).
     """
     import argparse
     parser = argparse.ArgumentParser()
     parser.add_argument('--sizes', default='2000,20000')
     parser.add_argument('--latency', type=int, default=50)
     parser.add_argument('--workdir', required=True)
+    parser.add_argument('--jobcluster', action='store_true')
     args = parser.parse_args(argv)
+    client_counts = (1, 2)
+    if args.jobcluster:
+        system += '-jobcluster'
+        start, spawn_client_factory = jobcluster
+        client_counts = (1,)
     sizes = [int(x) for x in args.sizes.split(',') if x]
     os.makedirs(args.workdir, exist_ok=True)
     daemons = []
@@ -381,7 +453,7 @@ def driver_main(system, start, spawn_client_factory, argv=None):
         daemons, scheduler_pid, extra, state = start(args.workdir)
         spawn_client = spawn_client_factory(args.workdir, state)
         result = run_suite(system, spawn_client, scheduler_pid, sizes, args.latency,
-                           args.workdir, extra)
+                           args.workdir, extra, client_counts)
     except Exception as exc:
         result['failed'] = 'start: %s' % (exc,)
     finally:
@@ -401,7 +473,8 @@ def driver_main(system, start, spawn_client_factory, argv=None):
 def client_main(open_cluster, argv=None):
     """Common ``client`` entry. ``open_cluster(options)`` returns an object with
     ``batch(n, deadline) -> (errors, samples, submit_s, max_gap_s)``,
-    ``one(i, deadline) -> error or None`` and ``close()``."""
+    ``one(i, deadline) -> error or None`` and ``close()``, and optionally ``pids()``: the
+    processes of this program whose CPU time counts (sent on the ``READY`` line)."""
     import argparse
     parser = argparse.ArgumentParser()
     parser.add_argument('--mode', choices=('throughput', 'latency'), required=True)
@@ -415,7 +488,8 @@ def client_main(open_cluster, argv=None):
         errors, samples, _, _ = session.batch(WARMUP_JOBS, deadline)
         if errors:
             raise RuntimeError('warm-up jobs failed: %s' % samples)
-        print('READY', flush=True)
+        pids = getattr(session, 'pids', None)
+        print('READY ' + json.dumps({'pids': pids()} if pids else {}), flush=True)
         if sys.stdin.readline().strip() != 'GO':
             return 1
         deadline = time.monotonic() + phase_timeout(args.n)
@@ -443,13 +517,27 @@ def client_main(open_cluster, argv=None):
     return 0
 
 
+def wait_nodes(cluster, count, timeout=60):
+    """Until ``cluster.status()`` lists ``count`` nodes (dispy's API, both systems): the
+    nodes its computation is set up on. Clients wait for them before their warm-up jobs."""
+    deadline = time.monotonic() + timeout
+    while len(cluster.status().nodes) < count:
+        if time.monotonic() > deadline:
+            raise RuntimeError('fewer than %d nodes after %d s: %s' % (
+                count, timeout, [getattr(n, 'ip_addr', n) for n in cluster.status().nodes]))
+        time.sleep(0.05)
+
+
 class DispyApiSession:
     """``batch``/``one`` over dispy's job API (``job.finish``, ``job.status``, ``job.result``),
     which dispy and dispyscheduler share."""
 
-    def __init__(self, cluster, finished_status):
+    def __init__(self, cluster, finished_status, pids=None, close=None):
         self.cluster = cluster
         self.finished = finished_status
+        if pids is not None:
+            self.pids = pids
+        self._close = close or cluster.close
 
     def _check(self, job, expected, deadline):
         if not job.finish.wait(max(0.0, deadline - time.monotonic())):
@@ -478,4 +566,4 @@ class DispyApiSession:
         return self._check(self.cluster.submit(i), i, deadline)
 
     def close(self):
-        self.cluster.close()
+        self._close()

@@ -6,6 +6,10 @@ dispy broadcasts (UDP) to find nodes and schedulers, so ``run`` refuses to start
 network namespace has no interface but ``lo``: run.py starts it as ``unshare --net ...``, and
 scheduler, nodes and clients are all its children in that namespace.
 
+``run --jobcluster`` starts only the two nodes, without ``--scheduler_host`` (they wait for a
+scheduler's ping), and each client process is a ``dispy.JobCluster`` program: dispy's scheduler
+runs inside it, and finds the nodes by pinging 127.0.0.2 and 127.0.0.3 (port 9701).
+
 dispy uses fixed ports (9700 client/scheduler TCP, 9701 nodes, 9702 shared scheduler), which
 is fine in a private namespace. dispy 4.15.2 finds its own address with ``netifaces`` if that is
 installed and by resolving the given host otherwise; pip does not install netifaces with dispy
@@ -66,6 +70,42 @@ def wait_listening(daemon, ip, port, timeout=60):
     raise RuntimeError('%s: nothing listening on %s:%s' % (daemon.name, ip, port))
 
 
+def start_nodes(workdir, env, scheduler):
+    """dispy's two nodes; ``scheduler``: the --scheduler_host to join (None: wait for a
+    JobCluster's ping)."""
+    daemons = []
+    for ip in ('127.0.0.2', '127.0.0.3'):
+        argv = [sys.executable, dispy_script('dispynode.py'), '--daemon', '-i', ip,
+                '--cpus', '2', '-s', bc.NODE_SECRET,
+                '--dest_path_prefix', os.path.join(workdir, 'node-' + ip)]
+        if scheduler:
+            argv += ['--scheduler_host', scheduler]
+        daemons.append(bc.Daemon('node-' + ip, argv, workdir, env))
+    return daemons
+
+
+def version_extra(scheduler):
+    from importlib.metadata import version
+    return {'version': 'dispy %s, pycos %s' % (version('dispy'), version('pycos')),
+            'scheduler': scheduler, 'python': sys.version.split()[0]}
+
+
+def start_jobcluster(workdir):
+    private_network()
+    env = dict(os.environ, PYTHONUNBUFFERED='1')
+    daemons = []
+    try:
+        daemons += start_nodes(workdir, env, None)
+        for daemon, ip in zip(daemons, ('127.0.0.2', '127.0.0.3')):
+            wait_listening(daemon, ip, 9701)
+    except Exception:
+        for daemon in reversed(daemons):
+            daemon.stop()
+        raise
+    return daemons, None, version_extra('dispy.JobCluster (scheduler in the program)'), {
+        'jobcluster': True}
+
+
 def start(workdir):
     private_network()
     env = dict(os.environ, PYTHONUNBUFFERED='1')
@@ -78,26 +118,19 @@ def start(workdir):
             '--dest_path_prefix', os.path.join(workdir, 'scheduler')], workdir, env)
         daemons.append(scheduler)
         wait_listening(scheduler, '127.0.0.1', 9702)
-        for ip in ('127.0.0.2', '127.0.0.3'):
-            daemons.append(bc.Daemon('node-' + ip, [
-                sys.executable, dispy_script('dispynode.py'), '--daemon', '-i', ip,
-                '--cpus', '2', '-s', bc.NODE_SECRET, '--scheduler_host', '127.0.0.1',
-                '--dest_path_prefix', os.path.join(workdir, 'node-' + ip)], workdir, env))
+        daemons += start_nodes(workdir, env, '127.0.0.1')
         for daemon, ip in zip(daemons[1:], ('127.0.0.2', '127.0.0.3')):
             wait_listening(daemon, ip, 9701)
     except Exception:
         for daemon in reversed(daemons):
             daemon.stop()
         raise
-    from importlib.metadata import version
-    extra = {'version': 'dispy %s, pycos %s' % (version('dispy'), version('pycos')),
-             'scheduler': 'dispy/dispyscheduler.py', 'python': sys.version.split()[0]}
-    return daemons, scheduler.pid, extra, {}
+    return daemons, scheduler.pid, version_extra('dispy/dispyscheduler.py'), {}
 
 
 def spawn_client_factory(workdir, state):
     def spawn(mode, n, name):
-        options = json.dumps({'recover_file': os.path.join(workdir, '_dispy_' + name)})
+        options = json.dumps(dict(state, recover_file=os.path.join(workdir, '_dispy_' + name)))
         return bc.ClientProcess([sys.executable, os.path.abspath(__file__), 'client', '--mode',
                                  mode, '--n', str(n), '--options', options], workdir, name)
     return spawn
@@ -105,6 +138,16 @@ def spawn_client_factory(workdir, state):
 
 def open_cluster(options):
     import dispy
+    if options.get('jobcluster'):
+        # dispy's scheduler in this process: it pings the nodes (at dispy's node port, 9701)
+        cluster = dispy.JobCluster(compute, setup=setup, nodes=['127.0.0.2', '127.0.0.3'],
+                                   host='127.0.0.1', secret=bc.NODE_SECRET, ping_interval=1,
+                                   loglevel=dispy.logger.ERROR,
+                                   recover_file=options['recover_file'])
+        bc.wait_nodes(cluster, 2)
+        # shutdown(): close the computation (nodes freed) and stop the scheduler
+        return bc.DispyApiSession(cluster, dispy.DispyJob.Finished,
+                                  pids=lambda: [os.getpid()], close=cluster.shutdown)
     # ip_addr only picks the address family (dispy ignores it for binding); host is the
     # client's address; client_port=0 lets two clients run at once.
     cluster = dispy.SharedJobCluster(compute, setup=setup, scheduler_host='127.0.0.1',
@@ -113,15 +156,12 @@ def open_cluster(options):
                                      recover_file=options['recover_file'])
     # the nodes that the scheduler has set this computation up on; the driver cannot see
     # dispy's discovery (debug-level logs only), so each client waits for both nodes here
-    deadline = time.monotonic() + 60
-    while len(cluster.status().nodes) < 2:
-        if time.monotonic() > deadline:
-            raise RuntimeError('dispy: fewer than 2 nodes after 60 s: %s' % cluster.status().nodes)
-        time.sleep(0.1)
+    bc.wait_nodes(cluster, 2)
     return bc.DispyApiSession(cluster, dispy.DispyJob.Finished)
 
 
 if __name__ == '__main__':
     if sys.argv[1:2] == ['client']:
         sys.exit(bc.client_main(open_cluster, sys.argv[2:]))
-    sys.exit(bc.driver_main('dispy', start, spawn_client_factory, sys.argv[2:]))
+    sys.exit(bc.driver_main('dispy', start, spawn_client_factory, sys.argv[2:],
+                            jobcluster=(start_jobcluster, spawn_client_factory)))

@@ -2,6 +2,12 @@
 bin/dispynode (127.0.0.2, 127.0.0.3, --cpus 2) from the checkout, and runs the phases;
 ``client`` is one client process (``from dispyscheduler import SharedJobCluster``).
 
+``run --jobcluster`` starts only the two nodes, without ``--scheduler_node`` (they wait for a
+scheduler's ping), and each client process is a ``dispyscheduler.JobCluster`` program: its own
+scheduler in a child process, which finds the nodes by pinging 127.0.0.2 and 127.0.0.3 at their
+port. The client names that child on its READY line, so that its CPU time is counted with the
+program's and it is stopped by PID if it outlives the program.
+
 Run with a Python that has requirements.txt installed (run.py uses .venvs/dispyscheduler).
 """
 
@@ -51,6 +57,11 @@ def start(workdir):
         for daemon in reversed(daemons):
             daemon.stop()
         raise
+    extra = version_extra('bin/dispyscheduler')
+    return daemons, scheduler.pid, extra, {'scheduler_port': client_port}
+
+
+def version_extra(scheduler):
     sys.path.insert(0, REPO)
     import dispyscheduler
     try:
@@ -58,13 +69,32 @@ def start(workdir):
                                 capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit = 'unknown'
-    extra = {'version': 'dispyscheduler %s (checkout %s)' % (dispyscheduler.__version__, commit),
-             'scheduler': 'bin/dispyscheduler', 'python': sys.version.split()[0]}
-    return daemons, scheduler.pid, extra, {'client_port': client_port}
+    return {'version': 'dispyscheduler %s (checkout %s)' % (dispyscheduler.__version__, commit),
+            'scheduler': scheduler, 'python': sys.version.split()[0]}
+
+
+def start_jobcluster(workdir):
+    """The two nodes only, waiting for a scheduler's ping (no --scheduler_node)."""
+    node_port = bc.free_ports(1)[0]
+    daemons = []
+    try:
+        for ip in ('127.0.0.2', '127.0.0.3'):
+            daemons.append(bc.Daemon('node-' + ip, [
+                sys.executable, os.path.join(BIN, 'dispynode'), '-i', ip, '--cpus', '2',
+                '-s', bc.NODE_SECRET, '-p', str(node_port),
+                '--dest_path_prefix', os.path.join(workdir, 'node-' + ip)], workdir))
+        for daemon in daemons:
+            daemon.wait_log('serving with')
+    except Exception:
+        for daemon in reversed(daemons):
+            daemon.stop()
+        raise
+    extra = version_extra('dispyscheduler.JobCluster (scheduler in a child process)')
+    return daemons, None, extra, {'node_port': node_port}
 
 
 def spawn_client_factory(workdir, state):
-    options = json.dumps({'scheduler_port': state['client_port']})
+    options = json.dumps(state)
 
     def spawn(mode, n, name):
         return bc.ClientProcess([sys.executable, os.path.abspath(__file__), 'client', '--mode',
@@ -74,7 +104,18 @@ def spawn_client_factory(workdir, state):
 
 def open_cluster(options):
     sys.path.insert(0, REPO)
-    from dispyscheduler import DispyJob, SharedJobCluster
+    from dispyscheduler import DispyJob, JobCluster, SharedJobCluster
+    if 'node_port' in options:
+        port = options['node_port']
+        cluster = JobCluster(compute, setup=setup,
+                             nodes=[('127.0.0.2', port), ('127.0.0.3', port)],
+                             host='127.0.0.1', secret=bc.NODE_SECRET, ping_interval=1,
+                             recover_file=False)
+        bc.wait_nodes(cluster, 2)
+        # the program: this process and its scheduler (a child in a session of its own)
+        children = [child.process.pid for child in cluster._stopper.children]
+        return bc.DispyApiSession(cluster, DispyJob.Finished,
+                                  pids=lambda: [os.getpid()] + children)
     cluster = SharedJobCluster(compute, setup=setup, scheduler_node='127.0.0.1',
                                scheduler_port=options['scheduler_port'],
                                secret=bc.CLUSTER_SECRET)
@@ -84,4 +125,5 @@ def open_cluster(options):
 if __name__ == '__main__':
     if sys.argv[1:2] == ['client']:
         sys.exit(bc.client_main(open_cluster, sys.argv[2:]))
-    sys.exit(bc.driver_main('dispyscheduler', start, spawn_client_factory, sys.argv[2:]))
+    sys.exit(bc.driver_main('dispyscheduler', start, spawn_client_factory, sys.argv[2:],
+                            jobcluster=(start_jobcluster, spawn_client_factory)))

@@ -6,14 +6,16 @@
 Creates (once) a virtual environment per system under benchmarks/.venvs/, then runs each
 system's driver (driver_<system>.py, in that system's venv, in a session of its own; dispy's
 inside ``unshare --net``) once per run, interleaved (run 1: every system, run 2: ...), and
-prints machine-readable lines on stdout:
+prints machine-readable lines on stdout. ``dispyscheduler-jobcluster`` and ``dispy-jobcluster``
+are the two JobClusters (each client program its own scheduler; ``driver_X.py run
+--jobcluster``), compared with each other:
 
     RUN system=S run=K metric=M n=N clients=C value=V         one value of one run
     BENCH system=S metric=M n=N clients=C min=.. median=.. max=.. runs=R
     BENCH system=S status=failed run=K reason="..."
     RATIO metric=M n=N clients=C better=higher dispyscheduler/dispy=.. dispyscheduler/dask=..
     SYSTEM system=S version=.. python=.. scheduler=..
-    TARGET name=.. value=.. target=.. met=yes|no            issue 7's targets, from the medians
+    TARGET name=.. value=.. target=.. met=yes|no            issue 7's and 16's targets (medians)
     SCALE ...                                               scale.py's lines (1,000 nodes)
     SUMMARY elapsed_s=.. runs=.. systems=.. failed_runs=..
 
@@ -41,8 +43,11 @@ sys.path.insert(0, HERE)
 
 import bench_common as bc  # noqa: E402  (stdlib only)
 
-SYSTEMS = ('dispyscheduler', 'dispy', 'dask')
+SYSTEMS = ('dispyscheduler', 'dispy', 'dask', 'dispyscheduler-jobcluster', 'dispy-jobcluster')
 OURS = 'dispyscheduler'
+OURS_JOBCLUSTER = 'dispyscheduler-jobcluster'
+COMPARED = {OURS: ('dispy', 'dask'), OURS_JOBCLUSTER: ('dispy-jobcluster',)}
+"""Which system's medians are divided by which peers' on RATIO lines."""
 SCALE_TIMEOUT = 1800.0  # seconds for scale.py (the full one takes about a minute here)
 SETTLE_SECONDS = 5.0
 """Pause before each driver, after writing back dirty pages (``sync``), so that what the
@@ -56,7 +61,18 @@ TARGETS = (
     ('throughput_20000_vs_dask', OURS, ('throughput_jobs_per_s', 20000, 1), 'dask', '>=', 5),
     ('latency_median_ms', OURS, ('latency_median_ms', None, 1), None, '<=', 0.5),
     ('latency_p90_ms', OURS, ('latency_p90_ms', None, 1), None, '<=', 1.0),
+    # issue 16: JobCluster beside dispy 4.15.2's JobCluster
+    ('jobcluster_throughput_20000_vs_dispy', OURS_JOBCLUSTER,
+     ('throughput_jobs_per_s', 20000, 1), 'dispy-jobcluster', '>=', 20),
+    ('jobcluster_latency_median_ms', OURS_JOBCLUSTER, ('latency_median_ms', None, 1), None,
+     '<=', 0.5),
 )
+
+
+def base_system(system):
+    """The venv and driver of a system: ``dispy-jobcluster`` runs ``driver_dispy.py run
+    --jobcluster`` in the dispy venv."""
+    return system.split('-')[0]
 
 
 def note(*parts):
@@ -115,22 +131,25 @@ def loadavg():
         return ' '.join(handle.read().split()[:3])
 
 
-def driver_timeout(sizes, latency):
-    phases = [latency] + [n for n in sizes for _ in (1, 2)]
+def driver_timeout(sizes, latency, system=''):
+    clients = (1,) if system.endswith('-jobcluster') else (1, 2)
+    phases = [latency] + [n for n in sizes for _ in clients]
     return 120 + sum(120 + bc.phase_timeout(n) for n in phases)  # + set-up per phase
 
 
 def run_driver(system, python, run, sizes, latency, workdir):
     """One run of one system; returns its result dict (``failed`` set on failure)."""
-    argv = [python, os.path.join(HERE, 'driver_%s.py' % system), 'run',
+    argv = [python, os.path.join(HERE, 'driver_%s.py' % base_system(system)), 'run',
             '--sizes', ','.join(map(str, sizes)), '--latency', str(latency),
             '--workdir', workdir]
-    if system == 'dispy':
+    if system.endswith('-jobcluster'):
+        argv.append('--jobcluster')
+    if base_system(system) == 'dispy':
         # dispy broadcasts: scheduler, nodes and clients all live in a private network
         # namespace where only lo exists (the driver checks it and brings lo up)
         argv = ['unshare', '--net', '--'] + argv
     os.makedirs(workdir, exist_ok=True)
-    timeout = driver_timeout(sizes, latency)
+    timeout = driver_timeout(sizes, latency, system)
     load_before = loadavg()
     started = time.monotonic()
     with open(os.path.join(workdir, 'driver.stderr'), 'wb') as stderr:
@@ -181,7 +200,11 @@ def values_of(result):
             values[('latency_p90_ms', n, clients)] = phase['latency_p90_ms']
         else:
             values[('throughput_jobs_per_s', n, clients)] = phase['throughput']
-            values[('sched_cpu_s_per_1000_jobs', n, clients)] = phase['sched_cpu_s_per_1000']
+            if 'sched_cpu_s_per_1000' in phase:
+                values[('sched_cpu_s_per_1000_jobs', n, clients)] = phase['sched_cpu_s_per_1000']
+            if 'program_cpu_s_per_1000' in phase:  # JobCluster: the program and its scheduler
+                values[('program_cpu_s_per_1000_jobs', n, clients)] = \
+                    phase['program_cpu_s_per_1000']
     if result.get('sched_peak_rss_kb') and not result.get('failed'):
         values[('sched_peak_rss_mb', None, None)] = result['sched_peak_rss_kb'] / 1024.0
     return values
@@ -189,7 +212,7 @@ def values_of(result):
 
 BETTER = {'throughput_jobs_per_s': 'higher', 'latency_median_ms': 'lower',
           'latency_p90_ms': 'lower', 'sched_cpu_s_per_1000_jobs': 'lower',
-          'sched_peak_rss_mb': 'lower'}
+          'program_cpu_s_per_1000_jobs': 'lower', 'sched_peak_rss_mb': 'lower'}
 
 
 def run_scale(python, quick):
@@ -262,15 +285,19 @@ def report(results, systems, elapsed, runs):
         if result.get('failed'):
             print('BENCH system=%s status=failed run=%d reason=%s' % (
                 result['system'], result['run'], shlex.quote(result['failed'][:600])))
-    peers = [s for s in systems if s != OURS]
-    if OURS in systems and peers:
+    for mine, compared in COMPARED.items():
+        peers = [s for s in compared if s in systems]
+        if mine not in systems or not peers:
+            continue
         for key in order:
-            ours = medians.get((OURS, key))
+            if not any((system, key) in medians for system in [mine] + peers):
+                continue
+            ours = medians.get((mine, key))
             parts = []
             for peer in peers:
                 theirs = medians.get((peer, key))
                 ratio = ours / theirs if ours is not None and theirs else None
-                parts.append('%s/%s=%s' % (OURS, peer, 'NA' if ratio is None else
+                parts.append('%s/%s=%s' % (mine, peer, 'NA' if ratio is None else
                                            '%.2f' % ratio))
             print('RATIO %s better=%s %s' % (key_text(key), BETTER[key[0]], ' '.join(parts)))
     for name, system, key, peer, sense, target in TARGETS:
@@ -293,7 +320,8 @@ def main():
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--quick', action='store_true',
                         help='N=500, 1 run, 20 latency jobs: checks that everything works')
-    parser.add_argument('--systems', default=','.join(SYSTEMS))
+    parser.add_argument('--systems', default=','.join(SYSTEMS),
+                        help='any of %s (default: all)' % ','.join(SYSTEMS))
     parser.add_argument('--runs', type=int, default=None, help='default 3 (1 with --quick)')
     parser.add_argument('--sizes', default=None, help='job counts, default 2000,20000')
     parser.add_argument('--latency', type=int, default=None, help='sequential jobs, default 50')
@@ -317,7 +345,7 @@ def main():
     pythons, results = {}, []
     for system in systems:
         try:
-            pythons[system] = ensure_venv(system)
+            pythons[system] = ensure_venv(base_system(system))
         except Exception as exc:
             results.append({'system': system, 'run': 0, 'phases': [],
                             'failed': 'venv: %s' % exc})

@@ -92,7 +92,7 @@ class JobCluster(SharedJobCluster):
             scheduler = self._stopper.start(ChildDaemon(
                 'scheduler', config, os.path.join(state if recover else workdir,
                                                   'scheduler.log'), debug,
-                None if recover else workdir))
+                workdir))  # never the state kept for recover_jobs, which is elsewhere
             if local_port is not None:
                 self._stopper.start(ChildDaemon('node', NodeConfig(
                     cpus=0 if local is True else int(local or 0), ip_addr=LOCAL_ADDRESS,

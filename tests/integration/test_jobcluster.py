@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 from daemons import NODE_SECRET, REPO, processes, wait_for
@@ -28,6 +29,11 @@ def child_daemons(parent):
     ``parent``."""
     return [pid for pid, _, ppid, _, command in processes()
             if ppid == parent and b'dispyscheduler.runtime.child' in command]
+
+
+def temporary_directories():
+    return {name for name in os.listdir(tempfile.gettempdir())
+            if name.startswith('dispyscheduler-jobcluster-')}
 
 
 def alive(pids):
@@ -125,6 +131,7 @@ def test_network_nodes_are_found_by_ping_and_freed_when_the_program_is_killed(da
             print('both nodes', flush=True)
             time.sleep(600)
         '''))
+    before = temporary_directories()
     running = subprocess.Popen([sys.executable, str(program), str(daemons.node_port),
                                 NODE_SECRET], stdout=subprocess.PIPE, text=True,
                                cwd=str(tmp_path), env=dict(os.environ, PYTHONPATH=REPO))
@@ -135,6 +142,7 @@ def test_network_nodes_are_found_by_ping_and_freed_when_the_program_is_killed(da
         running.send_signal(signal.SIGKILL)
         running.wait()
         wait_for(lambda: not alive(children), 30, 'the JobCluster scheduler to stop')
+        assert temporary_directories() <= before  # its temporary directory went with it
         for node in nodes:
             node.wait_log('link to scheduler .* closed', timeout=30)
         result = run_program(tmp_path, '''

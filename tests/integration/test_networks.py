@@ -7,6 +7,7 @@ exist only there) and removes them; it skips, saying why, where namespaces canno
 import json
 import os
 import re
+import subprocess
 import sys
 import time
 
@@ -109,7 +110,12 @@ def hosts(tmp_path, request):
 
 
 def finish(program, timeout=120):
-    out, err = program.communicate(timeout=timeout)
+    try:
+        out, err = program.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        program.kill()  # its own children (a JobCluster's scheduler) stop with it
+        program.communicate()
+        raise
     assert program.returncode == 0, err.decode()[-3000:]
     return json.loads(out.decode().splitlines()[-1])
 
