@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import selectors
 import subprocess
 import sys
 from typing import Any, Optional
@@ -63,7 +64,6 @@ class ChildDaemon:
         self.ports: dict[str, int] = answer
 
     def _read_answer(self) -> dict[str, Any]:
-        import selectors
         assert self.process.stdout is not None
         with selectors.DefaultSelector() as selector:
             selector.register(self.process.stdout, selectors.EVENT_READ)

@@ -392,13 +392,16 @@ class ClusterService:
         self.nodes.release_jobs(node, cluster)
         if control.terminate:
             for job in [job for job in node.jobs.values() if job.cluster is cluster]:
-                self.on_cancel(cluster, None, m.Cancel(uid=job.uid))
+                self.cancel(cluster, job.uid)
         self.nodes.finish_closing(node, cluster)
         return 0, ''
 
-    def on_cancel(self, cluster: Cluster, session: Optional[ClientSession],
-                  cancel: m.Cancel) -> None:
-        cancellation = self.state.cancel(cluster, cancel.uid)
+    def on_cancel(self, cluster: Cluster, session: ClientSession, cancel: m.Cancel) -> None:
+        self.cancel(cluster, cancel.uid)
+
+    def cancel(self, cluster: Cluster, uid: int) -> None:
+        """A client's ``cancel``, or ``close_node(..., terminate_pending=True)``'s."""
+        cancellation = self.state.cancel(cluster, uid)
         if cancellation.job is not None and cancellation.node is not None:
             self.nodes.cancel_job(cancellation.node, cancellation.job.jid)
         elif cancellation.job is not None:

@@ -166,10 +166,13 @@ class Cluster:
     def limit_on(self, node: Node) -> int:
         """Most of this cluster's jobs in flight on ``node``: its depth for each CPU it may
         use there (all, or what its NodeAllocate gave it)."""
-        allocation = self.allocations.get(node.key)
-        cpus = allocation[0] if allocation is not None and allocation[0] else node.cpus
-        cpus = self.cpu_limits.get(node.key, cpus)
+        cpus = self.cpu_limits.get(node.key, self.allocated_cpus(node))
         return min(node.slots, cpus * self.depth)
+
+    def allocated_cpus(self, node: Node) -> int:
+        """The CPUs of ``node`` its NodeAllocate gave this cluster (all, if none said)."""
+        allocation = self.allocations.get(node.key)
+        return allocation[0] if allocation is not None and allocation[0] else node.cpus
 
     def ran(self, runtime: float) -> None:
         """A job of this cluster ran ``runtime`` seconds: adjust how deep to dispatch."""
@@ -612,16 +615,11 @@ class State:
         if the node is not the cluster's. Other clusters' shares do not change."""
         if node.clusters.get(cluster.cid) not in (READY, INSTALLING):
             return -1
-        allocation = self.allocations_cpus(cluster, node)
+        allocation = cluster.allocated_cpus(node)
         cpus = cpus if cpus >= 0 else allocation + cpus
         cluster.cpu_limits[node.key] = max(0, min(cpus, allocation))
         self._load_changed(node)
         return cluster.cpu_limits[node.key]
-
-    @staticmethod
-    def allocations_cpus(cluster: Cluster, node: Node) -> int:
-        allocation = cluster.allocations.get(node.key)
-        return allocation[0] if allocation is not None and allocation[0] else node.cpus
 
     def close_node(self, cluster: Cluster, node: Node, resetup: bool) -> Optional[list[Job]]:
         """``close_node``/``resetup_node``: the node takes no more of the cluster's jobs;

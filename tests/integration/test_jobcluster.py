@@ -31,6 +31,14 @@ def child_daemons(parent):
             if ppid == parent and b'dispyscheduler.runtime.child' in command]
 
 
+def waiting_nodes(daemons, *ips):
+    """Nodes told no scheduler: each serves the first that pings it."""
+    nodes = {ip: daemons.start_node(ip, scheduler=None, wait=False) for ip in ips}
+    for node in nodes.values():
+        node.wait_log('serving with')
+    return nodes
+
+
 def temporary_directories():
     return {name for name in os.listdir(tempfile.gettempdir())
             if name.startswith('dispyscheduler-jobcluster-')}
@@ -112,10 +120,7 @@ def test_network_nodes_are_found_by_ping_and_freed_when_the_program_is_killed(da
     """dispynode hosts waiting for a scheduler (none given) join the JobCluster that pings
     them; the program killed with kill -9 leaves no scheduler behind and its nodes take the
     next scheduler's pings."""
-    nodes = [daemons.start_node(ip, scheduler=None, wait=False)
-             for ip in ('127.0.0.2', '127.0.0.3')]
-    for node in nodes:
-        node.wait_log('serving with')
+    nodes = list(waiting_nodes(daemons, '127.0.0.2', '127.0.0.3').values())
     program = tmp_path / 'program.py'
     program.write_text(PROGRAM_HEADER + textwrap.dedent('''
         def compute(n):
@@ -169,8 +174,7 @@ def test_network_nodes_are_found_by_ping_and_freed_when_the_program_is_killed(da
 def test_a_node_serving_another_scheduler_is_not_taken_and_is_named(daemons, tmp_path):
     daemons.start_scheduler(nodes=('127.0.0.3',))
     daemons.start_node('127.0.0.3')  # serves the shared scheduler
-    free = daemons.start_node('127.0.0.2', scheduler=None, wait=False)
-    free.wait_log('serving with')
+    waiting_nodes(daemons, '127.0.0.2')
     result = run_program(tmp_path, '''
         def compute(n):
             return dispy_node_ip_addr
@@ -194,10 +198,7 @@ def test_recover_jobs_collects_the_results_of_a_killed_jobcluster_program(daemon
     """dispy's recovery: the program is killed with jobs running; its scheduler stops with it
     (its state kept beside the recovery file), and ``recover_jobs`` starts it again and
     collects every result, from the nodes that kept running the jobs."""
-    nodes = [daemons.start_node(ip, scheduler=None, wait=False)
-             for ip in ('127.0.0.2', '127.0.0.3')]
-    for node in nodes:
-        node.wait_log('serving with')
+    waiting_nodes(daemons, '127.0.0.2', '127.0.0.3')
     program = tmp_path / 'program.py'
     program.write_text(PROGRAM_HEADER + textwrap.dedent('''
         def compute(n, directory):
@@ -246,10 +247,7 @@ def test_recover_jobs_collects_the_results_of_a_killed_jobcluster_program(daemon
 
 
 def test_program_computation_and_a_node_killed_under_a_reentrant_cluster(daemons, tmp_path):
-    nodes = {ip: daemons.start_node(ip, scheduler=None, wait=False)
-             for ip in ('127.0.0.2', '127.0.0.3')}
-    for node in nodes.values():
-        node.wait_log('serving with')
+    nodes = waiting_nodes(daemons, '127.0.0.2', '127.0.0.3')
     (tmp_path / 'greet.sh').write_text('#!/bin/sh\necho "hello $1"\n')
     (tmp_path / 'greet.sh').chmod(0o755)
     program = tmp_path / 'program.py'
