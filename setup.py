@@ -21,7 +21,9 @@ setup(
         'psutil>=5.9',
     ],
     extras_require={'test': ['pytest>=8.0', 'hypothesis>=6.100', 'ruff>=0.5', 'mypy>=1.12',
-                             'types-gevent>=24.2']},
+                             'types-gevent>=24.2', 'joblib>=1.3', 'scikit-learn>=1.3'],
+                    # joblib.parallel_backend('dispyscheduler', ...) (client/joblib_backend.py)
+                    'joblib': ['joblib>=1.3']},
     entry_points={'console_scripts': [
         'dispyscheduler = dispyscheduler.cli:scheduler_main',
         'dispynode = dispyscheduler.cli:node_main',

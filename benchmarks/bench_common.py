@@ -367,7 +367,7 @@ def run_phase(spawn_client, scheduler_pid, mode, n, clients, workdir, label):
                       program_peak_rss_kb=program_hwm)
     if killed:
         record['killed_after_client'] = killed
-    if mode == 'throughput':
+    if mode in ('throughput', 'executor'):
         start = min(o['t_start'] for o in outcomes)
         end = max(o['t_end'] for o in outcomes)
         record.update(wall_s=end - start, throughput=n / (end - start),
@@ -386,15 +386,27 @@ def run_phase(spawn_client, scheduler_pid, mode, n, clients, workdir, label):
     return record
 
 
+WORKLOADS = ('latency', 'throughput', 'executor')
+"""The workloads a run may select (``--workloads``): latency, the throughput phases, and the
+executor phase (trivial calls through an executor's ``submit``, one client)."""
+
+
 def run_suite(system, spawn_client, scheduler_pid, sizes, latency_n, workdir, extra=None,
-              client_counts=(1, 2)):
+              client_counts=(1, 2), workloads=('latency', 'throughput'), executor_n=None):
     """All phases of one run of one system: latency, then for each size one client and two
-    clients (``client_counts``). Returns the result dict (``failed`` set if a phase failed)."""
+    clients (``client_counts``), then the executor phase (``executor_n`` calls, one client),
+    each if it is among ``workloads``. Returns the result dict (``failed`` set if a phase
+    failed)."""
     result = {'system': system, 'phases': [], 'failed': None}
     result.update(extra or {})
-    plan = [('latency', latency_n, 1)]
-    for n in sizes:
-        plan += [('throughput', n, clients) for clients in client_counts]
+    plan = []
+    if 'latency' in workloads:
+        plan.append(('latency', latency_n, 1))
+    if 'throughput' in workloads:
+        for n in sizes:
+            plan += [('throughput', n, clients) for clients in client_counts]
+    if 'executor' in workloads and executor_n:
+        plan.append(('executor', executor_n, 1))
     for mode, n, clients in plan:
         label = '%s-%d-%dc' % (mode, n, clients)
         try:
@@ -423,7 +435,8 @@ def emit(result):
     print('RESULT ' + json.dumps(result), flush=True)
 
 
-def driver_main(system, start, spawn_client_factory, argv=None, jobcluster=None):
+def driver_main(system, start, spawn_client_factory, argv=None, jobcluster=None,
+                executor=False):
     """Common ``run`` entry of a per-system driver.
 
     ``start(workdir)`` starts the daemons and returns ``(daemons, scheduler_pid, extra,
@@ -431,7 +444,8 @@ def driver_main(system, start, spawn_client_factory, argv=None, jobcluster=None)
     ``jobcluster``: the ``(start, spawn_client_factory)`` pair of ``--jobcluster``, where only
     nodes are started (``scheduler_pid`` None: each client program is its own scheduler), the
     system is reported as ``SYSTEM-jobcluster`` and throughput phases have one client only (a
-    node serves one JobCluster at a time).
+    node serves one JobCluster at a time). ``executor``: the system's clients support
+    ``--mode executor`` (not with ``--jobcluster``); otherwise that workload is left out.
     """
     import argparse
     parser = argparse.ArgumentParser()
@@ -439,12 +453,17 @@ def driver_main(system, start, spawn_client_factory, argv=None, jobcluster=None)
     parser.add_argument('--latency', type=int, default=50)
     parser.add_argument('--workdir', required=True)
     parser.add_argument('--jobcluster', action='store_true')
+    parser.add_argument('--workloads', default=','.join(WORKLOADS))
+    parser.add_argument('--executor_n', type=int, default=20000)
     args = parser.parse_args(argv)
     client_counts = (1, 2)
+    workloads = [w for w in args.workloads.split(',') if w]
     if args.jobcluster:
         system += '-jobcluster'
         start, spawn_client_factory = jobcluster
         client_counts = (1,)
+    if args.jobcluster or not executor:
+        workloads = [w for w in workloads if w != 'executor']
     sizes = [int(x) for x in args.sizes.split(',') if x]
     os.makedirs(args.workdir, exist_ok=True)
     daemons = []
@@ -453,7 +472,7 @@ def driver_main(system, start, spawn_client_factory, argv=None, jobcluster=None)
         daemons, scheduler_pid, extra, state = start(args.workdir)
         spawn_client = spawn_client_factory(args.workdir, state)
         result = run_suite(system, spawn_client, scheduler_pid, sizes, args.latency,
-                           args.workdir, extra, client_counts)
+                           args.workdir, extra, client_counts, workloads, args.executor_n)
     except Exception as exc:
         result['failed'] = 'start: %s' % (exc,)
     finally:
@@ -470,19 +489,27 @@ def driver_main(system, start, spawn_client_factory, argv=None, jobcluster=None)
     return 0
 
 
-def client_main(open_cluster, argv=None):
+def client_main(open_cluster, argv=None, open_executor=None):
     """Common ``client`` entry. ``open_cluster(options)`` returns an object with
     ``batch(n, deadline) -> (errors, samples, submit_s, max_gap_s)``,
     ``one(i, deadline) -> error or None`` and ``close()``, and optionally ``pids()``: the
-    processes of this program whose CPU time counts (sent on the ``READY`` line)."""
+    processes of this program whose CPU time counts (sent on the ``READY`` line).
+    ``open_executor(options)``, for ``--mode executor``, returns an object with ``batch`` and
+    ``close`` whose ``batch`` makes ``n`` trivial calls through an executor's ``submit``
+    and waits for them all; that phase is timed as a throughput phase."""
     import argparse
     parser = argparse.ArgumentParser()
-    parser.add_argument('--mode', choices=('throughput', 'latency'), required=True)
+    parser.add_argument('--mode', choices=('throughput', 'latency', 'executor'), required=True)
     parser.add_argument('--n', type=int, required=True)
     parser.add_argument('--options', default='{}', help='JSON: connection options')
     args = parser.parse_args(argv)
     options = json.loads(args.options)
-    session = open_cluster(options)
+    if args.mode == 'executor':
+        if open_executor is None:
+            raise SystemExit('this driver has no executor workload')
+        session = open_executor(options)
+    else:
+        session = open_cluster(options)
     try:
         deadline = time.monotonic() + 120
         errors, samples, _, _ = session.batch(WARMUP_JOBS, deadline)
@@ -494,7 +521,7 @@ def client_main(open_cluster, argv=None):
             return 1
         deadline = time.monotonic() + phase_timeout(args.n)
         out = {'n': args.n}
-        if args.mode == 'throughput':
+        if args.mode in ('throughput', 'executor'):
             out['t_start'] = time.monotonic()
             errors, samples, submit_s, max_gap_s = session.batch(args.n, deadline)
             out['t_end'] = time.monotonic()

@@ -5,7 +5,9 @@ for the other systems (a LocalCluster would run the scheduler inside the client 
 ``client`` is one client process (``distributed.Client``).
 
 Throughput is ``client.map(compute, range(n), pure=False)`` then ``wait`` and ``gather``;
-latency is sequential ``client.submit(compute, i, pure=False).result()``.
+latency is sequential ``client.submit(compute, i, pure=False).result()``. The executor workload
+(``client --mode executor``) is N calls ``client.submit(inc, i, pure=False)`` in a loop, then
+``wait`` and ``gather``.
 """
 
 import json
@@ -21,6 +23,11 @@ import bench_common as bc  # noqa: E402
 
 def compute(n):
     return n
+
+
+def inc(x):
+    """The executor workload's trivial function."""
+    return x + 1
 
 
 def dask_cli():
@@ -100,11 +107,37 @@ class DaskSession:
         self.client.close()
 
 
+class DaskExecutorSession(DaskSession):
+    """The executor workload: ``client.submit(inc, i, pure=False)`` N times (one call per
+    submit, as an executor is used), then ``wait`` and ``gather``."""
+
+    def batch(self, n, deadline):
+        from distributed import wait
+        t0 = time.monotonic()
+        futures = [self.client.submit(inc, i, pure=False) for i in range(n)]
+        submit_s = time.monotonic() - t0
+        errors, samples = 0, []
+        try:
+            wait(futures, timeout=max(0.1, deadline - time.monotonic()))
+            results = self.client.gather(futures, errors='skip')
+        except Exception as exc:
+            return n, ['%s: %s' % (type(exc).__name__, exc)], submit_s, None
+        if results != list(range(1, n + 1)):
+            bad = [f for f in futures if f.status != 'finished']
+            errors = max(len(bad), 1)
+            samples = ['%s: %s' % (f.key, f.status) for f in bad[:5]] or ['wrong results']
+        return errors, samples, submit_s, None
+
+
 def open_cluster(options):
     return DaskSession(options['address'])
 
 
+def open_executor(options):
+    return DaskExecutorSession(options['address'])
+
+
 if __name__ == '__main__':
     if sys.argv[1:2] == ['client']:
-        sys.exit(bc.client_main(open_cluster, sys.argv[2:]))
-    sys.exit(bc.driver_main('dask', start, spawn_client_factory, sys.argv[2:]))
+        sys.exit(bc.client_main(open_cluster, sys.argv[2:], open_executor=open_executor))
+    sys.exit(bc.driver_main('dask', start, spawn_client_factory, sys.argv[2:], executor=True))

@@ -8,6 +8,10 @@ scheduler in a child process, which finds the nodes by pinging 127.0.0.2 and 127
 port. The client names that child on its READY line, so that its CPU time is counted with the
 program's and it is stopped by PID if it outlives the program.
 
+``client --mode executor`` (the executor workload) is a ``dispyscheduler.DispyExecutor`` with
+the same connection options as the SharedJobCluster clients: N calls ``executor.submit(inc, i)``
+in a loop, then ``concurrent.futures.wait`` for them all, every result checked.
+
 Run with a Python that has requirements.txt installed (run.py uses .venvs/dispyscheduler).
 """
 
@@ -15,6 +19,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -32,6 +37,11 @@ def setup():
 
 def compute(n):
     return n
+
+
+def inc(x):
+    """The executor workload's trivial function."""
+    return x + 1
 
 
 def start(workdir):
@@ -122,8 +132,51 @@ def open_cluster(options):
     return bc.DispyApiSession(cluster, DispyJob.Finished)
 
 
+class ExecutorSession:
+    """The executor workload: ``executor.submit(inc, i)`` N times, then
+    ``concurrent.futures.wait`` for all of them; each result must be ``i + 1``."""
+
+    def __init__(self, executor):
+        self.executor = executor
+
+    def batch(self, n, deadline):
+        import concurrent.futures
+        t0 = time.monotonic()
+        futures = [self.executor.submit(inc, i) for i in range(n)]
+        submit_s = time.monotonic() - t0
+        _, not_done = concurrent.futures.wait(futures,
+                                              timeout=max(0.1, deadline - time.monotonic()))
+        errors, samples = 0, []
+        for i, future in enumerate(futures):
+            if future in not_done:
+                error = 'call %d: no result before the deadline' % i
+            elif future.exception() is not None:
+                error = 'call %d: %s: %s' % (i, type(future.exception()).__name__,
+                                             str(future.exception())[-300:])
+            elif future.result() != i + 1:
+                error = 'call %d: result %r' % (i, future.result())
+            else:
+                continue
+            errors += 1
+            if len(samples) < 5:
+                samples.append(error)
+        return errors, samples, submit_s, None
+
+    def close(self):
+        self.executor.shutdown(wait=True)
+
+
+def open_executor(options):
+    sys.path.insert(0, REPO)
+    from dispyscheduler import DispyExecutor
+    return ExecutorSession(DispyExecutor(scheduler_node='127.0.0.1',
+                                         scheduler_port=options['scheduler_port'],
+                                         secret=bc.CLUSTER_SECRET))
+
+
 if __name__ == '__main__':
     if sys.argv[1:2] == ['client']:
-        sys.exit(bc.client_main(open_cluster, sys.argv[2:]))
+        sys.exit(bc.client_main(open_cluster, sys.argv[2:], open_executor=open_executor))
     sys.exit(bc.driver_main('dispyscheduler', start, spawn_client_factory, sys.argv[2:],
-                            jobcluster=(start_jobcluster, spawn_client_factory)))
+                            jobcluster=(start_jobcluster, spawn_client_factory),
+                            executor=True))

@@ -2,13 +2,16 @@
 """Benchmark dispyscheduler against dispy 4.15.2 and dask.distributed on the same workload.
 
     python3 benchmarks/run.py [--quick] [--systems dispyscheduler,dispy,dask] [--runs 3]
+                              [--workloads latency,throughput,executor]
 
 Creates (once) a virtual environment per system under benchmarks/.venvs/, then runs each
 system's driver (driver_<system>.py, in that system's venv, in a session of its own; dispy's
 inside ``unshare --net``) once per run, interleaved (run 1: every system, run 2: ...), and
 prints machine-readable lines on stdout. ``dispyscheduler-jobcluster`` and ``dispy-jobcluster``
 are the two JobClusters (each client program its own scheduler; ``driver_X.py run
---jobcluster``), compared with each other:
+--jobcluster``), compared with each other. The ``executor`` workload (trivial calls through
+``DispyExecutor.submit`` against dask's ``Client.submit``) is run by the systems in
+``EXECUTOR_SYSTEMS`` only:
 
     RUN system=S run=K metric=M n=N clients=C value=V         one value of one run
     BENCH system=S metric=M n=N clients=C min=.. median=.. max=.. runs=R
@@ -48,6 +51,10 @@ OURS = 'dispyscheduler'
 OURS_JOBCLUSTER = 'dispyscheduler-jobcluster'
 COMPARED = {OURS: ('dispy', 'dask'), OURS_JOBCLUSTER: ('dispy-jobcluster',)}
 """Which system's medians are divided by which peers' on RATIO lines."""
+WORKLOADS = bc.WORKLOADS
+EXECUTOR_SYSTEMS = ('dispyscheduler', 'dask')
+"""The systems with an executor workload (dispy has no executor; a JobCluster's is not
+measured)."""
 SCALE_TIMEOUT = 1800.0  # seconds for scale.py (the full one takes about a minute here)
 SETTLE_SECONDS = 5.0
 """Pause before each driver, after writing back dirty pages (``sync``), so that what the
@@ -66,6 +73,8 @@ TARGETS = (
      ('throughput_jobs_per_s', 20000, 1), 'dispy-jobcluster', '>=', 20),
     ('jobcluster_latency_median_ms', OURS_JOBCLUSTER, ('latency_median_ms', None, 1), None,
      '<=', 0.5),
+    # issue 20: DispyExecutor.submit beside dask's Client.submit, trivial calls
+    ('executor_vs_dask', OURS, ('executor_calls_per_s', None, 1), 'dask', '>=', 5),
 )
 
 
@@ -131,17 +140,29 @@ def loadavg():
         return ' '.join(handle.read().split()[:3])
 
 
-def driver_timeout(sizes, latency, system=''):
+def system_workloads(system, workloads):
+    """The selected workloads that ``system`` runs."""
+    return [w for w in workloads if w != 'executor' or system in EXECUTOR_SYSTEMS]
+
+
+def driver_timeout(sizes, latency, system='', workloads=WORKLOADS, executor_n=0):
     clients = (1,) if system.endswith('-jobcluster') else (1, 2)
-    phases = [latency] + [n for n in sizes for _ in clients]
+    workloads = system_workloads(system, workloads)
+    phases = [latency] if 'latency' in workloads else []
+    if 'throughput' in workloads:
+        phases += [n for n in sizes for _ in clients]
+    if 'executor' in workloads:
+        phases.append(executor_n)
     return 120 + sum(120 + bc.phase_timeout(n) for n in phases)  # + set-up per phase
 
 
-def run_driver(system, python, run, sizes, latency, workdir):
+def run_driver(system, python, run, sizes, latency, workdir, workloads=WORKLOADS,
+               executor_n=20000):
     """One run of one system; returns its result dict (``failed`` set on failure)."""
     argv = [python, os.path.join(HERE, 'driver_%s.py' % base_system(system)), 'run',
             '--sizes', ','.join(map(str, sizes)), '--latency', str(latency),
-            '--workdir', workdir]
+            '--workloads', ','.join(system_workloads(system, workloads)),
+            '--executor_n', str(executor_n), '--workdir', workdir]
     if system.endswith('-jobcluster'):
         argv.append('--jobcluster')
     if base_system(system) == 'dispy':
@@ -149,7 +170,7 @@ def run_driver(system, python, run, sizes, latency, workdir):
         # namespace where only lo exists (the driver checks it and brings lo up)
         argv = ['unshare', '--net', '--'] + argv
     os.makedirs(workdir, exist_ok=True)
-    timeout = driver_timeout(sizes, latency, system)
+    timeout = driver_timeout(sizes, latency, system, workloads, executor_n)
     load_before = loadavg()
     started = time.monotonic()
     with open(os.path.join(workdir, 'driver.stderr'), 'wb') as stderr:
@@ -198,6 +219,11 @@ def values_of(result):
         if phase['mode'] == 'latency':
             values[('latency_median_ms', n, clients)] = phase['latency_median_ms']
             values[('latency_p90_ms', n, clients)] = phase['latency_p90_ms']
+        elif phase['mode'] == 'executor':
+            values[('executor_calls_per_s', n, clients)] = phase['throughput']
+            if 'sched_cpu_s_per_1000' in phase:
+                values[('executor_sched_cpu_s_per_1000_calls', n, clients)] = \
+                    phase['sched_cpu_s_per_1000']
         else:
             values[('throughput_jobs_per_s', n, clients)] = phase['throughput']
             if 'sched_cpu_s_per_1000' in phase:
@@ -212,7 +238,8 @@ def values_of(result):
 
 BETTER = {'throughput_jobs_per_s': 'higher', 'latency_median_ms': 'lower',
           'latency_p90_ms': 'lower', 'sched_cpu_s_per_1000_jobs': 'lower',
-          'program_cpu_s_per_1000_jobs': 'lower', 'sched_peak_rss_mb': 'lower'}
+          'program_cpu_s_per_1000_jobs': 'lower', 'executor_calls_per_s': 'higher',
+          'executor_sched_cpu_s_per_1000_calls': 'lower', 'sched_peak_rss_mb': 'lower'}
 
 
 def run_scale(python, quick):
@@ -295,6 +322,8 @@ def report(results, systems, elapsed, runs):
             ours = medians.get((mine, key))
             parts = []
             for peer in peers:
+                if key[0].startswith('executor_') and peer not in EXECUTOR_SYSTEMS:
+                    continue  # dispy has no executor: no NA for it
                 theirs = medians.get((peer, key))
                 ratio = ours / theirs if ours is not None and theirs else None
                 parts.append('%s/%s=%s' % (mine, peer, 'NA' if ratio is None else
@@ -329,6 +358,11 @@ def main():
     parser.add_argument('--keep', action='store_true', help='keep the work directory (logs)')
     parser.add_argument('--no_scale', action='store_true',
                         help='skip scale.py (1,000 simulated nodes; 100 with --quick)')
+    parser.add_argument('--workloads', default=','.join(WORKLOADS),
+                        help='any of %s (default: all); executor only for %s' % (
+                            ','.join(WORKLOADS), ','.join(EXECUTOR_SYSTEMS)))
+    parser.add_argument('--executor_n', type=int, default=None,
+                        help='calls of the executor workload, default 20000 (1000 with --quick)')
     args = parser.parse_args()
     # SIGTERM unwinds like ^C: the driver running then is killed with all it started, by PID
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -336,6 +370,17 @@ def main():
     unknown = set(systems) - set(SYSTEMS)
     if unknown:
         parser.error('unknown systems: %s' % ', '.join(sorted(unknown)))
+    workloads = [w for w in args.workloads.split(',') if w]
+    unknown = set(workloads) - set(WORKLOADS)
+    if unknown or not workloads:
+        parser.error('unknown workloads: %s' % ', '.join(sorted(unknown)) if unknown else
+                     'no workload selected')
+    workloads = [w for w in WORKLOADS if w in workloads]
+    skipped = [s for s in systems if not system_workloads(s, workloads)]
+    if skipped:
+        note('not run (no selected workload applies): %s' % ', '.join(skipped))
+        systems = [s for s in systems if s not in skipped]
+    executor_n = args.executor_n or (1000 if args.quick else 20000)
     runs = args.runs or (1 if args.quick else 3)
     sizes = [int(x) for x in (args.sizes or ('500' if args.quick else '2000,20000')).split(',')]
     latency = args.latency or (20 if args.quick else 50)
@@ -351,7 +396,8 @@ def main():
                             'failed': 'venv: %s' % exc})
             note('venv for %s failed: %s' % (system, exc))
     workroot = tempfile.mkdtemp(prefix='dispyscheduler-bench-')
-    note('work directory %s; sizes %s, latency %d, %d run(s)' % (workroot, sizes, latency, runs))
+    note('work directory %s; workloads %s; sizes %s, latency %d, executor calls %d; %d run(s)'
+         % (workroot, ','.join(workloads), sizes, latency, executor_n, runs))
     for run in range(1, runs + 1):
         for system in systems:
             if system not in pythons:
@@ -360,7 +406,8 @@ def main():
             time.sleep(SETTLE_SECONDS)
             note('run %d/%d: %s ...' % (run, runs, system))
             result = run_driver(system, pythons[system], run, sizes, latency,
-                                os.path.join(workroot, '%s-run%d' % (system, run)))
+                                os.path.join(workroot, '%s-run%d' % (system, run)),
+                                workloads, executor_n)
             results.append(result)
             for key, value in sorted(values_of(result).items(), key=lambda kv: str(kv[0])):
                 print('RUN system=%s run=%d %s value=%s' % (system, run, key_text(key),
@@ -375,13 +422,15 @@ def main():
             if result.get('leftovers'):
                 note('%s left processes behind (killed): %s' % (system, result['leftovers']))
     scale_failed = False
-    if OURS in pythons and not args.no_scale:
+    if OURS in pythons and not args.no_scale and workloads == list(WORKLOADS):
+        # scale.py belongs to the default run (every workload), not to a selection
         scale_failed = not run_scale(pythons[OURS], args.quick)
     elapsed = time.monotonic() - started
     report(results, systems, elapsed, runs)
     if args.json:
         with open(args.json, 'w') as handle:
-            json.dump({'sizes': sizes, 'latency': latency, 'runs': runs, 'results': results,
+            json.dump({'sizes': sizes, 'latency': latency, 'runs': runs,
+                       'workloads': workloads, 'executor_n': executor_n, 'results': results,
                        'elapsed_s': elapsed}, handle, indent=1)
     if args.keep or any(r.get('failed') for r in results):
         note('logs kept in %s' % workroot)

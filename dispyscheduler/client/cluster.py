@@ -15,6 +15,7 @@ process can collect the results of a program that was killed.
 
 from __future__ import annotations
 
+import atexit
 import copy
 import glob
 import hashlib
@@ -26,10 +27,11 @@ import socket
 import sys
 import threading
 import time
+import weakref
 from typing import Any, Callable, Iterable, Literal, Sequence, TextIO, Union
 
 from ..constants import (ABANDONED, ACK_BATCH, ACK_DELAY, CLIENT_CLUSTER_TIMEOUT,
-                         CLIENT_RECONNECT_TIMEOUT, CREATED,
+                         CLIENT_RECONNECT_TIMEOUT, CREATED, FILE_CHUNK_SIZE,
                          FINAL_STATUSES, FRAME_MARGIN, MAX_FRAME_SIZE, NODE_CLOSED,
                          NODE_INITIALIZED, NODE_SETUP_FAILED, PROVISIONAL_RESULT,
                          RUNNING, SCHEDULER_CLIENT_PORT, TERMINATED)
@@ -37,6 +39,7 @@ from ..wire import messages as m
 from ..wire.files import FileRefused, IncomingFiles, check_size, read_chunks
 from ..wire.link import Link
 from ..wire.protocol import ProtocolError
+from . import futures
 from .callbacks import CallbackRunner
 from .window import SubmitWindow
 from .connection import Refused, SchedulerConnection
@@ -124,6 +127,7 @@ class SharedJobCluster:
         self._attached(link, body)
         if recover_file is not False:
             self._write_recover_file(recover_file, connection.host, scheduler_port)
+        atexit.register(_leave_at_exit, weakref.ref(self))
 
     def _prepare(self, name: str, connection: SchedulerConnection,
                  job_status: JobCallback | None, cluster_status: ClusterCallback | None,
@@ -138,6 +142,9 @@ class SharedJobCluster:
         self._allocators = list[NodeAllocate]()  # ``nodes``, then ``allocate_node``'s
         # (path, size, mtime) -> reference of a file uploaded for some nodes only
         self._uploaded: dict[tuple[str, int, int], str] = {}
+        # reference -> (name, bytes) of data shared by jobs (``_share``), kept to send again
+        self._shared: dict[str, tuple[str, bytes]] = {}
+        self._sharing = threading.Lock()
         self._controls: dict[int, list[Any]] = {}  # rid -> [Event, NodeControl, answer]
         self._rids = itertools.count(1)
         self._jobs: dict[int, DispyJob] = {}  # uid -> DispyJob not yet final
@@ -224,6 +231,9 @@ class SharedJobCluster:
         """Send again what the scheduler may not have saved before the link broke, and the
         request to close if it was made meanwhile."""
         self._uploaded.clear()  # an upload cut short is sent again when a node wants it
+        with self._sharing:  # before the submissions that need them
+            for ref in list(self._shared):
+                self._send_shared(ref)
         for submission in list(self._unsaved.values()):
             self._connection.send(submission)
         for _, request, _ in list(self._controls.values()):
@@ -298,7 +308,7 @@ class SharedJobCluster:
         return self._submit(job_id, node, args, kwargs)
 
     def _submit(self, job_id: Any, node: DispyNode | str | None, args: tuple,
-                kwargs: dict[str, Any]) -> DispyJob:
+                kwargs: dict[str, Any], refs: Sequence[str] = ()) -> DispyJob:
         self._check_open()
         files, namespace = self._job_depends(kwargs.pop('dispy_job_depends', ()))
         timeout = kwargs.pop('dispy_job_timeout', self._job_timeout)
@@ -319,11 +329,12 @@ class SharedJobCluster:
         self._window.enter(uid, size, self._check_open)
         job = DispyJob(args, kwargs, self._connection.wait_for)
         job._uid = uid
+        job._cancel = self.cancel
         job._tx = size
         job.id = uid if job_id is None else job_id
         submission = m.Submit(uid=uid, args=payload, files=files, priority=priority,
                               timeout=None if timeout is None else float(timeout), node=node,
-                              tag=tag)
+                              tag=tag, refs=list(refs))
         self._jobs[uid] = job
         self._jobs_submitted += 1
         self._unsaved[uid] = submission
@@ -430,6 +441,42 @@ class SharedJobCluster:
 
     shutdown = close
 
+    def _leave_at_exit(self) -> None:
+        """The program ends without ``close()``. A cluster with no job left is closed, as by
+        ``close()``. One with jobs still pending is left to them, and the program says on
+        stderr how to collect their results (``recover_jobs``); without a recovery file
+        nobody could, so they are cancelled instead."""
+        if self._closing:
+            return
+        pending = len(self._jobs)
+        if not pending or self._lost is not None:
+            self.close()
+            return
+        what = 'cluster %r (id %s): %d job%s had not ended' % (
+            self.name, self.cid, pending, '' if pending == 1 else 's')
+        if self._recover_file is None:
+            sys.stderr.write('dispyscheduler: the program ends without closing %s; with no '
+                             'recovery file (recover_file=False) their results could not be '
+                             'collected, so they are cancelled\n' % (what,))
+            self.close(terminate=True)
+            return
+        sys.stderr.write(
+            'dispyscheduler: the program ends without closing %s; they go on, and their '
+            'results wait for you. Collect them with\n    dispyscheduler.recover_jobs(%r%s)\n'
+            '(terminate_pending=True there cancels those still running; '
+            'close(terminate=True) before exiting would have cancelled them)\n'
+            % (what, self._recover_file, ', secret=...' if self._connection.secret else ''))
+        self._leave()
+
+    def _leave(self) -> None:
+        """Let go of the cluster without closing it: the scheduler keeps it and its
+        results for ``recover_jobs``."""
+        self._closing = True
+        self._window.wake()
+        self._connection.close()
+        if self._callbacks is not None:
+            self._callbacks.stop()
+
     def __enter__(self) -> SharedJobCluster:
         return self
 
@@ -441,7 +488,8 @@ class SharedJobCluster:
 
     def status(self) -> ClusterStatus:
         """``ClusterStatus(nodes, jobs_pending)``: the nodes running this cluster's jobs."""
-        nodes = [copy.copy(node) for node in self._nodes.values() if not node.closed]
+        # list() copies the values at once, under the GIL: the reader thread may add a node
+        nodes = [copy.copy(node) for node in list(self._nodes.values()) if not node.closed]
         return ClusterStatus(nodes, len(self._jobs))
 
     def print_status(self, wall_time: float | None = None) -> None:
@@ -455,7 +503,7 @@ class SharedJobCluster:
                                                      'Node Time Sec'),
                  '-' * 78]
         total_time = 0.0
-        for node in sorted(self._nodes.values(), key=lambda node: node.ip_addr):
+        for node in sorted(list(self._nodes.values()), key=lambda node: node.ip_addr):
             per_job = node.cpu_time / node.jobs_done if node.jobs_done else 0.0
             label = '%s (%s)' % (node.ip_addr, node.name) if node.name else node.ip_addr
             lines.append(' %-30.30s | %5d | %7d | %10.3f | %13.3f'
@@ -489,6 +537,27 @@ class SharedJobCluster:
                 break
         self._connection.send(m.NodeAllocation(key=offer.key, cpus=max(0, cpus),
                                                setup_args=setup_args, files=refs))
+
+    def _share(self, data: bytes, name_format: str) -> str:
+        """Send ``data`` to the scheduler once (by content), to be written as
+        ``name_format % reference`` into the computation's directory on each node that runs
+        a job submitted with its reference (``_submit``'s ``refs``), once per node; its
+        reference."""
+        ref = hashlib.sha256(data).hexdigest()[:32]
+        with self._sharing:
+            if ref not in self._shared:
+                self._shared[ref] = (name_format % ref, data)
+                self._send_shared(ref)
+        return ref
+
+    def _send_shared(self, ref: str) -> None:
+        name, data = self._shared[ref]
+        last_offset = max(0, len(data) - 1) // FILE_CHUNK_SIZE * FILE_CHUNK_SIZE
+        for offset in range(0, last_offset + 1, FILE_CHUNK_SIZE):
+            self._connection.send(m.Upload(ref=ref, name=name, size=len(data), mode=0o600,
+                                           offset=offset,
+                                           data=data[offset:offset + FILE_CHUNK_SIZE],
+                                           last=offset == last_offset))
 
     def _upload(self, name: str, path: str, mode: int) -> str:
         """Send a file for some nodes only (once, while it does not change); its
@@ -757,6 +826,7 @@ class SharedJobCluster:
             job._node = None
         self._notify(job)
         job.finish.set()
+        futures.job_ended(job)
 
     def _adopt(self, uid: int, tag: bytes | None) -> None:
         """A job of this cluster submitted by the process being recovered."""
@@ -764,6 +834,7 @@ class SharedJobCluster:
             job = self._jobs[uid] = self._recovered[uid] = DispyJob(
                 None, None, self._connection.wait_for)
             job._uid = uid
+            job._cancel = self.cancel
             job.id = unpack_result(tag) if tag is not None else uid
 
     def _notify(self, job: DispyJob) -> None:
@@ -779,6 +850,12 @@ class SharedJobCluster:
         if self._cluster_status is not None:
             node = copy.copy(self._nodes.get(job.ip_addr)) if job.ip_addr else None
             self._callbacks.put(self._cluster_status, job.status, node, snapshot)
+
+
+def _leave_at_exit(reference: weakref.ReferenceType[SharedJobCluster]) -> None:
+    cluster = reference()
+    if cluster is not None:
+        cluster._leave_at_exit()
 
 
 class ProgressBar:
@@ -883,6 +960,5 @@ def _recover_jobs(record: dict[str, Any], recover_file: str, timeout: float | No
     if finished:
         cluster.close()
     else:
-        cluster._closing = True
-        cluster._connection.close()
+        cluster._leave()
     return [cluster._recovered[uid] for uid in sorted(cluster._recovered)]

@@ -36,7 +36,8 @@ INSTALLED_PATHS = tuple(os.path.realpath(path) for path in {
 def is_users_module(module: types.ModuleType) -> bool:
     """A module of the user's program rather than of Python or an installed package."""
     path = getattr(module, '__file__', None)
-    if not path or module.__name__ == '__main__':
+    if not path or module.__name__ == '__main__' or module.__name__.partition('.')[0] == \
+            'dispyscheduler':  # installed on every node, even when run from a checkout
         return False
     return not os.path.realpath(path).startswith(INSTALLED_PATHS)
 
@@ -126,9 +127,7 @@ def pack_computation(computation: Callable[..., Any] | str, depends: Iterable[An
     else:
         compute = computation
     for function in (compute, setup, cleanup):
-        module = sys.modules.get(getattr(function, '__module__', None) or '')
-        if module is not None and is_users_module(module) and module not in shipped_modules:
-            cloudpickle.register_pickle_by_value(module)
+        carry_by_value(function, shipped_modules)
     check_unique(files)
     code = cloudpickle.dumps({
         'compute': compute,
@@ -139,6 +138,14 @@ def pack_computation(computation: Callable[..., Any] | str, depends: Iterable[An
         'depends': namespace,
     })
     return Packed(code, files)
+
+
+def carry_by_value(function: Any, shipped_modules: Iterable[types.ModuleType] = ()) -> None:
+    """A function of one of the user's own modules travels by value (that module need not
+    exist on the nodes), unless the module itself is shipped."""
+    module = sys.modules.get(getattr(function, '__module__', None) or '')
+    if module is not None and is_users_module(module) and module not in shipped_modules:
+        cloudpickle.register_pickle_by_value(module)
 
 
 def pack_value(value: Any, what: str) -> bytes:

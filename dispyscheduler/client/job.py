@@ -7,11 +7,15 @@ import _thread
 import collections
 import fnmatch
 import time
-from typing import Any, Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Generator, Iterable, Optional
 
 from ..constants import (ABANDONED, CANCELLED, CREATED, FINISHED, NODE_CLOSED, NODE_INITIALIZED,
                          NODE_SETUP_FAILED, PROVISIONAL_RESULT, RUNNING, STATUS_NAMES,
                          TERMINATED)
+from . import futures
+
+if TYPE_CHECKING:
+    from .futures import JobFuture
 
 ClusterStatus = collections.namedtuple('ClusterStatus', ['nodes', 'jobs_pending'])
 """What ``SharedJobCluster.status()`` returns, as in dispy 4.x."""
@@ -23,7 +27,8 @@ Reader = Callable[['JobEnd', Optional[float]], bool]
 
 class DispyJob:
     """A submitted job. Its attributes fill in as the job runs; ``job()`` waits for the end
-    and returns ``job.result``."""
+    and returns ``job.result``. ``job.future`` is the job as a ``concurrent.futures.Future``,
+    and ``await job`` waits in a coroutine (``futures.py``)."""
 
     Created = CREATED
     Running = RUNNING
@@ -51,6 +56,8 @@ class DispyJob:
         self._uid: Optional[int] = None
         self._node: Optional[DispyNode] = None  # the DispyNode counting this job as running
         self._tx = 0  # bytes of its arguments and files, counted in its node's ``tx``
+        self._future: Optional[JobFuture] = None  # made on first use of ``future``
+        self._cancel: Optional[Callable[[DispyJob], Any]] = None  # its cluster's ``cancel``
 
     def __call__(self, clear: bool = False, timeout: Optional[float] = None) -> Any:
         """Wait until the job ends and return its result (``clear`` drops it here); with
@@ -61,6 +68,17 @@ class DispyJob:
         if clear:
             self.result = None
         return result
+
+    @property
+    def future(self) -> JobFuture:
+        """The job as a ``concurrent.futures.Future``: ``result()`` is the job's result, or
+        raises ``JobFailed`` if it did not finish; ``cancel()`` cancels the job."""
+        return futures.future_of(self)
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        """``await job``: its result, as ``job.future.result()``, without blocking the
+        event loop."""
+        return futures.await_job(self)
 
     def __repr__(self) -> str:
         return '<DispyJob %s %s>' % (self.id, STATUS_NAMES.get(self.status, self.status))

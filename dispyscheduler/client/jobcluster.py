@@ -11,7 +11,6 @@ stops at ``close()``, at exit, or when the program is killed.
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import shutil
@@ -70,7 +69,6 @@ class JobCluster(SharedJobCluster):
         recover_path, state = _state_paths(recover_file or None, workdir, recover)
         self._stopper = Stopper(workdir, state)
         self._finalizer = weakref.finalize(self, self._stopper.stop, True)
-        atexit.register(_close_at_exit, weakref.ref(self))
         try:
             addresses = _listify(host or ip_addr)
             entries = node_allocations(nodes if nodes is not None else
@@ -131,6 +129,12 @@ class JobCluster(SharedJobCluster):
 
     shutdown = close  # dispy's name: close the cluster and stop its scheduler
 
+    def _leave(self) -> None:
+        """Leaving without closing (jobs pending at exit): the scheduler stops, its state
+        kept, and ``recover_jobs`` starts it again to collect the results."""
+        super()._leave()
+        self._finalizer()
+
 
 class Stopper:
     """What a JobCluster started, stopped when it closes, at exit, or when it is collected;
@@ -151,22 +155,6 @@ class Stopper:
         shutil.rmtree(self.workdir, ignore_errors=True)
         if not keep_state:
             shutil.rmtree(self.state, ignore_errors=True)
-
-
-def _close_at_exit(reference: weakref.ReferenceType[JobCluster]) -> None:
-    """A program that ends without ``close()`` (dispy's examples do): once its jobs are done,
-    the cluster is closed as by ``close()``; otherwise its scheduler stops with its state
-    kept, for ``recover_jobs``."""
-    cluster = reference()
-    if cluster is None or getattr(cluster, '_closing', True):  # closed, or never made
-        return
-    if cluster._jobs:
-        logger.warning('%d jobs of cluster %s had not ended when the program exited; '
-                       'recover_jobs(%r) collects them', len(cluster._jobs), cluster.name,
-                       cluster._recover_file)
-        cluster._finalizer()
-        return
-    cluster.close()
 
 
 def restart_private_scheduler(record: dict[str, Any]) -> tuple[ChildDaemon, dict[str, Any],

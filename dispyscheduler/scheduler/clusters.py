@@ -28,8 +28,8 @@ from ..runtime.hublink import HubLink
 from ..wire.protocol import ProtocolError
 from .admission import Admission
 from .durability import Durability
-from .model import FAILED, OFFERED, READY, Cluster, Node, State, job_size
-from .nodes import NodeService, upload_directory
+from .model import FAILED, OFFERED, READY, Cluster, Node, State, job_size, upload_directory
+from .nodes import NodeService
 from .router import Router
 from .sessions import ClientSession, Peers
 
@@ -222,6 +222,11 @@ class ClusterService:
         except FileRefused as exc:
             self.refuse(cluster, submit.uid, TERMINATED, str(exc))
             return
+        missing = [ref for ref in submit.refs if ref not in cluster.uploads]
+        if missing:  # its upload was refused, and the client told why
+            self.refuse(cluster, submit.uid, TERMINATED, 'what the job needs (upload %s) did '
+                        'not reach the scheduler' % (missing[0],))
+            return
         size = job_size(submit.args, submit.files)
         refusal = self.over_limits(cluster, size)
         if refusal is not None:
@@ -242,7 +247,8 @@ class ClusterService:
                 return
             pinned = node.key
         placed = self.state.submit(cluster, submit.uid, submit.args, submit.priority,
-                                   submit.timeout, submit.files, pinned, submit.tag, size)
+                                   submit.timeout, submit.files, pinned, submit.tag, size,
+                                   tuple(submit.refs))
         job = placed.job
         assert job is not None  # a submission makes one
         job.submitted_at = time.monotonic()

@@ -22,9 +22,12 @@ import collections
 import dataclasses
 import heapq
 import itertools
+import os
 from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
 
-from ..constants import ABANDONED, CANCELLED, CREATED, MAX_DISPATCH_DEPTH, RUNNING
+from ..constants import (ABANDONED, CANCELLED, CREATED, MAX_DISPATCH_DEPTH, RUNNING,
+                         UPLOADS_DIRECTORY)
+from ..wire.files import safe_relative_path
 from .outbox import Outbox
 from .policy import RUNTIME_WEIGHT, LoadIndex, dispatch_depth, fair_share_pick, node_matches
 
@@ -41,13 +44,14 @@ CLOSING = 'closing'  # the client closed the node (``close_node``): it ends the 
 class Job:
     __slots__ = ('jid', 'uid', 'cluster', 'args', 'node', 'status', 'start_time', 'cancelling',
                  'priority', 'timeout', 'files', 'pinned', 'tag', 'lost_nodes', 'submitted_at',
-                 'queued', 'size')
+                 'queued', 'size', 'refs')
 
     def __init__(self, jid: int, uid: int, cluster: Cluster, args: bytes, priority: int = 0,
                  timeout: Optional[float] = None, files: Sequence[FileData] = (),
                  pinned: Optional[str] = None, tag: Optional[bytes] = None,
-                 size: Optional[int] = None) -> None:
+                 size: Optional[int] = None, refs: Sequence[str] = ()) -> None:
         self.jid = jid
+        self.refs = refs  # the cluster's uploads it needs on its node (``sessions.py``)
         self.tag = tag  # the client's job id (pickled), for a client recovering results
         self.lost_nodes = 0  # nodes that died or vanished while holding this job
         # when, for the placement-time metric (set by the server)
@@ -317,7 +321,8 @@ class State:
             if cluster is None:
                 continue
             job = Job(row['jid'], row['uid'], cluster, row['args'], row['priority'],
-                      row['timeout'], row['files'], row['pinned'], row['tag'])
+                      row['timeout'], row['files'], row['pinned'], row['tag'],
+                      refs=row['refs'])
             job.lost_nodes = row['lost_nodes']
             cluster.jobs[job.uid] = job
             cluster.job_bytes += job.size
@@ -713,11 +718,11 @@ class State:
     def submit(self, cluster: Cluster, uid: int, args: bytes, priority: int = 0,
                timeout: Optional[float] = None, files: Sequence[FileData] = (),
                pinned: Optional[str] = None, tag: Optional[bytes] = None,
-               size: Optional[int] = None) -> Placed:
+               size: Optional[int] = None, refs: Sequence[str] = ()) -> Placed:
         """Queue a job (of ``job_size`` ``size``, if counted already); returns ``Placed``:
         the job and the dispatches it allows."""
         job = Job(self.next_jid(), uid, cluster, args, priority, timeout, files, pinned, tag,
-                  size)
+                  size, refs)
         cluster.jobs[uid] = job
         cluster.job_bytes += job.size
         self.jobs[job.jid] = job
@@ -825,3 +830,14 @@ class State:
             queue.forget(job)
         self._end(job, CANCELLED)
         return Cancellation(job, None)
+
+
+def upload_path(cluster: Cluster, ref: str) -> str:
+    """Where the scheduler keeps a cluster's upload ``ref``."""
+    assert cluster.directory is not None  # made for its first upload
+    name = cluster.uploads[ref][0] if ref in cluster.uploads else ''
+    return os.path.join(upload_directory(cluster.directory, ref), safe_relative_path(name))
+
+
+def upload_directory(cluster_directory: str, ref: str) -> str:
+    return os.path.join(cluster_directory, UPLOADS_DIRECTORY, ref)

@@ -17,13 +17,13 @@ import gevent
 
 from ..config import SchedulerConfig
 from ..constants import (ACK_DELAY, NODE_AVAIL_INFO, NODE_CLOSED, NODE_INITIALIZED,
-                         NODE_SETUP_FAILED, UPLOADS_DIRECTORY)
+                         NODE_SETUP_FAILED)
 from ..wire import messages as m
 from ..wire.files import read_chunks, safe_relative_path
 from ..wire.protocol import ProtocolError
 from .admission import Admission
 from .durability import Durability
-from .model import CLOSING, READY, Cluster, Node, State
+from .model import CLOSING, READY, Cluster, Node, State, upload_path
 from .router import Router
 from .sessions import NodeSession, Peers
 
@@ -315,17 +315,6 @@ class NodeService:
             gevent.sleep(ACK_DELAY)
             for session in list(self.peers.nodes.values()):
                 session.flush_acknowledgements()
-
-
-def upload_path(cluster: Cluster, ref: str) -> str:
-    """Where the scheduler keeps a cluster's upload ``ref``."""
-    assert cluster.directory is not None  # made for its first upload
-    name = cluster.uploads[ref][0] if ref in cluster.uploads else ''
-    return os.path.join(upload_directory(cluster.directory, ref), safe_relative_path(name))
-
-
-def upload_directory(cluster_directory: str, ref: str) -> str:
-    return os.path.join(cluster_directory, UPLOADS_DIRECTORY, ref)
 
 
 def node_files(cluster: Cluster, refs: Iterable[str]) -> dict[m.FileSpec, str]:

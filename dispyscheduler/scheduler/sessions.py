@@ -17,10 +17,12 @@ import gevent
 from ..constants import ACK_BATCH
 from ..wire import messages as m
 from ..runtime.hublink import HubLink
+from ..wire.files import read_chunks
 from ..wire.protocol import ProtocolError
+from .model import upload_path
 
 if TYPE_CHECKING:
-    from .model import Job, Node
+    from .model import Cluster, Job, Node
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +34,7 @@ class NodeSession:
         self.link = link
         self.key = key
         self.pending_acks: list[int] = []  # saved results the node may forget
+        self.uploads_sent: set[tuple[int, str]] = set()  # (cid, ref) the node has (a job's)
 
     def __repr__(self) -> str:
         return '<NodeSession %s>' % (self.key,)
@@ -52,16 +55,33 @@ class NodeSession:
         self.link.send(m.Welcome(pulse_interval=pulse_interval, scheduler_id=scheduler_id))
 
     def send_job(self, job: Job) -> None:
-        """The job, with the acknowledgements waiting (in the same write)."""
+        """The job, with the acknowledgements waiting (in the same write); first the
+        uploads it needs that this node has not had yet."""
+        if job.refs:
+            self.send_uploads(job.cluster, job.refs)
         self.link.send(m.Job(jid=job.jid, cid=job.cluster.cid, args=job.args,
                              timeout=job.timeout, files=list(job.files)),
                        *self.take_acknowledgements())
+
+    def send_uploads(self, cluster: Cluster, refs: Iterable[str]) -> None:
+        """Uploads into the node's copy of the computation, each once per installation:
+        they are small (an executor's functions), so they go whole, ahead of the job."""
+        for ref in refs:
+            key = (cluster.cid, ref)
+            if key in self.uploads_sent or ref not in cluster.uploads:
+                continue
+            self.uploads_sent.add(key)
+            name, size, mode = cluster.uploads[ref]
+            for offset, data, last in read_chunks(upload_path(cluster, ref)):
+                self.link.send(m.SentFile(cid=cluster.cid, name=name, size=size, mode=mode,
+                                          offset=offset, data=data, last=last))
 
     def cancel_job(self, jid: int) -> None:
         self.link.send(m.CancelJob(jid=jid))
 
     def install(self, cid: int, name: str, code: bytes, files: list[m.FileSpec], cpus: int,
                 setup_args: Optional[bytes]) -> None:
+        self.forget_uploads(cid)
         self.link.send(m.Compute(cid=cid, name=name, code=code, files=files, cpus=cpus,
                                  setup_args=setup_args))
 
@@ -74,7 +94,12 @@ class NodeSession:
         self.link.wait_until_drained()
         return True
 
+    def forget_uploads(self, cid: int) -> None:
+        """The node's copy of the computation goes (or starts afresh): so do its uploads."""
+        self.uploads_sent = {key for key in self.uploads_sent if key[0] != cid}
+
     def uninstall(self, cid: int, cleanup: bool) -> None:
+        self.forget_uploads(cid)
         self.link.send(m.Uninstall(cid=cid, cleanup=cleanup))
 
     def set_cpus(self, cid: int, cpus: int) -> None:

@@ -6,8 +6,8 @@ What is not: anything that can be learned again (nodes, links, queue order beyon
 and submission).
 
 Each table's columns are named once (``Table``), and so is how a cluster or a job becomes a
-row; the database keeps the version of this layout, and a database of another version is
-refused with one line that says so.
+row; the database keeps the version of this layout: one of an older version is brought up to
+date (``MIGRATIONS``), one of another version refused with one line that says so.
 
 Recording costs no I/O: changes are kept by row in a ``Batch``, so a job submitted and ended
 (and its result acknowledged) within one batch costs the database nothing; ``commit`` writes a
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The layout below; a database of another version is refused (``StoreError``)."""
 
 
@@ -96,12 +96,17 @@ CLUSTERS = Table('clusters', [
 JOBS = Table('jobs', [
     ('jid', 'INTEGER PRIMARY KEY'), ('cid', 'INTEGER'), ('uid', 'INTEGER'), ('args', 'BLOB'),
     ('priority', 'INTEGER'), ('timeout', 'REAL'), ('files', 'BLOB'), ('pinned', 'TEXT'),
-    ('tag', 'BLOB'), ('node', 'TEXT'), ('lost_nodes', 'INTEGER'),
+    ('tag', 'BLOB'), ('node', 'TEXT'), ('lost_nodes', 'INTEGER'), ('refs', 'BLOB'),
 ], 'jid', ('jid',))
 RESULTS = Table('results', [('cid', 'INTEGER'), ('uid', 'INTEGER'), ('message', 'BLOB')],
                 'cid, uid', ('cid', 'uid'))
 TABLES = (META, CLUSTERS, JOBS, RESULTS)
 INDEXES = ('CREATE INDEX jobs_by_cluster ON jobs (cid)',)
+MIGRATIONS = {
+    2: ('ALTER TABLE jobs ADD COLUMN refs BLOB',),
+}
+"""Statements that bring a database of an older version to this one (a scheduler upgraded
+in place keeps its clusters and jobs)."""
 
 
 def cluster_row(cluster: Cluster) -> dict[str, Any]:
@@ -127,12 +132,13 @@ def job_row(job: Job) -> dict[str, Any]:
     return dict(jid=job.jid, cid=job.cluster.cid, uid=job.uid, args=job.args,
                 priority=job.priority, timeout=job.timeout, files=pack(job.files),
                 pinned=job.pinned, tag=job.tag, node=job.node.key if job.node else None,
-                lost_nodes=job.lost_nodes)
+                lost_nodes=job.lost_nodes, refs=pack(list(job.refs)) if job.refs else None)
 
 
 def job_from_row(row: dict[str, Any]) -> dict[str, Any]:
     """A saved job as ``model.State.restore`` takes it."""
-    return dict(row, files=unpack(row['files']))
+    return dict(row, files=unpack(row['files']),
+                refs=tuple(unpack(row['refs'])) if row['refs'] else ())
 
 
 Action = tuple[Callable[..., Any], tuple]
@@ -177,6 +183,13 @@ class Store:
                     [table.create for table in TABLES] + list(INDEXES)) + ';COMMIT;')
                 self.db.execute(META.insert, ('version', SCHEMA_VERSION))
             version = self.meta('version')
+            if version in MIGRATIONS:
+                with self.db:
+                    self.db.execute('BEGIN')
+                    for statement in MIGRATIONS[version]:
+                        self.db.execute(statement)
+                    self.db.execute(META.insert, ('version', SCHEMA_VERSION))
+                version = self.meta('version')
             if version != SCHEMA_VERSION:
                 raise StoreError('%s has state version %r; this scheduler reads version %d'
                                  % (self.path, version, SCHEMA_VERSION))

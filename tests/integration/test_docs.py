@@ -90,3 +90,51 @@ def test_readme_first_program_runs_with_nothing_started_beforehand(tmp_path):
     result = run_program(program, tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(sum(n * n for n in range(1000)))
+
+
+def habits_programs():
+    """The fenced programs of the README's "Python's habits" section."""
+    with open(os.path.join(REPO, 'README.md')) as handle:
+        readme = handle.read()
+    section = readme[readme.index("## Python's habits"):]
+    section = section[:section.index('\n## ')]
+    return re.findall(r'```python\n(.*?)```', section, re.S)
+
+
+def has_sklearn():
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def test_readme_habits_programs_run_as_printed(readme_setup, tmp_path):
+    programs = habits_programs()
+    assert len(programs) == 3
+    outputs = []
+    for number, text in enumerate(programs):
+        if 'sklearn' in text and not has_sklearn():
+            outputs.append(None)  # an optional package
+            continue
+        program = tmp_path / ('habit%d.py' % number)
+        program.write_text(text)
+        result = run_program(program, tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert 'recover_jobs' not in result.stderr  # each closed its cluster
+        outputs.append(result.stdout)
+    executor, joblib, asyncio = outputs
+    assert sorted(line for line in executor.splitlines() if line.startswith('strike')) == \
+        sorted('strike %d price %r' % (strike, max(0.0, 100 * 0.2 - strike))
+               for strike in range(10))
+    assert 'total %r' % sum(max(0.0, 100 * 0.3 - strike) for strike in range(1000)) in executor
+    if joblib is not None:  # the same search in this process, without the cluster
+        from sklearn.datasets import load_iris
+        from sklearn.model_selection import GridSearchCV
+        from sklearn.svm import SVC
+        search = GridSearchCV(SVC(), {'C': [0.1, 1, 10], 'gamma': ['scale', 0.1]}, cv=3)
+        search.fit(*load_iris(return_X_y=True))
+        assert 'best %r' % (search.best_params_,) in joblib
+    assert 'sum %d' % sum(n * n for n in range(200)) in asyncio
+    assert sorted(line for line in asyncio.splitlines() if line.startswith('job')) == \
+        sorted('job %d gave %d' % (uid, (uid - 201) ** 2) for uid in range(201, 211))

@@ -83,6 +83,48 @@ def test_acknowledgements_wait_for_the_commit_and_go_once_per_peer(tmp_path):
     assert sorted(sent) == [[1, 2, 3], [9]]
 
 
+def test_a_jobs_uploads_come_back_after_a_restart(tmp_path):
+    store = Store(str(tmp_path))
+    state = new_state(store)
+    cluster = add_cluster(state)
+    store.put_cluster(cluster)
+    with_refs = state.submit(cluster, 1, b'a', refs=('ab12', 'cd34')).job
+    without = state.submit(cluster, 2, b'b').job
+    store.put_job(with_refs)
+    store.put_job(without)
+    store.commit_now()
+    store.close()
+    again = Store(str(tmp_path))
+    restored = new_state(again)
+    restored.restore(*again.load()[:2])
+    jobs = restored.clusters[cluster.cid].jobs
+    assert (jobs[1].refs, jobs[2].refs) == (('ab12', 'cd34'), ())
+    again.close()
+
+
+def test_a_database_of_the_version_before_is_brought_up_to_date(tmp_path):
+    """A scheduler upgraded in place keeps the clusters and jobs of the one before."""
+    store = Store(str(tmp_path))
+    state = new_state(store)
+    cluster = add_cluster(state)
+    store.put_cluster(cluster)
+    store.put_job(state.submit(cluster, 1, b'args').job)
+    store.commit_now()
+    store.close()
+    db = sqlite3.connect(str(tmp_path / 'state.sqlite'))  # as version 2 left it
+    db.execute('ALTER TABLE jobs DROP COLUMN refs')
+    db.execute("UPDATE meta SET value = 2 WHERE key = 'version'")
+    db.commit()
+    db.close()
+    again = Store(str(tmp_path))
+    assert again.meta('version') == SCHEMA_VERSION
+    restored = new_state(again)
+    restored.restore(*again.load()[:2])
+    job = restored.clusters[cluster.cid].jobs[1]
+    assert (job.args, job.refs) == (b'args', ())
+    again.close()
+
+
 def test_columns_are_named_once():
     for table in (CLUSTERS, JOBS):
         assert table.insert.count('?') == len(table.columns)

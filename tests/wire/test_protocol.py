@@ -97,7 +97,8 @@ def test_frames_fed_one_byte_at_a_time():
 
 def test_many_frames_in_one_feed():
     messages = [('submit', {'uid': uid, 'args': bytes([uid % 256]) * (uid % 50), 'files': [],
-                            'timeout': None, 'priority': 0, 'node': None, 'tag': None})
+                            'timeout': None, 'priority': 0, 'node': None, 'tag': None,
+                            'refs': []})
                 for uid in range(1000)]
     stream = b''.join(encode(kind, body) for kind, body in messages)
     decoder = FrameDecoder()
@@ -339,6 +340,17 @@ def test_every_message_round_trips_through_its_definition():
                     node=None, tag=None)
     (decoded,) = FrameDecoder().messages_from(encode(*pair(submit)))
     assert decoded == submit and decoded.files == [('f', b'x', 0o600)]
+
+
+def test_a_field_added_later_takes_its_default_when_an_older_peer_leaves_it_out():
+    body = {'uid': 1, 'args': b'', 'files': [], 'timeout': None, 'priority': 0, 'node': None,
+            'tag': None}
+    assert from_wire('submit', body).refs == []
+    assert from_wire('submit', dict(body, refs=['ab'])).refs == ['ab']
+    with pytest.raises(ProtocolError):
+        from_wire('submit', dict(body, refs='ab'))
+    with pytest.raises(ProtocolError, match="missing field 'tag'"):
+        from_wire('submit', {name: value for name, value in body.items() if name != 'tag'})
 
 
 def test_nested_shapes_are_checked():
