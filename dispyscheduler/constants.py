@@ -261,3 +261,18 @@ LARGE_BUFFER = 512 * 1024
 its heap and so returned to the system when freed (``runtime/memory.py``). Above msgpack's
 256 KiB packing buffer, which every message's encoding allocates and frees: mapping that
 would cost two system calls and page faults per message."""
+
+INLINE_ARGUMENTS_LIMIT = 1024 * 1024
+"""A job's pickled arguments up to this many bytes travel in its ``Submit``; beyond, each
+large argument travels on its own, in chunks (``SharedJobCluster._store_arguments``)."""
+
+STORED_VALUE_THRESHOLD = 64 * 1024
+"""Of a job's arguments too large to travel inline, those of at least this many bytes
+(pickled) travel on their own; the smaller ones stay inline."""
+
+SMALL_TYPES = frozenset((int, float, bool, complex, type(None)))
+"""Arguments never worth pickling on their own."""
+
+VALUE_LINGER = 30.0
+"""Seconds a job's large argument is kept (by the client, the scheduler and the nodes) after
+the last job that used it ended, for jobs submitted later with the same data."""

@@ -32,13 +32,15 @@ from typing import Any, Callable, Iterable, Literal, Sequence, TextIO, Union
 
 from ..constants import (ABANDONED, ACK_BATCH, ACK_DELAY, CLIENT_CLUSTER_TIMEOUT,
                          CLIENT_RECONNECT_TIMEOUT, CREATED, FILE_CHUNK_SIZE,
-                         FINAL_STATUSES, FRAME_MARGIN, MAX_FRAME_SIZE, NODE_CLOSED,
-                         NODE_INITIALIZED, NODE_SETUP_FAILED, PROVISIONAL_RESULT,
-                         RUNNING, SCHEDULER_CLIENT_PORT, TERMINATED)
+                         FINAL_STATUSES, FRAME_MARGIN, INLINE_ARGUMENTS_LIMIT, MAX_FRAME_SIZE,
+                         NODE_CLOSED, NODE_INITIALIZED, NODE_SETUP_FAILED, PROVISIONAL_RESULT,
+                         RUNNING, SCHEDULER_CLIENT_PORT, SMALL_TYPES, STORED_VALUE_THRESHOLD,
+                         TERMINATED, VALUE_LINGER)
 from ..wire import messages as m
 from ..wire.files import FileRefused, IncomingFiles, check_size, read_chunks
 from ..wire.link import Link
 from ..wire.protocol import ProtocolError
+from ..wire.serialize import VALUE_FILE, StoredValue
 from . import futures
 from .callbacks import CallbackRunner
 from .window import SubmitWindow
@@ -142,8 +144,10 @@ class SharedJobCluster:
         self._allocators = list[NodeAllocate]()  # ``nodes``, then ``allocate_node``'s
         # (path, size, mtime) -> reference of a file uploaded for some nodes only
         self._uploaded: dict[tuple[str, int, int], str] = {}
-        # reference -> (name, bytes) of data shared by jobs (``_share``), kept to send again
-        self._shared: dict[str, tuple[str, bytes]] = {}
+        # reference -> data shared by jobs (``_share``): their large arguments, an
+        # executor's functions
+        self._shared: dict[str, Shared] = {}
+        self._idle: dict[str, float] = {}  # values no unfinished job uses -> since when
         self._sharing = threading.Lock()
         self._controls: dict[int, list[Any]] = {}  # rid -> [Event, NodeControl, answer]
         self._rids = itertools.count(1)
@@ -318,23 +322,31 @@ class SharedJobCluster:
                              % (m.INT_RANGE[0], m.INT_RANGE[1], priority))
         payload = pack_value((args, kwargs, namespace) if namespace else (args, kwargs),
                              'job arguments')
-        if isinstance(node, DispyNode):
-            node = node.ip_addr
-        tag = None if job_id is None else pack_value(job_id, 'job id')
-        size = len(payload) + sum(len(data) for _, data, _ in files)
-        if size > MAX_FRAME_SIZE - FRAME_MARGIN:  # the scheduler would drop the link, again
-            raise ValueError('the job has %d bytes of arguments and files; one message may '
-                             'carry at most %d' % (size, MAX_FRAME_SIZE - FRAME_MARGIN))
         uid = next(self._uids)
-        self._window.enter(uid, size, self._check_open)
+        values: list[str] = []
+        if len(payload) > INLINE_ARGUMENTS_LIMIT:  # large arguments travel on their own
+            payload, values = self._store_arguments(uid, args, kwargs, namespace)
+        try:
+            if isinstance(node, DispyNode):
+                node = node.ip_addr
+            tag = None if job_id is None else pack_value(job_id, 'job id')
+            size = len(payload) + sum(len(data) for _, data, _ in files)
+            if size > MAX_FRAME_SIZE - FRAME_MARGIN:  # the scheduler would drop the link
+                raise ValueError('the job has %d bytes of arguments and files; one message '
+                                 'may carry at most %d' % (size, MAX_FRAME_SIZE - FRAME_MARGIN))
+            self._window.enter(uid, size, self._check_open)
+        except BaseException:
+            self._release_values(uid, values)
+            raise
         job = DispyJob(args, kwargs, self._connection.wait_for)
         job._uid = uid
+        job._values = values
         job._cancel = self.cancel
         job._tx = size
         job.id = uid if job_id is None else job_id
         submission = m.Submit(uid=uid, args=payload, files=files, priority=priority,
                               timeout=None if timeout is None else float(timeout), node=node,
-                              tag=tag, refs=list(refs))
+                              tag=tag, refs=list(refs) + values)
         self._jobs[uid] = job
         self._jobs_submitted += 1
         self._unsaved[uid] = submission
@@ -343,6 +355,7 @@ class SharedJobCluster:
         if self._lost is not None:  # given up meanwhile: this job would wait for ever
             self._unsaved.pop(uid, None)
             self._jobs.pop(uid, None)
+            self._release_values(uid, values)
             self._window.leave(uid)
             raise ConnectionError(self._lost)
         return job
@@ -538,26 +551,102 @@ class SharedJobCluster:
         self._connection.send(m.NodeAllocation(key=offer.key, cpus=max(0, cpus),
                                                setup_args=setup_args, files=refs))
 
-    def _share(self, data: bytes, name_format: str) -> str:
+    def _share(self, data: bytes, name_format: str, user: int | None = None) -> str:
         """Send ``data`` to the scheduler once (by content), to be written as
         ``name_format % reference`` into the computation's directory on each node that runs
         a job submitted with its reference (``_submit``'s ``refs``), once per node; its
-        reference."""
+        reference. With ``user`` (a job's uid) it is one of the job's values: forgotten,
+        here, at the scheduler and on the nodes, once no unfinished job uses it
+        (``_release_values``); without, kept while the cluster is (an executor's
+        functions)."""
         ref = hashlib.sha256(data).hexdigest()[:32]
         with self._sharing:
-            if ref not in self._shared:
-                self._shared[ref] = (name_format % ref, data)
+            shared = self._shared.get(ref)
+            if shared is None:
+                shared = self._shared[ref] = Shared(name_format % ref, data, user is not None)
                 self._send_shared(ref)
+            if user is not None:
+                shared.users.add(user)
+                shared.unsaved.add(user)
+                self._idle.pop(ref, None)
         return ref
 
     def _send_shared(self, ref: str) -> None:
-        name, data = self._shared[ref]
+        """A chunk at a time, each once the one before it has left: what is queued for the
+        scheduler stays small, however large the value."""
+        shared = self._shared[ref]
+        data = shared.data
+        if data is None:  # the scheduler saved it with the jobs that need it
+            return
         last_offset = max(0, len(data) - 1) // FILE_CHUNK_SIZE * FILE_CHUNK_SIZE
         for offset in range(0, last_offset + 1, FILE_CHUNK_SIZE):
-            self._connection.send(m.Upload(ref=ref, name=name, size=len(data), mode=0o600,
-                                           offset=offset,
-                                           data=data[offset:offset + FILE_CHUNK_SIZE],
-                                           last=offset == last_offset))
+            self._connection.send_bulk(m.Upload(
+                ref=ref, name=shared.name, size=len(data), mode=0o600, offset=offset,
+                data=data[offset:offset + FILE_CHUNK_SIZE], last=offset == last_offset,
+                value=shared.value))
+
+    def _store_arguments(self, uid: int, args: tuple, kwargs: dict[str, Any],
+                         namespace: dict[str, Any]) -> tuple[bytes, list[str]]:
+        """Arguments too large to travel inline: each large one is sent on its own
+        (``_share``: once, however many jobs it is given to) and stands in the job's
+        arguments as a ``StoredValue``. Returns the arguments to send inline, and the
+        values' references."""
+        refs: list[str] = []
+
+        def store(value: Any) -> Any:
+            if type(value) in SMALL_TYPES:
+                return value
+            data = pack_value(value, 'job argument')
+            if len(data) < STORED_VALUE_THRESHOLD:
+                return value
+            ref = self._share(data, VALUE_FILE, uid)
+            if ref not in refs:
+                refs.append(ref)
+            return StoredValue(ref)
+
+        try:
+            args = tuple(store(arg) for arg in args)
+            kwargs = {name: store(arg) for name, arg in kwargs.items()}
+            payload = pack_value((args, kwargs, namespace) if namespace else (args, kwargs),
+                                 'job arguments')
+        except BaseException:
+            self._release_values(uid, refs)
+            raise
+        return payload, refs
+
+    def _release_values(self, uid: int, refs: Iterable[str]) -> None:
+        """Job ``uid`` needs its values no more (it ended, or never went). Those no other
+        unfinished job uses are forgotten, here, at the scheduler and on the nodes, once
+        they have stayed unused for ``VALUE_LINGER`` seconds: a program that gives the
+        same data to job after job, each submitted as the one before ends, sends it
+        once."""
+        now = time.monotonic()
+        with self._sharing:
+            for ref in refs:
+                shared = self._shared.get(ref)
+                if shared is None or not shared.value:
+                    continue
+                shared.users.discard(uid)
+                shared.unsaved.discard(uid)
+                if not shared.users:
+                    self._idle[ref] = now
+            forgotten = [ref for ref, since in self._idle.items() if now - since >= VALUE_LINGER
+                         and not self._shared[ref].users]
+            for ref in forgotten:
+                del self._idle[ref], self._shared[ref]
+            if forgotten:  # in order: a value stored again after this is sent after it
+                self._connection.send(m.ForgetValues(refs=forgotten))
+
+    def _values_saved(self, uid: int, refs: Iterable[str]) -> None:
+        """The scheduler saved job ``uid``, and with it its values: a value that no
+        unsaved job needs is not kept here (nor sent again after a reconnect)."""
+        with self._sharing:
+            for ref in refs:
+                shared = self._shared.get(ref)
+                if shared is not None and shared.value:
+                    shared.unsaved.discard(uid)
+                    if not shared.unsaved:
+                        shared.data = None
 
     def _upload(self, name: str, path: str, mode: int) -> str:
         """Send a file for some nodes only (once, while it does not change); its
@@ -679,6 +768,9 @@ class SharedJobCluster:
     def _on_submitted(self, submitted: m.Submitted) -> None:
         for uid in submitted.uids:
             self._unsaved.pop(uid, None)
+            job = self._jobs.get(uid)
+            if job is not None and job._values:
+                self._values_saved(uid, job._values)
 
     def _on_jobs_pending(self, pending: m.JobsPending) -> None:
         if self._recovering:
@@ -793,6 +885,8 @@ class SharedJobCluster:
             return  # a result delivered again
         self._jobs_done += 1
         self._window.leave(uid)
+        if job._values:
+            self._release_values(uid, job._values)
         if end is not None and end.start_time is not None and job.status == CREATED:
             # a job that took a millisecond is reported once, at its end: it ran, though
             self._running(job, end.ip_addr, end.start_time)
@@ -850,6 +944,21 @@ class SharedJobCluster:
         if self._cluster_status is not None:
             node = copy.copy(self._nodes.get(job.ip_addr)) if job.ip_addr else None
             self._callbacks.put(self._cluster_status, job.status, node, snapshot)
+
+
+class Shared:
+    """Data that jobs name in their ``refs`` (``_share``): the bytes, kept until the
+    scheduler has saved them, to send again after a reconnect; for a job's value, the jobs
+    that use it (``users``), and those of them the scheduler has not saved yet."""
+
+    __slots__ = ('name', 'data', 'value', 'users', 'unsaved')
+
+    def __init__(self, name: str, data: bytes, value: bool) -> None:
+        self.name = name
+        self.data: bytes | None = data
+        self.value = value
+        self.users: set[int] = set()
+        self.unsaved: set[int] = set()
 
 
 def _leave_at_exit(reference: weakref.ReferenceType[SharedJobCluster]) -> None:

@@ -148,6 +148,14 @@ class SchedulerConnection:
         link = self.link
         return link is not None and link.send(message, *more)
 
+    def send_bulk(self, message: Message) -> bool:
+        """``send``, then wait until it has left: a large value goes a chunk at a time."""
+        link = self.link
+        if link is None or not link.send(message):
+            return False
+        link.wait_until_drained()
+        return True
+
     def wait_for(self, finish: JobEnd, timeout: Optional[float]) -> bool:
         """``finish.wait(timeout)`` for a job of this cluster, reading the link meanwhile
         when no other thread does."""

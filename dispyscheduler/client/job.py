@@ -56,6 +56,7 @@ class DispyJob:
         self._uid: Optional[int] = None
         self._node: Optional[DispyNode] = None  # the DispyNode counting this job as running
         self._tx = 0  # bytes of its arguments and files, counted in its node's ``tx``
+        self._values: list[str] = []  # its large arguments, sent on their own (``_share``)
         self._future: Optional[JobFuture] = None  # made on first use of ``future``
         self._cancel: Optional[Callable[[DispyJob], Any]] = None  # its cluster's ``cancel``
 

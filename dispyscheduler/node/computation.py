@@ -37,7 +37,7 @@ from gevent.hub import Waiter
 from ..wire import messages as m
 from ..constants import (CANCEL_GRACE, CANCELLED, STARTED_REPORT_DELAY, TERMINATED,
                          WORKER_START_TIMEOUT)
-from ..wire.files import FileRefused, IncomingFiles, write_file
+from ..wire.files import FileRefused, IncomingFiles, safe_relative_path, write_file
 from ..runtime.hublink import HubLink
 from ..wire.protocol import ProtocolError
 from . import runner
@@ -147,6 +147,8 @@ class Computation:
             self._files_ready.set()
         self._file_error: Optional[str] = None
         self._sent = IncomingFiles(directory)  # a file the client sends later, arriving
+        # values (``SentFile.value``) that could not be written -> why: their jobs end with it
+        self.lost_values: dict[str, str] = {}
         # jobs that came while no worker process was idle
         self._queue: Deque[NodeJob] = collections.deque()
         # pid -> the job it runs, or None, for every connected worker process
@@ -185,8 +187,10 @@ class Computation:
         directory, where its next jobs find it. A refused file is logged (the client was
         answered when the scheduler passed it on)."""
         if chunk.offset == 0:
+            self.lost_values.pop(chunk.name, None)  # written again: jobs may use it again
             self._sent.abort()
-            self._sent = IncomingFiles(self.directory, self._settings.max_file_size,
+            self._sent = IncomingFiles(self.directory,
+                                       0 if chunk.value else self._settings.max_file_size,
                                        [(chunk.name, chunk.size, chunk.mode)])
         try:
             self._sent.chunk(chunk.name, chunk.offset, chunk.data, chunk.last, chunk.mode)
@@ -194,6 +198,18 @@ class Computation:
             logger.warning('%r: file %r sent by the client not written: %s', self, chunk.name,
                            exc)
             self._sent.abort()
+            if chunk.value:  # its jobs end with the first reason (``lost_values``), not
+                self.lost_values.setdefault(  # the next chunks' "before its start"
+                    chunk.name,
+                    exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc))
+
+    def forget_files(self, names: list[str]) -> None:
+        """Values sent for jobs that are all done: deleted."""
+        for name in names:
+            try:
+                os.unlink(os.path.join(self.directory, safe_relative_path(name)))
+            except (FileNotFoundError, FileRefused):
+                pass
 
     def start(self, node_ip_addr: str) -> None:
         """Receive the files, start the setup process, load the computation, run setup, fork

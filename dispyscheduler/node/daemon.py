@@ -390,6 +390,10 @@ class NodeDaemon:
             computation = self.computations.get(message.cid)
             if computation is not None:
                 computation.receive_sent_file(message)
+        elif type(message) is m.ForgetFiles:
+            computation = self.computations.get(message.cid)
+            if computation is not None:
+                computation.forget_files(message.names)
         elif type(message) is m.SetCpus:
             computation = self.computations.get(message.cid)
             if computation is not None:
@@ -511,6 +515,13 @@ class NodeDaemon:
         if computation is None:
             self.job_finished(job, m.JobDone.failure(
                 jid, TERMINATED, 'computation %d is not installed on this node' % cid))
+            return
+        lost = [name for name in request.values if name in computation.lost_values]
+        if lost:  # the scheduler sends them again with the next job that needs them
+            self.job_finished(job, m.JobDone.failure(
+                jid, TERMINATED, 'an argument of this job could not be written on node %s: %s'
+                % (self.config.ip_addr or self.name, computation.lost_values[lost[0]])))
+            self.send(m.ValuesLost(cid=cid, names=lost))
             return
         computation.put_job(job)
 

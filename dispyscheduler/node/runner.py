@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 import traceback
-from typing import Any, Dict, List, NoReturn, Optional, Set, Tuple, Union
+from typing import Any, Dict, List, NoReturn, Optional, Sequence, Set, Tuple, Union
 
 import cloudpickle
 
@@ -148,6 +148,11 @@ def dispy_send_file(path: str, relay: bool = False, timeout: Optional[float] = N
     return 0
 
 
+COMPUTATION_DIRECTORY = '.'
+"""Where the node put the computation's files and the values its jobs are given (the
+directory the setup process starts in, whatever a job does with its own)."""
+
+
 def give_globals(computation: UserComputation, info: m.Load) -> None:
     """The globals dispynode gives computations, in the namespace of the computation and of
     its setup and cleanup (one namespace when they come from one module)."""
@@ -174,6 +179,8 @@ def main() -> int:
     address = '\0' + os.environ.pop(ENV_SOCKET)
     token = bytes.fromhex(os.environ.pop(ENV_TOKEN))
     cid = int(os.environ.pop(ENV_CID))
+    global COMPUTATION_DIRECTORY
+    COMPUTATION_DIRECTORY = os.getcwd()
     sys.path.insert(0, os.getcwd())  # modules shipped with ``depends`` are importable
     channel = Channel(address)
     channel.send(m.WorkerHello(role='setup', token=token, cid=cid, pid=os.getpid()))
@@ -346,6 +353,7 @@ def run_job(computation: UserComputation, job: m.Job) -> m.JobDone:
     added: list[str] = []
     try:
         args, kwargs, *depends = serialize.loads(job.args)
+        args, kwargs = serialize.put_stored_values(args, kwargs, COMPUTATION_DIRECTORY)
         if depends:  # functions and classes of its ``dispy_job_depends``: globals of the job
             added = give_job_globals(computation, depends[0])
         if computation.get('program'):
@@ -406,7 +414,7 @@ def give_job_globals(computation: UserComputation, namespace: dict[str, Any]) ->
     return added
 
 
-def run_program(program: str, args: List[Any], stdout: BoundedOutput,
+def run_program(program: str, args: Sequence[Any], stdout: BoundedOutput,
                 stderr: BoundedOutput) -> int:
     """Run a shipped program with the job's arguments; its exit code is the result."""
     path = os.path.abspath(program)

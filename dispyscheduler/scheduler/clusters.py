@@ -17,6 +17,8 @@ import tempfile
 import time
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
+import gevent
+
 from ..wire import messages as m
 from ..config import SchedulerConfig
 from ..constants import (CANCELLED, FILE_TIMEOUT, MAX_NODE_NAMES, MAX_UPLOADS,
@@ -62,9 +64,12 @@ class ClusterService:
             m.Submit: self.on_submit, m.ResultAck: self.on_result_ack,
             m.NodeAllocation: self.on_node_allocation, m.Cancel: self.on_cancel,
             m.Close: self.on_close, m.Upload: self.on_upload,
-            m.NodeControl: self.on_node_control,
+            m.NodeControl: self.on_node_control, m.ForgetValues: self.on_forget_values,
         }
         self.uploading: dict[tuple[int, str], IncomingFiles] = {}  # (cid, ref) -> arriving
+        # (cid, ref) -> why an upload could not be kept (a full disk, say): said once, and
+        # a value's jobs end with it
+        self.refused: dict[tuple[int, str], str] = {}
         # what a client's ``node_control`` asks of one of its nodes
         self.node_actions: dict[str, Callable[[Cluster, Node, m.NodeControl],
                                               tuple[int, str]]] = {
@@ -223,9 +228,10 @@ class ClusterService:
             self.refuse(cluster, submit.uid, TERMINATED, str(exc))
             return
         missing = [ref for ref in submit.refs if ref not in cluster.uploads]
-        if missing:  # its upload was refused, and the client told why
-            self.refuse(cluster, submit.uid, TERMINATED, 'what the job needs (upload %s) did '
-                        'not reach the scheduler' % (missing[0],))
+        if missing:  # its upload was refused
+            self.refuse(cluster, submit.uid, TERMINATED, 'an argument of the job (%s) could not '
+                        'be kept by the scheduler: %s' % (missing[0], self.refused.get(
+                            (cluster.cid, missing[0]), 'it did not arrive')))
             return
         size = job_size(submit.args, submit.files)
         refusal = self.over_limits(cluster, size)
@@ -311,15 +317,35 @@ class ClusterService:
         except (FileRefused, OSError) as exc:
             if incoming is not None:
                 incoming.abort()
-            self.router.warn_client(cluster, 'file %r was refused: %s' % (chunk.name, exc))
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            if chunk.offset == 0 or key not in self.refused:  # the first reason, not the
+                self.refused[key] = reason  # next chunks' "before its start"
+                if not chunk.value:  # a value's jobs end with the reason
+                    self.router.warn_client(cluster, 'file %r was refused: %s'
+                                            % (chunk.name, reason))
             return
+        self.refused.pop(key, None)
         cluster.uploads[chunk.ref] = (chunk.name, chunk.size, chunk.mode)
         self.durability.put_cluster(cluster)
+
+    def on_forget_values(self, cluster: Cluster, session: ClientSession,
+                         forget: m.ForgetValues) -> None:
+        """Values no job of the client's needs any more: gone from here and the nodes."""
+        forgotten = {}
+        for ref in forget.refs:
+            if ref not in cluster.uploads or not UPLOAD_REF.fullmatch(ref):
+                continue
+            forgotten[ref] = cluster.uploads.pop(ref)[0]
+            shutil.rmtree(upload_directory(cluster.directory or '', ref), ignore_errors=True)
+        if forgotten:
+            self.durability.put_cluster(cluster)
+            self.nodes.forget_values(cluster, forgotten)
 
     def start_upload(self, cluster: Cluster, chunk: m.Upload) -> IncomingFiles:
         if not UPLOAD_REF.fullmatch(chunk.ref):
             raise FileRefused('invalid upload reference %r' % (chunk.ref,))
-        if chunk.ref not in cluster.uploads and len(cluster.uploads) >= MAX_UPLOADS:
+        if chunk.ref not in cluster.uploads and len(cluster.uploads) >= MAX_UPLOADS \
+                and not chunk.value:  # values go when their jobs are done
             raise FileRefused('the cluster has uploaded %d files, its limit' % MAX_UPLOADS)
         if cluster.directory is None:
             cluster.directory = os.path.join(self.config.dest_path_prefix, str(cluster.cid))
@@ -327,8 +353,9 @@ class ClusterService:
             self.durability.put_cluster(cluster)
         directory = upload_directory(cluster.directory, chunk.ref)
         entry = (chunk.name, chunk.size, chunk.mode)
-        check_manifest(directory, [entry], self.config.max_file_size)
-        return IncomingFiles(directory, self.config.max_file_size, [entry])
+        limit = 0 if chunk.value else self.config.max_file_size  # a value is no file
+        check_manifest(directory, [entry], limit)
+        return IncomingFiles(directory, limit, [entry], sync=sync_in_thread)
 
     def on_node_control(self, cluster: Cluster, session: ClientSession,
                         control: m.NodeControl) -> None:
@@ -461,6 +488,8 @@ class ClusterService:
         self.acknowledgers.pop(cluster.cid, None)
         for key in [key for key in self.uploading if key[0] == cluster.cid]:
             self.uploading.pop(key).abort()
+        for key in [key for key in self.refused if key[0] == cluster.cid]:
+            del self.refused[key]
         if cluster.directory is not None:
             shutil.rmtree(cluster.directory, ignore_errors=True)
         logger.info('cluster %s (%s) closed', cluster.cid, cluster.name)
@@ -506,3 +535,8 @@ def _is_ip(text: str) -> bool:
         return text.count('.') == 3
     except OSError:
         return False
+
+
+def sync_in_thread(fd: int) -> None:
+    """``os.fsync`` in gevent's thread pool: the hub serves everyone else meanwhile."""
+    gevent.get_hub().threadpool.apply(os.fsync, (fd,))

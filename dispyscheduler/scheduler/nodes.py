@@ -51,7 +51,7 @@ class NodeService:
             m.Pulse: self.on_pulse, m.ComputeReady: self.on_compute_ready,
             m.ComputeFailed: self.on_compute_failed, m.NodeLeaving: self.on_node_leaving,
             m.JobsReleased: self.on_jobs_released, m.Avail: self.on_avail,
-            m.NodeResumed: self.on_node_resumed,
+            m.NodeResumed: self.on_node_resumed, m.ValuesLost: self.on_values_lost,
         }
 
     def serve(self, sock: socket.socket, address: tuple[str, int]) -> None:
@@ -183,6 +183,11 @@ class NodeService:
         if again:
             self.offer_or_install(node, cluster)
 
+    def forget_values(self, cluster: Cluster, names: dict[str, str]) -> None:
+        """The nodes that were sent these values (ref -> file name) delete them."""
+        for session in list(self.peers.nodes.values()):
+            session.forget_values(cluster.cid, names)
+
     def uninstall(self, nodes: list[Node], cluster: Cluster) -> None:
         for node in nodes:
             session = self.peers.node(node.key)
@@ -202,6 +207,14 @@ class NodeService:
         if handler is None:
             raise ProtocolError('unexpected %r from a node' % (message.kind,))
         handler(session, node, message)
+
+    def on_values_lost(self, session: NodeSession, node: Node, lost: m.ValuesLost) -> None:
+        cluster = self.state.clusters.get(lost.cid)
+        if cluster is not None:
+            logger.warning('node %s could not write %d values of cluster %s (its log says '
+                           'why); they go again with the next jobs that need them', node.key,
+                           len(lost.names), cluster.cid)
+            session.values_lost(cluster, lost.names)
 
     def on_job_done(self, session: NodeSession, node: Node, done: m.JobDone) -> None:
         job = node.jobs.get(done.jid)

@@ -9,6 +9,7 @@ by the cluster's id: the model never holds a link.
 
 from __future__ import annotations
 
+import collections
 import logging
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
@@ -35,6 +36,8 @@ class NodeSession:
         self.key = key
         self.pending_acks: list[int] = []  # saved results the node may forget
         self.uploads_sent: set[tuple[int, str]] = set()  # (cid, ref) the node has (a job's)
+        self.lane: collections.deque[Job] = collections.deque()  # jobs waiting for values
+        self.streamer: Optional[gevent.Greenlet] = None  # sends the lane's values and jobs
 
     def __repr__(self) -> str:
         return '<NodeSession %s>' % (self.key,)
@@ -55,26 +58,64 @@ class NodeSession:
         self.link.send(m.Welcome(pulse_interval=pulse_interval, scheduler_id=scheduler_id))
 
     def send_job(self, job: Job) -> None:
-        """The job, with the acknowledgements waiting (in the same write); first the
-        uploads it needs that this node has not had yet."""
-        if job.refs:
-            self.send_uploads(job.cluster, job.refs)
-        self.link.send(m.Job(jid=job.jid, cid=job.cluster.cid, args=job.args,
-                             timeout=job.timeout, files=list(job.files)),
-                       *self.take_acknowledgements())
+        """The job, with the acknowledgements waiting (in the same write). A job that needs
+        values (``refs``) this node has not had yet waits for them in the slow lane, which
+        streams them, a chunk or two at a time, then sends it."""
+        if job.refs and (self.lane or any((job.cluster.cid, ref) not in self.uploads_sent
+                                          for ref in job.refs)):
+            self.lane.append(job)
+            if self.streamer is None:
+                self.streamer = gevent.spawn(self.stream_lane)
+            return
+        self.link.send(job_message(job), *self.take_acknowledgements())
 
-    def send_uploads(self, cluster: Cluster, refs: Iterable[str]) -> None:
-        """Uploads into the node's copy of the computation, each once per installation:
-        they are small (an executor's functions), so they go whole, ahead of the job."""
-        for ref in refs:
-            key = (cluster.cid, ref)
-            if key in self.uploads_sent or ref not in cluster.uploads:
-                continue
-            self.uploads_sent.add(key)
-            name, size, mode = cluster.uploads[ref]
+    def stream_lane(self) -> None:
+        """Send the lane's jobs in order, each after the values it needs (each value once
+        per installation of the computation on this node). A job taken off this node
+        meanwhile (cancelled, the node lost) is not sent."""
+        try:
+            while self.lane and not self.link.closed:
+                job = self.lane[0]
+                for ref in job.refs:
+                    if not self.stream_value(job.cluster, ref):
+                        return
+                self.lane.popleft()
+                if job.node is not None and job.node.key == self.key and not job.cancelling:
+                    self.link.send(job_message(job), *self.take_acknowledgements())
+        finally:
+            self.streamer = None
+
+    def stream_value(self, cluster: Cluster, ref: str) -> bool:
+        """One value to the node's copy of the computation, unless it has it; False if the
+        link closed meanwhile."""
+        key = (cluster.cid, ref)
+        if key in self.uploads_sent or ref not in cluster.uploads:
+            return True
+        name, size, mode = cluster.uploads[ref]
+        try:
             for offset, data, last in read_chunks(upload_path(cluster, ref)):
-                self.link.send(m.SentFile(cid=cluster.cid, name=name, size=size, mode=mode,
-                                          offset=offset, data=data, last=last))
+                if not self.send_file_chunk(m.SentFile(cid=cluster.cid, name=name, size=size,
+                                                       mode=mode, offset=offset, data=data,
+                                                       last=last, value=True)):
+                    return False
+        except OSError as exc:  # its job fails on the node, saying the value is missing
+            logger.error('value %s of cluster %s could not be read: %s', ref, cluster.cid, exc)
+        self.uploads_sent.add(key)
+        return True
+
+    def values_lost(self, cluster: Cluster, names: list[str]) -> None:
+        """The node could not write these values: sent again when a job needs them."""
+        lost = set(names)
+        self.uploads_sent.difference_update((cluster.cid, ref) for ref, (name, _, _)
+                                            in cluster.uploads.items() if name in lost)
+
+    def forget_values(self, cid: int, names: dict[str, str]) -> None:
+        """Values (ref -> file name) no job needs any more: the node deletes those it was
+        sent."""
+        sent = [name for ref, name in names.items() if (cid, ref) in self.uploads_sent]
+        if sent:
+            self.uploads_sent.difference_update((cid, ref) for ref in names)
+            self.link.send(m.ForgetFiles(cid=cid, names=sent))
 
     def cancel_job(self, jid: int) -> None:
         self.link.send(m.CancelJob(jid=jid))
@@ -130,6 +171,13 @@ class NodeSession:
             return ()
         acknowledgements, self.pending_acks = self.pending_acks, []
         return (m.ResultAck(ids=acknowledgements),)
+
+
+def job_message(job: Job) -> m.Job:
+    uploads = job.cluster.uploads
+    return m.Job(jid=job.jid, cid=job.cluster.cid, args=job.args, timeout=job.timeout,
+                 files=list(job.files),
+                 values=[uploads[ref][0] for ref in job.refs if ref in uploads])
 
 
 class ClientSession:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 from ..constants import DISK_RESERVE, FILE_CHUNK_SIZE
 from .messages import FileSpec
@@ -109,12 +109,22 @@ def _mode(mode: int) -> int:
     return 0o700 if mode & 0o111 else 0o600
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until every byte is written: a disk that fills mid-write takes part of
+    it without an error, and the next write says ENOSPC."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 class IncomingFiles:
     """Files arriving in chunks, in order, each ended by a chunk with ``last`` set."""
 
     def __init__(self, directory: str, max_file_size: int = 0,
-                 manifest: list[FileSpec] | None = None) -> None:
+                 manifest: list[FileSpec] | None = None,
+                 sync: Callable[[int], Any] | None = None) -> None:
         self.directory = directory
+        self.sync = sync  # ``sync(fd)`` makes a completed file durable (before it counts)
         self.max_file_size = max_file_size
         self.sizes = None if manifest is None else {name: size for name, size, _ in manifest}
         """Each file's announced size, if they were announced: a file must be exactly that
@@ -139,11 +149,18 @@ class IncomingFiles:
                                       or last and written + len(data) != announced):
             raise FileRefused('file %r: %d bytes sent, %d announced'
                               % (name, written + len(data), announced))
-        os.write(fd, data)
+        write_all(fd, data)
         entry[1] += len(data)
         if not last:
             return None
         os.fchmod(fd, _mode(mode))
+        if self.sync is not None:
+            try:
+                self.sync(fd)
+            except BaseException:
+                os.close(fd)
+                del self.open[name]
+                raise
         os.close(fd)
         del self.open[name]
         self.done.append(name)

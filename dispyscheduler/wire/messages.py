@@ -326,6 +326,14 @@ class JobEnd(Message):
 
 # node -> scheduler
 
+@message('values_lost')
+class ValuesLost(Message):
+    """Values of a computation the node could not write (a full disk): the scheduler sends
+    them again with the next job that needs them."""
+    cid: int
+    names: list[str]
+
+
 @message('node_info')
 class NodeInfo(Message):
     name: str
@@ -436,6 +444,9 @@ class Job(Message):
     args: bytes
     timeout: Optional[float]
     files: list[FileData]
+    # the files of the values (``SentFile.value``) it needs: one the node could not write
+    # ends it at once, with the reason
+    values: list[str] = dataclasses.field(default_factory=list)
 
 
 @message('cancel_job')
@@ -445,8 +456,9 @@ class CancelJob(Message):
 
 @message('sent_file')
 class SentFile(Message):
-    """A chunk of a file the client sends an installed computation (``send_file``): it goes
-    to the computation's directory on the node."""
+    """A chunk of a file the client sends an installed computation (``send_file``), or of a
+    value its jobs need (``value``: not limited by ``--max_file_size``): it goes to the
+    computation's directory on the node."""
     cid: int
     name: str
     size: int
@@ -454,6 +466,14 @@ class SentFile(Message):
     offset: int
     data: bytes
     last: bool
+    value: bool = False
+
+
+@message('forget_files')
+class ForgetFiles(Message):
+    """Values sent to a computation (``SentFile.value``) that no job will need: deleted."""
+    cid: int
+    names: list[str]
 
 
 @message('set_cpus')
@@ -542,7 +562,11 @@ class NodeAllocation(Message):
 class Upload(Message):
     """A chunk of a file for some nodes only, sent after the cluster was created (depends set
     in ``NodeAllocate.allocate``, ``send_file``): kept by the scheduler under ``ref``, which
-    allocations and ``node_control`` name. Chunks of one file follow each other."""
+    allocations and ``node_control`` name. Chunks of one file follow each other.
+
+    A ``value`` is a pickled argument (or an executor's function) that jobs name in their
+    ``refs``: not a file, so ``--max_file_size`` does not apply; kept until the client
+    forgets it (``ForgetValues``)."""
     ref: str
     name: str
     size: int
@@ -550,6 +574,14 @@ class Upload(Message):
     offset: int
     data: bytes
     last: bool
+    value: bool = False
+
+
+@message('forget_values')
+class ForgetValues(Message):
+    """Values (``Upload.value``) no unfinished job of the client's needs any more: the
+    scheduler and the nodes delete them."""
+    refs: list[str]
 
 
 @message('node_control')
