@@ -78,10 +78,14 @@ class DaskSession:
         from distributed import Client
         self.client = Client(address, timeout=60)
 
+    def submit_all(self, n):
+        """The batch's futures, and the results they should give."""
+        return self.client.map(compute, range(n), pure=False), list(range(n))
+
     def batch(self, n, deadline):
         from distributed import wait
         t0 = time.monotonic()
-        futures = self.client.map(compute, range(n), pure=False)
+        futures, expected = self.submit_all(n)
         submit_s = time.monotonic() - t0
         errors, samples = 0, []
         try:
@@ -89,7 +93,7 @@ class DaskSession:
             results = self.client.gather(futures, errors='skip')
         except Exception as exc:
             return n, ['%s: %s' % (type(exc).__name__, exc)], submit_s, None
-        if results != list(range(n)):
+        if results != expected:
             bad = [f for f in futures if f.status != 'finished']
             errors = max(len(bad), 1)
             samples = ['%s: %s' % (f.key, f.status) for f in bad[:5]] or ['wrong results']
@@ -111,22 +115,9 @@ class DaskExecutorSession(DaskSession):
     """The executor workload: ``client.submit(inc, i, pure=False)`` N times (one call per
     submit, as an executor is used), then ``wait`` and ``gather``."""
 
-    def batch(self, n, deadline):
-        from distributed import wait
-        t0 = time.monotonic()
-        futures = [self.client.submit(inc, i, pure=False) for i in range(n)]
-        submit_s = time.monotonic() - t0
-        errors, samples = 0, []
-        try:
-            wait(futures, timeout=max(0.1, deadline - time.monotonic()))
-            results = self.client.gather(futures, errors='skip')
-        except Exception as exc:
-            return n, ['%s: %s' % (type(exc).__name__, exc)], submit_s, None
-        if results != list(range(1, n + 1)):
-            bad = [f for f in futures if f.status != 'finished']
-            errors = max(len(bad), 1)
-            samples = ['%s: %s' % (f.key, f.status) for f in bad[:5]] or ['wrong results']
-        return errors, samples, submit_s, None
+    def submit_all(self, n):
+        return ([self.client.submit(inc, i, pure=False) for i in range(n)],
+                list(range(1, n + 1)))
 
 
 def open_cluster(options):

@@ -219,19 +219,24 @@ def programs():
         program.cleanup()
 
 
-def gated_program(count, extra_cluster_options=''):
-    """A program whose ``count`` jobs run until ``release`` appears in its directory."""
-    return '''
+GATED_COMPUTE = '''
         def compute(n, directory):
             import os, time
-            open(os.path.join(directory, 'started-%%d' %% n), 'w').close()
+            open(os.path.join(directory, 'started-%d' % n), 'w').close()
             deadline = time.monotonic() + 600
             while not os.path.exists(os.path.join(directory, 'release')):
                 if time.monotonic() > deadline:
                     return None
                 time.sleep(0.01)
             return n * 10
+'''
+"""A program's computation that runs until ``release`` appears in the program's directory
+(program text, indented as ``programs`` takes it)."""
 
+
+def gated_program(count, extra_cluster_options=''):
+    """A program whose ``count`` jobs run until ``release`` appears in its directory."""
+    return GATED_COMPUTE + '''
         if __name__ == '__main__':
             port, secret = int(sys.argv[1]), sys.argv[2]
             cluster = dispy.SharedJobCluster(compute, scheduler_node='127.0.0.1',
@@ -396,17 +401,7 @@ def test_jobcluster_leaving_with_jobs_pending_says_how_to_recover_them(daemons, 
     holds how to start its scheduler again) collects every result."""
     waiting_nodes(daemons, '127.0.0.2')
     pending = 3  # on 2 CPUs: one queued
-    program = programs(tmp_path, '''
-        def compute(n, directory):
-            import os, time
-            open(os.path.join(directory, 'started-%d' % n), 'w').close()
-            deadline = time.monotonic() + 600
-            while not os.path.exists(os.path.join(directory, 'release')):
-                if time.monotonic() > deadline:
-                    return None
-                time.sleep(0.01)
-            return n * 10
-
+    program = programs(tmp_path, GATED_COMPUTE + '''
         if __name__ == '__main__':
             cluster = dispy.JobCluster(compute, nodes=[('127.0.0.2', int(sys.argv[1]))],
                                        host='127.0.0.1', secret=sys.argv[2], ping_interval=1,
