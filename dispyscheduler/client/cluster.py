@@ -19,6 +19,7 @@ import atexit
 import copy
 import glob
 import hashlib
+import io
 import itertools
 import json
 import logging
@@ -31,13 +32,13 @@ import weakref
 from typing import Any, Callable, Iterable, Literal, Sequence, TextIO, Union
 
 from ..constants import (ABANDONED, ACK_BATCH, ACK_DELAY, CLIENT_CLUSTER_TIMEOUT,
-                         CLIENT_RECONNECT_TIMEOUT, CREATED, FILE_CHUNK_SIZE,
+                         CLIENT_RECONNECT_TIMEOUT, CREATED,
                          FINAL_STATUSES, FRAME_MARGIN, INLINE_ARGUMENTS_LIMIT, MAX_FRAME_SIZE,
                          NODE_CLOSED, NODE_INITIALIZED, NODE_SETUP_FAILED, PROVISIONAL_RESULT,
                          RUNNING, SCHEDULER_CLIENT_PORT, SMALL_TYPES, STORED_VALUE_THRESHOLD,
                          TERMINATED, VALUE_LINGER)
 from ..wire import messages as m
-from ..wire.files import FileRefused, IncomingFiles, check_size, read_chunks
+from ..wire.files import FileRefused, IncomingFiles, check_size, chunks_of, read_chunks
 from ..wire.link import Link
 from ..wire.protocol import ProtocolError
 from ..wire.serialize import VALUE_FILE, StoredValue
@@ -516,7 +517,7 @@ class SharedJobCluster:
                                                      'Node Time Sec'),
                  '-' * 78]
         total_time = 0.0
-        for node in sorted(list(self._nodes.values()), key=lambda node: node.ip_addr):
+        for node in sorted(self._nodes.values(), key=lambda node: node.ip_addr):
             per_job = node.cpu_time / node.jobs_done if node.jobs_done else 0.0
             label = '%s (%s)' % (node.ip_addr, node.name) if node.name else node.ip_addr
             lines.append(' %-30.30s | %5d | %7d | %10.3f | %13.3f'
@@ -578,12 +579,10 @@ class SharedJobCluster:
         data = shared.data
         if data is None:  # the scheduler saved it with the jobs that need it
             return
-        last_offset = max(0, len(data) - 1) // FILE_CHUNK_SIZE * FILE_CHUNK_SIZE
-        for offset in range(0, last_offset + 1, FILE_CHUNK_SIZE):
+        for offset, chunk, last in chunks_of(io.BytesIO(data)):
             self._connection.send_bulk(m.Upload(
                 ref=ref, name=shared.name, size=len(data), mode=0o600, offset=offset,
-                data=data[offset:offset + FILE_CHUNK_SIZE], last=offset == last_offset,
-                value=shared.value))
+                data=chunk, last=last, value=shared.value))
 
     def _store_arguments(self, uid: int, args: tuple, kwargs: dict[str, Any],
                          namespace: dict[str, Any]) -> tuple[bytes, list[str]]:

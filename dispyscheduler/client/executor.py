@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional
 
 import cloudpickle
 
-from ..constants import CREATED, FINISHED
+from ..constants import CREATED
 from . import futures
 from .computation import carry_by_value
 
@@ -114,15 +114,11 @@ def raise_outcome(outcome: Outcome) -> Any:
 
 def one_call(job: DispyJob) -> Any:
     """A ``submit`` job's outcome: the call's value, or the exception it raised."""
-    if job.status != FINISHED:
-        raise futures.JobFailed(job)
-    return raise_outcome(job.result[0])
+    return raise_outcome(futures.job_outcome(job)[0])
 
 
 def chunk_of_calls(job: DispyJob) -> list[Outcome]:
-    if job.status != FINISHED:
-        raise futures.JobFailed(job)
-    return list(job.result)
+    return list(futures.job_outcome(job))
 
 
 class DispyExecutor(concurrent.futures.Executor):
@@ -213,7 +209,7 @@ class DispyExecutor(concurrent.futures.Executor):
         ref, inline = self._function(fn)
         job = self.cluster._submit(None, None, (ref, inline, calls), {},
                                    refs=() if ref is None else (ref,))
-        future = futures.attach_future(job, unwrap)
+        future = futures.future_of(job, unwrap)  # the first to ask: a new job
         with self._lock:
             self._outstanding.add(future)
         return future

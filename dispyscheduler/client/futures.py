@@ -146,25 +146,17 @@ class Settler:
             del future
 
 
-def future_of(job: DispyJob) -> JobFuture:
-    """``job.future``, made now if it was not yet (settled at once if the job has ended)."""
+def future_of(job: DispyJob, unwrap: Unwrap = job_outcome) -> JobFuture:
+    """``job.future``, made now if it was not yet (settled at once if the job has ended),
+    its outcome given by ``unwrap`` (an executor asks first, for its calls' outcomes)."""
     future = job._future
     if future is None:
         with _CREATING:
             future = job._future
             if future is None:
-                future = job._future = JobFuture(job, job._cancel)
+                future = job._future = JobFuture(job, job._cancel, unwrap)
         if job.finish.is_set():
             future.settle()
-    return future
-
-
-def attach_future(job: DispyJob, unwrap: Unwrap) -> JobFuture:
-    """Make ``job.future`` one whose outcome ``unwrap`` gives (an executor's calls)."""
-    with _CREATING:
-        future = job._future = JobFuture(job, job._cancel, unwrap)
-    if job.finish.is_set():
-        future.settle()
     return future
 
 

@@ -37,7 +37,8 @@ from gevent.hub import Waiter
 from ..wire import messages as m
 from ..constants import (CANCEL_GRACE, CANCELLED, STARTED_REPORT_DELAY, TERMINATED,
                          WORKER_START_TIMEOUT)
-from ..wire.files import FileRefused, IncomingFiles, safe_relative_path, write_file
+from ..wire.files import (FileRefused, IncomingFiles, refusal_reason, safe_relative_path,
+                          write_file)
 from ..runtime.hublink import HubLink
 from ..wire.protocol import ProtocolError
 from . import runner
@@ -198,10 +199,8 @@ class Computation:
             logger.warning('%r: file %r sent by the client not written: %s', self, chunk.name,
                            exc)
             self._sent.abort()
-            if chunk.value:  # its jobs end with the first reason (``lost_values``), not
-                self.lost_values.setdefault(  # the next chunks' "before its start"
-                    chunk.name,
-                    exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc))
+            if chunk.value:  # its jobs end with the first reason (``lost_values``), not the
+                self.lost_values.setdefault(chunk.name, refusal_reason(exc))  # next chunks'
 
     def forget_files(self, names: list[str]) -> None:
         """Values sent for jobs that are all done: deleted."""

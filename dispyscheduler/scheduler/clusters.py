@@ -25,7 +25,7 @@ from ..constants import (CANCELLED, FILE_TIMEOUT, MAX_NODE_NAMES, MAX_UPLOADS,
                          NODE_INITIALIZED, TERMINATED)
 from ..runtime.discovery import resolve
 from ..wire.files import (MAX_FILES, FileRefused, IncomingFiles, check_manifest, check_size,
-                          safe_relative_path)
+                          refusal_reason, safe_relative_path)
 from ..runtime.hublink import HubLink
 from ..wire.protocol import ProtocolError
 from .admission import Admission
@@ -317,7 +317,7 @@ class ClusterService:
         except (FileRefused, OSError) as exc:
             if incoming is not None:
                 incoming.abort()
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            reason = refusal_reason(exc)
             if chunk.offset == 0 or key not in self.refused:  # the first reason, not the
                 self.refused[key] = reason  # next chunks' "before its start"
                 if not chunk.value:  # a value's jobs end with the reason

@@ -139,13 +139,7 @@ class NodeService:
         session = self.peers.node(node.key)
         if session is None or ref not in cluster.uploads:
             return False
-        name, size, mode = cluster.uploads[ref]
-        for offset, data, last in read_chunks(upload_path(cluster, ref)):
-            if not session.send_file_chunk(m.SentFile(cid=cluster.cid, name=name, size=size,
-                                                      mode=mode, offset=offset, data=data,
-                                                      last=last)):
-                return False
-        return True
+        return session.send_upload(cluster, ref, value=False)
 
     def set_cpus(self, node: Node, cluster: Cluster, cpus: int) -> None:
         """The node runs at most ``cpus`` of the cluster's jobs at once; jobs it holds

@@ -91,16 +91,23 @@ class NodeSession:
         key = (cluster.cid, ref)
         if key in self.uploads_sent or ref not in cluster.uploads:
             return True
-        name, size, mode = cluster.uploads[ref]
         try:
-            for offset, data, last in read_chunks(upload_path(cluster, ref)):
-                if not self.send_file_chunk(m.SentFile(cid=cluster.cid, name=name, size=size,
-                                                       mode=mode, offset=offset, data=data,
-                                                       last=last, value=True)):
-                    return False
+            if not self.send_upload(cluster, ref, value=True):
+                return False
         except OSError as exc:  # its job fails on the node, saying the value is missing
             logger.error('value %s of cluster %s could not be read: %s', ref, cluster.cid, exc)
         self.uploads_sent.add(key)
+        return True
+
+    def send_upload(self, cluster: Cluster, ref: str, value: bool) -> bool:
+        """A cluster's upload to the node's copy of the computation, a chunk at a time
+        (``send_file_chunk``); False if the link closed meanwhile."""
+        name, size, mode = cluster.uploads[ref]
+        for offset, data, last in read_chunks(upload_path(cluster, ref)):
+            if not self.send_file_chunk(m.SentFile(cid=cluster.cid, name=name, size=size,
+                                                   mode=mode, offset=offset, data=data,
+                                                   last=last, value=value)):
+                return False
         return True
 
     def values_lost(self, cluster: Cluster, names: list[str]) -> None:

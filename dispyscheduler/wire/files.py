@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from typing import Any, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 from ..constants import DISK_RESERVE, FILE_CHUNK_SIZE
 from .messages import FileSpec
@@ -180,11 +180,23 @@ class IncomingFiles:
 def read_chunks(path: str, chunk_size: int = FILE_CHUNK_SIZE) -> Iterator[tuple[int, bytes, bool]]:
     """``(offset, data, last)`` for each chunk of a file (at least one, even if empty)."""
     with open(path, 'rb') as handle:
-        offset = 0
-        while True:
-            data = handle.read(chunk_size)
-            last = len(data) < chunk_size
-            yield offset, data, last
-            offset += len(data)
-            if last:
-                return
+        yield from chunks_of(handle, chunk_size)
+
+
+def chunks_of(handle: BinaryIO, chunk_size: int = FILE_CHUNK_SIZE
+              ) -> Iterator[tuple[int, bytes, bool]]:
+    """``read_chunks`` of an open file (``io.BytesIO(data)`` for bytes in memory)."""
+    offset = 0
+    while True:
+        data = handle.read(chunk_size)
+        last = len(data) < chunk_size
+        yield offset, data, last
+        offset += len(data)
+        if last:
+            return
+
+
+def refusal_reason(exc: Exception) -> str:
+    """Why a file could not be written, in words: an OSError's own ("No space left on
+    device"), or a ``FileRefused``'s message."""
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
