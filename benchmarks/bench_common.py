@@ -11,12 +11,17 @@ Two roles live here:
   between ``READY`` and ``GO`` and after the last result, so cluster set-up and tear-down are
   not counted.
 
+A payload row (``run_payload_phase`` / ``payload_client``) follows the same protocol with one
+client, and also resets and reads the peak RSS (``VmHWM``) of the scheduler, of every process
+of each node and of the client, per row.
+
 Every process a driver starts runs in a process group of its own inside the driver's session
 and is stopped by PID (SIGTERM to its group, then SIGKILL); anything still in the session
 afterwards is killed by PID and reported as a leftover.
 """
 
 import ctypes
+import hashlib
 import json
 import os
 import queue
@@ -66,6 +71,51 @@ def memory_kb(pid):
             if key in ('VmRSS', 'VmHWM'):
                 values[key] = int(rest.split()[0])
     return values
+
+
+def reset_peak_rss(pid):
+    """Reset ``pid``'s ``VmHWM`` to its current RSS (``echo 5 > /proc/PID/clear_refs``, Linux
+    4.0 and later; needs the right to write there, i.e. root or the process's owner). A process
+    already gone is ignored; any other failure raises ``RuntimeError``."""
+    try:
+        with open('/proc/%d/clear_refs' % pid, 'w') as handle:
+            handle.write('5')
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    except OSError as exc:
+        raise RuntimeError('cannot reset the peak RSS of %d (/proc/%d/clear_refs): %s' % (
+            pid, pid, exc)) from None
+
+
+def descendants(pid):
+    """``pid`` and every live (non-zombie) process below it in the process tree, by parent
+    PID (a node's workers may be in process groups of their own)."""
+    children = {}
+    for entry in os.listdir('/proc'):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = proc_stat(int(entry))
+        except (OSError, ValueError):
+            continue
+        if fields[0] != 'Z':
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, ()))
+    return tree
+
+
+def command_of(pid):
+    """A short name of ``pid``'s command line (its first arguments, file names only)."""
+    try:
+        with open('/proc/%d/cmdline' % pid, 'rb') as handle:
+            argv = handle.read().decode(errors='replace').split('\0')
+    except OSError:
+        return '?'
+    return ' '.join(os.path.basename(arg) for arg in argv[:4] if arg)[:80]
 
 
 def _members(field, value, exclude=()):
@@ -386,17 +436,133 @@ def run_phase(spawn_client, scheduler_pid, mode, n, clients, workdir, label):
     return record
 
 
-WORKLOADS = ('latency', 'throughput', 'executor')
-"""The workloads a run may select (``--workloads``): latency, the throughput phases, and the
-executor phase (trivial calls through an executor's ``submit``, one client)."""
+WORKLOADS = ('latency', 'throughput', 'executor', 'payload')
+"""The workloads a run may select (``--workloads``): latency, the throughput phases, the
+executor phase (trivial calls through an executor's ``submit``, one client) and the payload
+rows (jobs that take bytes and return them reversed, one client per row)."""
+PAYLOAD_ROWS = ((100_000, 200), (10_000_000, 40), (100_000_000, 8))
+"""The payload rows, ``(bytes per job, jobs)``: 40 MB, 800 MB and 1.6 GB of payload (both
+ways)."""
+
+PAYLOAD_ROWS_QUICK = ((100_000, 50), (10_000_000, 10), (100_000_000, 2))
+
+PAYLOAD_MIN_RATE = 5e6
+"""Bytes of payload per second (both ways) below which a payload row is given up as stalled
+(its timeout is ``60 + payload / PAYLOAD_MIN_RATE`` seconds)."""
+
+PAYLOAD_WARMUP_MAX = 1_100_000
+"""Bytes per warm-up job of a payload row, at most (its size if smaller): above the size from
+which this project's arguments travel on their own (64 KiB) and its results are streamed
+(1 MiB), so the warm-up goes through the same paths as the row, at little cost."""
+
+
+def payload_timeout(size, jobs):
+    return 60.0 + 2.0 * size * jobs / PAYLOAD_MIN_RATE
+
+
+def parse_payload_rows(text):
+    """``'100000x200,10000000x40'`` -> ``[(100000, 200), (10000000, 40)]``."""
+    rows = []
+    for item in text.split(','):
+        if item:
+            size, _, jobs = item.partition('x')
+            rows.append((int(size), int(jobs)))
+    return rows
+
+
+def format_payload_rows(rows):
+    return ','.join('%dx%d' % row for row in rows)
+
+
+def run_payload_phase(spawn_client, scheduler_pid, node_pids, size, jobs, label):
+    """One payload row: one client process submits ``jobs`` jobs, each with its own
+    ``size`` random bytes, and checks every result (the bytes reversed).
+
+    Peak RSS is per row: once the client is ``READY`` (its inputs made, its warm-up jobs
+    done), the ``VmHWM`` of the scheduler, of every process of each node (the daemon and the
+    processes below it) and of the client is reset to the current RSS (``clear_refs``); it is
+    read again after the client's ``RESULT``, before the client closes its cluster."""
+    record = {'mode': 'payload', 'n': size, 'clients': 1, 'size': size, 'jobs': jobs,
+              'payload_bytes': 2 * size * jobs}
+    proc = spawn_client('payload', jobs, label + '-c0', ['--size', str(size)])
+    killed = []
+    try:
+        # making the inputs takes ~2.6 s per GB here (os.urandom, then sha256 of each reversed)
+        proc.expect('READY', time.monotonic() + 120 + size * jobs / 1e8)
+        groups = {'scheduler': [scheduler_pid], 'client': descendants(proc.pid)}
+        for index, pid in enumerate(node_pids):
+            groups['node%d' % index] = descendants(pid)
+        record['sched_hwm_before_kb'] = memory_kb(scheduler_pid).get('VmHWM')
+        for pids in groups.values():
+            for pid in pids:
+                reset_peak_rss(pid)
+        at_go, cpu_at_go = {}, {}
+        for pids in groups.values():
+            for pid in pids:
+                try:
+                    at_go[pid] = memory_kb(pid).get('VmRSS')
+                    cpu_at_go[pid] = cpu_seconds(pid)
+                except OSError:
+                    pass
+        cpu0 = cpu_seconds(scheduler_pid)
+        proc.go()
+        outcome = json.loads(proc.expect('RESULT', time.monotonic() + payload_timeout(
+            size, jobs)))
+        cpu1 = cpu_seconds(scheduler_pid)
+        # processes started during the row (a worker replaced) count too, from their start
+        groups['client'] = descendants(proc.pid)
+        for index, pid in enumerate(node_pids):
+            groups['node%d' % index] = descendants(pid)
+        processes = {}
+        for name, pids in groups.items():
+            for pid in pids:
+                try:
+                    memory = memory_kb(pid)
+                    cpu = cpu_seconds(pid) - cpu_at_go.get(pid, 0.0)
+                except OSError:
+                    continue
+                processes.setdefault(name, []).append({
+                    'pid': pid, 'command': command_of(pid), 'peak_rss_kb': memory['VmHWM'],
+                    'rss_at_go_kb': at_go.get(pid), 'rss_end_kb': memory['VmRSS'],
+                    'cpu_s': round(cpu, 3)})
+    finally:
+        killed += proc.finish()
+    nodes = [entries for name, entries in processes.items() if name.startswith('node')]
+
+    def peak(name):
+        return sum(p['peak_rss_kb'] for p in processes.get(name, []))
+
+    def at_start(name):
+        return sum(p['rss_at_go_kb'] or 0 for p in processes.get(name, []))
+
+    wall = outcome['t_end'] - outcome['t_start']
+    record.update(
+        errors=outcome['errors'], error_samples=outcome.get('error_samples', [])[:5],
+        wall_s=wall, mb_per_s=2.0 * size * jobs / wall / 1e6, submit_s=outcome['submit_s'],
+        max_gap_s=outcome.get('max_gap_s'), sched_cpu_s=cpu1 - cpu0,
+        sched_peak_rss_kb=peak('scheduler'), sched_rss_kb_at_go=at_start('scheduler'),
+        node_peak_rss_kb=max((p['peak_rss_kb'] for entries in nodes for p in entries),
+                             default=None),
+        node_total_peak_rss_kb=max((sum(p['peak_rss_kb'] for p in entries)
+                                    for entries in nodes), default=None),
+        client_peak_rss_kb=peak('client'), client_rss_kb_at_go=at_start('client'),
+        processes=processes)
+    if killed:
+        record['killed_after_client'] = killed
+    return record
 
 
 def run_suite(system, spawn_client, scheduler_pid, sizes, latency_n, workdir, extra=None,
-              client_counts=(1, 2), workloads=('latency', 'throughput'), executor_n=None):
+              client_counts=(1, 2), workloads=('latency', 'throughput'), executor_n=None,
+              payload_rows=(), node_pids=()):
     """All phases of one run of one system: latency, then for each size one client and two
     clients (``client_counts``), then the executor phase (``executor_n`` calls, one client),
-    each if it is among ``workloads``. Returns the result dict (``failed`` set if a phase
-    failed)."""
+    then the payload rows (``payload_rows``: ``(bytes per job, jobs)``, one client each; the
+    nodes' processes are those below ``node_pids``), each if it is among ``workloads``.
+    Returns the result dict (``failed`` set if a phase failed).
+
+    The run's ``sched_peak_rss_kb`` is the scheduler's peak over the phases before the payload
+    rows (which reset it, and report their own peaks per row); none if only payload ran."""
     result = {'system': system, 'phases': [], 'failed': None}
     result.update(extra or {})
     plan = []
@@ -407,10 +573,18 @@ def run_suite(system, spawn_client, scheduler_pid, sizes, latency_n, workdir, ex
             plan += [('throughput', n, clients) for clients in client_counts]
     if 'executor' in workloads and executor_n:
         plan.append(('executor', executor_n, 1))
+    if 'payload' in workloads and scheduler_pid:
+        plan += [('payload', size, jobs) for size, jobs in payload_rows]
     for mode, n, clients in plan:
         label = '%s-%d-%dc' % (mode, n, clients)
         try:
-            record = run_phase(spawn_client, scheduler_pid, mode, n, clients, workdir, label)
+            if mode == 'payload':  # n: bytes per job, clients: jobs
+                label = 'payload-%d-x%d' % (n, clients)
+                record = run_payload_phase(spawn_client, scheduler_pid, node_pids, n,
+                                           clients, label)
+            else:
+                record = run_phase(spawn_client, scheduler_pid, mode, n, clients, workdir,
+                                   label)
         except Exception as exc:
             result['failed'] = '%s: %s' % (label, exc)
             break
@@ -423,8 +597,13 @@ def run_suite(system, spawn_client, scheduler_pid, sizes, latency_n, workdir, ex
         return result
     try:
         memory = memory_kb(scheduler_pid)
-        seen = [p['sched_rss_kb_after'] for p in result['phases']]
-        result['sched_peak_rss_kb'] = max([memory.get('VmHWM', 0)] + seen)
+        others = [p for p in result['phases'] if p['mode'] != 'payload']
+        payload = [p for p in result['phases'] if p['mode'] == 'payload']
+        if others:
+            # the payload rows reset VmHWM: the first one read it before it did
+            hwm = payload[0]['sched_hwm_before_kb'] if payload else memory.get('VmHWM', 0)
+            seen = [p['sched_rss_kb_after'] for p in others]
+            result['sched_peak_rss_kb'] = max([hwm] + seen)
         result['sched_rss_kb_end'] = memory.get('VmRSS')
     except OSError as exc:
         result['failed'] = result['failed'] or 'scheduler gone: %s' % exc
@@ -436,7 +615,7 @@ def emit(result):
 
 
 def driver_main(system, start, spawn_client_factory, argv=None, jobcluster=None,
-                executor=False):
+                executor=False, payload=False):
     """Common ``run`` entry of a per-system driver.
 
     ``start(workdir)`` starts the daemons and returns ``(daemons, scheduler_pid, extra,
@@ -446,6 +625,8 @@ def driver_main(system, start, spawn_client_factory, argv=None, jobcluster=None,
     system is reported as ``SYSTEM-jobcluster`` and throughput phases have one client only (a
     node serves one JobCluster at a time). ``executor``: the system's clients support
     ``--mode executor`` (not with ``--jobcluster``); otherwise that workload is left out.
+    ``payload``: the same for ``--mode payload`` (the payload rows, ``--payload_rows``); the
+    daemons after the first (the scheduler) are the nodes whose processes are measured.
     """
     import argparse
     parser = argparse.ArgumentParser()
@@ -455,6 +636,8 @@ def driver_main(system, start, spawn_client_factory, argv=None, jobcluster=None,
     parser.add_argument('--jobcluster', action='store_true')
     parser.add_argument('--workloads', default=','.join(WORKLOADS))
     parser.add_argument('--executor_n', type=int, default=20000)
+    parser.add_argument('--payload_rows', default=format_payload_rows(PAYLOAD_ROWS),
+                        help='payload rows, BYTESxJOBS,...')
     args = parser.parse_args(argv)
     client_counts = (1, 2)
     workloads = [w for w in args.workloads.split(',') if w]
@@ -464,6 +647,8 @@ def driver_main(system, start, spawn_client_factory, argv=None, jobcluster=None,
         client_counts = (1,)
     if args.jobcluster or not executor:
         workloads = [w for w in workloads if w != 'executor']
+    if args.jobcluster or not payload:
+        workloads = [w for w in workloads if w != 'payload']
     sizes = [int(x) for x in args.sizes.split(',') if x]
     os.makedirs(args.workdir, exist_ok=True)
     daemons = []
@@ -472,7 +657,9 @@ def driver_main(system, start, spawn_client_factory, argv=None, jobcluster=None,
         daemons, scheduler_pid, extra, state = start(args.workdir)
         spawn_client = spawn_client_factory(args.workdir, state)
         result = run_suite(system, spawn_client, scheduler_pid, sizes, args.latency,
-                           args.workdir, extra, client_counts, workloads, args.executor_n)
+                           args.workdir, extra, client_counts, workloads, args.executor_n,
+                           parse_payload_rows(args.payload_rows),
+                           [d.pid for d in daemons if d.pid != scheduler_pid])
     except Exception as exc:
         result['failed'] = 'start: %s' % (exc,)
     finally:
@@ -489,21 +676,28 @@ def driver_main(system, start, spawn_client_factory, argv=None, jobcluster=None,
     return 0
 
 
-def client_main(open_cluster, argv=None, open_executor=None):
+def client_main(open_cluster, argv=None, open_executor=None, open_payload=None):
     """Common ``client`` entry. ``open_cluster(options)`` returns an object with
     ``batch(n, deadline) -> (errors, samples, submit_s, max_gap_s)``,
     ``one(i, deadline) -> error or None`` and ``close()``, and optionally ``pids()``: the
     processes of this program whose CPU time counts (sent on the ``READY`` line).
     ``open_executor(options)``, for ``--mode executor``, returns an object with ``batch`` and
     ``close`` whose ``batch`` makes ``n`` trivial calls through an executor's ``submit``
-    and waits for them all; that phase is timed as a throughput phase."""
+    and waits for them all; that phase is timed as a throughput phase. ``open_payload(options)``,
+    for ``--mode payload``, returns an object for ``payload_batch`` (see there)."""
     import argparse
     parser = argparse.ArgumentParser()
-    parser.add_argument('--mode', choices=('throughput', 'latency', 'executor'), required=True)
+    parser.add_argument('--mode', choices=('throughput', 'latency', 'executor', 'payload'),
+                        required=True)
     parser.add_argument('--n', type=int, required=True)
+    parser.add_argument('--size', type=int, default=0, help='payload: bytes per job')
     parser.add_argument('--options', default='{}', help='JSON: connection options')
     args = parser.parse_args(argv)
     options = json.loads(args.options)
+    if args.mode == 'payload':
+        if open_payload is None:
+            raise SystemExit('this driver has no payload workload')
+        return payload_client(open_payload(options), args.n, args.size)
     if args.mode == 'executor':
         if open_executor is None:
             raise SystemExit('this driver has no executor workload')
@@ -539,6 +733,74 @@ def client_main(open_cluster, argv=None, open_executor=None):
             out.update(latencies=latencies, errors=errors, error_samples=samples[:5])
         print('RESULT ' + json.dumps(out), flush=True)
         sys.stdin.readline()  # the driver closes stdin once it has read the scheduler's CPU
+    finally:
+        session.close()
+    return 0
+
+
+def payload_inputs(size, jobs):
+    """``jobs`` distinct inputs of ``size`` random bytes each, and the sha256 of each one
+    reversed (the result it should give)."""
+    inputs = [os.urandom(size) for _ in range(jobs)]
+    return inputs, [hashlib.sha256(data[::-1]).digest() for data in inputs]
+
+
+def payload_batch(session, inputs, digests, deadline):
+    """Submit every input (``session.submit(data)``, in a loop), then collect the results in
+    order (``session.result(handle, timeout)``, which raises if the job did not finish),
+    checking each (bytes, the input's length, sha256 of the input reversed) and dropping it at
+    once, with its handle, so that no more than one result is held here at a time.
+    Returns ``(errors, samples, submit_s, max_gap_s)``."""
+    t0 = time.monotonic()
+    handles = [session.submit(data) for data in inputs]
+    submit_s = time.monotonic() - t0
+    errors, samples, last, max_gap = 0, [], time.monotonic(), 0.0
+    for i, digest in enumerate(digests):
+        handle, handles[i] = handles[i], None
+        try:
+            result = session.result(handle, max(0.1, deadline - time.monotonic()))
+            if type(result) is not bytes or len(result) != len(inputs[i]):
+                error = 'job %d: result %s of %s bytes, not bytes of %d' % (
+                    i, type(result).__name__, len(result) if hasattr(result, '__len__')
+                    else '?', len(inputs[i]))
+            elif hashlib.sha256(result).digest() != digest:
+                error = 'job %d: result is not the input reversed' % i
+            else:
+                error = None
+        except Exception as exc:
+            error = 'job %d: %s: %s' % (i, type(exc).__name__, str(exc)[-300:])
+        result = handle = None
+        now = time.monotonic()
+        max_gap, last = max(max_gap, now - last), now
+        if error:
+            errors += 1
+            if len(samples) < 5:
+                samples.append(error)
+    return errors, samples, submit_s, max_gap
+
+
+def payload_client(session, jobs, size):
+    """``client --mode payload``: make the inputs, warm up with ``WARMUP_JOBS`` jobs of
+    ``min(size, PAYLOAD_WARMUP_MAX)`` bytes, ``READY``, ``GO``, the row, ``RESULT``."""
+    try:
+        inputs, digests = payload_inputs(size, jobs)
+        warm_inputs, warm_digests = payload_inputs(min(size, PAYLOAD_WARMUP_MAX), WARMUP_JOBS)
+        errors, samples, _, _ = payload_batch(session, warm_inputs, warm_digests,
+                                              time.monotonic() + 120)
+        if errors:
+            raise RuntimeError('warm-up jobs failed: %s' % samples)
+        del warm_inputs, warm_digests
+        print('READY {}', flush=True)
+        if sys.stdin.readline().strip() != 'GO':
+            return 1
+        out = {'n': jobs, 'size': size, 't_start': time.monotonic()}
+        errors, samples, submit_s, max_gap_s = payload_batch(
+            session, inputs, digests, time.monotonic() + payload_timeout(size, jobs))
+        out['t_end'] = time.monotonic()
+        out.update(errors=errors, error_samples=samples, submit_s=submit_s,
+                   max_gap_s=max_gap_s)
+        print('RESULT ' + json.dumps(out), flush=True)
+        sys.stdin.readline()  # the driver closes stdin once it has read the peaks
     finally:
         session.close()
     return 0

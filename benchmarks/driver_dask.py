@@ -7,7 +7,10 @@ for the other systems (a LocalCluster would run the scheduler inside the client 
 Throughput is ``client.map(compute, range(n), pure=False)`` then ``wait`` and ``gather``;
 latency is sequential ``client.submit(compute, i, pure=False).result()``. The executor workload
 (``client --mode executor``) is N calls ``client.submit(inc, i, pure=False)`` in a loop, then
-``wait`` and ``gather``.
+``wait`` and ``gather``. A payload row (``client --mode payload --size S``) is
+``client.submit(reverse, data, pure=False)`` per job (distinct random bytes each, passed as the
+argument, as a user would), then ``future.result()`` in order, each result checked against the
+input reversed and dropped with its future.
 """
 
 import json
@@ -28,6 +31,11 @@ def compute(n):
 def inc(x):
     """The executor workload's trivial function."""
     return x + 1
+
+
+def reverse(data):
+    """The payload workload's function: bytes in, the same bytes reversed out."""
+    return data[::-1]
 
 
 def dask_cli():
@@ -67,9 +75,10 @@ def start(workdir):
 def spawn_client_factory(workdir, state):
     options = json.dumps({'address': state['address']})
 
-    def spawn(mode, n, name):
+    def spawn(mode, n, name, extra=()):
         return bc.ClientProcess([sys.executable, os.path.abspath(__file__), 'client', '--mode',
-                                 mode, '--n', str(n), '--options', options], workdir, name)
+                                 mode, '--n', str(n), '--options', options] + list(extra),
+                                workdir, name)
     return spawn
 
 
@@ -120,6 +129,17 @@ class DaskExecutorSession(DaskSession):
                 list(range(1, n + 1)))
 
 
+class DaskPayloadSession(DaskSession):
+    """The payload rows: ``client.submit(reverse, data, pure=False)`` per job, then
+    ``future.result()`` in order (the future released once its result is checked)."""
+
+    def submit(self, data):
+        return self.client.submit(reverse, data, pure=False)
+
+    def result(self, future, timeout):
+        return future.result(timeout=timeout)
+
+
 def open_cluster(options):
     return DaskSession(options['address'])
 
@@ -128,7 +148,13 @@ def open_executor(options):
     return DaskExecutorSession(options['address'])
 
 
+def open_payload(options):
+    return DaskPayloadSession(options['address'])
+
+
 if __name__ == '__main__':
     if sys.argv[1:2] == ['client']:
-        sys.exit(bc.client_main(open_cluster, sys.argv[2:], open_executor=open_executor))
-    sys.exit(bc.driver_main('dask', start, spawn_client_factory, sys.argv[2:], executor=True))
+        sys.exit(bc.client_main(open_cluster, sys.argv[2:], open_executor=open_executor,
+                                open_payload=open_payload))
+    sys.exit(bc.driver_main('dask', start, spawn_client_factory, sys.argv[2:], executor=True,
+                            payload=True))

@@ -12,6 +12,10 @@ program's and it is stopped by PID if it outlives the program.
 the same connection options as the SharedJobCluster clients: N calls ``executor.submit(inc, i)``
 in a loop, then ``concurrent.futures.wait`` for them all, every result checked.
 
+``client --mode payload --size S`` (a payload row) is a ``SharedJobCluster(reverse, setup=setup,
+...)`` with the same options: ``submit(data)`` per job (distinct random bytes each), then
+``job(clear=True)`` in order, each result checked against the input reversed and dropped.
+
 Run with a Python that has requirements.txt installed (run.py uses .venvs/dispyscheduler).
 """
 
@@ -42,6 +46,11 @@ def compute(n):
 def inc(x):
     """The executor workload's trivial function."""
     return x + 1
+
+
+def reverse(data):
+    """The payload workload's function: bytes in, the same bytes reversed out."""
+    return data[::-1]
 
 
 def start(workdir):
@@ -106,9 +115,10 @@ def start_jobcluster(workdir):
 def spawn_client_factory(workdir, state):
     options = json.dumps(state)
 
-    def spawn(mode, n, name):
+    def spawn(mode, n, name, extra=()):
         return bc.ClientProcess([sys.executable, os.path.abspath(__file__), 'client', '--mode',
-                                 mode, '--n', str(n), '--options', options], workdir, name)
+                                 mode, '--n', str(n), '--options', options] + list(extra),
+                                workdir, name)
     return spawn
 
 
@@ -174,9 +184,42 @@ def open_executor(options):
                                          secret=bc.CLUSTER_SECRET))
 
 
+class PayloadSession:
+    """The payload rows: ``cluster.submit(data)`` per job, ``job(clear=True)`` to collect (the
+    job's result dropped from it as it is read)."""
+
+    def __init__(self, cluster, finished):
+        self.cluster = cluster
+        self.finished = finished
+
+    def submit(self, data):
+        return self.cluster.submit(data)
+
+    def result(self, job, timeout):
+        if not job.finish.wait(timeout):
+            raise TimeoutError('no result before the deadline (status %s)' % job.status)
+        if job.status != self.finished:
+            raise RuntimeError('status %s exception %s' % (job.status,
+                                                          str(job.exception)[-300:]))
+        return job(clear=True)
+
+    def close(self):
+        self.cluster.close()
+
+
+def open_payload(options):
+    sys.path.insert(0, REPO)
+    from dispyscheduler import DispyJob, SharedJobCluster
+    cluster = SharedJobCluster(reverse, setup=setup, scheduler_node='127.0.0.1',
+                               scheduler_port=options['scheduler_port'],
+                               secret=bc.CLUSTER_SECRET)
+    return PayloadSession(cluster, DispyJob.Finished)
+
+
 if __name__ == '__main__':
     if sys.argv[1:2] == ['client']:
-        sys.exit(bc.client_main(open_cluster, sys.argv[2:], open_executor=open_executor))
+        sys.exit(bc.client_main(open_cluster, sys.argv[2:], open_executor=open_executor,
+                                open_payload=open_payload))
     sys.exit(bc.driver_main('dispyscheduler', start, spawn_client_factory, sys.argv[2:],
                             jobcluster=(start_jobcluster, spawn_client_factory),
-                            executor=True))
+                            executor=True, payload=True))

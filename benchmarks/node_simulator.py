@@ -209,7 +209,8 @@ class SimNode:
                 handshake(link, options.secret, 'node', 'scheduler', initiator=True,
                           deadline=deadline)
                 link.send_now(m.NodeInfo(name='sim-%d' % self.index, ip_addr=self.source,
-                                         port=self.port, cpus=1, platform=PLATFORM, jobs=[]))
+                                         port=self.port, cpus=1, platform=PLATFORM, jobs=[],
+                                         avail=None))
                 welcome = link.expect(m.Welcome, deadline)
         except BaseException:
             sock.close()

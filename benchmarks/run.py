@@ -2,7 +2,7 @@
 """Benchmark dispyscheduler against dispy 4.15.2 and dask.distributed on the same workload.
 
     python3 benchmarks/run.py [--quick] [--systems dispyscheduler,dispy,dask] [--runs 3]
-                              [--workloads latency,throughput,executor]
+                              [--workloads latency,throughput,executor,payload]
 
 Creates (once) a virtual environment per system under benchmarks/.venvs/, then runs each
 system's driver (driver_<system>.py, in that system's venv, in a session of its own; dispy's
@@ -11,14 +11,17 @@ prints machine-readable lines on stdout. ``dispyscheduler-jobcluster`` and ``dis
 are the two JobClusters (each client program its own scheduler; ``driver_X.py run
 --jobcluster``), compared with each other. The ``executor`` workload (trivial calls through
 ``DispyExecutor.submit`` against dask's ``Client.submit``) is run by the systems in
-``EXECUTOR_SYSTEMS`` only:
+``EXECUTOR_SYSTEMS`` only, and so is the ``payload`` workload (``PAYLOAD_SYSTEMS``: jobs taking
+bytes and returning them reversed, 100 KB x 200, 10 MB x 40 and 100 MB x 8, MB/s of payload
+both ways and per-row peak RSS of scheduler, nodes and client). A payload row's ``n`` is its
+bytes per job:
 
     RUN system=S run=K metric=M n=N clients=C value=V         one value of one run
     BENCH system=S metric=M n=N clients=C min=.. median=.. max=.. runs=R
     BENCH system=S status=failed run=K reason="..."
     RATIO metric=M n=N clients=C better=higher dispyscheduler/dispy=.. dispyscheduler/dask=..
     SYSTEM system=S version=.. python=.. scheduler=..
-    TARGET name=.. value=.. target=.. met=yes|no            issue 7's and 16's targets (medians)
+    TARGET name=.. value=.. target=.. met=yes|no            the issues' targets (medians)
     SCALE ...                                               scale.py's lines (1,000 nodes)
     SUMMARY elapsed_s=.. runs=.. systems=.. failed_runs=..
 
@@ -55,6 +58,11 @@ WORKLOADS = bc.WORKLOADS
 EXECUTOR_SYSTEMS = ('dispyscheduler', 'dask')
 """The systems with an executor workload (dispy has no executor; a JobCluster's is not
 measured)."""
+PAYLOAD_SYSTEMS = ('dispyscheduler', 'dask')
+"""The systems with a payload workload (issue 18: this project beside dask)."""
+WORKLOAD_SYSTEMS = {'executor': EXECUTOR_SYSTEMS, 'payload': PAYLOAD_SYSTEMS}
+"""Workloads that only some systems run (the others: every system)."""
+MB = 10 ** 6
 SCALE_TIMEOUT = 1800.0  # seconds for scale.py (the full one takes about a minute here)
 SETTLE_SECONDS = 5.0
 """Pause before each driver, after writing back dirty pages (``sync``), so that what the
@@ -75,7 +83,19 @@ TARGETS = (
      '<=', 0.5),
     # issue 20: DispyExecutor.submit beside dask's Client.submit, trivial calls
     ('executor_vs_dask', OURS, ('executor_calls_per_s', None, 1), 'dask', '>=', 5),
+    # issue 18: large arguments and results (payload both ways, one client)
+    ('payload_10MB_vs_dask', OURS, ('payload_mb_per_s', 10 * MB, 1), 'dask', '>=', 3),
+    ('payload_100MB_vs_dask', OURS, ('payload_mb_per_s', 100 * MB, 1), 'dask', '>=', 3),
+    ('payload_10MB_mb_per_s', OURS, ('payload_mb_per_s', 10 * MB, 1), None, '>=', 400),
+    # the scheduler's peak RSS does not grow with the payload: at 100 MB per job (8 jobs, 1.6 GB
+    # through it) at most 1.5x its peak at 100 KB per job (same run, same daemons): on a
+    # scheduler of 50-70 MB, less than a third of one job's argument more; holding a single
+    # 100 MB payload in memory at a time would already be about 2.5x
+    ('payload_sched_rss_100MB_over_100KB', OURS, ('payload_scheduler_peak_rss_mb', 100 * MB, 1),
+     (OURS, ('payload_scheduler_peak_rss_mb', 100 * 1000, 1)), '<=', 1.5),
 )
+"""A target divides its value by the same metric's of a peer (a system's name) or by another
+value (``(system, key)``), if it names one."""
 
 
 def base_system(system):
@@ -142,10 +162,11 @@ def loadavg():
 
 def system_workloads(system, workloads):
     """The selected workloads that ``system`` runs."""
-    return [w for w in workloads if w != 'executor' or system in EXECUTOR_SYSTEMS]
+    return [w for w in workloads if system in WORKLOAD_SYSTEMS.get(w, (system,))]
 
 
-def driver_timeout(sizes, latency, system='', workloads=WORKLOADS, executor_n=0):
+def driver_timeout(sizes, latency, system='', workloads=WORKLOADS, executor_n=0,
+                   payload_rows=()):
     clients = (1,) if system.endswith('-jobcluster') else (1, 2)
     workloads = system_workloads(system, workloads)
     phases = [latency] if 'latency' in workloads else []
@@ -153,16 +174,21 @@ def driver_timeout(sizes, latency, system='', workloads=WORKLOADS, executor_n=0)
         phases += [n for n in sizes for _ in clients]
     if 'executor' in workloads:
         phases.append(executor_n)
-    return 120 + sum(120 + bc.phase_timeout(n) for n in phases)  # + set-up per phase
+    timeout = 120 + sum(120 + bc.phase_timeout(n) for n in phases)  # + set-up per phase
+    if 'payload' in workloads:  # + set-up and making the inputs per row
+        timeout += sum(120 + size * jobs / 1e8 + bc.payload_timeout(size, jobs)
+                       for size, jobs in payload_rows)
+    return timeout
 
 
 def run_driver(system, python, run, sizes, latency, workdir, workloads=WORKLOADS,
-               executor_n=20000):
+               executor_n=20000, payload_rows=bc.PAYLOAD_ROWS):
     """One run of one system; returns its result dict (``failed`` set on failure)."""
     argv = [python, os.path.join(HERE, 'driver_%s.py' % base_system(system)), 'run',
             '--sizes', ','.join(map(str, sizes)), '--latency', str(latency),
             '--workloads', ','.join(system_workloads(system, workloads)),
-            '--executor_n', str(executor_n), '--workdir', workdir]
+            '--executor_n', str(executor_n),
+            '--payload_rows', bc.format_payload_rows(payload_rows), '--workdir', workdir]
     if system.endswith('-jobcluster'):
         argv.append('--jobcluster')
     if base_system(system) == 'dispy':
@@ -170,7 +196,7 @@ def run_driver(system, python, run, sizes, latency, workdir, workloads=WORKLOADS
         # namespace where only lo exists (the driver checks it and brings lo up)
         argv = ['unshare', '--net', '--'] + argv
     os.makedirs(workdir, exist_ok=True)
-    timeout = driver_timeout(sizes, latency, system, workloads, executor_n)
+    timeout = driver_timeout(sizes, latency, system, workloads, executor_n, payload_rows)
     load_before = loadavg()
     started = time.monotonic()
     with open(os.path.join(workdir, 'driver.stderr'), 'wb') as stderr:
@@ -219,6 +245,14 @@ def values_of(result):
         if phase['mode'] == 'latency':
             values[('latency_median_ms', n, clients)] = phase['latency_median_ms']
             values[('latency_p90_ms', n, clients)] = phase['latency_p90_ms']
+        elif phase['mode'] == 'payload':  # n: bytes per job
+            values[('payload_mb_per_s', n, clients)] = phase['mb_per_s']
+            for metric, field in (('payload_scheduler_peak_rss_mb', 'sched_peak_rss_kb'),
+                                  ('payload_node_peak_rss_mb', 'node_peak_rss_kb'),
+                                  ('payload_node_total_peak_rss_mb', 'node_total_peak_rss_kb'),
+                                  ('payload_client_peak_rss_mb', 'client_peak_rss_kb')):
+                if phase.get(field):
+                    values[(metric, n, clients)] = phase[field] / 1024.0
         elif phase['mode'] == 'executor':
             values[('executor_calls_per_s', n, clients)] = phase['throughput']
             if 'sched_cpu_s_per_1000' in phase:
@@ -239,7 +273,18 @@ def values_of(result):
 BETTER = {'throughput_jobs_per_s': 'higher', 'latency_median_ms': 'lower',
           'latency_p90_ms': 'lower', 'sched_cpu_s_per_1000_jobs': 'lower',
           'program_cpu_s_per_1000_jobs': 'lower', 'executor_calls_per_s': 'higher',
-          'executor_sched_cpu_s_per_1000_calls': 'lower', 'sched_peak_rss_mb': 'lower'}
+          'executor_sched_cpu_s_per_1000_calls': 'lower', 'sched_peak_rss_mb': 'lower',
+          'payload_mb_per_s': 'higher', 'payload_scheduler_peak_rss_mb': 'lower',
+          'payload_node_peak_rss_mb': 'lower', 'payload_node_total_peak_rss_mb': 'lower',
+          'payload_client_peak_rss_mb': 'lower'}
+
+
+def metric_systems(metric):
+    """The systems that measure ``metric`` (its workload's)."""
+    for workload, systems in WORKLOAD_SYSTEMS.items():
+        if metric.startswith(workload + '_'):
+            return systems
+    return SYSTEMS
 
 
 def run_scale(python, quick):
@@ -322,8 +367,8 @@ def report(results, systems, elapsed, runs):
             ours = medians.get((mine, key))
             parts = []
             for peer in peers:
-                if key[0].startswith('executor_') and peer not in EXECUTOR_SYSTEMS:
-                    continue  # dispy has no executor: no NA for it
+                if peer not in metric_systems(key[0]):
+                    continue  # dispy has no executor or payload rows: no NA for it
                 theirs = medians.get((peer, key))
                 ratio = ours / theirs if ours is not None and theirs else None
                 parts.append('%s/%s=%s' % (mine, peer, 'NA' if ratio is None else
@@ -334,7 +379,7 @@ def report(results, systems, elapsed, runs):
             key = next((k for k in order if k[0] == key[0]), key)
         value = medians.get((system, key))
         if peer is not None:
-            theirs = medians.get((peer, key))
+            theirs = medians.get(peer if isinstance(peer, tuple) else (peer, key))
             value = value / theirs if value is not None and theirs else None
         if value is not None:
             met = value >= target if sense == '>=' else value <= target
@@ -348,7 +393,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--quick', action='store_true',
-                        help='N=500, 1 run, 20 latency jobs: checks that everything works')
+                        help='N=500, 1 run, 20 latency jobs, 1,000 executor calls, payload rows '
+                             '100000x50,10000000x10,100000000x2: checks that everything works')
     parser.add_argument('--systems', default=','.join(SYSTEMS),
                         help='any of %s (default: all)' % ','.join(SYSTEMS))
     parser.add_argument('--runs', type=int, default=None, help='default 3 (1 with --quick)')
@@ -359,10 +405,14 @@ def main():
     parser.add_argument('--no_scale', action='store_true',
                         help='skip scale.py (1,000 simulated nodes; 100 with --quick)')
     parser.add_argument('--workloads', default=','.join(WORKLOADS),
-                        help='any of %s (default: all); executor only for %s' % (
+                        help='any of %s (default: all); executor and payload only for %s' % (
                             ','.join(WORKLOADS), ','.join(EXECUTOR_SYSTEMS)))
     parser.add_argument('--executor_n', type=int, default=None,
                         help='calls of the executor workload, default 20000 (1000 with --quick)')
+    parser.add_argument('--payload_rows', default=None,
+                        help='payload rows, BYTESxJOBS,... default %s (%s with --quick)' % (
+                            bc.format_payload_rows(bc.PAYLOAD_ROWS),
+                            bc.format_payload_rows(bc.PAYLOAD_ROWS_QUICK)))
     args = parser.parse_args()
     # SIGTERM unwinds like ^C: the driver running then is killed with all it started, by PID
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -381,6 +431,8 @@ def main():
         note('not run (no selected workload applies): %s' % ', '.join(skipped))
         systems = [s for s in systems if s not in skipped]
     executor_n = args.executor_n or (1000 if args.quick else 20000)
+    payload_rows = (bc.parse_payload_rows(args.payload_rows) if args.payload_rows else
+                    list(bc.PAYLOAD_ROWS_QUICK if args.quick else bc.PAYLOAD_ROWS))
     runs = args.runs or (1 if args.quick else 3)
     sizes = [int(x) for x in (args.sizes or ('500' if args.quick else '2000,20000')).split(',')]
     latency = args.latency or (20 if args.quick else 50)
@@ -396,8 +448,9 @@ def main():
                             'failed': 'venv: %s' % exc})
             note('venv for %s failed: %s' % (system, exc))
     workroot = tempfile.mkdtemp(prefix='dispyscheduler-bench-')
-    note('work directory %s; workloads %s; sizes %s, latency %d, executor calls %d; %d run(s)'
-         % (workroot, ','.join(workloads), sizes, latency, executor_n, runs))
+    note('work directory %s; workloads %s; sizes %s, latency %d, executor calls %d, payload '
+         'rows %s; %d run(s)' % (workroot, ','.join(workloads), sizes, latency, executor_n,
+                                 bc.format_payload_rows(payload_rows), runs))
     for run in range(1, runs + 1):
         for system in systems:
             if system not in pythons:
@@ -407,7 +460,7 @@ def main():
             note('run %d/%d: %s ...' % (run, runs, system))
             result = run_driver(system, pythons[system], run, sizes, latency,
                                 os.path.join(workroot, '%s-run%d' % (system, run)),
-                                workloads, executor_n)
+                                workloads, executor_n, payload_rows)
             results.append(result)
             for key, value in sorted(values_of(result).items(), key=lambda kv: str(kv[0])):
                 print('RUN system=%s run=%d %s value=%s' % (system, run, key_text(key),
@@ -430,7 +483,8 @@ def main():
     if args.json:
         with open(args.json, 'w') as handle:
             json.dump({'sizes': sizes, 'latency': latency, 'runs': runs,
-                       'workloads': workloads, 'executor_n': executor_n, 'results': results,
+                       'workloads': workloads, 'executor_n': executor_n,
+                       'payload_rows': payload_rows, 'results': results,
                        'elapsed_s': elapsed}, handle, indent=1)
     if args.keep or any(r.get('failed') for r in results):
         note('logs kept in %s' % workroot)

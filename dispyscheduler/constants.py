@@ -156,11 +156,13 @@ MAX_JOB_OUTPUT = 2 * 1024 * 1024
 """Characters of a job's stdout and of its stderr kept; beyond that the output is cut and a note
 says how much was dropped (a job printing 100 MB must not take the node down)."""
 
-MAX_RESULT_SIZE = MAX_FRAME_SIZE // 2
-"""Largest pickled result (or provisional result) a job may send back; a larger one ends the job
-``Terminated`` with a message saying so. With the job's output (at most ``MAX_JOB_OUTPUT``
-characters each of stdout and stderr, up to 4 bytes each) the reply stays below the frame
-limit on every hop."""
+INLINE_RESULT_LIMIT = 1024 * 1024
+"""A pickled result (or provisional result) up to this many bytes travels in the message that
+reports it; a larger one is written to a file by the worker process and travels on its own, in
+chunks, before that message (a ``PayloadPart`` stream): from the node to the scheduler, which
+keeps it as a file until the client has it, and on to the client. Its size is bounded by disk
+only; with the job's output (at most ``MAX_JOB_OUTPUT`` characters each of stdout and stderr,
+up to 4 bytes each) every message stays below the frame limit."""
 
 FILE_CHUNK_SIZE = 1024 * 1024
 """Bytes of a file per frame when files travel (depends, ``dispy_send_file``)."""
@@ -269,6 +271,11 @@ large argument travels on its own, in chunks (``SharedJobCluster._store_argument
 STORED_VALUE_THRESHOLD = 64 * 1024
 """Of a job's arguments too large to travel inline, those of at least this many bytes
 (pickled) travel on their own; the smaller ones stay inline."""
+
+SPOOL_LIMIT = 32 * 1024 * 1024
+"""Bytes of a large argument's pickle a client keeps in memory until the scheduler has saved
+it; a larger one waits in a temporary file (``wire.files.Spool``), so that what a program
+holds beyond its own objects does not grow with them."""
 
 SMALL_TYPES = frozenset((int, float, bool, complex, type(None)))
 """Arguments never worth pickling on their own."""

@@ -19,13 +19,14 @@ import atexit
 import copy
 import glob
 import hashlib
-import io
 import itertools
 import json
 import logging
 import os
+import shutil
 import socket
 import sys
+import tempfile
 import threading
 import time
 import weakref
@@ -38,15 +39,16 @@ from ..constants import (ABANDONED, ACK_BATCH, ACK_DELAY, CLIENT_CLUSTER_TIMEOUT
                          RUNNING, SCHEDULER_CLIENT_PORT, SMALL_TYPES, STORED_VALUE_THRESHOLD,
                          TERMINATED, VALUE_LINGER)
 from ..wire import messages as m
-from ..wire.files import FileRefused, IncomingFiles, check_size, chunks_of, read_chunks
+from ..wire.files import (FileRefused, IncomingFiles, IncomingPayloads, Spool, check_size,
+                          read_chunks, remove_file)
 from ..wire.link import Link
 from ..wire.protocol import ProtocolError
-from ..wire.serialize import VALUE_FILE, StoredValue
+from ..wire.serialize import VALUE_FILE, StoredValue, load_file
 from . import futures
 from .callbacks import CallbackRunner
 from .window import SubmitWindow
 from .connection import Refused, SchedulerConnection
-from .computation import (FileEntry, collect_depends, file_entry, pack_computation,
+from .computation import (FileEntry, collect_depends, file_entry, pack_computation, spool_value,
                           pack_value, unpack_result)
 from .job import ClusterStatus, DispyJob, DispyNode, DispyNodeAvailInfo, NodeAllocate
 
@@ -161,6 +163,8 @@ class SharedJobCluster:
         self._uids = itertools.count(1)
         # uid -> IncomingFiles of files its job sends back
         self._incoming: dict[int, IncomingFiles] = {}
+        self._payloads = IncomingPayloads()  # large results arriving, by uid
+        self._payload_directory: str | None = None  # made for the first
         self._acks: list[int] = []  # uids of results received and not acknowledged yet
         self._acks_lock = threading.Lock()
         self._ack_timer: threading.Timer | None = None
@@ -182,7 +186,7 @@ class SharedJobCluster:
             m.ProvisionalResult: self._on_provisional_result, m.FilePart: self._receive_file,
             m.NodeStatus: self._on_node_status, m.NodeOffer: self._on_node_offer,
             m.ClusterWarning: self._on_cluster_warning, m.Closed: self._on_closed,
-            m.NodeControlDone: self._on_node_control_done,
+            m.NodeControlDone: self._on_node_control_done, m.PayloadPart: self._on_payload_part,
         }
 
     def _attached(self, link: Link, accepted: m.ClusterOk) -> None:
@@ -321,11 +325,14 @@ class SharedJobCluster:
         if not m.INT_RANGE[0] <= priority <= m.INT_RANGE[1]:
             raise ValueError('dispy_job_priority must be between %d and %d, not %d'
                              % (m.INT_RANGE[0], m.INT_RANGE[1], priority))
-        payload = pack_value((args, kwargs, namespace) if namespace else (args, kwargs),
-                             'job arguments')
         uid = next(self._uids)
         values: list[str] = []
-        if len(payload) > INLINE_ARGUMENTS_LIMIT:  # large arguments travel on their own
+        payload = b''
+        if not any(map(obviously_large, itertools.chain(args, kwargs.values()))):
+            payload = pack_value((args, kwargs, namespace) if namespace else (args, kwargs),
+                                 'job arguments')
+        if not payload or len(payload) > INLINE_ARGUMENTS_LIMIT:  # large arguments travel
+            payload = b''  # on their own
             payload, values = self._store_arguments(uid, args, kwargs, namespace)
         try:
             if isinstance(node, DispyNode):
@@ -445,6 +452,7 @@ class SharedJobCluster:
                 logger.warning('scheduler did not confirm closing cluster %s', self.cid)
         closed = self._closed.is_set() and self._lost is None
         self._connection.close()
+        self._drop_payloads()
         if self._callbacks is not None:
             self._callbacks.stop()
         if self._recover_file and closed:  # else ``recover_jobs`` may still want it
@@ -488,8 +496,15 @@ class SharedJobCluster:
         self._closing = True
         self._window.wake()
         self._connection.close()
+        self._drop_payloads()
         if self._callbacks is not None:
             self._callbacks.stop()
+
+    def _drop_payloads(self) -> None:
+        """The link is closed: large results still arriving go with their directory."""
+        if self._payload_directory is not None:
+            self._payloads.abandon()
+            shutil.rmtree(self._payload_directory, ignore_errors=True)
 
     def __enter__(self) -> SharedJobCluster:
         return self
@@ -552,7 +567,7 @@ class SharedJobCluster:
         self._connection.send(m.NodeAllocation(key=offer.key, cpus=max(0, cpus),
                                                setup_args=setup_args, files=refs))
 
-    def _share(self, data: bytes, name_format: str, user: int | None = None) -> str:
+    def _share(self, data: Spool, name_format: str, user: int | None = None) -> str:
         """Send ``data`` to the scheduler once (by content), to be written as
         ``name_format % reference`` into the computation's directory on each node that runs
         a job submitted with its reference (``_submit``'s ``refs``), once per node; its
@@ -560,12 +575,14 @@ class SharedJobCluster:
         here, at the scheduler and on the nodes, once no unfinished job uses it
         (``_release_values``); without, kept while the cluster is (an executor's
         functions)."""
-        ref = hashlib.sha256(data).hexdigest()[:32]
+        ref = data.reference()
         with self._sharing:
             shared = self._shared.get(ref)
             if shared is None:
                 shared = self._shared[ref] = Shared(name_format % ref, data, user is not None)
                 self._send_shared(ref)
+            elif shared.data is not data:  # the same content, pickled again
+                data.close()
             if user is not None:
                 shared.users.add(user)
                 shared.unsaved.add(user)
@@ -579,33 +596,40 @@ class SharedJobCluster:
         data = shared.data
         if data is None:  # the scheduler saved it with the jobs that need it
             return
-        for offset, chunk, last in chunks_of(io.BytesIO(data)):
+        for offset, chunk, last in data.chunks():
             self._connection.send_bulk(m.Upload(
-                ref=ref, name=shared.name, size=len(data), mode=0o600, offset=offset,
+                ref=ref, name=shared.name, size=data.size, mode=0o600, offset=offset,
                 data=chunk, last=last, value=shared.value))
 
     def _store_arguments(self, uid: int, args: tuple, kwargs: dict[str, Any],
                          namespace: dict[str, Any]) -> tuple[bytes, list[str]]:
         """Arguments too large to travel inline: each large one is sent on its own
         (``_share``: once, however many jobs it is given to) and stands in the job's
-        arguments as a ``StoredValue``. Returns the arguments to send inline, and the
+        arguments as a ``StoredValue``. Every argument is pickled before anything is sent
+        (one that cannot be sends nothing). Returns the arguments to send inline, and the
         values' references."""
+        spools: dict[int, Spool] = {}  # id of an argument -> its pickle, if stored apart
+        try:
+            for value in itertools.chain(args, kwargs.values()):
+                if type(value) not in SMALL_TYPES and id(value) not in spools:
+                    spools[id(value)] = spool_value(value, 'job argument')
+        except BaseException:
+            for spool in spools.values():
+                spool.close()
+            raise
         refs: list[str] = []
-
-        def store(value: Any) -> Any:
-            if type(value) in SMALL_TYPES:
-                return value
-            data = pack_value(value, 'job argument')
-            if len(data) < STORED_VALUE_THRESHOLD:
-                return value
-            ref = self._share(data, VALUE_FILE, uid)
+        stored: dict[int, StoredValue] = {}
+        for key, spool in spools.items():
+            if spool.size < STORED_VALUE_THRESHOLD:
+                spool.close()
+                continue
+            ref = self._share(spool, VALUE_FILE, uid)
             if ref not in refs:
                 refs.append(ref)
-            return StoredValue(ref)
-
+            stored[key] = StoredValue(ref)
+        args = tuple(stored.get(id(arg), arg) for arg in args)
+        kwargs = {name: stored.get(id(arg), arg) for name, arg in kwargs.items()}
         try:
-            args = tuple(store(arg) for arg in args)
-            kwargs = {name: store(arg) for name, arg in kwargs.items()}
             payload = pack_value((args, kwargs, namespace) if namespace else (args, kwargs),
                                  'job arguments')
         except BaseException:
@@ -632,7 +656,8 @@ class SharedJobCluster:
             forgotten = [ref for ref, since in self._idle.items() if now - since >= VALUE_LINGER
                          and not self._shared[ref].users]
             for ref in forgotten:
-                del self._idle[ref], self._shared[ref]
+                del self._idle[ref]
+                self._shared.pop(ref).drop()
             if forgotten:  # in order: a value stored again after this is sent after it
                 self._connection.send(m.ForgetValues(refs=forgotten))
 
@@ -645,7 +670,7 @@ class SharedJobCluster:
                 if shared is not None and shared.value:
                     shared.unsaved.discard(uid)
                     if not shared.unsaved:
-                        shared.data = None
+                        shared.drop()
 
     def _upload(self, name: str, path: str, mode: int) -> str:
         """Send a file for some nodes only (once, while it does not change); its
@@ -761,8 +786,30 @@ class SharedJobCluster:
         self._unsaved.pop(end.uid, None)
         if self._recovering and end.uid not in self._jobs:
             self._adopt(end.uid, end.tag)
+        if end.stored and end.uid not in self._jobs:  # delivered again: its file goes
+            remove_file(self._payloads.take(end.uid, end.stored)[0] or '')
         self._end(end.uid, end.status, end, end.exception)
         self._acknowledge(end.uid)
+
+    def _on_payload_part(self, part: m.PayloadPart) -> None:
+        """A chunk of a large result, to a file of this cluster's (the message that names
+        it, which follows, unpickles it from there)."""
+        if self._payload_directory is None:
+            self._payload_directory = tempfile.mkdtemp(prefix='dispyscheduler-results-')
+        self._payloads.part(self._payload_directory, '%d-%s' % (part.id, part.name), part)
+
+    def _stored_result(self, uid: int, name: str) -> tuple[Any, int, str | None]:
+        """A large result that streamed before the message naming it: ``(result, its size,
+        None)``, or ``(None, 0, why not)``."""
+        path, reason = self._payloads.take(uid, name)
+        if path is None:
+            return None, 0, 'result did not arrive: %s' % (reason,)
+        try:
+            return load_file(path), os.path.getsize(path), None
+        except Exception as exc:
+            return None, 0, 'result could not be unpickled here: %r' % (exc,)
+        finally:
+            remove_file(path)
 
     def _on_submitted(self, submitted: m.Submitted) -> None:
         for uid in submitted.uids:
@@ -784,10 +831,15 @@ class SharedJobCluster:
 
     def _on_provisional_result(self, provisional: m.ProvisionalResult) -> None:
         job = self._jobs.get(provisional.uid)
+        if provisional.stored:
+            result, _, failure = self._stored_result(provisional.uid, provisional.stored)
+            if failure is not None:
+                logger.error('provisional result of job %s: %s', provisional.uid, failure)
+                return
         if job is None:
             return
         try:
-            job.result = unpack_result(provisional.result)
+            job.result = result if provisional.stored else unpack_result(provisional.result)
         except Exception:
             logger.exception('provisional result of job %s cannot be unpickled', job.id)
             return
@@ -896,12 +948,17 @@ class SharedJobCluster:
             job.start_time, job.end_time = end.start_time, end.end_time
             job.ip_addr = end.ip_addr
             job.result = None
+            received = len(end.result or b'')
             if end.result is not None:
                 try:
                     job.result = unpack_result(end.result)
                 except Exception as exc:
                     status = TERMINATED
                     exception = 'result could not be unpickled here: %r' % (exc,)
+            elif end.stored:
+                job.result, received, failure = self._stored_result(uid, end.stored)
+                if failure is not None:
+                    status, exception = TERMINATED, failure
         else:
             job.end_time = time.time()
         job.exception = exception
@@ -913,7 +970,7 @@ class SharedJobCluster:
             node.jobs_done += 1
             node.tx += job._tx
             if end is not None:
-                node.rx += len(end.result or b'') + len(end.stdout) + len(end.stderr)
+                node.rx += received + len(end.stdout) + len(end.stderr)
             if job.start_time and job.end_time:
                 node.cpu_time += job.end_time - job.start_time
             job._node = None
@@ -952,12 +1009,31 @@ class Shared:
 
     __slots__ = ('name', 'data', 'value', 'users', 'unsaved')
 
-    def __init__(self, name: str, data: bytes, value: bool) -> None:
+    def __init__(self, name: str, data: Spool, value: bool) -> None:
         self.name = name
-        self.data: bytes | None = data
+        self.data: Spool | None = data
         self.value = value
         self.users: set[int] = set()
         self.unsaved: set[int] = set()
+
+    def drop(self) -> None:
+        """The scheduler has it: not kept here any more."""
+        if self.data is not None:
+            self.data.close()
+            self.data = None
+
+
+def obviously_large(value: Any) -> bool:
+    """An argument whose pickle is surely too large to travel inline, seen without pickling
+    it (bytes, strings, arrays): it goes straight to its own file, never pickled whole in
+    memory."""
+    kind = type(value)
+    if kind is bytes or kind is str or kind is bytearray:
+        return len(value) > INLINE_ARGUMENTS_LIMIT
+    if kind in SMALL_TYPES:
+        return False
+    size = getattr(value, 'nbytes', None)  # numpy's arrays, memoryview
+    return type(size) is int and size > INLINE_ARGUMENTS_LIMIT
 
 
 def _leave_at_exit(reference: weakref.ReferenceType[SharedJobCluster]) -> None:

@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable
 import cloudpickle
 
 from ..wire import serialize
+from ..wire.files import Spool
 
 FileEntry = tuple[str, str, int]
 """A file to send: ``(name, path, mode)``."""
@@ -153,6 +154,17 @@ def pack_value(value: Any, what: str) -> bytes:
         return serialize.dumps(value)
     except Exception as exc:
         raise TypeError('%s cannot be pickled: %s' % (what, exc)) from exc
+
+
+def spool_value(value: Any, what: str) -> Spool:
+    """``pack_value`` into a ``Spool`` (memory, or a temporary file if it is large)."""
+    spool = Spool()
+    try:
+        serialize.dump(value, spool)
+    except Exception as exc:
+        spool.close()
+        raise TypeError('%s cannot be pickled: %s' % (what, exc)) from exc
+    return spool
 
 
 def unpack_result(data: bytes) -> Any:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional
 import cloudpickle
 
 from ..constants import CREATED
+from ..wire.files import Spool
 from . import futures
 from .computation import carry_by_value
 
@@ -228,7 +229,7 @@ class DispyExecutor(concurrent.futures.Executor):
         with self._lock:
             if len(self._functions) >= MAX_SHARED_FUNCTIONS:
                 return None, data
-        ref = self.cluster._share(data, FUNCTION_FILE)
+        ref = self.cluster._share(Spool.of(data), FUNCTION_FILE)
         with self._lock:
             self._functions[id(fn)] = (fn, ref, None)  # fn kept: its id is not reused
         return ref, None

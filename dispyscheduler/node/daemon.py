@@ -5,7 +5,9 @@ that scheduler is there), or to whichever scheduler pings it first. It serves on
 a time. Jobs run in processes of their computation (``computation.py`` is the daemon's side of
 one, ``runner.py`` the program its processes run); the daemon only routes frames, so it never
 unpickles user data. A finished result is kept until the scheduler acknowledges it and is sent
-again over the next link if the current one breaks first.
+again over the next link if the current one breaks first. A result too large to travel inline
+stays in the file its worker process wrote, and streams from there, a chunk at a time, in the
+link's payload lane.
 
 Runs under gevent with the stdlib monkey-patched (``cli.node_main`` does that first).
 """
@@ -26,6 +28,7 @@ from typing import TYPE_CHECKING, Dict, Optional, Tuple, Union
 import gevent
 import gevent.event
 import gevent.lock
+import gevent.queue
 from gevent.server import StreamServer
 
 from ..runtime import discovery
@@ -41,10 +44,11 @@ from ..constants import (
     TERMINATED,
 )
 from ..wire import messages as m
+from ..wire import serialize
 from ..config import NodeConfig
 from ..runtime.daemonize import write_pid_file
 from ..runtime.duties import Duties, log_greenlet_errors
-from ..wire.files import FileRefused, check_manifest
+from ..wire.files import FileRefused, check_manifest, payload_parts, remove_file
 from ..runtime.hublink import HubLink
 from ..wire.link import ConnectionClosed, set_nodelay
 from ..wire.protocol import ProtocolError
@@ -92,6 +96,8 @@ class NodeDaemon:
         self.computations: Dict[int, Computation] = {}  # cid -> Computation
         self.jobs: Dict[int, NodeJob] = {}  # jid -> NodeJob queued or running here
         self.unacked: Dict[int, m.JobDone] = {}  # jid -> its end, not yet acknowledged
+        self.stored: Dict[int, str] = {}  # jid -> the file of its unacknowledged result
+        self.payloads: Optional[gevent.queue.Queue] = None  # the link's payload lane
         self.link: Optional[HubLink] = None
         self.ip_addr = config.ext_ip_addr or config.ip_addr or ''  # as announced
         self.scheduler_id: Optional[str] = None
@@ -336,9 +342,11 @@ class NodeDaemon:
         logger.info('linked to scheduler at %s:%s', *address)
         writer = gevent.spawn(link.run_writer)
         pulse = gevent.spawn(self.pulse_loop, link)
+        payloads = self.payloads = gevent.queue.Queue()
+        streamer = gevent.spawn(self.stream_payloads, link, payloads)
         self.link = link
         for done in list(self.unacked.values()):
-            link.send(done)
+            self.report(done)
         try:
             link.run_reader(self.on_scheduler_message)
         except ProtocolError as exc:
@@ -346,10 +354,15 @@ class NodeDaemon:
         except Exception:  # a bug here: logged as one, and the node links again
             logger.exception('internal error: handling a message from the scheduler failed')
         finally:
-            self.link = None
+            self.link = self.payloads = None
             self.last_scheduler_contact = time.monotonic()
             pulse.kill()
+            streamer.kill()
             writer.kill()
+            while not payloads.empty():  # provisional results not sent: gone
+                message, path = payloads.get_nowait()
+                if type(message) is m.Provisional:
+                    remove_file(path)
             logger.info('link to scheduler at %s:%s closed', *address)
         return True
 
@@ -378,6 +391,9 @@ class NodeDaemon:
         elif type(message) is m.ResultAck:
             for jid in message.ids:
                 self.unacked.pop(jid, None)
+                path = self.stored.pop(jid, None)
+                if path is not None:
+                    remove_file(path)
         elif type(message) is m.CancelJob:
             self.cancel_job(message.jid)
         elif type(message) is m.ComputeFile:
@@ -412,7 +428,52 @@ class NodeDaemon:
 
     def relay(self, message: m.Message) -> None:
         """What a running job sent (a provisional result, a file) goes to the scheduler."""
+        if type(message) is m.Provisional and message.stored:
+            path = self.payload_path(message.jid, message.stored)
+            if path is None or self.payloads is None:
+                if path is not None:
+                    remove_file(path)
+                return
+            self.payloads.put((message, path))
+            return
         self.send(message)
+
+    def report(self, done: m.JobDone) -> None:
+        """A job's end to the scheduler: at once, or after its result's stream."""
+        if not done.stored:
+            self.send(done)
+        elif self.payloads is not None:
+            self.payloads.put((done, self.stored[done.jid]))
+
+    def payload_path(self, jid: int, name: str) -> Optional[str]:
+        """Where a running job's worker process wrote a payload (None: not a payload's name,
+        or the job is gone)."""
+        job = self.jobs.get(jid)
+        computation = self.computations.get(job.cid) if job is not None else None
+        if computation is None or not serialize.PAYLOAD_NAME.fullmatch(name):
+            return None
+        return os.path.join(computation.directory, name)
+
+    def stream_payloads(self, link: HubLink, payloads: gevent.queue.Queue) -> None:
+        """The link's payload lane: each large result streams in chunks, with flow control
+        (the scheduler writes them to disk as they come), and the message reporting it
+        follows. A result whose file cannot be read ends its job with the reason."""
+        for message, path in payloads:
+            try:
+                if not link.send_stream(payload_parts(message.jid, message.stored, path)):
+                    return
+            except OSError as exc:
+                if type(message) is m.Provisional:
+                    continue
+                reason = 'result of the job could not be read on node %s: %s' % (
+                    self.ip_addr or self.name, exc.strerror or exc)
+                message = self.unacked[message.jid] = m.JobDone.failure(
+                    message.jid, TERMINATED, reason)
+                self.stored.pop(message.jid, None)
+            finally:
+                if type(message) is m.Provisional:
+                    remove_file(path)
+            link.send(message)
 
     def wait_until_sent(self) -> None:
         """Back-pressure for bulk data (files a job sends): wait while the link is behind."""
@@ -494,6 +555,7 @@ class NodeDaemon:
         for cid in list(self.computations):
             self.uninstall(cid, cleanup=True)
         self.unacked.clear()
+        self.stored.clear()  # with their computations' directories
 
     def zombie_watchdog(self) -> None:
         """Drop computations of a scheduler that has been gone for ``--zombie_interval``."""
@@ -551,8 +613,13 @@ class NodeDaemon:
         of jobs no longer tracked here (their computation was dropped) go nowhere."""
         if self.jobs.pop(job.jid, None) is not job:
             return
+        if done.stored:
+            computation = self.computations.get(job.cid)
+            if computation is None or not serialize.PAYLOAD_NAME.fullmatch(done.stored):
+                return  # dropped with its computation
+            self.stored[job.jid] = os.path.join(computation.directory, done.stored)
         self.unacked[job.jid] = done
-        self.send(done)
+        self.report(done)
 
     # a computation's processes, connecting back
 

@@ -31,11 +31,11 @@ from typing import Any, Dict, List, NoReturn, Optional, Sequence, Set, Tuple, Un
 
 import cloudpickle
 
-from ..constants import (FINISHED, MAX_JOB_OUTPUT, MAX_RESULT_SIZE, NODE_DISPY_MODULES,
+from ..constants import (FINISHED, INLINE_RESULT_LIMIT, MAX_JOB_OUTPUT, NODE_DISPY_MODULES,
                          RECV_SIZE, TERMINATED)
 from ..wire import messages as m
 from ..wire import serialize
-from ..wire.files import read_chunks
+from ..wire.files import read_chunks, refusal_reason, write_all
 from ..wire.protocol import FrameDecoder, encode
 
 ENV_SOCKET = 'DISPYNODE_SOCKET'
@@ -100,6 +100,8 @@ class JobContext:
     channel: Optional[Channel] = None
     jid: Optional[int] = None
     max_file_size = 0
+    node_name = ''
+    provisionals = 0  # the running job's provisional results sent as files so far
 
 
 def dispy_provisional_result(result: Any, relay: bool = False,
@@ -115,13 +117,35 @@ def dispy_provisional_result(result: Any, relay: bool = False,
     except Exception:
         traceback.print_exc()
         return -1
-    if len(data) > MAX_RESULT_SIZE:
-        return -1
+    message = m.Provisional(jid=JobContext.jid, result=data)
+    if len(data) > INLINE_RESULT_LIMIT:
+        name = serialize.PROVISIONAL_FILE % (JobContext.jid, JobContext.provisionals)
+        JobContext.provisionals += 1
+        try:
+            store_payload(name, data)
+        except OSError as exc:
+            print('dispy_provisional_result: %s' % (exc,), file=sys.stderr)
+            return -1
+        message = m.Provisional(jid=JobContext.jid, result=b'', stored=name)
     try:
-        channel.send(m.Provisional(jid=JobContext.jid, result=data))
+        channel.send(message)
     except OSError:  # the node daemon is gone
         return -1
     return 0
+
+
+def store_payload(name: str, data: bytes) -> None:
+    """Write a result too large to travel inline where the node daemon streams it from (the
+    computation's directory); an ``OSError`` (a full disk) leaves no file behind."""
+    path = os.path.join(COMPUTATION_DIRECTORY, name)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        write_all(fd, data)
+    except OSError:
+        os.unlink(path)
+        raise
+    finally:
+        os.close(fd)
 
 
 def dispy_send_file(path: str, relay: bool = False, timeout: Optional[float] = None) -> int:
@@ -188,6 +212,7 @@ def main() -> int:
     if type(info) is not m.Load:
         return 1
     JobContext.max_file_size = info.max_file_size
+    JobContext.node_name = info.node_ip_addr or info.node_name
     try:
         computation = cloudpickle.loads(info.code)
         if info.setup_args is not None:
@@ -350,6 +375,7 @@ def run_job(computation: UserComputation, job: m.Job) -> m.JobDone:
     sys.stdout, sys.stderr = stdout, stderr
     start_time = time.time()
     result = exception = None
+    stored = ''
     added: list[str] = []
     try:
         args, kwargs, *depends = serialize.loads(job.args)
@@ -374,10 +400,15 @@ def run_job(computation: UserComputation, job: m.Job) -> m.JobDone:
             status = TERMINATED
             exception = 'result of type %s cannot be pickled: %s' % (type(value).__name__, exc)
         else:
-            if len(result) > MAX_RESULT_SIZE:
-                status = TERMINATED
-                exception = ('result of %d bytes is larger than the limit of %d bytes'
-                             % (len(result), MAX_RESULT_SIZE))
+            if len(result) > INLINE_RESULT_LIMIT:  # it travels on its own, from a file
+                try:
+                    store_payload(serialize.RESULT_FILE % job.jid, result)
+                except OSError as exc:
+                    status = TERMINATED
+                    exception = ('result of %d bytes could not be written on node %s: %s'
+                                 % (len(result), JobContext.node_name, refusal_reason(exc)))
+                else:
+                    stored = serialize.RESULT_FILE % job.jid
                 result = None
     finally:
         end_time = time.time()
@@ -386,7 +417,7 @@ def run_job(computation: UserComputation, job: m.Job) -> m.JobDone:
             computation['compute'].__globals__.pop(name, None)
     return m.JobDone(jid=job.jid, status=status, result=result, exception=exception,
                      stdout=stdout.getvalue(), stderr=stderr.getvalue(), start_time=start_time,
-                     end_time=end_time)
+                     end_time=end_time, stored=stored)
 
 
 def give_job_globals(computation: UserComputation, namespace: dict[str, Any]) -> list[str]:

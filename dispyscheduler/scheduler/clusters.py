@@ -17,7 +17,6 @@ import tempfile
 import time
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-import gevent
 
 from ..wire import messages as m
 from ..config import SchedulerConfig
@@ -32,6 +31,7 @@ from .admission import Admission
 from .durability import Durability
 from .model import FAILED, OFFERED, READY, Cluster, Node, State, job_size, upload_directory
 from .nodes import NodeService
+from .payloads import cluster_directory, forget_result, sync_in_thread
 from .router import Router
 from .sessions import ClientSession, Peers
 
@@ -281,6 +281,8 @@ class ClusterService:
         for uid in ack.ids:
             if cluster.results.acknowledged(uid):
                 self.durability.result_acknowledged(cluster.cid, uid)
+                if cluster.stored_results:
+                    forget_result(cluster, uid)
         if cluster.results.waiting:
             self.router.send_waiting(cluster)  # what waited for room in the window
 
@@ -347,10 +349,9 @@ class ClusterService:
         if chunk.ref not in cluster.uploads and len(cluster.uploads) >= MAX_UPLOADS \
                 and not chunk.value:  # values go when their jobs are done
             raise FileRefused('the cluster has uploaded %d files, its limit' % MAX_UPLOADS)
-        if cluster.directory is None:
-            cluster.directory = os.path.join(self.config.dest_path_prefix, str(cluster.cid))
-            os.makedirs(cluster.directory, mode=0o700, exist_ok=True)
+        if cluster_directory(cluster, self.config.dest_path_prefix):
             self.durability.put_cluster(cluster)
+        assert cluster.directory is not None
         directory = upload_directory(cluster.directory, chunk.ref)
         entry = (chunk.name, chunk.size, chunk.mode)
         limit = 0 if chunk.value else self.config.max_file_size  # a value is no file
@@ -535,8 +536,3 @@ def _is_ip(text: str) -> bool:
         return text.count('.') == 3
     except OSError:
         return False
-
-
-def sync_in_thread(fd: int) -> None:
-    """``os.fsync`` in gevent's thread pool: the hub serves everyone else meanwhile."""
-    gevent.get_hub().threadpool.apply(os.fsync, (fd,))

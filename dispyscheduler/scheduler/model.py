@@ -155,6 +155,7 @@ class Cluster:
         # allocation names them (or by ``send_file``)
         self.uploads: dict[str, FileSpec] = {}
         self.directory: Optional[str] = None  # where the scheduler keeps them
+        self.stored_results: dict[int, str] = {}  # uid -> file of a large result to deliver
         self.credential = b''  # what lets a client resume the cluster
         self.orphaned_since: Optional[float] = None  # when its client left without closing
         self.dormant = False  # its client is long gone: uninstalled, kept for its results

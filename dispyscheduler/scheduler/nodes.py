@@ -17,13 +17,14 @@ import gevent
 
 from ..config import SchedulerConfig
 from ..constants import (ACK_DELAY, NODE_AVAIL_INFO, NODE_CLOSED, NODE_INITIALIZED,
-                         NODE_SETUP_FAILED)
+                         NODE_SETUP_FAILED, TERMINATED)
 from ..wire import messages as m
-from ..wire.files import read_chunks, safe_relative_path
+from ..wire.files import read_chunks, remove_file, safe_relative_path
 from ..wire.protocol import ProtocolError
 from .admission import Admission
 from .durability import Durability
-from .model import CLOSING, READY, Cluster, Node, State, upload_path
+from .model import CLOSING, READY, Cluster, Job, Node, State, upload_path
+from .payloads import cluster_directory, receive_part
 from .router import Router
 from .sessions import NodeSession, Peers
 
@@ -52,6 +53,7 @@ class NodeService:
             m.ComputeFailed: self.on_compute_failed, m.NodeLeaving: self.on_node_leaving,
             m.JobsReleased: self.on_jobs_released, m.Avail: self.on_avail,
             m.NodeResumed: self.on_node_resumed, m.ValuesLost: self.on_values_lost,
+            m.PayloadPart: self.on_payload_part,
         }
 
     def serve(self, sock: socket.socket, address: tuple[str, int]) -> None:
@@ -73,6 +75,7 @@ class NodeService:
         session = NodeSession(link, key)
         node = self.join(session, info)
         reason = session.run(lambda message: self.on_message(session, node, message))
+        session.payloads.abandon()
         self.lose(node, reason)
 
     def join(self, session: NodeSession, info: m.NodeInfo) -> Node:
@@ -210,11 +213,39 @@ class NodeService:
                            len(lost.names), cluster.cid)
             session.values_lost(cluster, lost.names)
 
+    def on_payload_part(self, session: NodeSession, node: Node, part: m.PayloadPart) -> None:
+        """A chunk of a large result (or provisional result), to the cluster's directory as
+        it comes; one of a job no longer on this node is dropped (its end is a repeat)."""
+        job = node.jobs.get(part.id)
+        if job is None:
+            return
+        if part.offset == 0 and cluster_directory(job.cluster, self.config.dest_path_prefix):
+            self.durability.put_cluster(job.cluster)
+        receive_part(session.payloads, job.cluster, job.uid, part)
+
+    @staticmethod
+    def stored_payload(session: NodeSession, job: Job, name: str) -> tuple[Optional[str], str]:
+        """The file of the payload ``name`` of ``job`` that streamed before the message
+        naming it, or None (logged) and why it could not be kept."""
+        path, reason = session.payloads.take(job.jid, name)
+        if path is None:
+            logger.error('a result of job %s of cluster %s could not be kept: %s', job.uid,
+                         job.cluster.cid, reason)
+        return path, reason
+
     def on_job_done(self, session: NodeSession, node: Node, done: m.JobDone) -> None:
         job = node.jobs.get(done.jid)
         if job is None:  # a repeat, or a job that ended otherwise: nothing to keep
             session.acknowledge_result_now(done.jid)
             return
+        if done.stored:
+            path, reason = self.stored_payload(session, job, done.stored)
+            if path is None:
+                done = m.JobDone(done.jid, TERMINATED, None, 'its result could not be saved '
+                                 'by the scheduler: %s' % reason, done.stdout, done.stderr,
+                                 done.start_time, done.end_time)
+            else:
+                job.cluster.stored_results[job.uid] = path
         if self.durability.unsaved_bytes > self.durability.max_unsaved_bytes:
             self.durability.wait_for_room()  # this node's results wait on the node meanwhile
             node.last_heard = time.monotonic()  # it was not read while it waited
@@ -241,9 +272,18 @@ class NodeService:
     def on_provisional(self, session: NodeSession, node: Node,
                        provisional: m.Provisional) -> None:
         job = node.jobs.get(provisional.jid)
-        client = self.peers.client(job.cluster.cid) if job is not None else None
-        if job is not None and client is not None:
-            client.provisional_result(job.uid, provisional.result, node.ip_addr)
+        if job is None:
+            return
+        path = None
+        if provisional.stored:
+            path = self.stored_payload(session, job, provisional.stored)[0]
+            if path is None:
+                return
+        client = self.peers.client(job.cluster.cid)
+        if client is not None:
+            client.provisional_result(job.uid, provisional, node.ip_addr, path)
+        elif path is not None:
+            remove_file(path)
 
     def on_job_file(self, session: NodeSession, node: Node, chunk: m.JobFile) -> None:
         job = node.jobs.get(chunk.jid)

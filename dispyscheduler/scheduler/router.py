@@ -78,7 +78,7 @@ class Router:
         if cluster.results.add(message, size):  # first: it leaves at once
             session = self.peers.client(cluster.cid)
             if session is not None:  # else it is sent again when a client attaches
-                session.job_ended(message)
+                session.job_ended(message, cluster.stored_results.get(message.uid))
         self.metrics.job_ended(message.status)
         if cluster.cid in self.state.clusters:
             self.durability.job_ended(cluster.cid, job.jid if job is not None else None,
@@ -103,7 +103,7 @@ class Router:
                 if message is None:
                     message = loaded.get(uid)
                 if message is not None:
-                    session.job_ended(message)
+                    session.job_ended(message, cluster.stored_results.get(uid))
                 elif uid in results:  # not acknowledged meanwhile: it should have been there
                     logger.error('internal error: result %d of cluster %d is not in the store',
                                  uid, cluster.cid)

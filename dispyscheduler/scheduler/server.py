@@ -43,6 +43,7 @@ from .durability import Durability
 from .model import State
 from .nodes import NodeService
 from .pinger import Pinger
+from .payloads import restore_results
 from .router import Router
 from .sessions import Peers
 from .store import Store
@@ -137,6 +138,8 @@ class Scheduler:
             cluster.orphaned_since = now
         for cid, uid, size in results:
             self.state.clusters[cid].results.restored(uid, size)
+        for cluster in self.state.clusters.values():
+            restore_results(cluster, cluster.results.__contains__)
         if clusters:
             logger.info('restored %d clusters, %d unfinished jobs (%d on nodes) and %d '
                         'undelivered results', len(clusters), len(jobs),

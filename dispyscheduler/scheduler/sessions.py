@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
 import gevent
 
-from ..constants import ACK_BATCH
+from ..constants import ACK_BATCH, TERMINATED
 from ..wire import messages as m
 from ..runtime.hublink import HubLink
-from ..wire.files import read_chunks
+from ..wire.files import IncomingPayloads, payload_parts, read_chunks, remove_file
 from ..wire.protocol import ProtocolError
 from .model import upload_path
 
@@ -38,6 +38,7 @@ class NodeSession:
         self.uploads_sent: set[tuple[int, str]] = set()  # (cid, ref) the node has (a job's)
         self.lane: collections.deque[Job] = collections.deque()  # jobs waiting for values
         self.streamer: Optional[gevent.Greenlet] = None  # sends the lane's values and jobs
+        self.payloads = IncomingPayloads()  # large results arriving
 
     def __repr__(self) -> str:
         return '<NodeSession %s>' % (self.key,)
@@ -193,6 +194,11 @@ class ClientSession:
     def __init__(self, link: HubLink, cid: int) -> None:
         self.link = link
         self.cid = cid
+        # messages naming a large result, each to send after its stream, with the file
+        # (and whether it goes once sent: a provisional result's)
+        self.lane: collections.deque[tuple[m.JobEnd | m.ProvisionalResult, str, bool]] = \
+            collections.deque()
+        self.streamer: Optional[gevent.Greenlet] = None
 
     def __repr__(self) -> str:
         return '<ClientSession %s of cluster %s>' % (self.link.peer, self.cid)
@@ -215,8 +221,53 @@ class ClientSession:
                                    credential=credential, max_jobs=max_jobs,
                                    max_job_bytes=max_job_bytes))
 
-    def job_ended(self, message: m.JobEnd) -> None:
-        self.link.send(message)
+    def job_ended(self, message: m.JobEnd, path: Optional[str] = None) -> None:
+        """A job's end; one with a large result (``stored``, in the file at ``path``) after
+        its stream."""
+        if message.stored:
+            self.stream(message, path, False)
+        else:
+            self.link.send(message)
+
+    def stream(self, message: m.JobEnd | m.ProvisionalResult, path: Optional[str],
+               remove: bool) -> None:
+        """Send ``message`` after the stream of its large result, in the lane: one stream at
+        a time, a chunk or two in flight (other messages pass meanwhile)."""
+        if path is None:  # a bug: it should have been kept
+            logger.error('internal error: the result of job %s of cluster %s is missing',
+                         message.uid, self.cid)
+            path = ''
+        self.lane.append((message, path, remove))
+        if self.streamer is None:
+            self.streamer = gevent.spawn(self.stream_lane)
+
+    def stream_lane(self) -> None:
+        try:
+            while self.lane and not self.link.closed:
+                message, path, remove = self.lane.popleft()
+                try:
+                    if not self.link.send_stream(payload_parts(message.uid, message.stored,
+                                                               path)):
+                        return
+                except OSError as exc:
+                    logger.error('the result of job %s of cluster %s could not be read: %s',
+                                 message.uid, self.cid, exc)
+                    if type(message) is not m.JobEnd:  # a provisional result: dropped
+                        continue
+                    message = m.JobEnd.failure(message.uid, TERMINATED, 'its result was lost '
+                                               'at the scheduler: %s' % (exc.strerror or exc,),
+                                               message.start_time, message.ip_addr, message.tag)
+                finally:
+                    if remove:
+                        remove_file(path)
+                self.link.send(message)
+        finally:
+            self.streamer = None
+            if self.link.closed:  # provisional results not sent are gone
+                for _, path, remove in self.lane:
+                    if remove:
+                        remove_file(path)
+                self.lane.clear()
 
     def submitted(self, uids: list[int]) -> None:
         self.link.send(m.Submitted(uids=uids))
@@ -228,8 +279,16 @@ class ClientSession:
         self.link.send(m.JobStatus(uid=uid, status=status, ip_addr=ip_addr,
                                    start_time=start_time))
 
-    def provisional_result(self, uid: int, result: bytes, ip_addr: str) -> None:
-        self.link.send(m.ProvisionalResult(uid=uid, result=result, ip_addr=ip_addr))
+    def provisional_result(self, uid: int, provisional: m.Provisional, ip_addr: str,
+                           path: Optional[str] = None) -> None:
+        """A provisional result; a large one (in the file at ``path``, removed once sent)
+        after its stream."""
+        message = m.ProvisionalResult(uid=uid, result=provisional.result, ip_addr=ip_addr,
+                                      stored=provisional.stored)
+        if path is not None:
+            self.stream(message, path, True)
+        else:
+            self.link.send(message)
 
     def file_part(self, uid: int, chunk: m.JobFile) -> None:
         self.link.send(m.FilePart(uid=uid, name=chunk.name, offset=chunk.offset,

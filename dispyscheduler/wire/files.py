@@ -9,12 +9,18 @@ the receiver's ``--max_file_size`` as bytes arrive, never after.
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import shutil
+import tempfile
 from typing import Any, BinaryIO, Callable, Iterator
 
-from ..constants import DISK_RESERVE, FILE_CHUNK_SIZE
-from .messages import FileSpec
+from ..constants import DISK_RESERVE, FILE_CHUNK_SIZE, SPOOL_LIMIT
+from .messages import FileSpec, PayloadPart
+from .serialize import PAYLOAD_NAME
+
+logger = logging.getLogger(__name__)
 
 MAX_FILES = 10000
 """Most files one computation or job may bring."""
@@ -109,7 +115,7 @@ def _mode(mode: int) -> int:
     return 0o700 if mode & 0o111 else 0o600
 
 
-def write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
     """``os.write`` until every byte is written: a disk that fills mid-write takes part of
     it without an error, and the next write says ENOSPC."""
     view = memoryview(data)
@@ -177,6 +183,146 @@ class IncomingFiles:
         self.open.clear()
 
 
+class IncomingPayloads:
+    """The payload streams (``PayloadPart``) arriving on one link, by id: each is written to
+    a file as it comes, and taken by the message that names it, which follows its stream. A
+    link carries one stream at a time, but a stream may be cut and sent again from its
+    start."""
+
+    def __init__(self) -> None:
+        self.incoming: dict[int, tuple[str, IncomingFiles]] = {}  # id -> (file, its writer)
+        self.received: dict[int, tuple[str, str]] = {}  # id -> (name, path), complete
+        self.failed: dict[int, str] = {}  # id -> why its stream could not be written
+
+    def part(self, directory: str, file: str, part: PayloadPart,
+             sync: Callable[[int], Any] | None = None) -> None:
+        """Write one chunk to ``directory/file``; ``sync(fd)`` makes a complete file durable.
+        A stream that cannot be written is dropped, and the reason kept for ``take``."""
+        key = part.id
+        entry = self.incoming.pop(key, None)
+        if part.offset == 0:
+            if entry is not None:  # sent again: it starts afresh
+                entry[1].abort()
+            entry = None
+            self.failed.pop(key, None)
+        elif key in self.failed:
+            return  # the rest of a stream already refused
+        try:
+            if entry is None:
+                if not PAYLOAD_NAME.fullmatch(part.name):
+                    raise FileRefused('invalid payload name %r' % (part.name,))
+                manifest = [(file, part.size, 0o600)]
+                check_manifest(directory, manifest)
+                entry = file, IncomingFiles(directory, 0, manifest, sync=sync)
+            elif entry[0] != file:
+                raise FileRefused('payload %r: chunk of another stream' % (part.name,))
+            path = entry[1].chunk(file, part.offset, part.data, part.last)
+        except (FileRefused, OSError) as exc:
+            if entry is not None:
+                entry[1].abort()
+            self.failed[key] = refusal_reason(exc)
+            return
+        if path is None:
+            self.incoming[key] = entry
+        else:
+            self.received[key] = (part.name, path)
+
+    def take(self, key: int, name: str) -> tuple[str | None, str]:
+        """The file of payload ``name`` of ``key`` once complete, or None and why not."""
+        received = self.received.pop(key, None)
+        reason = self.failed.pop(key, '')
+        if received is not None and received[0] == name:
+            return received[1], ''
+        if received is not None:
+            remove_file(received[1])
+        entry = self.incoming.pop(key, None)
+        if entry is not None:
+            entry[1].abort()
+            reason = reason or 'its stream was cut short'
+        return None, reason or 'its stream did not arrive'
+
+    def abandon(self) -> None:
+        """The link ended: streams not complete, and payloads no message took, go."""
+        for _, incoming in self.incoming.values():
+            incoming.abort()
+        for _, path in self.received.values():
+            remove_file(path)
+        self.incoming.clear()
+        self.received.clear()
+        self.failed.clear()
+
+
+def remove_file(path: str) -> None:
+    """Remove a file that may be gone already (with its directory, say)."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        logger.warning('cannot remove %s: %s', path, exc)
+
+
+class Spool:
+    """Bytes written once (a pickle, as the pickler makes it) and sent, maybe more than once,
+    a chunk at a time: kept in memory up to ``limit`` bytes, beyond that in an unnamed
+    temporary file, so that a 1 GB argument costs the program a chunk of memory, not a second
+    gigabyte. Hashed as it is written (its reference is its content's). Read from any thread
+    (``os.pread``); ``close`` frees it."""
+
+    def __init__(self, limit: int = SPOOL_LIMIT) -> None:
+        self.limit = limit
+        self.memory: bytes | bytearray = bytearray()
+        self.file: BinaryIO | None = None
+        self.size = 0
+        self.hash = hashlib.sha256()
+
+    @classmethod
+    def of(cls, data: bytes) -> 'Spool':
+        """A spool of bytes already made (kept as they are: no copy)."""
+        spool = cls()
+        spool.memory, spool.size = data, len(data)
+        spool.hash.update(data)
+        return spool
+
+    def write(self, data: Any) -> int:
+        """The file interface a pickler writes to (``data``: bytes or a buffer)."""
+        size = memoryview(data).nbytes
+        self.hash.update(data)
+        if self.file is None and self.size + size > self.limit:
+            self.file = tempfile.TemporaryFile()
+            write_all(self.file.fileno(), self.memory)
+            self.memory = bytearray()
+        if self.file is None:
+            self.memory += data
+        else:
+            write_all(self.file.fileno(), data)
+        self.size += size
+        return size
+
+    def reference(self) -> str:
+        return self.hash.hexdigest()[:32]
+
+    def chunks(self, chunk_size: int = FILE_CHUNK_SIZE) -> Iterator[tuple[int, bytes, bool]]:
+        """``(offset, data, last)`` as ``read_chunks`` gives them (at least one)."""
+        offset = 0
+        while True:
+            if self.file is None:
+                with memoryview(self.memory) as view:
+                    data = bytes(view[offset:offset + chunk_size])
+            else:
+                data = os.pread(self.file.fileno(), chunk_size, offset)
+            last = offset + len(data) >= self.size or not data
+            yield offset, data, last
+            offset += len(data)
+            if last:
+                return
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        self.memory = b''
+
+
 def read_chunks(path: str, chunk_size: int = FILE_CHUNK_SIZE) -> Iterator[tuple[int, bytes, bool]]:
     """``(offset, data, last)`` for each chunk of a file (at least one, even if empty)."""
     with open(path, 'rb') as handle:
@@ -194,6 +340,14 @@ def chunks_of(handle: BinaryIO, chunk_size: int = FILE_CHUNK_SIZE
         offset += len(data)
         if last:
             return
+
+
+def payload_parts(id: int, name: str, path: str) -> Iterator[PayloadPart]:
+    """The ``PayloadPart`` stream of a result kept in the file at ``path``."""
+    with open(path, 'rb') as handle:
+        size = os.fstat(handle.fileno()).st_size
+        for offset, data, last in chunks_of(handle):
+            yield PayloadPart(id=id, name=name, size=size, offset=offset, data=data, last=last)
 
 
 def refusal_reason(exc: Exception) -> str:

@@ -142,6 +142,16 @@ class Link:
             self.drained.clear()
             self.drained.wait(1.0)
 
+    def send_stream(self, messages: Iterable[Message]) -> bool:
+        """Bulk data, a message at a time, each once the one before has left (a big file
+        passes through in a chunk or two); False if the link closed on the way. What
+        producing the messages raises (a file that cannot be read) is the caller's."""
+        for message in messages:
+            if not self.send(message):
+                return False
+            self.wait_until_drained()
+        return not self.closed
+
     def authenticated(self) -> None:
         """The handshake succeeded: frames up to the full size limit are accepted now."""
         self.decoder.max_frame_size = self.max_frame_size

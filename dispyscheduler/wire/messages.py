@@ -284,6 +284,9 @@ class JobDone(Message):
     stderr: str
     start_time: Optional[float]
     end_time: float
+    stored: str = ''
+    """A result too large to travel inline (``INLINE_RESULT_LIMIT``): the name of the
+    ``PayloadPart`` stream that carried it just before this message; '' if none did."""
 
     @classmethod
     def failure(cls, jid: int, status: int, reason: str) -> 'JobDone':
@@ -306,13 +309,15 @@ class JobEnd(Message):
     end_time: Optional[float]
     ip_addr: Optional[str]
     tag: Optional[bytes]
+    stored: str = ''
+    """As ``JobDone.stored``: the result came just before, as a ``PayloadPart`` stream."""
 
     @classmethod
     def relay(cls, done: JobDone, uid: int, ip_addr: str, tag: Optional[bytes]) -> 'JobEnd':
         """A node's report of a job's end, passed on to the job's client."""
         # positional: one is made for every job, and keywords cost a third more
         return cls(uid, done.status, done.result, done.exception, done.stdout, done.stderr,
-                   done.start_time, done.end_time, ip_addr, tag)
+                   done.start_time, done.end_time, ip_addr, tag, done.stored)
 
     @classmethod
     def failure(cls, uid: int, status: int, reason: str, start_time: Optional[float] = None,
@@ -397,6 +402,24 @@ class JobStarted(Message):
 class Provisional(Message):
     jid: int
     result: bytes
+    stored: str = ''
+    """As ``JobDone.stored`` (``result`` is then empty)."""
+
+
+@message('payload_part')
+class PayloadPart(Message):
+    """A chunk of a result or provisional result too large to travel inline: node ->
+    scheduler (``id`` is the job's jid), then scheduler -> client (its uid). The chunks of one
+    payload follow each other on the link, and the message that reports it (``JobDone``,
+    ``Provisional``, ``JobEnd``, ``ProvisionalResult`` with ``stored`` = ``name``) follows
+    them; a stream that starts again at offset 0 replaces the one before (sent again after
+    a reconnect)."""
+    id: int
+    name: str
+    size: int
+    offset: int
+    data: bytes
+    last: bool
 
 
 @message('job_file')
@@ -634,6 +657,8 @@ class ProvisionalResult(Message):
     uid: int
     result: bytes
     ip_addr: str
+    stored: str = ''
+    """As ``JobDone.stored`` (``result`` is then empty)."""
 
 
 @message('file_part')

@@ -10,6 +10,7 @@ it. Unpickling is the stdlib's either way.
 
 import os
 import pickle
+import re
 from typing import Any
 
 import cloudpickle
@@ -39,7 +40,34 @@ def dumps(value: Any) -> bytes:
     return cloudpickle.dumps(value)
 
 
+def dump(value: Any, file: Any) -> None:
+    """``dumps`` into ``file`` (anything with ``write``), a frame at a time: a large value
+    is never pickled whole in memory."""
+    if is_plain(value):
+        pickle.Pickler(file, protocol=pickle.HIGHEST_PROTOCOL).dump(value)
+    else:
+        cloudpickle.dump(value, file)
+
+
 loads = pickle.loads
+
+
+RESULT_FILE = '_dispyscheduler_result_%d.pickle'
+"""A job's result too large to travel inline (``INLINE_RESULT_LIMIT``), as the worker process
+writes it in the computation's directory (``%d``: the job's jid) and as its ``PayloadPart``
+stream is named."""
+
+PROVISIONAL_FILE = '_dispyscheduler_provisional_%d_%d.pickle'
+"""The same for a provisional result (the job's jid, and how many it sent before)."""
+
+PAYLOAD_NAME = re.compile(r'_dispyscheduler_(result_[0-9]+|provisional_[0-9]+_[0-9]+)\.pickle')
+"""What a payload's name must look like, wherever it arrives."""
+
+
+def load_file(path: str) -> Any:
+    """Unpickle a payload from its file, a buffer at a time (never a second copy of it)."""
+    with open(path, 'rb') as handle:
+        return pickle.load(handle)
 
 
 VALUE_FILE = '_dispyscheduler_value_%s.pickle'

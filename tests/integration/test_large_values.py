@@ -159,6 +159,28 @@ def test_a_200_mb_argument_reaches_its_job_intact(daemons):
     assert peak < 300 * MB, 'the scheduler peaked at %.1f MB resident' % (peak / MB)
 
 
+def test_a_1_gb_argument_costs_the_client_and_the_scheduler_a_few_chunks(daemons):
+    """A 1 GB argument: the job sees it whole; the scheduler's peak resident size stays under
+    300 MB, and this program's grows by far less than the argument (its pickle waits in a
+    temporary file, not in memory: peak resident size, reset once the data is made, grows by
+    less than 200 MB)."""
+    scheduler, _ = start_daemons(daemons)
+    data = b'\x5a' * (1000 * MB)
+    expected = hashlib.sha256(data).hexdigest()
+    with open('/proc/self/clear_refs', 'w') as handle:
+        handle.write('5')  # VmHWM from here on
+    before = proc_status(os.getpid(), 'VmRSS')
+    with SharedJobCluster(digest, **daemons.client_options()) as cluster:
+        sha, length, _ = finished(cluster.submit(data), timeout=300)
+        client_peak = proc_status(os.getpid(), 'VmHWM')
+        scheduler_peak = proc_status(scheduler.pid, 'VmHWM')
+    assert (sha, length) == (expected, len(data))
+    print('1 GB argument: the program grew by %.1f MB at most, the scheduler peaked at %.1f MB'
+          % ((client_peak - before) / MB, scheduler_peak / MB))
+    assert client_peak - before < 200 * MB, (client_peak - before) / MB
+    assert scheduler_peak < 300 * MB, scheduler_peak / MB
+
+
 # 2
 
 def test_one_argument_given_to_40_jobs_travels_once_to_the_scheduler_and_each_node(daemons):

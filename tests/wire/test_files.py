@@ -61,3 +61,98 @@ def test_a_short_write_is_finished_or_fails(tmp_path, monkeypatch):
     incoming = files.IncomingFiles(str(tmp_path), 0, [('w', 4, 0o600)])
     with pytest.raises(OSError):
         incoming.chunk('w', 0, b'abcd', True)
+
+
+# payloads: large results in chunks (PayloadPart), large arguments spooled (Spool)
+
+NAME = '_dispyscheduler_result_7.pickle'
+
+
+def parts(data, name=NAME, key=7, chunk=4):
+    from dispyscheduler.wire.messages import PayloadPart
+    offsets = list(range(0, len(data), chunk)) or [0]
+    return [PayloadPart(id=key, name=name, size=len(data), offset=offset,
+                        data=data[offset:offset + chunk], last=offset == offsets[-1])
+            for offset in offsets]
+
+
+def test_a_payload_stream_is_written_as_it_comes_and_taken_by_its_name(tmp_path):
+    from dispyscheduler.wire.files import IncomingPayloads
+    payloads = IncomingPayloads()
+    synced = []
+    for part in parts(b'0123456789'):
+        payloads.part(str(tmp_path), 'f', part, synced.append)
+    assert len(synced) == 1  # made durable once, with the last chunk
+    path, reason = payloads.take(7, NAME)
+    assert reason == '' and open(path, 'rb').read() == b'0123456789'
+    assert payloads.take(7, NAME) == (None, 'its stream did not arrive')
+
+
+def test_a_payload_stream_sent_again_from_its_start_replaces_a_cut_one(tmp_path):
+    from dispyscheduler.wire.files import IncomingPayloads
+    payloads = IncomingPayloads()
+    first = parts(b'abcdefghij')
+    for part in first[:2]:  # cut short (the link broke)
+        payloads.part(str(tmp_path), 'f', part)
+    for part in parts(b'ABCDEFGHIJ'):
+        payloads.part(str(tmp_path), 'f', part)
+    path, _ = payloads.take(7, NAME)
+    assert open(path, 'rb').read() == b'ABCDEFGHIJ'
+
+
+def test_a_payload_that_cannot_be_kept_says_why_and_leaves_nothing(tmp_path):
+    from dispyscheduler.wire.files import IncomingPayloads
+    payloads = IncomingPayloads()
+    stream = parts(b'0123456789')
+    payloads.part(str(tmp_path), 'f', stream[0])
+    payloads.part(str(tmp_path), 'f', stream[2])  # a chunk missing
+    payloads.part(str(tmp_path), 'f', stream[1])  # the rest of a refused stream: dropped
+    assert payloads.take(7, NAME) == (None, "file 'f': chunk at offset 8, expected 4")
+    assert os.listdir(tmp_path) == []
+    bad = parts(b'xy', name='../../etc/passwd')[0]
+    payloads.part(str(tmp_path), 'g', bad)
+    assert payloads.take(7, '../../etc/passwd')[1].startswith('invalid payload name')
+
+
+def test_a_cut_stream_is_removed_when_its_link_ends(tmp_path):
+    from dispyscheduler.wire.files import IncomingPayloads
+    payloads = IncomingPayloads()
+    payloads.part(str(tmp_path), 'f', parts(b'0123456789')[0])
+    for part in parts(b'xyz', key=8, name='_dispyscheduler_result_8.pickle'):
+        payloads.part(str(tmp_path), 'g', part)  # complete, never claimed
+    assert sorted(os.listdir(tmp_path)) == ['f', 'g']
+    payloads.abandon()
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize('size', [0, 5, 4096, 10000])
+def test_a_spool_gives_back_what_was_written_in_memory_or_in_a_file(size):
+    import hashlib
+    from dispyscheduler.wire.files import Spool
+    data = os.urandom(size)
+    spool = Spool(limit=4096)
+    for offset in range(0, size, 1000):
+        spool.write(memoryview(data)[offset:offset + 1000])
+    assert (spool.file is not None) == (size > 4096)
+    chunks = list(spool.chunks(3000))
+    assert b''.join(chunk for _, chunk, _ in chunks) == data
+    assert [offset for offset, _, _ in chunks] == list(range(0, max(size, 1), 3000))[
+        :len(chunks)]
+    assert [last for _, _, last in chunks] == [False] * (len(chunks) - 1) + [True]
+    assert spool.size == size and spool.reference() == hashlib.sha256(data).hexdigest()[:32]
+    assert Spool.of(data).reference() == spool.reference()
+    spool.close()
+
+
+def test_a_large_value_is_pickled_into_a_spool_a_frame_at_a_time():
+    """``serialize.dump`` of 50 MB into a spool with a 1 MB limit: the pickle lands in its
+    file, and loads back equal; the spool never held more than its limit in memory."""
+    import pickle
+    from dispyscheduler.wire import serialize
+    from dispyscheduler.wire.files import Spool
+    value = {'data': os.urandom(50 * 1000 * 1000), 'name': 'x'}
+    spool = Spool(limit=1024 * 1024)
+    serialize.dump(value, spool)
+    assert spool.file is not None and len(spool.memory) == 0
+    assert pickle.loads(b''.join(chunk for _, chunk, _ in spool.chunks())) == value
+    spool.close()

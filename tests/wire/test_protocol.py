@@ -37,12 +37,13 @@ def validate(kind, body):
 MESSAGES = [
     ('hello', {'version': 1, 'role': 'node', 'nonce': b'\x00\xff' * 16}),
     ('job_done', {'jid': 7, 'status': 11, 'result': b'\x80\x04N.', 'exception': None,
-                  'stdout': 'out\n', 'stderr': '', 'start_time': 1.5, 'end_time': 2}),
+                  'stdout': 'out\n', 'stderr': '', 'start_time': 1.5, 'end_time': 2,
+                  'stored': ''}),
     ('closed', {}),
     ('result_ack', {'ids': [1, 2, 3]}),
     ('job_end', {'uid': 3, 'status': 8, 'result': None, 'exception': 'Traceback…',
                  'stdout': 'ünïcode', 'stderr': 'e', 'start_time': None, 'end_time': None,
-                 'ip_addr': None, 'tag': None}),
+                 'ip_addr': None, 'tag': None, 'stored': ''}),
 ]
 
 
@@ -235,7 +236,7 @@ def test_bool_field_accepts_bool():
 
 
 def test_optional_fields_accept_none_and_value():
-    base = {'jid': 1, 'status': 11, 'stdout': '', 'stderr': '', 'end_time': 3}
+    base = {'jid': 1, 'status': 11, 'stdout': '', 'stderr': '', 'end_time': 3, 'stored': ''}
     for result, exception, start in [(None, None, None), (b'r', 'exc', 2.5), (b'', '', 2)]:
         body = dict(base, result=result, exception=exception, start_time=start)
         assert decode_all(encode('job_done', body)) == [('job_done', body)]
