@@ -36,14 +36,16 @@ from ..constants import (ABANDONED, ACK_BATCH, ACK_DELAY, CLIENT_CLUSTER_TIMEOUT
                          CLIENT_RECONNECT_TIMEOUT, CREATED,
                          FINAL_STATUSES, FRAME_MARGIN, INLINE_ARGUMENTS_LIMIT, MAX_FRAME_SIZE,
                          NODE_CLOSED, NODE_INITIALIZED, NODE_SETUP_FAILED, PROVISIONAL_RESULT,
-                         RUNNING, SCHEDULER_CLIENT_PORT, SMALL_TYPES, STORED_VALUE_THRESHOLD,
+                         IMMUTABLE_DATA, RUNNING, SCHEDULER_CLIENT_PORT, SMALL_TYPES,
+                         SPOOL_LIMIT,
+                         STORED_VALUE_THRESHOLD,
                          TERMINATED, VALUE_LINGER)
 from ..wire import messages as m
 from ..wire.files import (FileRefused, IncomingFiles, IncomingPayloads, Spool, check_size,
-                          read_chunks, remove_file)
+                          discard, read_chunks)
 from ..wire.link import Link
 from ..wire.protocol import ProtocolError
-from ..wire.serialize import VALUE_FILE, StoredValue, load_file
+from ..wire.serialize import VALUE_FILE, StoredValue, load_file, obviously_large
 from . import futures
 from .callbacks import CallbackRunner
 from .window import SubmitWindow
@@ -151,6 +153,9 @@ class SharedJobCluster:
         # executor's functions
         self._shared: dict[str, Shared] = {}
         self._idle: dict[str, float] = {}  # values no unfinished job uses -> since when
+        # id of an immutable argument (bytes, str) shared as a value -> (it, its reference):
+        # given to job after job, it is pickled once
+        self._pickled: dict[int, tuple[Any, str]] = {}
         self._sharing = threading.Lock()
         self._controls: dict[int, list[Any]] = {}  # rid -> [Event, NodeControl, answer]
         self._rids = itertools.count(1)
@@ -328,7 +333,8 @@ class SharedJobCluster:
         uid = next(self._uids)
         values: list[str] = []
         payload = b''
-        if not any(map(obviously_large, itertools.chain(args, kwargs.values()))):
+        if not any(obviously_large(arg, INLINE_ARGUMENTS_LIMIT)
+                   for arg in itertools.chain(args, kwargs.values())):
             payload = pack_value((args, kwargs, namespace) if namespace else (args, kwargs),
                                  'job arguments')
         if not payload or len(payload) > INLINE_ARGUMENTS_LIMIT:  # large arguments travel
@@ -599,7 +605,7 @@ class SharedJobCluster:
         for offset, chunk, last in data.chunks():
             self._connection.send_bulk(m.Upload(
                 ref=ref, name=shared.name, size=data.size, mode=0o600, offset=offset,
-                data=chunk, last=last, value=shared.value))
+                data=b'', last=last, value=shared.value), chunk)
 
     def _store_arguments(self, uid: int, args: tuple, kwargs: dict[str, Any],
                          namespace: dict[str, Any]) -> tuple[bytes, list[str]]:
@@ -609,16 +615,24 @@ class SharedJobCluster:
         (one that cannot be sends nothing). Returns the arguments to send inline, and the
         values' references."""
         spools: dict[int, Spool] = {}  # id of an argument -> its pickle, if stored apart
+        refs: list[str] = []
+        stored: dict[int, StoredValue] = {}
         try:
             for value in itertools.chain(args, kwargs.values()):
-                if type(value) not in SMALL_TYPES and id(value) not in spools:
-                    spools[id(value)] = spool_value(value, 'job argument')
+                key = id(value)
+                if type(value) in SMALL_TYPES or key in spools or key in stored:
+                    continue
+                ref = self._pickled_before(value, uid)
+                if ref is not None:
+                    refs.append(ref)
+                    stored[key] = StoredValue(ref)
+                else:
+                    spools[key] = spool_value(value, 'job argument')
         except BaseException:
             for spool in spools.values():
                 spool.close()
+            self._release_values(uid, refs)
             raise
-        refs: list[str] = []
-        stored: dict[int, StoredValue] = {}
         for key, spool in spools.items():
             if spool.size < STORED_VALUE_THRESHOLD:
                 spool.close()
@@ -627,6 +641,12 @@ class SharedJobCluster:
             if ref not in refs:
                 refs.append(ref)
             stored[key] = StoredValue(ref)
+        with self._sharing:
+            for value in itertools.chain(args, kwargs.values()):
+                if type(value) in IMMUTABLE_DATA and id(value) in stored:
+                    ref = stored[id(value)].ref
+                    self._pickled[id(value)] = (value, ref)
+                    self._shared[ref].origins.add(id(value))
         args = tuple(stored.get(id(arg), arg) for arg in args)
         kwargs = {name: stored.get(id(arg), arg) for name, arg in kwargs.items()}
         try:
@@ -636,6 +656,22 @@ class SharedJobCluster:
             self._release_values(uid, refs)
             raise
         return payload, refs
+
+    def _pickled_before(self, value: Any, uid: int) -> str | None:
+        """The reference of ``value`` if it is immutable data shared as a value still kept
+        (given to an earlier job), now used by job ``uid`` too; else None."""
+        if type(value) not in IMMUTABLE_DATA:
+            return None
+        with self._sharing:
+            known = self._pickled.get(id(value))
+            if known is None or known[0] is not value or known[1] not in self._shared:
+                return None
+            ref = known[1]
+            shared = self._shared[ref]
+            shared.users.add(uid)
+            shared.unsaved.add(uid)
+            self._idle.pop(ref, None)
+        return ref
 
     def _release_values(self, uid: int, refs: Iterable[str]) -> None:
         """Job ``uid`` needs its values no more (it ended, or never went). Those no other
@@ -657,7 +693,10 @@ class SharedJobCluster:
                          and not self._shared[ref].users]
             for ref in forgotten:
                 del self._idle[ref]
-                self._shared.pop(ref).drop()
+                shared = self._shared.pop(ref)
+                shared.drop()
+                for origin in shared.origins:
+                    self._pickled.pop(origin, None)
             if forgotten:  # in order: a value stored again after this is sent after it
                 self._connection.send(m.ForgetValues(refs=forgotten))
 
@@ -787,29 +826,35 @@ class SharedJobCluster:
         if self._recovering and end.uid not in self._jobs:
             self._adopt(end.uid, end.tag)
         if end.stored and end.uid not in self._jobs:  # delivered again: its file goes
-            remove_file(self._payloads.take(end.uid, end.stored)[0] or '')
+            discard(self._payloads.take(end.uid, end.stored)[0])
         self._end(end.uid, end.status, end, end.exception)
         self._acknowledge(end.uid)
 
     def _on_payload_part(self, part: m.PayloadPart) -> None:
-        """A chunk of a large result, to a file of this cluster's (the message that names
-        it, which follows, unpickles it from there)."""
-        if self._payload_directory is None:
-            self._payload_directory = tempfile.mkdtemp(prefix='dispyscheduler-results-')
-        self._payloads.part(self._payload_directory, '%d-%s' % (part.id, part.name), part)
+        """A chunk of a large result, kept in memory up to ``SPOOL_LIMIT`` bytes and in a
+        file of this cluster's beyond (the message that names it, which follows, unpickles it
+        from there)."""
+        directory = None
+        if part.size > SPOOL_LIMIT:
+            if self._payload_directory is None:
+                self._payload_directory = tempfile.mkdtemp(prefix='dispyscheduler-results-')
+            directory = self._payload_directory
+        self._payloads.part(directory, '%d-%s' % (part.id, part.name), part)
 
     def _stored_result(self, uid: int, name: str) -> tuple[Any, int, str | None]:
         """A large result that streamed before the message naming it: ``(result, its size,
         None)``, or ``(None, 0, why not)``."""
-        path, reason = self._payloads.take(uid, name)
-        if path is None:
+        payload, reason = self._payloads.take(uid, name)
+        if payload is None:
             return None, 0, 'result did not arrive: %s' % (reason,)
         try:
-            return load_file(path), os.path.getsize(path), None
+            if isinstance(payload, bytearray):
+                return unpack_result(payload), len(payload), None
+            return load_file(payload), os.path.getsize(payload), None
         except Exception as exc:
             return None, 0, 'result could not be unpickled here: %r' % (exc,)
         finally:
-            remove_file(path)
+            discard(payload)
 
     def _on_submitted(self, submitted: m.Submitted) -> None:
         for uid in submitted.uids:
@@ -1007,7 +1052,7 @@ class Shared:
     scheduler has saved them, to send again after a reconnect; for a job's value, the jobs
     that use it (``users``), and those of them the scheduler has not saved yet."""
 
-    __slots__ = ('name', 'data', 'value', 'users', 'unsaved')
+    __slots__ = ('name', 'data', 'value', 'users', 'unsaved', 'origins')
 
     def __init__(self, name: str, data: Spool, value: bool) -> None:
         self.name = name
@@ -1015,25 +1060,13 @@ class Shared:
         self.value = value
         self.users: set[int] = set()
         self.unsaved: set[int] = set()
+        self.origins: set[int] = set()  # ids of the arguments it was pickled from, if kept
 
     def drop(self) -> None:
         """The scheduler has it: not kept here any more."""
         if self.data is not None:
             self.data.close()
             self.data = None
-
-
-def obviously_large(value: Any) -> bool:
-    """An argument whose pickle is surely too large to travel inline, seen without pickling
-    it (bytes, strings, arrays): it goes straight to its own file, never pickled whole in
-    memory."""
-    kind = type(value)
-    if kind is bytes or kind is str or kind is bytearray:
-        return len(value) > INLINE_ARGUMENTS_LIMIT
-    if kind in SMALL_TYPES:
-        return False
-    size = getattr(value, 'nbytes', None)  # numpy's arrays, memoryview
-    return type(size) is int and size > INLINE_ARGUMENTS_LIMIT
 
 
 def _leave_at_exit(reference: weakref.ReferenceType[SharedJobCluster]) -> None:

@@ -167,5 +167,5 @@ def spool_value(value: Any, what: str) -> Spool:
     return spool
 
 
-def unpack_result(data: bytes) -> Any:
+def unpack_result(data: bytes | bytearray) -> Any:
     return serialize.loads(data)

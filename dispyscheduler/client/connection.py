@@ -148,13 +148,12 @@ class SchedulerConnection:
         link = self.link
         return link is not None and link.send(message, *more)
 
-    def send_bulk(self, message: Message) -> bool:
-        """``send``, then wait until it has left: a large value goes a chunk at a time."""
+    def send_bulk(self, message: Message, data: bytes | memoryview) -> bool:
+        """``message`` with ``data`` (a chunk of a large value) as a bulk frame, once what
+        was sent before has left (``Link.send_bulk``): a large value goes a chunk at a time,
+        never copied into a frame."""
         link = self.link
-        if link is None or not link.send(message):
-            return False
-        link.wait_until_drained()
-        return True
+        return link is not None and link.send_bulk(message, data)
 
     def wait_for(self, finish: JobEnd, timeout: Optional[float]) -> bool:
         """``finish.wait(timeout)`` for a job of this cluster, reading the link meanwhile

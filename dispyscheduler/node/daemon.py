@@ -47,8 +47,8 @@ from ..wire import messages as m
 from ..wire import serialize
 from ..config import NodeConfig
 from ..runtime.daemonize import write_pid_file
-from ..runtime.duties import Duties, log_greenlet_errors
-from ..wire.files import FileRefused, check_manifest, payload_parts, remove_file
+from ..runtime.duties import Duties, in_background, log_greenlet_errors
+from ..wire.files import FileRefused, check_manifest, payload_part, remove_file
 from ..runtime.hublink import HubLink
 from ..wire.link import ConnectionClosed, set_nodelay
 from ..wire.protocol import ProtocolError
@@ -393,7 +393,7 @@ class NodeDaemon:
                 self.unacked.pop(jid, None)
                 path = self.stored.pop(jid, None)
                 if path is not None:
-                    remove_file(path)
+                    in_background(remove_file, path)
         elif type(message) is m.CancelJob:
             self.cancel_job(message.jid)
         elif type(message) is m.ComputeFile:
@@ -460,7 +460,7 @@ class NodeDaemon:
         follows. A result whose file cannot be read ends its job with the reason."""
         for message, path in payloads:
             try:
-                if not link.send_stream(payload_parts(message.jid, message.stored, path)):
+                if not link.send_file(path, payload_part(message.jid, message.stored)):
                     return
             except OSError as exc:
                 if type(message) is m.Provisional:

@@ -35,7 +35,7 @@ from ..constants import (FINISHED, INLINE_RESULT_LIMIT, MAX_JOB_OUTPUT, NODE_DIS
                          RECV_SIZE, TERMINATED)
 from ..wire import messages as m
 from ..wire import serialize
-from ..wire.files import read_chunks, refusal_reason, write_all
+from ..wire.files import Spool, read_chunks, refusal_reason, write_all
 from ..wire.protocol import FrameDecoder, encode
 
 ENV_SOCKET = 'DISPYNODE_SOCKET'
@@ -112,40 +112,50 @@ def dispy_provisional_result(result: Any, relay: bool = False,
     channel = JobContext.channel
     if JobContext.jid is None or channel is None:
         return -1
+    name = serialize.PROVISIONAL_FILE % (JobContext.jid, JobContext.provisionals)
     try:
-        data = serialize.dumps(result)
+        data, stored = pack_result(result, name)
+    except OSError as exc:
+        print('dispy_provisional_result: %s' % (exc,), file=sys.stderr)
+        return -1
     except Exception:
         traceback.print_exc()
         return -1
-    message = m.Provisional(jid=JobContext.jid, result=data)
-    if len(data) > INLINE_RESULT_LIMIT:
-        name = serialize.PROVISIONAL_FILE % (JobContext.jid, JobContext.provisionals)
+    if stored:
         JobContext.provisionals += 1
-        try:
-            store_payload(name, data)
-        except OSError as exc:
-            print('dispy_provisional_result: %s' % (exc,), file=sys.stderr)
-            return -1
-        message = m.Provisional(jid=JobContext.jid, result=b'', stored=name)
     try:
-        channel.send(message)
+        channel.send(m.Provisional(jid=JobContext.jid, result=data or b'', stored=stored))
     except OSError:  # the node daemon is gone
         return -1
     return 0
 
 
-def store_payload(name: str, data: bytes) -> None:
-    """Write a result too large to travel inline where the node daemon streams it from (the
-    computation's directory); an ``OSError`` (a full disk) leaves no file behind."""
+def pack_result(value: Any, name: str) -> Tuple[Optional[bytes], str]:
+    """A result pickled: ``(pickle, '')`` if it travels inline, else ``(None, name)`` once
+    written to the file ``name`` of the computation's directory, where the node daemon
+    streams it from. An error (an ``OSError``: a full disk; anything else: it cannot be
+    pickled) leaves no file behind."""
     path = os.path.join(COMPUTATION_DIRECTORY, name)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        write_all(fd, data)
-    except OSError:
-        os.unlink(path)
+        if not serialize.obviously_large(value, INLINE_RESULT_LIMIT):
+            data = serialize.dumps(value)
+            if len(data) <= INLINE_RESULT_LIMIT:
+                return data, ''
+            with open(path, 'wb', buffering=0) as handle:
+                write_all(handle.fileno(), data)
+            return None, name
+        spool = Spool(INLINE_RESULT_LIMIT, path=path, hashed=False)  # pickled into its file
+        try:
+            serialize.dump(value, spool)
+        finally:
+            spool.close()
+        return (bytes(spool.memory), '') if spool.file is None else (None, name)
+    except BaseException:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
         raise
-    finally:
-        os.close(fd)
 
 
 def dispy_send_file(path: str, relay: bool = False, timeout: Optional[float] = None) -> int:
@@ -395,21 +405,14 @@ def run_job(computation: UserComputation, job: m.Job) -> m.JobDone:
     else:
         status = FINISHED
         try:
-            result = serialize.dumps(value)
+            result, stored = pack_result(value, serialize.RESULT_FILE % job.jid)
+        except OSError as exc:
+            status = TERMINATED
+            exception = ('result of type %s could not be written on node %s: %s'
+                         % (type(value).__name__, JobContext.node_name, refusal_reason(exc)))
         except Exception as exc:
             status = TERMINATED
             exception = 'result of type %s cannot be pickled: %s' % (type(value).__name__, exc)
-        else:
-            if len(result) > INLINE_RESULT_LIMIT:  # it travels on its own, from a file
-                try:
-                    store_payload(serialize.RESULT_FILE % job.jid, result)
-                except OSError as exc:
-                    status = TERMINATED
-                    exception = ('result of %d bytes could not be written on node %s: %s'
-                                 % (len(result), JobContext.node_name, refusal_reason(exc)))
-                else:
-                    stored = serialize.RESULT_FILE % job.jid
-                result = None
     finally:
         end_time = time.time()
         sys.stdout, sys.stderr = saved

@@ -74,3 +74,10 @@ def log_greenlet_errors(hub: gevent.hub.Hub | None = None) -> None:
 
     # gevent documents replacing a hub's print_exception; mypy takes it for a method
     hub.print_exception = print_exception  # type: ignore[method-assign,assignment]
+
+
+def in_background(function: Callable[..., Any], *args: Any) -> None:
+    """Run a blocking call whose outcome nobody waits for (removing a large file, which on a
+    disk mounted with ``discard`` takes milliseconds) on the hub's thread pool, so that the
+    hub serves everyone else meanwhile."""
+    gevent.get_hub().threadpool.spawn(function, *args)

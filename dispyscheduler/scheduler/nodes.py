@@ -19,7 +19,7 @@ from ..config import SchedulerConfig
 from ..constants import (ACK_DELAY, NODE_AVAIL_INFO, NODE_CLOSED, NODE_INITIALIZED,
                          NODE_SETUP_FAILED, TERMINATED)
 from ..wire import messages as m
-from ..wire.files import read_chunks, remove_file, safe_relative_path
+from ..wire.files import remove_file, safe_relative_path
 from ..wire.protocol import ProtocolError
 from .admission import Admission
 from .durability import Durability
@@ -131,10 +131,12 @@ class NodeService:
     @staticmethod
     def stream_files(session: NodeSession, cid: int, files: dict[m.FileSpec, str]) -> None:
         for (name, _, _), path in files.items():
-            for offset, data, last in read_chunks(path):
-                if not session.send_file_chunk(m.ComputeFile(cid=cid, name=name, offset=offset,
-                                                             data=data, last=last)):
+            try:
+                if not session.send_computation_file(cid, name, path):
                     return
+            except OSError as exc:  # the node's setup fails, missing it
+                logger.error('file %s of cluster %s could not be read: %s', path, cid, exc)
+                return
 
     def send_file(self, node: Node, cluster: Cluster, ref: str) -> bool:
         """``send_file``: an uploaded file to the node's copy of the computation, before
@@ -231,6 +233,7 @@ class NodeService:
         if path is None:
             logger.error('a result of job %s of cluster %s could not be kept: %s', job.uid,
                          job.cluster.cid, reason)
+        assert not isinstance(path, bytearray)  # the scheduler's are files
         return path, reason
 
     def on_job_done(self, session: NodeSession, node: Node, done: m.JobDone) -> None:
@@ -286,10 +289,15 @@ class NodeService:
             remove_file(path)
 
     def on_job_file(self, session: NodeSession, node: Node, chunk: m.JobFile) -> None:
+        """A chunk of a file a job sends its client (``dispy_send_file``), passed on once
+        the chunk before it has left: a client slower than the node holds the node's link
+        (and so the job sending) rather than the scheduler's memory."""
         job = node.jobs.get(chunk.jid)
         client = self.peers.client(job.cluster.cid) if job is not None else None
         if job is not None and client is not None:
             client.file_part(job.uid, chunk)
+            client.link.wait_until_drained()
+            node.last_heard = time.monotonic()  # it was not read while it waited
 
     def on_pulse(self, session: NodeSession, node: Node, pulse: m.Pulse) -> None:
         node.busy = pulse.busy

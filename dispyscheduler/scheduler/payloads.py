@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Callable
 
 import gevent
 
+from ..runtime.duties import in_background
 from ..wire import messages as m
 from ..wire.files import IncomingPayloads, remove_file
 
@@ -70,10 +71,11 @@ def receive_part(payloads: IncomingPayloads, cluster: Cluster, uid: int,
 
 
 def forget_result(cluster: Cluster, uid: int) -> None:
-    """The client has the result: its file goes."""
+    """The client has the result: its file goes (in the background: no other file will ever
+    have its name, a job's uid being its own)."""
     path = cluster.stored_results.pop(uid, None)
     if path is not None:
-        remove_file(path)
+        in_background(remove_file, path)
 
 
 def restore_results(cluster: Cluster, kept: Callable[[int], bool]) -> None:

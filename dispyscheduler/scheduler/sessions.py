@@ -18,7 +18,7 @@ import gevent
 from ..constants import ACK_BATCH, TERMINATED
 from ..wire import messages as m
 from ..runtime.hublink import HubLink
-from ..wire.files import IncomingPayloads, payload_parts, read_chunks, remove_file
+from ..wire.files import IncomingPayloads, payload_part, remove_file
 from ..wire.protocol import ProtocolError
 from .model import upload_path
 
@@ -102,14 +102,11 @@ class NodeSession:
 
     def send_upload(self, cluster: Cluster, ref: str, value: bool) -> bool:
         """A cluster's upload to the node's copy of the computation, a chunk at a time
-        (``send_file_chunk``); False if the link closed meanwhile."""
-        name, size, mode = cluster.uploads[ref]
-        for offset, data, last in read_chunks(upload_path(cluster, ref)):
-            if not self.send_file_chunk(m.SentFile(cid=cluster.cid, name=name, size=size,
-                                                   mode=mode, offset=offset, data=data,
-                                                   last=last, value=value)):
-                return False
-        return True
+        (``HubLink.send_file``); False if the link closed meanwhile."""
+        name, _, mode = cluster.uploads[ref]
+        return self.link.send_file(upload_path(cluster, ref), lambda offset, data, last, size:
+                                   m.SentFile(cid=cluster.cid, name=name, size=size, mode=mode,
+                                              offset=offset, data=data, last=last, value=value))
 
     def values_lost(self, cluster: Cluster, names: list[str]) -> None:
         """The node could not write these values: sent again when a job needs them."""
@@ -134,14 +131,11 @@ class NodeSession:
         self.link.send(m.Compute(cid=cid, name=name, code=code, files=files, cpus=cpus,
                                  setup_args=setup_args))
 
-    def send_file_chunk(self, chunk: m.ComputeFile | m.SentFile) -> bool:
-        """One chunk of a computation's file, once the ones before it have left (back
-        pressure: a big file passes in a chunk or two at a time); False if the link closed."""
-        if self.link.closed:
-            return False
-        self.link.send(chunk)
-        self.link.wait_until_drained()
-        return True
+    def send_computation_file(self, cid: int, name: str, path: str) -> bool:
+        """One of a computation's files, a chunk at a time (``HubLink.send_file``); False
+        if the link closed meanwhile."""
+        return self.link.send_file(path, lambda offset, data, last, size: m.ComputeFile(
+            cid=cid, name=name, offset=offset, data=data, last=last))
 
     def forget_uploads(self, cid: int) -> None:
         """The node's copy of the computation goes (or starts afresh): so do its uploads."""
@@ -246,8 +240,7 @@ class ClientSession:
             while self.lane and not self.link.closed:
                 message, path, remove = self.lane.popleft()
                 try:
-                    if not self.link.send_stream(payload_parts(message.uid, message.stored,
-                                                               path)):
+                    if not self.link.send_file(path, payload_part(message.uid, message.stored)):
                         return
                 except OSError as exc:
                     logger.error('the result of job %s of cluster %s could not be read: %s',

@@ -14,7 +14,7 @@ import logging
 import os
 import shutil
 import tempfile
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Iterator, Union
 
 from ..constants import DISK_RESERVE, FILE_CHUNK_SIZE, SPOOL_LIMIT
 from .messages import FileSpec, PayloadPart
@@ -183,21 +183,51 @@ class IncomingFiles:
         self.open.clear()
 
 
+class IncomingBytes:
+    """One payload assembled in memory, with ``IncomingFiles``' calls."""
+
+    def __init__(self, size: int) -> None:
+        self.data = bytearray(size)
+        self.written = 0
+
+    def chunk(self, name: str, offset: int, data: bytes, last: bool,
+              mode: int = 0o600) -> bytearray | None:
+        end = offset + len(data)
+        if offset != self.written:
+            raise FileRefused('payload %r: chunk at offset %d, expected %d'
+                              % (name, offset, self.written))
+        if end > len(self.data) or last and end != len(self.data):
+            raise FileRefused('payload %r: %d bytes sent, %d announced'
+                              % (name, end, len(self.data)))
+        self.data[offset:end] = data
+        self.written = end
+        return self.data if last else None
+
+    def abort(self) -> None:
+        self.data = bytearray()
+
+
+Payload = Union[str, bytearray]
+"""A payload received: the path of its file, or its bytes."""
+
+
 class IncomingPayloads:
     """The payload streams (``PayloadPart``) arriving on one link, by id: each is written to
-    a file as it comes, and taken by the message that names it, which follows its stream. A
-    link carries one stream at a time, but a stream may be cut and sent again from its
-    start."""
+    a file as it comes (or kept in memory), and taken by the message that names it, which
+    follows its stream. A link carries one stream at a time, but a stream may be cut and sent
+    again from its start."""
 
     def __init__(self) -> None:
-        self.incoming: dict[int, tuple[str, IncomingFiles]] = {}  # id -> (file, its writer)
-        self.received: dict[int, tuple[str, str]] = {}  # id -> (name, path), complete
+        # id -> (file, its writer)
+        self.incoming: dict[int, tuple[str, IncomingFiles | IncomingBytes]] = {}
+        self.received: dict[int, tuple[str, Payload]] = {}  # id -> (name, payload), complete
         self.failed: dict[int, str] = {}  # id -> why its stream could not be written
 
-    def part(self, directory: str, file: str, part: PayloadPart,
+    def part(self, directory: str | None, file: str, part: PayloadPart,
              sync: Callable[[int], Any] | None = None) -> None:
-        """Write one chunk to ``directory/file``; ``sync(fd)`` makes a complete file durable.
-        A stream that cannot be written is dropped, and the reason kept for ``take``."""
+        """Write one chunk to ``directory/file`` (no ``directory``: keep it in memory);
+        ``sync(fd)`` makes a complete file durable. A stream that cannot be written is
+        dropped, and the reason kept for ``take``."""
         key = part.id
         entry = self.incoming.pop(key, None)
         if part.offset == 0:
@@ -211,9 +241,12 @@ class IncomingPayloads:
             if entry is None:
                 if not PAYLOAD_NAME.fullmatch(part.name):
                     raise FileRefused('invalid payload name %r' % (part.name,))
-                manifest = [(file, part.size, 0o600)]
-                check_manifest(directory, manifest)
-                entry = file, IncomingFiles(directory, 0, manifest, sync=sync)
+                if directory is None:
+                    entry = file, IncomingBytes(part.size)
+                else:
+                    manifest = [(file, part.size, 0o600)]
+                    check_manifest(directory, manifest)
+                    entry = file, IncomingFiles(directory, 0, manifest, sync=sync)
             elif entry[0] != file:
                 raise FileRefused('payload %r: chunk of another stream' % (part.name,))
             path = entry[1].chunk(file, part.offset, part.data, part.last)
@@ -227,14 +260,14 @@ class IncomingPayloads:
         else:
             self.received[key] = (part.name, path)
 
-    def take(self, key: int, name: str) -> tuple[str | None, str]:
-        """The file of payload ``name`` of ``key`` once complete, or None and why not."""
+    def take(self, key: int, name: str) -> tuple[Payload | None, str]:
+        """Payload ``name`` of ``key`` once complete, or None and why not."""
         received = self.received.pop(key, None)
         reason = self.failed.pop(key, '')
         if received is not None and received[0] == name:
             return received[1], ''
         if received is not None:
-            remove_file(received[1])
+            discard(received[1])
         entry = self.incoming.pop(key, None)
         if entry is not None:
             entry[1].abort()
@@ -245,11 +278,17 @@ class IncomingPayloads:
         """The link ended: streams not complete, and payloads no message took, go."""
         for _, incoming in self.incoming.values():
             incoming.abort()
-        for _, path in self.received.values():
-            remove_file(path)
+        for _, payload in self.received.values():
+            discard(payload)
         self.incoming.clear()
         self.received.clear()
         self.failed.clear()
+
+
+def discard(payload: Payload | None) -> None:
+    """A payload no one will take: its file goes."""
+    if isinstance(payload, str):
+        remove_file(payload)
 
 
 def remove_file(path: str) -> None:
@@ -265,31 +304,36 @@ def remove_file(path: str) -> None:
 class Spool:
     """Bytes written once (a pickle, as the pickler makes it) and sent, maybe more than once,
     a chunk at a time: kept in memory up to ``limit`` bytes, beyond that in an unnamed
-    temporary file, so that a 1 GB argument costs the program a chunk of memory, not a second
-    gigabyte. Hashed as it is written (its reference is its content's). Read from any thread
-    (``os.pread``); ``close`` frees it."""
+    temporary file (or the file at ``path``), so that a 1 GB argument costs the program a
+    chunk of memory, not a second gigabyte. Hashed as it is written (its reference is its
+    content's) unless ``hashed`` is False. Read from any thread (``os.pread``); ``close`` frees
+    it (a file at ``path`` stays)."""
 
-    def __init__(self, limit: int = SPOOL_LIMIT) -> None:
+    def __init__(self, limit: int = SPOOL_LIMIT, path: str | None = None,
+                 hashed: bool = True) -> None:
         self.limit = limit
+        self.path = path
         self.memory: bytes | bytearray = bytearray()
         self.file: BinaryIO | None = None
         self.size = 0
-        self.hash = hashlib.sha256()
+        self.hash = hashlib.sha256() if hashed else None
 
     @classmethod
     def of(cls, data: bytes) -> 'Spool':
         """A spool of bytes already made (kept as they are: no copy)."""
         spool = cls()
         spool.memory, spool.size = data, len(data)
-        spool.hash.update(data)
+        spool.hash.update(data)  # type: ignore[union-attr]  # hashed by default
         return spool
 
     def write(self, data: Any) -> int:
         """The file interface a pickler writes to (``data``: bytes or a buffer)."""
         size = memoryview(data).nbytes
-        self.hash.update(data)
+        if self.hash is not None:
+            self.hash.update(data)
         if self.file is None and self.size + size > self.limit:
-            self.file = tempfile.TemporaryFile()
+            self.file = (tempfile.TemporaryFile() if self.path is None
+                         else open(self.path, 'w+b', buffering=0))
             write_all(self.file.fileno(), self.memory)
             self.memory = bytearray()
         if self.file is None:
@@ -300,20 +344,27 @@ class Spool:
         return size
 
     def reference(self) -> str:
+        assert self.hash is not None, 'a spool made with hashed=False has no reference'
         return self.hash.hexdigest()[:32]
 
-    def chunks(self, chunk_size: int = FILE_CHUNK_SIZE) -> Iterator[tuple[int, bytes, bool]]:
-        """``(offset, data, last)`` as ``read_chunks`` gives them (at least one)."""
+    def chunks(self, chunk_size: int = FILE_CHUNK_SIZE
+               ) -> Iterator[tuple[int, bytes | memoryview, bool]]:
+        """``(offset, data, last)`` as ``read_chunks`` gives them (at least one); from
+        memory, ``data`` is a view of the spool (not a copy), valid until the next."""
         offset = 0
         while True:
             if self.file is None:
-                with memoryview(self.memory) as view:
-                    data = bytes(view[offset:offset + chunk_size])
+                with memoryview(self.memory) as view, \
+                        view[offset:offset + chunk_size] as part:
+                    size = len(part)
+                    last = offset + size >= self.size
+                    yield offset, part, last
             else:
                 data = os.pread(self.file.fileno(), chunk_size, offset)
-            last = offset + len(data) >= self.size or not data
-            yield offset, data, last
-            offset += len(data)
+                size = len(data)
+                last = offset + size >= self.size or not data
+                yield offset, data, last
+            offset += size
             if last:
                 return
 
@@ -342,12 +393,12 @@ def chunks_of(handle: BinaryIO, chunk_size: int = FILE_CHUNK_SIZE
             return
 
 
-def payload_parts(id: int, name: str, path: str) -> Iterator[PayloadPart]:
-    """The ``PayloadPart`` stream of a result kept in the file at ``path``."""
-    with open(path, 'rb') as handle:
-        size = os.fstat(handle.fileno()).st_size
-        for offset, data, last in chunks_of(handle):
-            yield PayloadPart(id=id, name=name, size=size, offset=offset, data=data, last=last)
+def payload_part(id: int, name: str) -> Callable[[int, bytes, bool, int], PayloadPart]:
+    """What makes each chunk of the payload ``name`` of ``id`` a message, for
+    ``HubLink.send_file``."""
+    def make(offset: int, data: bytes, last: bool, size: int) -> PayloadPart:
+        return PayloadPart(id=id, name=name, size=size, offset=offset, data=data, last=last)
+    return make
 
 
 def refusal_reason(exc: Exception) -> str:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar, Union
 
 from ..constants import HANDSHAKE_MAX_FRAME, MAX_FRAME_SIZE, RECV_SIZE
 from .messages import Error, Message
-from .protocol import FrameDecoder, ProtocolError, encode, refusal
+from .protocol import FrameDecoder, ProtocolError, encode, encode_bulk, refusal
 
 if TYPE_CHECKING:
     from .tls import TLSSocket
@@ -142,6 +142,24 @@ class Link:
             self.drained.clear()
             self.drained.wait(1.0)
 
+    def send_bulk(self, message: Message, data: bytes | memoryview) -> bool:
+        """``message`` with ``data`` as its ``data``, as a bulk frame (``encode_bulk``: the
+        data go after the message as they are, never copied into a frame), once what is
+        queued has left (flow control for a large value sent a chunk at a time); False if
+        the link is closed."""
+        self.wait_until_drained()
+        if self.closed:
+            return False
+        with self.sending:
+            try:
+                self.sock.sendall(encode_bulk(message, memoryview(data).nbytes))
+                self.sock.sendall(data)
+            except (OSError, ValueError) as exc:
+                logger.debug('send to %s failed: %s', self.peer, exc)
+                self.close()
+                return False
+        return True
+
     def send_stream(self, messages: Iterable[Message]) -> bool:
         """Bulk data, a message at a time, each once the one before has left (a big file
         passes through in a chunk or two); False if the link closed on the way. What
@@ -168,7 +186,9 @@ class Link:
                         while self.outbox:
                             chunks.append(self.outbox.popleft())
                         self.drained.set()
-                        self.sock.sendall(b''.join(chunks) if len(chunks) > 1 else chunks[0])
+                        if chunks:  # (else another sender took them while this one waited)
+                            self.sock.sendall(b''.join(chunks) if len(chunks) > 1
+                                              else chunks[0])
         except (OSError, ValueError) as exc:  # ValueError: the socket was closed under us
             logger.debug('send to %s failed: %s', self.peer, exc)
         finally:

@@ -5,6 +5,11 @@ message's kind and its fields as a map (``messages.py`` defines every message). 
 checked against a cap before anything is allocated, and every received message is checked
 against its definition before a handler sees it; anything else is a ``ProtocolError`` and
 costs the sender its connection, never the daemon.
+
+A bulk frame carries a chunk of a file: its length has the top bit (``BULK``) set and is
+followed by a second length, of raw bytes that come after the msgpack value and are the
+message's ``data`` field. So a daemon can send a chunk straight from a file to a socket
+(``os.sendfile``), never copying it through Python; any receiver decodes either kind.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ __all__ = ['AUTH_FAILED', 'AuthenticationError', 'FrameDecoder', 'ProtocolError'
            'encode_raw', 'decode_payload', 'pack_datagram', 'unpack_datagram', 'refusal']
 
 HEADER = struct.Struct('>I')
+BULK_HEADER = struct.Struct('>II')
+BULK = 0x80000000
+"""Set in a frame's length: a bulk frame (``encode_bulk``)."""
 
 AUTH_FAILED = 'authentication failed'
 """The reason in the error frame a peer gets when its handshake proof is wrong."""
@@ -41,6 +49,15 @@ def encode(message: Message) -> bytes:
     """One message's frame, ready for ``sendall``."""
     payload = msgpack.packb((message.kind, message.body()), use_bin_type=True)
     return HEADER.pack(len(payload)) + payload
+
+
+def encode_bulk(message: Message, size: int) -> bytes:
+    """The start of a bulk frame: ``message`` without its ``data``, which are the ``size``
+    raw bytes the sender writes after it."""
+    body = message.body()
+    del body['data']
+    payload = msgpack.packb((message.kind, body), use_bin_type=True)
+    return BULK_HEADER.pack(len(payload) | BULK, size) + payload
 
 
 def encode_raw(kind: Any, body: Any) -> bytes:
@@ -76,20 +93,34 @@ class FrameDecoder:
         try:
             while len(buffer) - offset >= HEADER.size:
                 (size,) = HEADER.unpack_from(buffer, offset)
-                if size > self.max_frame_size:
+                start, raw, bulk = offset + HEADER.size, 0, size & BULK
+                if bulk:
+                    if size ^ BULK > self.max_frame_size:  # refused before the rest is read
+                        raise ProtocolError('frame of %d bytes exceeds the limit of %d'
+                                            % (size ^ BULK, self.max_frame_size))
+                    if len(buffer) - offset < BULK_HEADER.size:
+                        break
+                    size, raw = BULK_HEADER.unpack_from(buffer, offset)
+                    size, start = size ^ BULK, offset + BULK_HEADER.size
+                if size + raw > self.max_frame_size:
                     raise ProtocolError('frame of %d bytes exceeds the limit of %d'
-                                        % (size, self.max_frame_size))
-                end = offset + HEADER.size + size
+                                        % (size + raw, self.max_frame_size))
+                end = start + size + raw
                 if len(buffer) < end:
                     break
-                yield decode_payload(memoryview(buffer)[offset + HEADER.size:end])
+                if not bulk:
+                    yield decode_payload(memoryview(buffer)[start:end])
+                else:
+                    with memoryview(buffer) as view:
+                        data = bytes(view[start + size:end])
+                    yield decode_payload(memoryview(buffer)[start:start + size], data)
                 offset = end
         finally:
             del buffer[:offset]
 
 
-def decode_payload(payload: Union[bytes, memoryview]) -> Message:
-    """Decode and check one frame's payload."""
+def decode_payload(payload: Union[bytes, memoryview], data: bytes | None = None) -> Message:
+    """Decode and check one frame's payload (with a bulk frame's raw ``data``)."""
     try:
         value = msgpack.unpackb(payload, raw=False, use_list=True)
     except Exception as exc:  # msgpack raises several unrelated types for bad input
@@ -99,6 +130,10 @@ def decode_payload(payload: Union[bytes, memoryview]) -> Message:
             payload.release()
     if not (type(value) is list and len(value) == 2):
         raise ProtocolError('frame is not a [kind, body] pair')
+    if data is not None:
+        if type(value[1]) is not dict or 'data' in value[1]:
+            raise ProtocolError('bulk frame without a map, or with data of its own')
+        value[1]['data'] = data
     return from_wire(value[0], value[1])
 
 

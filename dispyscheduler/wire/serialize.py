@@ -40,6 +40,18 @@ def dumps(value: Any) -> bytes:
     return cloudpickle.dumps(value)
 
 
+def obviously_large(value: Any, limit: int) -> bool:
+    """A value whose pickle is surely larger than ``limit`` bytes, seen without pickling it
+    (bytes, strings, arrays): worth pickling straight into a file, never whole in memory."""
+    kind = type(value)
+    if kind is bytes or kind is str or kind is bytearray:
+        return len(value) > limit
+    if kind in PLAIN:
+        return False
+    size = getattr(value, 'nbytes', None)  # numpy's arrays, memoryview
+    return type(size) is int and size > limit
+
+
 def dump(value: Any, file: Any) -> None:
     """``dumps`` into ``file`` (anything with ``write``), a frame at a time: a large value
     is never pickled whole in memory."""

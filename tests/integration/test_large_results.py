@@ -8,19 +8,17 @@ what the user sees, and what the daemons did from the outside (files, /proc).
 
 import collections
 import hashlib
-import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import tempfile
 
 import pytest
 
-from daemons import CLUSTER_SECRET, REPO, wait_for
+from daemons import wait_for
 from test_large_values import (DEADLINE, MB, NODES, fill_disk, freeze, mount_tmpfs,
                                node_directory, proc_status, scheduler_directory, size_of,
+                               restart_and_collect, start_program, unmount,
                                wait_until)
 
 from dispyscheduler import DispyJob, JobCluster, SharedJobCluster
@@ -218,14 +216,7 @@ def test_scheduler_killed_while_a_large_result_travels_and_restarted(daemons, tm
       scheduler acknowledged it: it was durable there), and the scheduler is killed: the
       restarted one delivers it from its own file."""
     node = daemons.start_scheduler() and daemons.start_node(NODES[0])
-    runs = tmp_path / 'runs'
-    runs.mkdir()
-    script = tmp_path / 'result_client.py'
-    script.write_text(CLIENT_PROGRAM)
-    program = subprocess.Popen([sys.executable, str(script), str(daemons.scheduler_port),
-                                CLUSTER_SECRET, str(runs)], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, cwd=str(tmp_path),
-                               env=dict(os.environ, PYTHONPATH=REPO))
+    runs, program = start_program(daemons, tmp_path, CLIENT_PROGRAM)
     frozen = None
     try:
         at_scheduler = scheduler_directory(daemons)
@@ -251,17 +242,13 @@ def test_scheduler_killed_while_a_large_result_travels_and_restarted(daemons, tm
             assert kept is not None and kept > 200 * MB, (path, kept)  # the whole pickle
         os.kill(frozen, signal.SIGCONT)
         frozen = None
-        restarted = daemons.start_scheduler(name='scheduler-restarted')
-        restarted.wait_log(r'restored 1 clusters')
-        out, err = program.communicate(timeout=300)
+        summary = restart_and_collect(daemons, program)
     finally:
         if frozen is not None:
             os.kill(frozen, signal.SIGCONT)
         program.kill()
         program.wait()
     print('%s: scheduler killed with %s bytes of the result in %s' % (phase, kept, path))
-    assert program.returncode == 0, err.decode()[-5000:]
-    summary = json.loads(out.decode().splitlines()[-1])
     assert summary['status'] == DispyJob.Finished, summary
     assert summary['intact'], summary
     assert summary['final_callbacks'] == 1, summary
@@ -299,8 +286,7 @@ def test_a_full_disk_at_the_scheduler_ends_the_job_with_the_reason(daemons, tmp_
     finally:
         if daemons.scheduler is not None:
             daemons.scheduler.stop()  # off the disk before it goes
-        if subprocess.run(['umount', str(small_disk)], capture_output=True).returncode:
-            subprocess.run(['umount', '-l', str(small_disk)], capture_output=True)
+        unmount(small_disk)
 
 
 # 7
@@ -332,8 +318,7 @@ def test_a_full_disk_on_a_node_ends_the_job_with_the_reason(daemons, tmp_path):
     finally:
         if node is not None:
             node.stop()  # off the disk before it goes
-        if subprocess.run(['umount', str(small_disk)], capture_output=True).returncode:
-            subprocess.run(['umount', '-l', str(small_disk)], capture_output=True)
+        unmount(small_disk)
 
 
 def test_many_jobs_with_large_results_at_once(daemons, client_tmp):
@@ -352,3 +337,27 @@ def test_many_jobs_with_large_results_at_once(daemons, client_tmp):
         assert outcomes == {True: 40}, outcomes
     wait_for(lambda: not payload_files(*all_directories(daemons, client_tmp)), 60,
              'the result files to go')
+
+
+def write_and_send(size):
+    """Run on a node: write ``size`` bytes to a file and send it back (``dispy_send_file``)."""
+    with open('sent.bin', 'wb') as handle:
+        handle.write(pattern(size, 5))
+    return dispy_send_file('sent.bin')  # noqa: F821 (a node global)
+
+
+def test_a_200_mb_file_sent_by_a_job_passes_the_scheduler_a_chunk_at_a_time(daemons,
+                                                                           tmp_path):
+    """dispy_send_file of 200 MB: the file lands whole in the program's working directory,
+    and the scheduler, which passes each chunk on once the one before has left, never holds
+    much of it (peak resident size under 300 MB)."""
+    scheduler = daemons.start_scheduler()
+    daemons.start_node(NODES[0])
+    with SharedJobCluster(write_and_send, **daemons.client_options()) as cluster:
+        job = cluster.submit(200 * MB)
+        assert job(timeout=DEADLINE) == 0, (job.status, job.exception)
+        peak = proc_status(scheduler.pid, 'VmHWM')
+    with open(tmp_path / 'sent.bin', 'rb') as handle:  # the test's working directory
+        assert digest(handle.read()) == digest(pattern(200 * MB, 5))
+    print('scheduler VmHWM after a 200 MB file: %.1f MB' % (peak / MB))
+    assert peak < 300 * MB, peak / MB

@@ -14,7 +14,7 @@ from dispyscheduler import SharedJobCluster
 
 
 def square(n):
-    return n * n
+    return n * n if isinstance(n, int) else n  # data: itself, back
 
 
 @pytest.fixture
@@ -42,6 +42,10 @@ def test_mutual_tls_on_both_links(daemons, pki):
                           **daemons.client_options()) as cluster:
         jobs = [cluster.submit(n) for n in range(30)]
         assert [job() for job in jobs] == [n * n for n in range(30)]
+        # large values and results take the same links: 20 MB each way, through TLS
+        data = os.urandom(20 * 1000 * 1000)
+        big = cluster.submit(data)
+        assert big(timeout=120) == data, (big.status, big.exception)
     # a client whose certificate another CA signed is refused; so is one with none
     stranger_cert, stranger_key = pki['stranger']
     with pytest.raises(ConnectionError, match='TLS'):

@@ -134,7 +134,7 @@ def test_a_spool_gives_back_what_was_written_in_memory_or_in_a_file(size):
     for offset in range(0, size, 1000):
         spool.write(memoryview(data)[offset:offset + 1000])
     assert (spool.file is not None) == (size > 4096)
-    chunks = list(spool.chunks(3000))
+    chunks = [(offset, bytes(chunk), last) for offset, chunk, last in spool.chunks(3000)]
     assert b''.join(chunk for _, chunk, _ in chunks) == data
     assert [offset for offset, _, _ in chunks] == list(range(0, max(size, 1), 3000))[
         :len(chunks)]
@@ -154,5 +154,18 @@ def test_a_large_value_is_pickled_into_a_spool_a_frame_at_a_time():
     spool = Spool(limit=1024 * 1024)
     serialize.dump(value, spool)
     assert spool.file is not None and len(spool.memory) == 0
-    assert pickle.loads(b''.join(chunk for _, chunk, _ in spool.chunks())) == value
+    assert pickle.loads(b''.join([bytes(chunk) for _, chunk, _ in spool.chunks()])) == value
     spool.close()
+
+
+def test_a_chunk_and_its_frame_stay_below_the_size_that_is_mapped_apart():
+    """Each chunk's buffers (read, encoded, received with the next read's bytes, decoded)
+    must come from the heap, below ``LARGE_BUFFER``: each buffer mapped apart costs page
+    faults on every chunk (it once halved the speed of large transfers)."""
+    from dispyscheduler.constants import FILE_CHUNK_SIZE, LARGE_BUFFER, RECV_SIZE
+    from dispyscheduler.wire import messages as m
+    from dispyscheduler.wire.protocol import encode
+    frame = encode(m.PayloadPart(id=2 ** 62, name='_dispyscheduler_result_%d.pickle' % 2 ** 62,
+                                 size=2 ** 62, offset=2 ** 62, data=b'x' * FILE_CHUNK_SIZE,
+                                 last=False))
+    assert len(frame) + RECV_SIZE < LARGE_BUFFER

@@ -384,3 +384,39 @@ def test_a_job_end_is_written_in_one_place():
 def test_hello_is_a_message_like_any_other():
     hello = Hello(version=1, role='node', nonce=b'n' * 32)
     assert decode_all(encode(*pair(hello))) == [pair(hello)]
+
+
+# bulk frames: a chunk's bytes after the message, raw (sent straight from a file)
+
+def bulk_frame(data, **fields):
+    from dispyscheduler.wire.messages import PayloadPart
+    from dispyscheduler.wire.protocol import encode_bulk
+    part = PayloadPart(id=4, name='_dispyscheduler_result_4.pickle', size=10, offset=0,
+                       data=b'', last=True, **fields)
+    return encode_bulk(part, len(data)) + data
+
+
+@pytest.mark.parametrize('data', [b'', b'0123456789'])
+def test_a_bulk_frame_carries_its_data_raw_and_decodes_as_the_message(data):
+    """Fed a byte at a time, between two ordinary frames: the message comes out whole, its
+    data the raw bytes that followed it."""
+    frames = encode('pulse', {'busy': 1}) + bulk_frame(data) + encode('pulse', {'busy': 2})
+    decoder = FrameDecoder()
+    messages = []
+    for byte in frames:
+        messages += decoder.messages_from(bytes([byte]))
+    assert [type(message).__name__ for message in messages] == ['Pulse', 'PayloadPart',
+                                                                 'Pulse']
+    assert messages[1].data == data and messages[1].last is True
+
+
+def test_a_bulk_frame_too_large_or_with_data_of_its_own_is_refused():
+    from dispyscheduler.wire.protocol import BULK, BULK_HEADER
+    decoder = FrameDecoder(max_frame_size=1000)
+    with pytest.raises(ProtocolError, match='exceeds'):  # on the two lengths alone
+        list(decoder.messages_from(BULK_HEADER.pack(10 | BULK, 991)))
+    payload = msgpack.packb(['payload_part', {'id': 4, 'name': 'x', 'size': 1, 'offset': 0,
+                                              'last': True, 'data': b'y'}], use_bin_type=True)
+    with pytest.raises(ProtocolError, match='data of its own'):
+        list(FrameDecoder().messages_from(BULK_HEADER.pack(len(payload) | BULK, 1) + payload
+                                          + b'z'))
