@@ -54,6 +54,11 @@ RECV_SIZE = 64 * 1024
 malloc's mmap threshold (128 KiB): a larger read buffer is mapped and unmapped on every read,
 which costs more than the read itself (15-20 us against 3 us here)."""
 
+BULK_RECV_SIZE = 320 * 1024
+"""Most bytes asked per read while a large frame (a chunk of a file) is under way: the rest
+of a chunk in one or two reads rather than five, still below the size from which a daemon's
+buffers are mapped apart (``LARGE_BUFFER``)."""
+
 PULSE_INTERVAL = 10.0
 """Default ``--pulse_interval``: seconds between a node's pulses to the scheduler."""
 

@@ -617,6 +617,7 @@ class SharedJobCluster:
         spools: dict[int, Spool] = {}  # id of an argument -> its pickle, if stored apart
         refs: list[str] = []
         stored: dict[int, StoredValue] = {}
+        room = self._spool_room()
         try:
             for value in itertools.chain(args, kwargs.values()):
                 key = id(value)
@@ -627,7 +628,8 @@ class SharedJobCluster:
                     refs.append(ref)
                     stored[key] = StoredValue(ref)
                 else:
-                    spools[key] = spool_value(value, 'job argument')
+                    spools[key] = spool = spool_value(value, 'job argument', room)
+                    room = max(0, room - spool.in_memory)
         except BaseException:
             for spool in spools.values():
                 spool.close()
@@ -656,6 +658,15 @@ class SharedJobCluster:
             self._release_values(uid, refs)
             raise
         return payload, refs
+
+    def _spool_room(self) -> int:
+        """Bytes of memory the next large arguments' pickles may take: ``SPOOL_LIMIT`` in
+        all for those the scheduler has not saved yet (the rest wait in temporary files),
+        however many jobs are on their way."""
+        with self._sharing:
+            held = sum(shared.data.in_memory for shared in self._shared.values()
+                       if shared.data is not None)
+        return max(0, SPOOL_LIMIT - held)
 
     def _pickled_before(self, value: Any, uid: int) -> str | None:
         """The reference of ``value`` if it is immutable data shared as a value still kept

@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable
 
 import cloudpickle
 
+from ..constants import SPOOL_LIMIT
 from ..wire import serialize
 from ..wire.files import Spool
 
@@ -156,9 +157,10 @@ def pack_value(value: Any, what: str) -> bytes:
         raise TypeError('%s cannot be pickled: %s' % (what, exc)) from exc
 
 
-def spool_value(value: Any, what: str) -> Spool:
-    """``pack_value`` into a ``Spool`` (memory, or a temporary file if it is large)."""
-    spool = Spool()
+def spool_value(value: Any, what: str, limit: int = SPOOL_LIMIT) -> Spool:
+    """``pack_value`` into a ``Spool`` (memory up to ``limit`` bytes, else a temporary
+    file)."""
+    spool = Spool(limit)
     try:
         serialize.dump(value, spool)
     except Exception as exc:

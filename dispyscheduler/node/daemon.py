@@ -14,6 +14,7 @@ Runs under gevent with the stdlib monkey-patched (``cli.node_main`` does that fi
 
 from __future__ import annotations
 
+import collections
 import hmac
 import logging
 import os
@@ -98,6 +99,8 @@ class NodeDaemon:
         self.unacked: Dict[int, m.JobDone] = {}  # jid -> its end, not yet acknowledged
         self.stored: Dict[int, str] = {}  # jid -> the file of its unacknowledged result
         self.payloads: Optional[gevent.queue.Queue] = None  # the link's payload lane
+        # jid -> its messages in the lane: the job's next ones follow them there, in order
+        self.in_lane: collections.Counter[int] = collections.Counter()
         self.link: Optional[HubLink] = None
         self.ip_addr = config.ext_ip_addr or config.ip_addr or ''  # as announced
         self.scheduler_id: Optional[str] = None
@@ -343,6 +346,7 @@ class NodeDaemon:
         writer = gevent.spawn(link.run_writer)
         pulse = gevent.spawn(self.pulse_loop, link)
         payloads = self.payloads = gevent.queue.Queue()
+        self.in_lane.clear()
         streamer = gevent.spawn(self.stream_payloads, link, payloads)
         self.link = link
         for done in list(self.unacked.values()):
@@ -361,7 +365,7 @@ class NodeDaemon:
             writer.kill()
             while not payloads.empty():  # provisional results not sent: gone
                 message, path = payloads.get_nowait()
-                if type(message) is m.Provisional:
+                if type(message) is m.Provisional and path is not None:
                     remove_file(path)
             logger.info('link to scheduler at %s:%s closed', *address)
         return True
@@ -428,22 +432,31 @@ class NodeDaemon:
 
     def relay(self, message: m.Message) -> None:
         """What a running job sent (a provisional result, a file) goes to the scheduler."""
-        if type(message) is m.Provisional and message.stored:
-            path = self.payload_path(message.jid, message.stored)
-            if path is None or self.payloads is None:
-                if path is not None:
-                    remove_file(path)
-                return
-            self.payloads.put((message, path))
-            return
-        self.send(message)
+        if type(message) is m.Provisional:
+            path = None
+            if message.stored:
+                path = self.payload_path(message.jid, message.stored)
+                if path is None or self.payloads is None:
+                    if path is not None:
+                        remove_file(path)
+                    return
+            self.in_order(message, path)
+        else:
+            self.send(message)
 
     def report(self, done: m.JobDone) -> None:
         """A job's end to the scheduler: at once, or after its result's stream."""
-        if not done.stored:
-            self.send(done)
+        self.in_order(done, self.stored.get(done.jid) if done.stored else None)
+
+    def in_order(self, message: m.JobDone | m.Provisional, path: Optional[str]) -> None:
+        """A job's result or provisional result, in the order the job made them: one
+        with a payload (in the file at ``path``) goes in the link's lane after its stream,
+        and so does any that follows it of the same job; others go at once."""
+        if path is None and not self.in_lane[message.jid]:
+            self.send(message)
         elif self.payloads is not None:
-            self.payloads.put((done, self.stored[done.jid]))
+            self.in_lane[message.jid] += 1
+            self.payloads.put((message, path))
 
     def payload_path(self, jid: int, name: str) -> Optional[str]:
         """Where a running job's worker process wrote a payload (None: not a payload's name,
@@ -459,17 +472,23 @@ class NodeDaemon:
         (the scheduler writes them to disk as they come), and the message reporting it
         follows. A result whose file cannot be read ends its job with the reason."""
         for message, path in payloads:
+            jid = message.jid
+            self.in_lane[jid] -= 1
+            if self.in_lane[jid] <= 0:
+                del self.in_lane[jid]
+            if path is None:
+                link.send(message)
+                continue
             try:
-                if not link.send_file(path, payload_part(message.jid, message.stored)):
+                if not link.send_file(path, payload_part(jid, message.stored)):
                     return
             except OSError as exc:
                 if type(message) is m.Provisional:
                     continue
                 reason = 'result of the job could not be read on node %s: %s' % (
                     self.ip_addr or self.name, exc.strerror or exc)
-                message = self.unacked[message.jid] = m.JobDone.failure(
-                    message.jid, TERMINATED, reason)
-                self.stored.pop(message.jid, None)
+                message = self.unacked[jid] = m.JobDone.failure(jid, TERMINATED, reason)
+                self.stored.pop(jid, None)
             finally:
                 if type(message) is m.Provisional:
                     remove_file(path)

@@ -144,12 +144,13 @@ def pack_result(value: Any, name: str) -> Tuple[Optional[bytes], str]:
             with open(path, 'wb', buffering=0) as handle:
                 write_all(handle.fileno(), data)
             return None, name
-        spool = Spool(INLINE_RESULT_LIMIT, path=path, hashed=False)  # pickled into its file
+        # pickled into its file
+        spool = Spool(INLINE_RESULT_LIMIT, path=path, hashed=False, by_reference=False)
         try:
             serialize.dump(value, spool)
         finally:
             spool.close()
-        return (bytes(spool.memory), '') if spool.file is None else (None, name)
+        return (spool.getvalue(), '') if spool.file is None else (None, name)
     except BaseException:
         try:
             os.unlink(path)

@@ -188,10 +188,11 @@ class ClientSession:
     def __init__(self, link: HubLink, cid: int) -> None:
         self.link = link
         self.cid = cid
-        # messages naming a large result, each to send after its stream, with the file
-        # (and whether it goes once sent: a provisional result's)
-        self.lane: collections.deque[tuple[m.JobEnd | m.ProvisionalResult, str, bool]] = \
-            collections.deque()
+        # results and provisional results to send in order, each after its stream if it
+        # has one: (message, its file or None, whether the file goes once sent)
+        self.lane: collections.deque[tuple[m.JobEnd | m.ProvisionalResult, Optional[str],
+                                           bool]] = collections.deque()
+        self.in_lane: collections.Counter[int] = collections.Counter()  # uid -> entries
         self.streamer: Optional[gevent.Greenlet] = None
 
     def __repr__(self) -> str:
@@ -218,19 +219,21 @@ class ClientSession:
     def job_ended(self, message: m.JobEnd, path: Optional[str] = None) -> None:
         """A job's end; one with a large result (``stored``, in the file at ``path``) after
         its stream."""
-        if message.stored:
-            self.stream(message, path, False)
-        else:
-            self.link.send(message)
-
-    def stream(self, message: m.JobEnd | m.ProvisionalResult, path: Optional[str],
-               remove: bool) -> None:
-        """Send ``message`` after the stream of its large result, in the lane: one stream at
-        a time, a chunk or two in flight (other messages pass meanwhile)."""
-        if path is None:  # a bug: it should have been kept
+        if message.stored and path is None:  # a bug: it should have been kept
             logger.error('internal error: the result of job %s of cluster %s is missing',
                          message.uid, self.cid)
-            path = ''
+        self.in_order(message, path if message.stored else None, False)
+
+    def in_order(self, message: m.JobEnd | m.ProvisionalResult, path: Optional[str],
+                 remove: bool) -> None:
+        """A job's (provisional) result, in the order the node sent them: one with a large
+        result (in the file at ``path``, removed once sent if ``remove``) goes in the lane,
+        one stream at a time, a chunk or two in flight, and so does any that follows it of
+        the same job; others go at once."""
+        if path is None and not self.in_lane[message.uid]:
+            self.link.send(message)
+            return
+        self.in_lane[message.uid] += 1
         self.lane.append((message, path, remove))
         if self.streamer is None:
             self.streamer = gevent.spawn(self.stream_lane)
@@ -239,28 +242,35 @@ class ClientSession:
         try:
             while self.lane and not self.link.closed:
                 message, path, remove = self.lane.popleft()
-                try:
-                    if not self.link.send_file(path, payload_part(message.uid, message.stored)):
-                        return
-                except OSError as exc:
-                    logger.error('the result of job %s of cluster %s could not be read: %s',
-                                 message.uid, self.cid, exc)
-                    if type(message) is not m.JobEnd:  # a provisional result: dropped
-                        continue
-                    message = m.JobEnd.failure(message.uid, TERMINATED, 'its result was lost '
-                                               'at the scheduler: %s' % (exc.strerror or exc,),
-                                               message.start_time, message.ip_addr, message.tag)
-                finally:
-                    if remove:
-                        remove_file(path)
+                self.in_lane[message.uid] -= 1
+                if self.in_lane[message.uid] <= 0:
+                    del self.in_lane[message.uid]
+                if path is not None:
+                    try:
+                        if not self.link.send_file(path, payload_part(message.uid,
+                                                                      message.stored)):
+                            return
+                    except OSError as exc:
+                        logger.error('the result of job %s of cluster %s could not be read: '
+                                     '%s', message.uid, self.cid, exc)
+                        if type(message) is not m.JobEnd:  # a provisional result: dropped
+                            continue
+                        message = m.JobEnd.failure(
+                            message.uid, TERMINATED, 'its result was lost at the scheduler: %s'
+                            % (exc.strerror or exc,), message.start_time, message.ip_addr,
+                            message.tag)
+                    finally:
+                        if remove:
+                            remove_file(path)
                 self.link.send(message)
         finally:
             self.streamer = None
             if self.link.closed:  # provisional results not sent are gone
                 for _, path, remove in self.lane:
-                    if remove:
+                    if remove and path is not None:
                         remove_file(path)
                 self.lane.clear()
+                self.in_lane.clear()
 
     def submitted(self, uids: list[int]) -> None:
         self.link.send(m.Submitted(uids=uids))
@@ -276,12 +286,8 @@ class ClientSession:
                            path: Optional[str] = None) -> None:
         """A provisional result; a large one (in the file at ``path``, removed once sent)
         after its stream."""
-        message = m.ProvisionalResult(uid=uid, result=provisional.result, ip_addr=ip_addr,
-                                      stored=provisional.stored)
-        if path is not None:
-            self.stream(message, path, True)
-        else:
-            self.link.send(message)
+        self.in_order(m.ProvisionalResult(uid=uid, result=provisional.result, ip_addr=ip_addr,
+                                          stored=provisional.stored), path, True)
 
     def file_part(self, uid: int, chunk: m.JobFile) -> None:
         self.link.send(m.FilePart(uid=uid, name=chunk.name, offset=chunk.offset,

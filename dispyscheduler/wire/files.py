@@ -305,15 +305,22 @@ class Spool:
     """Bytes written once (a pickle, as the pickler makes it) and sent, maybe more than once,
     a chunk at a time: kept in memory up to ``limit`` bytes, beyond that in an unnamed
     temporary file (or the file at ``path``), so that a 1 GB argument costs the program a
-    chunk of memory, not a second gigabyte. Hashed as it is written (its reference is its
-    content's) unless ``hashed`` is False. Read from any thread (``os.pread``); ``close`` frees
-    it (a file at ``path`` stays)."""
+    chunk of memory, not a second gigabyte. With ``by_reference``, a large ``bytes`` object
+    the pickler writes whole (the data of a ``bytes`` argument: it cannot change) is kept by
+    reference, never copied, and does not count against ``limit``. Hashed as it is written
+    (its reference is its content's) unless ``hashed`` is False. Read from any thread;
+    ``close`` frees it (a file at ``path`` stays)."""
+
+    reference_size = 64 * 1024
+    """Size from which a ``bytes`` object written is kept rather than copied."""
 
     def __init__(self, limit: int = SPOOL_LIMIT, path: str | None = None,
-                 hashed: bool = True) -> None:
+                 hashed: bool = True, by_reference: bool = True) -> None:
         self.limit = limit
+        self.by_reference = by_reference
         self.path = path
-        self.memory: bytes | bytearray = bytearray()
+        self.parts: list[bytes | bytearray] = []  # in memory, in order
+        self.copied = 0  # bytes of ``parts`` that are copies (bytearrays)
         self.file: BinaryIO | None = None
         self.size = 0
         self.hash = hashlib.sha256() if hashed else None
@@ -322,26 +329,45 @@ class Spool:
     def of(cls, data: bytes) -> 'Spool':
         """A spool of bytes already made (kept as they are: no copy)."""
         spool = cls()
-        spool.memory, spool.size = data, len(data)
-        spool.hash.update(data)  # type: ignore[union-attr]  # hashed by default
+        spool.write(data)
         return spool
 
     def write(self, data: Any) -> int:
         """The file interface a pickler writes to (``data``: bytes or a buffer)."""
         size = memoryview(data).nbytes
+        if not size:
+            return 0
         if self.hash is not None:
             self.hash.update(data)
-        if self.file is None and self.size + size > self.limit:
+        kept = self.by_reference and type(data) is bytes and size >= self.reference_size
+        if self.file is None and not kept and self.copied + size > self.limit:
             self.file = (tempfile.TemporaryFile() if self.path is None
                          else open(self.path, 'w+b', buffering=0))
-            write_all(self.file.fileno(), self.memory)
-            self.memory = bytearray()
-        if self.file is None:
-            self.memory += data
-        else:
+            for part in self.parts:
+                write_all(self.file.fileno(), part)
+            self.parts, self.copied = [], 0
+        if self.file is not None:
             write_all(self.file.fileno(), data)
+        elif kept:
+            self.parts.append(data)
+        else:
+            if not self.parts or type(self.parts[-1]) is not bytearray:
+                self.parts.append(bytearray())
+            self.parts[-1] += data
+            self.copied += size
         self.size += size
         return size
+
+    @property
+    def in_memory(self) -> int:
+        """Bytes of it held in memory that are not the program's own objects."""
+        return self.copied
+
+    def getvalue(self) -> bytes:
+        """All of it, as bytes (for a small one)."""
+        if self.file is not None:
+            return os.pread(self.file.fileno(), self.size, 0)
+        return b''.join(self.parts)
 
     def reference(self) -> str:
         assert self.hash is not None, 'a spool made with hashed=False has no reference'
@@ -351,27 +377,31 @@ class Spool:
                ) -> Iterator[tuple[int, bytes | memoryview, bool]]:
         """``(offset, data, last)`` as ``read_chunks`` gives them (at least one); from
         memory, ``data`` is a view of the spool (not a copy), valid until the next."""
-        offset = 0
-        while True:
-            if self.file is None:
-                with memoryview(self.memory) as view, \
-                        view[offset:offset + chunk_size] as part:
-                    size = len(part)
-                    last = offset + size >= self.size
-                    yield offset, part, last
-            else:
+        if self.file is not None:
+            offset = 0
+            while True:
                 data = os.pread(self.file.fileno(), chunk_size, offset)
-                size = len(data)
-                last = offset + size >= self.size or not data
+                last = offset + len(data) >= self.size or not data
                 yield offset, data, last
-            offset += size
-            if last:
-                return
+                offset += len(data)
+                if last:
+                    return
+        if not self.size:
+            yield 0, b'', True
+            return
+        offset = 0
+        for part in self.parts:
+            with memoryview(part) as view:
+                for start in range(0, len(view), chunk_size):
+                    with view[start:start + chunk_size] as piece:
+                        size = len(piece)
+                        yield offset, piece, offset + size >= self.size
+                    offset += size
 
     def close(self) -> None:
         if self.file is not None:
             self.file.close()
-        self.memory = b''
+        self.parts, self.copied = [], 0
 
 
 def read_chunks(path: str, chunk_size: int = FILE_CHUNK_SIZE) -> Iterator[tuple[int, bytes, bool]]:

@@ -19,7 +19,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar, Union
 
-from ..constants import HANDSHAKE_MAX_FRAME, MAX_FRAME_SIZE, RECV_SIZE
+from ..constants import BULK_RECV_SIZE, HANDSHAKE_MAX_FRAME, MAX_FRAME_SIZE, RECV_SIZE
 from .messages import Error, Message
 from .protocol import FrameDecoder, ProtocolError, encode, encode_bulk, refusal
 
@@ -230,7 +230,8 @@ class Link:
         is nothing to do (threads are preempted); a daemon yields here (``HubLink``)."""
 
     def _recv(self) -> bytes:
-        data = self.sock.recv(self.recv_size)
+        # a large frame under way (a chunk of a file) is read in few calls
+        data = self.sock.recv(min(max(self.recv_size, self.decoder.missing), BULK_RECV_SIZE))
         if not data:
             raise ConnectionClosed('%s closed the connection' % (self.peer,))
         return data

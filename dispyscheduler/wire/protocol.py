@@ -78,6 +78,9 @@ class FrameDecoder:
     def __init__(self, max_frame_size: int = MAX_FRAME_SIZE) -> None:
         self.max_frame_size = max_frame_size
         self.buffer = bytearray()
+        self.missing = 0
+        """Bytes still to come of the frame begun in ``buffer`` (0: none is begun, or its
+        length is not known yet): a reader may ask for that much at once."""
 
     def feed(self, data: bytes) -> None:
         self.buffer += data
@@ -90,6 +93,7 @@ class FrameDecoder:
     def messages(self) -> Iterator[Message]:
         buffer = self.buffer
         offset = 0
+        self.missing = 0
         try:
             while len(buffer) - offset >= HEADER.size:
                 (size,) = HEADER.unpack_from(buffer, offset)
@@ -107,6 +111,7 @@ class FrameDecoder:
                                         % (size + raw, self.max_frame_size))
                 end = start + size + raw
                 if len(buffer) < end:
+                    self.missing = end - len(buffer)
                     break
                 if not bulk:
                     yield decode_payload(memoryview(buffer)[start:end])

@@ -352,3 +352,41 @@ def test_a_file_longer_than_announced_is_refused_at_once(daemons):
               if name.startswith('incoming-')]
     assert staged == []
     assert daemons.scheduler.alive()
+
+
+def test_bad_bulk_frames_cost_the_sender_its_link_only(scheduler_for_fuzzing):
+    """Bulk frames (a message, then raw bytes: how chunks of files travel) that lie: data of
+    their own as well, more raw bytes than any frame may have, a kind a client may not send,
+    a connection that ends inside the raw bytes. Each costs that connection only; the
+    scheduler keeps serving and logs no internal error."""
+    from dispyscheduler.wire.protocol import BULK, BULK_HEADER
+    upload = {'ref': 'a' * 32, 'name': 'f', 'size': 4, 'mode': 0o600, 'offset': 0,
+              'last': True}
+    bad = [
+        ('upload', dict(upload, data=b'xxxx'), b'yyyy'),  # data of its own
+        ('upload', upload, b'x' * (65 * 1024 * 1024)),  # raw bytes over the frame limit
+        ('payload_part', {'id': 1, 'name': '_dispyscheduler_result_1.pickle', 'size': 4,
+                          'offset': 0, 'last': True}, b'zzzz'),  # not a client's message
+        ('upload', upload, None),  # the connection ends inside the raw bytes
+    ]
+    for kind, body, raw in bad:
+        link = authenticated_client(scheduler_for_fuzzing)
+        try:
+            link.send_now(new_cluster_message())
+            link.expect(ClusterOk, time.monotonic() + 10)
+            payload = msgpack.packb([kind, body], use_bin_type=True)
+            size = len(raw) if raw is not None else 1000
+            link.sock.sendall(BULK_HEADER.pack(len(payload) | BULK, size) + payload)
+            if raw is not None and len(raw) < 1024 * 1024:
+                link.sock.sendall(raw)
+            elif raw is None:
+                link.sock.sendall(b'partial')
+        except OSError:
+            pass
+        finally:
+            link.sock.close()
+    with SharedJobCluster(square, **scheduler_for_fuzzing.client_options()) as cluster:
+        assert cluster.submit(7)() == 49
+    for daemon in scheduler_for_fuzzing.daemons:
+        assert daemon.alive()
+        assert 'Traceback' not in daemon.log(), daemon.log()[-3000:]

@@ -153,6 +153,36 @@ def test_large_provisional_results_reach_the_callback_in_order(daemons, client_t
                                                                               client_tmp)),))
 
 
+def big_then_small():
+    """A large provisional result, a small one, then a small result."""
+    dispy_provisional_result(pattern(3 * 1000 * 1000, 1))  # noqa: F821 (a node global)
+    dispy_provisional_result(b'small')  # noqa: F821
+    return 'done'
+
+
+def test_results_of_a_job_arrive_in_the_order_it_made_them(daemons, client_tmp):
+    """A job sends a 3 MB provisional result (streamed), then a small one (inline), then
+    ends with a small result: the callback sees them in that order, though the small ones
+    could overtake the stream."""
+    daemons.start_scheduler()
+    daemons.start_node(NODES[0])
+    seen = []
+
+    def callback(job):
+        if job.status == DispyJob.ProvisionalResult:
+            seen.append(digest(job.result) if len(job.result) > 100 else job.result)
+        elif job.status == DispyJob.Finished:
+            seen.append(job.result)
+
+    with SharedJobCluster(big_then_small, nodes=[NODES[0]], callback=callback,
+                          **daemons.client_options()) as cluster:
+        for _ in range(3):
+            job = cluster.submit()
+            assert job(timeout=DEADLINE) == 'done', (job.status, job.exception)
+        cluster.wait()
+    assert seen == [digest(pattern(3 * MB, 1)), b'small', 'done'] * 3, seen
+
+
 # 4
 
 def test_a_jobcluster_returns_a_large_result(tmp_path, client_tmp):
@@ -361,3 +391,32 @@ def test_a_200_mb_file_sent_by_a_job_passes_the_scheduler_a_chunk_at_a_time(daem
         assert digest(handle.read()) == digest(pattern(200 * MB, 5))
     print('scheduler VmHWM after a 200 MB file: %.1f MB' % (peak / MB))
     assert peak < 300 * MB, peak / MB
+
+
+def test_a_link_cut_while_a_large_result_arrives_sends_it_again_whole(daemons, client_tmp):
+    """The client's link to the scheduler breaks while a 200 MB result streams to it (the
+    socket shut down under it, as a network fault would): the client links again, the
+    scheduler sends the result again from its start, and the job ends once, intact; the
+    partial copy is gone."""
+    import socket
+    daemons.start_scheduler()
+    daemons.start_node(NODES[0])
+    ends = collections.Counter()
+
+    def callback(job):
+        if job.status == DispyJob.Finished:
+            ends[job.id] += 1
+
+    with SharedJobCluster(make, nodes=[NODES[0]], callback=callback,
+                          **daemons.client_options()) as cluster:
+        job = cluster.submit(200 * MB, 9)
+        (partial,) = wait_until(lambda: payload_files(str(client_tmp)), DEADLINE,
+                                'the result to start arriving at the client')
+        cluster._connection.link.sock.shutdown(socket.SHUT_RDWR)  # the fault
+        result = job(timeout=DEADLINE)
+        assert job.status == DispyJob.Finished, (job.status, job.exception)
+        assert digest(result) == digest(pattern(200 * MB, 9))
+        cluster.wait()
+    assert ends == {job.id: 1}, ends
+    assert not payload_files(str(client_tmp)), payload_files(str(client_tmp))
+    daemons.scheduler.wait_log('resumed')

@@ -145,27 +145,32 @@ def test_a_spool_gives_back_what_was_written_in_memory_or_in_a_file(size):
 
 
 def test_a_large_value_is_pickled_into_a_spool_a_frame_at_a_time():
-    """``serialize.dump`` of 50 MB into a spool with a 1 MB limit: the pickle lands in its
-    file, and loads back equal; the spool never held more than its limit in memory."""
+    """``serialize.dump`` of 50 MB into a spool with a 1 MB limit: a bytearray's data (which
+    may change) land in its file; a bytes object's (which cannot) are kept as they are, not
+    copied; either loads back equal."""
     import pickle
     from dispyscheduler.wire import serialize
     from dispyscheduler.wire.files import Spool
-    value = {'data': os.urandom(50 * 1000 * 1000), 'name': 'x'}
-    spool = Spool(limit=1024 * 1024)
-    serialize.dump(value, spool)
-    assert spool.file is not None and len(spool.memory) == 0
-    assert pickle.loads(b''.join([bytes(chunk) for _, chunk, _ in spool.chunks()])) == value
-    spool.close()
+    for data, in_file in ((bytearray(os.urandom(50 * 1000 * 1000)), True),
+                          (os.urandom(50 * 1000 * 1000), False)):
+        value = {'data': data, 'name': 'x'}
+        spool = Spool(limit=1024 * 1024)
+        serialize.dump(value, spool)
+        assert (spool.file is not None) == in_file and spool.in_memory < 1024 * 1024
+        assert pickle.loads(b''.join([bytes(chunk) for _, chunk, _ in spool.chunks()])) == value
+        spool.close()
 
 
 def test_a_chunk_and_its_frame_stay_below_the_size_that_is_mapped_apart():
     """Each chunk's buffers (read, encoded, received with the next read's bytes, decoded)
     must come from the heap, below ``LARGE_BUFFER``: each buffer mapped apart costs page
     faults on every chunk (it once halved the speed of large transfers)."""
-    from dispyscheduler.constants import FILE_CHUNK_SIZE, LARGE_BUFFER, RECV_SIZE
+    from dispyscheduler.constants import (BULK_RECV_SIZE, FILE_CHUNK_SIZE, LARGE_BUFFER,
+                                          RECV_SIZE)
     from dispyscheduler.wire import messages as m
     from dispyscheduler.wire.protocol import encode
     frame = encode(m.PayloadPart(id=2 ** 62, name='_dispyscheduler_result_%d.pickle' % 2 ** 62,
                                  size=2 ** 62, offset=2 ** 62, data=b'x' * FILE_CHUNK_SIZE,
                                  last=False))
     assert len(frame) + RECV_SIZE < LARGE_BUFFER
+    assert len(frame) < BULK_RECV_SIZE < LARGE_BUFFER  # a chunk's rest in one read
