@@ -754,7 +754,7 @@ def payload_batch(session, inputs, digests, deadline):
     t0 = time.monotonic()
     handles = [session.submit(data) for data in inputs]
     submit_s = time.monotonic() - t0
-    errors, samples, last, max_gap = 0, [], time.monotonic(), 0.0
+    tally = Tally()
     for i, digest in enumerate(digests):
         handle, handles[i] = handles[i], None
         try:
@@ -770,13 +770,28 @@ def payload_batch(session, inputs, digests, deadline):
         except Exception as exc:
             error = 'job %d: %s: %s' % (i, type(exc).__name__, str(exc)[-300:])
         result = handle = None
+        tally.add(error)
+    return tally.outcome(submit_s)
+
+
+class Tally:
+    """A batch's results as they are checked: errors (the first five kept as samples) and
+    the longest wait between two results."""
+
+    def __init__(self):
+        self.errors, self.samples, self.max_gap, self.last = 0, [], 0.0, time.monotonic()
+
+    def add(self, error):
         now = time.monotonic()
-        max_gap, last = max(max_gap, now - last), now
+        self.max_gap, self.last = max(self.max_gap, now - self.last), now
         if error:
-            errors += 1
-            if len(samples) < 5:
-                samples.append(error)
-    return errors, samples, submit_s, max_gap
+            self.errors += 1
+            if len(self.samples) < 5:
+                self.samples.append(error)
+
+    def outcome(self, submit_s):
+        """``(errors, samples, submit_s, max_gap_s)``."""
+        return self.errors, self.samples, submit_s, self.max_gap
 
 
 def payload_client(session, jobs, size):
@@ -840,16 +855,10 @@ class DispyApiSession:
         t0 = time.monotonic()
         jobs = [self.cluster.submit(i) for i in range(n)]
         submit_s = time.monotonic() - t0
-        errors, samples, last, max_gap = 0, [], time.monotonic(), 0.0
+        tally = Tally()
         for i, job in enumerate(jobs):
-            error = self._check(job, i, deadline)
-            now = time.monotonic()
-            max_gap, last = max(max_gap, now - last), now
-            if error:
-                errors += 1
-                if len(samples) < 5:
-                    samples.append(error)
-        return errors, samples, submit_s, max_gap
+            tally.add(self._check(job, i, deadline))
+        return tally.outcome(submit_s)
 
     def one(self, i, deadline):
         return self._check(self.cluster.submit(i), i, deadline)
