@@ -39,6 +39,7 @@ from ..constants import (CANCEL_GRACE, CANCELLED, STARTED_REPORT_DELAY, TERMINAT
                          WORKER_START_TIMEOUT)
 from ..wire.files import (FileRefused, IncomingFiles, refusal_reason, safe_relative_path,
                           write_file)
+from ..runtime.duties import remove_later
 from ..runtime.hublink import HubLink
 from ..wire.protocol import ProtocolError
 from . import runner
@@ -206,8 +207,8 @@ class Computation:
         """Values sent for jobs that are all done: deleted."""
         for name in names:
             try:
-                os.unlink(os.path.join(self.directory, safe_relative_path(name)))
-            except (FileNotFoundError, FileRefused):
+                remove_later(os.path.join(self.directory, safe_relative_path(name)))
+            except FileRefused:
                 pass
 
     def start(self, node_ip_addr: str) -> None:

@@ -11,6 +11,8 @@ logged as an internal error with its traceback.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 from types import TracebackType
 from typing import Any, Callable
 
@@ -81,3 +83,27 @@ def in_background(function: Callable[..., Any], *args: Any) -> None:
     disk mounted with ``discard`` takes milliseconds) on the hub's thread pool, so that the
     hub serves everyone else meanwhile."""
     gevent.get_hub().threadpool.spawn(function, *args)
+
+
+def remove_later(path: str) -> None:
+    """Remove a file or a directory in the background, out of the way at once: it is renamed
+    first (to a hidden name in the same directory), so that one of the same name can be
+    written again straight away (a value sent again), while the removal, which on a disk
+    mounted with ``discard`` takes milliseconds, keeps the hub from no one."""
+    directory, name = os.path.split(path)
+    gone = os.path.join(directory, '.gone-%s-%s' % (os.urandom(4).hex(), name))
+    try:
+        os.rename(path, gone)
+    except FileNotFoundError:
+        return
+    in_background(_remove_tree, gone)
+
+
+def _remove_tree(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            os.unlink(path)
+        except OSError as exc:
+            logger.warning('cannot remove %s: %s', path, exc)

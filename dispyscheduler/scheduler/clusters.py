@@ -23,6 +23,7 @@ from ..config import SchedulerConfig
 from ..constants import (CANCELLED, FILE_TIMEOUT, MAX_NODE_NAMES, MAX_UPLOADS,
                          NODE_INITIALIZED, TERMINATED)
 from ..runtime.discovery import resolve
+from ..runtime.duties import remove_later
 from ..wire.files import (MAX_FILES, FileRefused, IncomingFiles, check_manifest, check_size,
                           refusal_reason, safe_relative_path)
 from ..runtime.hublink import HubLink
@@ -338,7 +339,7 @@ class ClusterService:
             if ref not in cluster.uploads or not UPLOAD_REF.fullmatch(ref):
                 continue
             forgotten[ref] = cluster.uploads.pop(ref)[0]
-            shutil.rmtree(upload_directory(cluster.directory or '', ref), ignore_errors=True)
+            remove_later(upload_directory(cluster.directory or '', ref))
         if forgotten:
             self.durability.put_cluster(cluster)
             self.nodes.forget_values(cluster, forgotten)

@@ -138,7 +138,7 @@ class IncomingFiles:
         self.open: dict[str, list[int]] = {}  # name -> [fd, bytes written]
         self.done: list[str] = []
 
-    def chunk(self, name: str, offset: int, data: bytes, last: bool,
+    def chunk(self, name: str, offset: int, data: bytes | bytearray, last: bool,
               mode: int = 0o600) -> str | None:
         """Write one chunk; returns the file's path when ``last`` completes it, else None."""
         entry = self.open.get(name)
@@ -190,7 +190,7 @@ class IncomingBytes:
         self.data = bytearray(size)
         self.written = 0
 
-    def chunk(self, name: str, offset: int, data: bytes, last: bool,
+    def chunk(self, name: str, offset: int, data: bytes | bytearray, last: bool,
               mode: int = 0o600) -> bytearray | None:
         end = offset + len(data)
         if offset != self.written:

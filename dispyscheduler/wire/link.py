@@ -223,6 +223,13 @@ class Link:
             messages = list(self.inbox)
             self.inbox.clear()
             return messages
+        sink = self.decoder.raw_sink()
+        if sink is not None:  # a chunk of a file, read straight into its own buffer
+            with sink:
+                count = self.sock.recv_into(sink)
+            if not count:
+                raise ConnectionClosed('%s closed the connection' % (self.peer,))
+            return self.decoder.raw_received(count)
         return self.decoder.messages_from(self._recv())
 
     def after_batch(self) -> None:

@@ -96,6 +96,9 @@ def _checker(annotation: Any) -> Checker:
         return _exact(frozenset((annotation,)), annotation.__name__)
     origin = typing.get_origin(annotation)
     arguments = typing.get_args(annotation)
+    if origin in (Union, types.UnionType) and all(argument in (bytes, bytearray)
+                                                  for argument in arguments):
+        return _exact(frozenset(arguments), 'bytes')  # ``Chunk``
     if origin in (Union, types.UnionType) and type(None) in arguments:
         (inner,) = [argument for argument in arguments if argument is not type(None)]
         check_inner = _checker(inner)
@@ -234,6 +237,10 @@ def from_wire(kind: Any, body: Any) -> Message:
 
 
 # Shapes that several messages share
+
+Chunk = Union[bytes, bytearray]
+"""A chunk of a file or of a large value: a bulk frame's data arrive in a buffer of their
+own (``FrameDecoder.raw_sink``), a bytearray, which is not copied again."""
 
 FileSpec = tuple[str, int, int]
 """A file announced before its chunks: ``(name, size, mode)``."""
@@ -418,7 +425,7 @@ class PayloadPart(Message):
     name: str
     size: int
     offset: int
-    data: bytes
+    data: Chunk
     last: bool
 
 
@@ -456,7 +463,7 @@ class ComputeFile(Message):
     cid: int
     name: str
     offset: int
-    data: bytes
+    data: Chunk
     last: bool
 
 
@@ -487,7 +494,7 @@ class SentFile(Message):
     size: int
     mode: int
     offset: int
-    data: bytes
+    data: Chunk
     last: bool
     value: bool = False
 
@@ -595,7 +602,7 @@ class Upload(Message):
     size: int
     mode: int
     offset: int
-    data: bytes
+    data: Chunk
     last: bool
     value: bool = False
 

@@ -75,12 +75,41 @@ class FrameDecoder:
     read, before its body is waited for or stored.
     """
 
+    direct_raw = 64 * 1024
+    """A bulk frame's raw bytes from this size on are read straight into a buffer of their
+    own (``raw_sink``), which becomes the message's ``data``, rather than through
+    ``buffer``: each byte copied once, by the kernel."""
+
     def __init__(self, max_frame_size: int = MAX_FRAME_SIZE) -> None:
         self.max_frame_size = max_frame_size
         self.buffer = bytearray()
         self.missing = 0
         """Bytes still to come of the frame begun in ``buffer`` (0: none is begun, or its
         length is not known yet): a reader may ask for that much at once."""
+        self.raw: tuple[memoryview, bytearray] | None = None
+        """A bulk frame whose raw bytes are being read into a buffer of their own: its
+        message without them (undecoded), and that buffer."""
+        self.raw_filled = 0
+
+    def raw_sink(self) -> memoryview | None:
+        """Where the next bytes read must go, if a bulk frame's raw bytes are being read
+        into their own buffer (``recv_into`` it, then ``raw_received``); else None."""
+        if self.raw is None:
+            return None
+        return memoryview(self.raw[1])[self.raw_filled:]
+
+    def raw_received(self, count: int) -> list[Message]:
+        """``count`` bytes were read into ``raw_sink()``: the bulk frame's message once
+        they are all there (and what follows in ``buffer``, nothing: the sink was exactly
+        the rest of the frame)."""
+        self.raw_filled += count
+        assert self.raw is not None
+        head, data = self.raw
+        if self.raw_filled < len(data):
+            self.missing = len(data) - self.raw_filled
+            return []
+        self.raw, self.raw_filled, self.missing = None, 0, 0
+        return [decode_payload(head, data)]
 
     def feed(self, data: bytes) -> None:
         self.buffer += data
@@ -111,20 +140,33 @@ class FrameDecoder:
                                         % (size + raw, self.max_frame_size))
                 end = start + size + raw
                 if len(buffer) < end:
+                    if bulk and raw >= self.direct_raw and len(buffer) >= start + size:
+                        # the message is here, not all of its raw bytes: the rest are read
+                        # straight into their own buffer
+                        data = bytearray(raw)
+                        have = len(buffer) - start - size
+                        with memoryview(buffer) as view:
+                            data[:have] = view[start + size:]
+                            head = memoryview(bytes(view[start:start + size]))
+                        self.raw = (head, data)
+                        self.raw_filled, self.missing = have, raw - have
+                        offset = len(buffer)
+                        break
                     self.missing = end - len(buffer)
                     break
                 if not bulk:
                     yield decode_payload(memoryview(buffer)[start:end])
                 else:
                     with memoryview(buffer) as view:
-                        data = bytes(view[start + size:end])
-                    yield decode_payload(memoryview(buffer)[start:start + size], data)
+                        chunk = bytes(view[start + size:end])
+                    yield decode_payload(memoryview(buffer)[start:start + size], chunk)
                 offset = end
         finally:
             del buffer[:offset]
 
 
-def decode_payload(payload: Union[bytes, memoryview], data: bytes | None = None) -> Message:
+def decode_payload(payload: Union[bytes, memoryview],
+                   data: bytes | bytearray | None = None) -> Message:
     """Decode and check one frame's payload (with a bulk frame's raw ``data``)."""
     try:
         value = msgpack.unpackb(payload, raw=False, use_list=True)

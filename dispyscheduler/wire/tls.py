@@ -132,6 +132,13 @@ class TLSSocket:
         except SSL.Error as exc:
             raise TLSError('TLS handshake failed: %s' % (_reason(exc),)) from None
 
+    def recv_into(self, buffer: memoryview) -> int:
+        """``recv`` into ``buffer`` (pyOpenSSL's own ``recv_into`` takes no memoryview of a
+        slice everywhere: a copy of what came is cheap beside TLS)."""
+        data = self.recv(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
     def recv(self, size: int) -> bytes:
         try:
             return self._retry(self.conn.recv, size)

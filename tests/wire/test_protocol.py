@@ -420,3 +420,38 @@ def test_a_bulk_frame_too_large_or_with_data_of_its_own_is_refused():
     with pytest.raises(ProtocolError, match='data of its own'):
         list(FrameDecoder().messages_from(BULK_HEADER.pack(len(payload) | BULK, 1) + payload
                                           + b'z'))
+
+
+def test_a_large_bulk_frame_is_read_straight_into_its_own_buffer():
+    """Over a real socket pair: a 1 MB chunk sent as a bulk frame between two small frames
+    arrives whole, its data the buffer the reader filled (a bytearray, not copied again),
+    and the frame after it is read as usual."""
+    import socket
+    import threading
+    from dispyscheduler.wire.link import Link
+    from dispyscheduler.wire.messages import PayloadPart
+    left, right = socket.socketpair()
+    sender, receiver = Link(left, 'sender'), Link(right, 'receiver')
+    receiver.authenticated()  # (the handshake's 4 KB frame cap is lifted)
+    data = bytes(range(256)) * 4096
+    part = PayloadPart(id=4, name='_dispyscheduler_result_4.pickle', size=len(data), offset=0,
+                       data=b'', last=True)
+
+    def send():
+        sender.send_now(Pulse(busy=1))
+        sender.send_bulk(part, memoryview(data))
+        sender.send_now(Pulse(busy=2))
+
+    thread = threading.Thread(target=send, daemon=True)
+    thread.start()
+    received = []
+    try:
+        while len(received) < 3:
+            received += receiver.receive()
+    finally:
+        left.close()
+        right.close()
+        thread.join(10)
+    assert received[0] == Pulse(busy=1) and received[2] == Pulse(busy=2)
+    assert type(received[1].data) is bytearray and received[1].data == data
+    assert receiver.decoder.raw is None and not receiver.decoder.buffer
