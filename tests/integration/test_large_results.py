@@ -8,14 +8,17 @@ what the user sees, and what the daemons did from the outside (files, /proc).
 
 import collections
 import hashlib
+import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import tempfile
 
 import pytest
 
-from daemons import wait_for
+from daemons import CLUSTER_SECRET, REPO, wait_for
 from test_large_values import (DEADLINE, MB, NODES, fill_disk, freeze, mount_tmpfs,
                                node_directory, proc_status, scheduler_directory, size_of,
                                restart_and_collect, start_program, unmount,
@@ -420,3 +423,61 @@ def test_a_link_cut_while_a_large_result_arrives_sends_it_again_whole(daemons, c
     assert ends == {job.id: 1}, ends
     assert not payload_files(str(client_tmp)), payload_files(str(client_tmp))
     daemons.scheduler.wait_log('resumed')
+
+
+FROZEN_PROGRAM = '''
+import hashlib, json, sys
+from dispyscheduler import DispyJob, SharedJobCluster
+
+def make(size, seed):
+    import hashlib
+    block = hashlib.sha256(b'%d' % seed).digest() * 32768
+    return (block * (size // len(block) + 1))[:size]
+
+port, secret = int(sys.argv[1]), sys.argv[2]
+with SharedJobCluster(make, scheduler_node='127.0.0.1', scheduler_port=port,
+                      secret=secret) as cluster:
+    jobs = [cluster.submit(50 * 1000 * 1000, seed) for seed in range(4)]
+    print('submitted', flush=True)
+    intact = [job() == make(50 * 1000 * 1000, seed) for seed, job in enumerate(jobs)]
+print(json.dumps({'intact': intact}), flush=True)
+'''
+
+
+def test_a_client_that_stops_reading_large_results_holds_up_no_one_else(daemons, tmp_path):
+    """A program whose four 50 MB results are streaming to it is frozen (SIGSTOP): another
+    program's jobs with 5 MB results all finish meanwhile, the scheduler's peak resident
+    size stays under 300 MB, and once let go the first program gets every result intact."""
+    scheduler = daemons.start_scheduler()
+    for ip in NODES:
+        daemons.start_node(ip)
+    script = tmp_path / 'frozen_client.py'
+    script.write_text(FROZEN_PROGRAM)
+    program = subprocess.Popen([sys.executable, str(script), str(daemons.scheduler_port),
+                                CLUSTER_SECRET], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=REPO))
+    frozen = False
+    try:
+        assert program.stdout.readline().strip() == b'submitted'
+        wait_until(lambda: payload_files(scheduler_directory(daemons)), DEADLINE,
+                   'the first results to reach the scheduler')
+        freeze(program.pid)
+        frozen = True
+        with SharedJobCluster(make, **daemons.client_options()) as cluster:
+            jobs = [cluster.submit(5 * MB, seed) for seed in range(10)]
+            for seed, job in enumerate(jobs):
+                assert job(timeout=DEADLINE) == pattern(5 * MB, seed), (job.status,
+                                                                         job.exception)
+        peak = proc_status(scheduler.pid, 'VmHWM')
+        os.kill(program.pid, signal.SIGCONT)
+        frozen = False
+        out, err = program.communicate(timeout=300)
+    finally:
+        if frozen:
+            os.kill(program.pid, signal.SIGCONT)
+        program.kill()
+        program.wait()
+    assert program.returncode == 0, err.decode()[-3000:]
+    assert json.loads(out.decode().splitlines()[-1]) == {'intact': [True] * 4}
+    print('scheduler VmHWM with a frozen client: %.1f MB' % (peak / MB))
+    assert peak < 300 * MB, peak / MB
