@@ -19,7 +19,7 @@ from ..config import SchedulerConfig
 from ..constants import (ACK_DELAY, NODE_AVAIL_INFO, NODE_CLOSED, NODE_INITIALIZED,
                          NODE_SETUP_FAILED, TERMINATED)
 from ..wire import messages as m
-from ..wire.files import remove_file, safe_relative_path
+from ..wire.files import discard, remove_file, safe_relative_path
 from ..wire.protocol import ProtocolError
 from .admission import Admission
 from .durability import Durability
@@ -241,6 +241,15 @@ class NodeService:
         if job is None:  # a repeat, or a job that ended otherwise: nothing to keep
             session.acknowledge_result_now(done.jid)
             return
+        if self.durability.unsaved_bytes > self.durability.max_unsaved_bytes:
+            self.durability.wait_for_room()  # this node's results wait on the node meanwhile
+            node.last_heard = time.monotonic()  # it was not read while it waited
+            job = node.jobs.get(done.jid)
+            if job is None:  # it ended otherwise meanwhile (its cluster closed, say)
+                if done.stored:  # its result's file goes
+                    discard(session.payloads.take(done.jid, done.stored)[0])
+                session.acknowledge_result_now(done.jid)
+                return
         if done.stored:
             path, reason = self.stored_payload(session, job, done.stored)
             if path is None:
@@ -249,13 +258,6 @@ class NodeService:
                                  done.start_time, done.end_time)
             else:
                 job.cluster.stored_results[job.uid] = path
-        if self.durability.unsaved_bytes > self.durability.max_unsaved_bytes:
-            self.durability.wait_for_room()  # this node's results wait on the node meanwhile
-            node.last_heard = time.monotonic()  # it was not read while it waited
-            job = node.jobs.get(done.jid)
-            if job is None:  # it ended otherwise meanwhile (its cluster closed, say)
-                session.acknowledge_result_now(done.jid)
-                return
         self.router.deliver(job, node, done)  # first: the result leaves at once
         started = done.start_time
         ended = self.state.job_done(node, done.jid, done.status,

@@ -50,11 +50,6 @@ def payload_file(uid: int, name: str) -> str:
     return '%d-%s' % (uid, name)
 
 
-def payload_path(cluster: Cluster, uid: int, name: str) -> str:
-    assert cluster.directory is not None  # made for its first payload
-    return os.path.join(cluster.directory, RESULTS_DIRECTORY, payload_file(uid, name))
-
-
 def sync_in_thread(fd: int) -> None:
     """``os.fsync`` in gevent's thread pool: the hub serves everyone else meanwhile."""
     gevent.get_hub().threadpool.apply(os.fsync, (fd,))
