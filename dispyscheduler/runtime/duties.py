@@ -21,6 +21,8 @@ import gevent.event
 import gevent.hub
 import gevent.pool
 
+from ..wire.files import remove_file
+
 logger = logging.getLogger(__name__)
 
 
@@ -103,7 +105,4 @@ def _remove_tree(path: str) -> None:
     if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path, ignore_errors=True)
     else:
-        try:
-            os.unlink(path)
-        except OSError as exc:
-            logger.warning('cannot remove %s: %s', path, exc)
+        remove_file(path)

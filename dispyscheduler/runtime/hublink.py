@@ -119,33 +119,29 @@ class HubLink(Link):
                     return True
 
     def send_region(self, head: bytes, fd: int, offset: int, count: int) -> bool:
-        """``head`` then ``count`` bytes of file ``fd`` from ``offset``, once what is queued
-        has left, with the socket to itself meanwhile (frames sent by others wait in the
-        outbox); False if the link is closed."""
-        self.wait_until_drained()
-        if self.closed:
+        """``head`` then ``count`` bytes of file ``fd`` from ``offset`` (``send_exclusive``);
+        False if the link is closed. ``OSError`` if the file ended early (the frame promised
+        more: the link is closed)."""
+        left = [count]
+
+        def from_file() -> None:
+            out, position = self.sock.fileno(), offset
+            while left[0]:
+                try:
+                    sent = os.sendfile(out, fd, position, left[0])
+                except BlockingIOError:
+                    gevent.socket.wait_write(out)
+                    continue
+                if not sent:
+                    return
+                position += sent
+                left[0] -= sent
+
+        if not self.send_exclusive(head, from_file):
             return False
-        with self.sending:
-            try:
-                self.sock.sendall(head)
-                out = self.sock.fileno()
-                while count:
-                    try:
-                        sent = os.sendfile(out, fd, offset, count)
-                    except BlockingIOError:
-                        gevent.socket.wait_write(out)
-                        continue
-                    if not sent:
-                        break
-                    offset += sent
-                    count -= sent
-            except OSError as exc:  # the connection broke (or the file, which is ours, did)
-                logger.debug('send to %s failed: %s', self.peer, exc)
-                self.close()
-                return False
-        if count:  # the frame promised more: the link cannot go on
+        if left[0]:
             self.close()
-            raise OSError('file ended %d bytes early' % (count,))
+            raise OSError('file ended %d bytes early' % (left[0],))
         return True
 
     def send_nowait(self, data: bytes) -> int:

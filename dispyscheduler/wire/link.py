@@ -147,14 +147,21 @@ class Link:
         data go after the message as they are, never copied into a frame), once what is
         queued has left (flow control for a large value sent a chunk at a time); False if
         the link is closed."""
+        return self.send_exclusive(encode_bulk(message, memoryview(data).nbytes),
+                                   lambda: self.sock.sendall(data))
+
+    def send_exclusive(self, head: bytes, rest: Callable[[], Any]) -> bool:
+        """``head``, then whatever ``rest()`` writes to the socket, once what is queued has
+        left, with the socket to itself meanwhile (frames sent by others wait in the
+        outbox); False if the link is closed, or breaks on the way (then closed)."""
         self.wait_until_drained()
         if self.closed:
             return False
         with self.sending:
             try:
-                self.sock.sendall(encode_bulk(message, memoryview(data).nbytes))
-                self.sock.sendall(data)
-            except (OSError, ValueError) as exc:
+                self.sock.sendall(head)
+                rest()
+            except (OSError, ValueError) as exc:  # ValueError: the socket was closed under us
                 logger.debug('send to %s failed: %s', self.peer, exc)
                 self.close()
                 return False
