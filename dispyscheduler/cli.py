@@ -20,6 +20,7 @@ from typing import Callable, Iterable, Sequence, TypeVar
 
 from . import __version__
 from .node.service import parse_time_of_day
+from .resources import parse_offer_option
 from .runtime import daemonize
 from .config import (
     ConfigError,
@@ -104,6 +105,22 @@ def ip_address(text: str) -> str:
 
 
 time_of_day = argument_type(parse_time_of_day, what='a time of day (HH:MM)')
+
+
+def gpu_ids(text: str) -> list[str]:
+    """``--gpus 0,1``: CUDA ids; '' for none."""
+    ids = [part.strip() for part in text.split(',') if part.strip()]
+    if len(set(ids)) != len(ids):
+        raise argparse.ArgumentTypeError('%r names a GPU twice' % (text,))
+    return ids
+
+
+def named_resource(text: str) -> tuple[str, int]:
+    """``--resource licence=2``."""
+    try:
+        return parse_offer_option(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def http_address(text: str) -> tuple[str, int]:
@@ -210,6 +227,12 @@ NODE_OPTIONS = common_options('dispynode') + [
            type=port, default=NODE_PORT),
     Option(('-c', '--cpus'), 'jobs run at once (default: all CPUs; negative: all but that '
                              'many)', type=int, default=0),
+    Option(('--memory',), 'memory jobs may hold in all, as 64G (default: all of it)',
+           type=size, metavar='SIZE'),
+    Option(('--gpus',), 'GPUs jobs may use, by CUDA id, as 0,1 (default: those nvidia-smi '
+                        "-L lists; '' for none)", type=gpu_ids, metavar='IDS', show=','.join),
+    Option(('--resource',), 'a named resource jobs may ask for, as licence=2 (repeatable)',
+           LIST, type=named_resource, metavar='NAME=COUNT', show='%s=%d'.__mod__),
     Option(('-s', '--secret'), "the scheduler's --node_secret", default=''),
     Option(('--certfile',), 'TLS certificate (turns TLS on)'),
     Option(('--keyfile',), 'TLS key, if not in the certificate file'),
@@ -286,7 +309,8 @@ def node_config(options: argparse.Namespace) -> NodeConfig:
         ping_interval=options.ping_interval, zombie_interval=options.zombie_interval,
         max_file_size=options.max_file_size, serve=options.serve or 0,
         service_start=options.service_start, service_stop=options.service_stop,
-        service_end=options.service_end, clean=options.clean,
+        service_end=options.service_end, clean=options.clean, memory=options.memory,
+        gpus=options.gpus, resource=dict(options.resource or ()),
     ).check()
     config.cpus = config.cpu_count()
     return config

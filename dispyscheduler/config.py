@@ -13,6 +13,7 @@ import math
 import os
 from typing import Any, Callable, NamedTuple, Optional, TypeVar
 
+from .resources import BUILT_IN, check_name
 from .constants import (
     DEFAULT_DEST_PATH_PREFIX,
     DEFAULT_NODE_DEST_PATH_PREFIX,
@@ -219,6 +220,12 @@ class NodeConfig:
     """... and at this time it ends its running jobs and leaves its scheduler; None: never."""
     clean: bool = False
     """Remove computations' directories a previous run left in ``dest_path_prefix``."""
+    memory: Optional[int] = None
+    """Bytes of memory jobs may hold in all; None: the host's physical memory."""
+    gpus: Optional[list[str]] = None
+    """GPUs jobs may use (their CUDA ids); None: those ``nvidia-smi -L`` lists."""
+    resource: dict[str, int] = dataclasses.field(default_factory=dict)
+    """Named resources jobs may ask for (``--resource licence=2``): name -> how many."""
 
     def cpu_count(self, available: Optional[int] = None) -> int:
         """The CPUs to use on a host with ``available`` of them (default: this host's)."""
@@ -235,6 +242,19 @@ class NodeConfig:
             'max_file_size': check_size,
             'serve': check_not_negative,
         })
+        if self.memory is not None and self.memory < 1:
+            raise ConfigError('memory', 'must be more than 0, not %s' % (self.memory,))
+        for name, amount in self.resource.items():
+            try:
+                check_name(name)
+            except ValueError as exc:
+                raise ConfigError('resource', str(exc)) from None
+            if name in BUILT_IN or amount < 0:
+                raise ConfigError('resource', '%s=%s: %s' % (
+                    name, amount, 'use --%s' % name if name in BUILT_IN
+                    else 'a count cannot be negative'))
+        if self.gpus is not None and len(set(self.gpus)) != len(self.gpus):
+            raise ConfigError('gpus', '%s names a GPU twice' % ','.join(self.gpus))
         if self.cpu_count() < 1:
             raise ConfigError('cpus', 'leaves no CPU to use (%d available)'
                               % (os.cpu_count() or 1))

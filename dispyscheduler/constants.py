@@ -222,6 +222,15 @@ that of a result. Nothing is at risk meanwhile (the client keeps a submission an
 result until then), and each commit costs a fsync and a thread's wake-up on a host that has
 few CPUs to spare: at 5 ms, with jobs one at a time, a tenth of a job's round trip."""
 
+MAX_KEPT_SHORTFALLS = 4096
+"""Jobs' needs for which the scheduler keeps worked out what no node has (to refuse a job
+that could never run without looking at every node again): at most this many, then it
+starts over."""
+
+UNMET_NEED_PULSES = 5
+"""Pulse intervals that jobs wait for a need no connected node could meet (the only node
+with a GPU left, say) before their client is warned that they wait for such a node."""
+
 MAX_NODE_LOSSES = 3
 """Default ``--max_node_losses``: a job whose runs have killed or lost this many nodes ends
 ``Abandoned`` instead of going round the cluster for ever."""

@@ -53,6 +53,9 @@ class Option:
     """False for dispy's options that mean nothing here: accepted, and ignored."""
     const: Any = None
     """The value of the option given bare (``--httpd`` alone); None: it needs a value."""
+    show: Optional[Callable[[Any], str]] = None
+    """How a file holds a value that ``type`` made (``--gpus``' list, ``--resource``'s
+    pair): the text ``type`` reads back; None: the value's own text."""
 
     @property
     def dest(self) -> str:
@@ -194,9 +197,12 @@ def write_option_file(prog: str, options: Sequence[Option], values: argparse.Nam
     config.add_section(prog)
     for option in options:
         value = getattr(values, option.dest, None)
-        if not option.in_files or value is None or value == []:
+        if not option.in_files or value is None or value == [] and option.kind == LIST:
             continue
-        if isinstance(value, bool):
+        if option.show is not None:
+            value = '\n'.join(option.show(item) for item in value) if option.kind == LIST \
+                else option.show(value)
+        elif isinstance(value, bool):
             value = 'yes' if value else 'no'
         elif isinstance(value, tuple):  # an address: host:port, as given
             value = ':'.join(str(part) for part in value)

@@ -112,3 +112,29 @@ def test_saved_options_read_back_the_same(tmp_path):
     again = optionfile.parse_args(scheduler_parser(), SCHEDULER_OPTIONS, ['--config', path])
     assert scheduler_config(again) == scheduler_config(options)
     assert again.debug is True
+
+
+@pytest.mark.parametrize('argv', [
+    ['--memory', '64G', '--gpus', '0,1', '--resource', 'licence=2', '--resource', 'disk=1'],
+    ['--gpus', ''],  # none, not "find them with nvidia-smi"
+])
+def test_a_nodes_resources_read_back_the_same_from_its_saved_options(tmp_path, argv):
+    options = node_parser().parse_args(argv)
+    path = str(tmp_path / 'node.conf')
+    optionfile.write_option_file('dispynode', NODE_OPTIONS, options, path)
+    again = optionfile.parse_args(node_parser(), NODE_OPTIONS, ['--config', path])
+    assert node_config(again) == node_config(options)
+    assert node_config(again).gpus == (['0', '1'] if len(argv) > 2 else [])
+
+
+@pytest.mark.parametrize('argv, reason', [
+    (['--resource', 'licence'], 'say name=count'),
+    (['--resource', 'cpus=2'], 'use --cpus'),
+    (['--resource', 'licence=-1'], 'cannot be negative'),
+    (['--gpus', '0,0'], 'names a GPU twice'),
+    (['--memory', 'lots'], 'a size'),
+])
+def test_bad_resource_options_are_one_clear_error(argv, reason, capsys):
+    with pytest.raises(SystemExit):
+        node_parser().parse_args(argv)
+    assert reason in capsys.readouterr().err

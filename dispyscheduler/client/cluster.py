@@ -30,7 +30,7 @@ import tempfile
 import threading
 import time
 import weakref
-from typing import Any, Callable, Iterable, Literal, Sequence, TextIO, Union
+from typing import Any, Callable, Iterable, Literal, Mapping, Sequence, TextIO, Union
 
 from ..constants import (ABANDONED, ACK_BATCH, ACK_DELAY, CLIENT_CLUSTER_TIMEOUT,
                          CLIENT_RECONNECT_TIMEOUT, CREATED,
@@ -40,6 +40,7 @@ from ..constants import (ABANDONED, ACK_BATCH, ACK_DELAY, CLIENT_CLUSTER_TIMEOUT
                          SPOOL_LIMIT,
                          STORED_VALUE_THRESHOLD,
                          TERMINATED, VALUE_LINGER)
+from ..resources import CPUS, ONE_CPU, Need
 from ..wire import messages as m
 from ..wire.files import (FileRefused, IncomingFiles, IncomingPayloads, Spool, check_size,
                           discard, read_chunks)
@@ -104,8 +105,10 @@ class SharedJobCluster:
                  job_timeout: float | None = None,
                  recover_file: str | Literal[False] | None = None,
                  reconnect_timeout: float = CLIENT_RECONNECT_TIMEOUT,
+                 resources: Mapping[str, Any] | None = None,
                  **dispy_options: Any) -> None:
         logger.setLevel(loglevel)
+        need = Need.from_user(resources)  # a ResourceError (ValueError) before anything
         for name in dispy_options:
             if name not in IGNORED_OPTIONS:
                 raise TypeError('SharedJobCluster() got an unexpected keyword argument %r'
@@ -123,6 +126,7 @@ class SharedJobCluster:
             [host] if host else ['127.0.0.1', socket.gethostname()], scheduler_port, ip_addr,
             port, secret, (certfile, keyfile, cafile), reconnect_timeout)
         self._prepare(name, connection, job_status or callback, cluster_status, job_timeout)
+        self._need = need
         self._allocators = allocators
         self._program = isinstance(computation, str)
         link = connection.connect()
@@ -146,6 +150,7 @@ class SharedJobCluster:
         self._job_status = job_status
         self._cluster_status = cluster_status
         self._job_timeout = job_timeout
+        self._need = ONE_CPU  # what its jobs need unless submitted with their own
         self._allocators = list[NodeAllocate]()  # ``nodes``, then ``allocate_node``'s
         # (path, size, mtime) -> reference of a file uploaded for some nodes only
         self._uploaded: dict[tuple[str, int, int], str] = {}
@@ -286,7 +291,8 @@ class SharedJobCluster:
             nodes=[(entry.ip_addr, entry.port or 0) for entry in self._allocators],
             reentrant=bool(reentrant), cleanup=bool(cleanup),
             files=[(name, os.path.getsize(path), mode) for name, path, mode in files],
-            allocate=any(entry.offered for entry in self._allocators)))
+            allocate=any(entry.offered for entry in self._allocators),
+            resources=self._need.to_wire()))
         try:
             for name, path, _ in files:
                 for offset, data, last in read_chunks(path):
@@ -306,7 +312,9 @@ class SharedJobCluster:
 
         Keywords for the scheduler: ``dispy_job_depends`` (files for this job),
         ``dispy_job_timeout`` (seconds; the job is killed after that),
-        ``dispy_job_priority`` (higher runs first within this cluster)."""
+        ``dispy_job_priority`` (higher runs first within this cluster),
+        ``dispy_job_resources`` (what it needs, as the cluster's ``resources``: keys given
+        replace the cluster's, e.g. ``{'cpus': 4}``; it runs only where all is free)."""
         return self._submit(None, None, args, kwargs)
 
     def submit_node(self, node: DispyNode | str, *args: Any, **kwargs: Any) -> DispyJob:
@@ -330,6 +338,9 @@ class SharedJobCluster:
         if not m.INT_RANGE[0] <= priority <= m.INT_RANGE[1]:
             raise ValueError('dispy_job_priority must be between %d and %d, not %d'
                              % (m.INT_RANGE[0], m.INT_RANGE[1], priority))
+        need = Need.from_user(kwargs.pop('dispy_job_resources', None), self._need)
+        # [] means the cluster's; one CPU where the cluster's jobs need more is said so
+        resources = [] if need == self._need else need.to_wire() or [(CPUS, 1)]
         uid = next(self._uids)
         values: list[str] = []
         payload = b''
@@ -360,7 +371,7 @@ class SharedJobCluster:
         job.id = uid if job_id is None else job_id
         submission = m.Submit(uid=uid, args=payload, files=files, priority=priority,
                               timeout=None if timeout is None else float(timeout), node=node,
-                              tag=tag, refs=list(refs) + values)
+                              tag=tag, refs=list(refs) + values, resources=resources)
         self._jobs[uid] = job
         self._jobs_submitted += 1
         self._unsaved[uid] = submission

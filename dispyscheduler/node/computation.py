@@ -34,6 +34,7 @@ import gevent.event
 import gevent.lock
 from gevent.hub import Waiter
 
+from ..resources import CPUS, ONE_CPU, Need, memory_exceeded
 from ..wire import messages as m
 from ..constants import (CANCEL_GRACE, CANCELLED, STARTED_REPORT_DELAY, TERMINATED,
                          WORKER_START_TIMEOUT)
@@ -43,6 +44,7 @@ from ..runtime.duties import remove_later
 from ..runtime.hublink import HubLink
 from ..wire.protocol import ProtocolError
 from . import runner
+from .grants import CGROUP, RLIMIT, Grant, Grants, MemoryLimits, pin
 
 logger = logging.getLogger(__name__)
 
@@ -83,18 +85,83 @@ class NodeSettings:
     """How many worker processes a computation gets when it does not ask for a number."""
 
 
+class ResourcePool:
+    """What the node has for jobs, handed to each as it starts (``held``): a job waits until
+    all it needs is free, whatever computation it belongs to, so at most ``--cpus`` CPUs'
+    worth of jobs run at once, and no GPU or licence is held by two.
+
+    First come, first served: a job that needs four CPUs and waits for them is not passed by
+    one-CPU jobs that came after it, each of which would fit sooner (the scheduler sends a
+    larger job only where its CPUs are free, but one-CPU jobs sent ahead may still be
+    waiting there for theirs)."""
+
+    def __init__(self, grants: Grants, memory_limits: MemoryLimits) -> None:
+        self.grants = grants
+        self.memory_limits = memory_limits
+        # [need, event set once granted, the grant] of each job waiting, in order
+        self._waiting: Deque[list[Any]] = collections.deque()
+
+    @property
+    def busy(self) -> int:
+        """CPUs held by running jobs."""
+        return self.grants.cpus - self.grants.free()[CPUS]
+
+    @contextlib.contextmanager
+    def held(self, need: Need) -> Iterator[Grant]:
+        """What ``need`` asks for, waited for in turn, held until the block ends."""
+        grant = None if self._waiting else self.grants.take(need)
+        if grant is None:
+            turn: list[Any] = [need, gevent.event.Event(), None]
+            self._waiting.append(turn)
+            try:
+                turn[1].wait()
+            except BaseException:  # killed while waiting: a grant given meanwhile goes on
+                if turn[2] is not None:
+                    self.grants.give_back(turn[2])
+                else:
+                    self._waiting.remove(turn)
+                self._hand_out()
+                raise
+            grant = turn[2]
+        try:
+            yield grant
+        finally:
+            self.grants.give_back(grant)
+            self._hand_out()
+
+    def _hand_out(self) -> None:
+        """Grant what is free to the jobs waiting, first first, until one does not fit."""
+        while self._waiting:
+            turn = self._waiting[0]
+            grant = self.grants.take(turn[0])
+            if grant is None:
+                return
+            self._waiting.popleft()
+            turn[2] = grant
+            turn[1].set()
+
+
 class NodeJob:
     """A job the node holds, queued or running; ``worker`` is the pid of the worker process
     that took it, None until one does."""
 
-    __slots__ = ('jid', 'cid', 'request', 'cancelled', 'worker')
+    __slots__ = ('jid', 'cid', 'request', 'cancelled', 'worker', 'need')
 
-    def __init__(self, request: m.Job) -> None:
+    def __init__(self, request: m.Job, need: Need = ONE_CPU) -> None:
         self.jid = request.jid
         self.cid = request.cid
         self.request = request  # arguments, time limit, files
+        self.need = need  # what it holds of the node's ``ResourcePool`` while it runs
         self.cancelled = False
         self.worker: Optional[int] = None
+
+
+@dataclass
+class Confinement:
+    """What a running job was given, and whether it went over its memory."""
+
+    grant: Grant
+    exceeded: bool = False
 
 
 class Daemon(Protocol):
@@ -127,13 +194,13 @@ class Computation:
     ``cancel``) and finally ``close``s it."""
 
     def __init__(self, request: m.Compute, directory: str, settings: NodeSettings,
-                 cpu_slots: gevent.lock.BoundedSemaphore, daemon: Daemon) -> None:
+                 resources: ResourcePool, daemon: Daemon) -> None:
         self.cid = request.cid
         self.name = request.name
         self.directory = directory
         self.loaded = False  # ``setup`` ran: the computation takes jobs
         self._settings = settings
-        self._cpu_slots = cpu_slots
+        self._resources = resources
         self._daemon = daemon
         self._code = request.code
         self._cpus = request.cpus or settings.cpus
@@ -347,14 +414,16 @@ class Computation:
                 job = self._next_job(pid)
                 if job is None or self._closing:
                     return
-                with self._own_cpu(), self._cpu_slots:
+                with self._own_cpu(), self._resources.held(job.need) as grant:
                     if job.cancelled or self._closing:
                         job = None
                         continue
                     self._workers[pid] = job
                     job.worker = pid
+                    confinement = Confinement(grant)
                     try:
-                        reply = self._run_on_worker(job, link, report)
+                        with self._confined(job, pid, confinement):
+                            reply = self._run_on_worker(job, link, report)
                     except FileRefused as exc:
                         reply = m.JobDone.failure(job.jid, TERMINATED, str(exc))
                     except (JobTimedOut, ProtocolError) as exc:
@@ -369,7 +438,8 @@ class Computation:
                         return
                     except OSError:  # the worker died: its end, with how, is the job's end
                         self._workers[pid] = None
-                        self._daemon.job_finished(job, self._worker_died_reply(job, pid))
+                        self._daemon.job_finished(job, self._worker_died_reply(
+                            job, pid, grant.memory if confinement.exceeded else 0))
                         return
                     self._workers[pid] = None
                     if job.cancelled and reply.status == TERMINATED:  # it did not catch the
@@ -379,10 +449,6 @@ class Computation:
                     if job.cancelled:  # its worker process was interrupted, or killed: it
                         return  # takes no other job (the setup process starts a new one)
                     job = None
-                if self._cpu_slots.linkcount():
-                    # others wait for this CPU (another computation's workers): let them have
-                    # it first; without this yield, a busy computation takes it straight back
-                    gevent.sleep(0)
         except gevent.GreenletExit:
             job = job or self._handed.pop(pid, None)
             if job is not None and job.worker is None:
@@ -431,6 +497,34 @@ class Computation:
                 except OSError:
                     pass
 
+    @contextlib.contextmanager
+    def _confined(self, job: NodeJob, pid: int, confinement: Confinement) -> Iterator[None]:
+        """The job runs with what it was given (``confinement.grant``): its worker process
+        pinned to its CPUs, told its GPUs and memory limit (the worker sets them up), in a
+        cgroup of its own where the node limits memory that way; once it is over,
+        ``confinement.exceeded`` says whether the kernel killed it for its memory."""
+        grant, request = confinement.grant, job.request
+        request.cpu_ids = list(grant.cpu_ids)
+        request.gpu_ids = list(grant.gpu_ids)
+        request.memory_limit = grant.memory
+        limits = self._resources.memory_limits
+        request.memory_by = limits.method if grant.memory else ''
+        pin(pid, grant.cpu_ids)
+        in_group = bool(grant.memory) and limits.method == CGROUP
+        if in_group:
+            try:
+                limits.enter(pid, job.jid, grant.memory)
+            except OSError as exc:  # the worker limits its address space instead
+                logger.warning('job %d not put in a cgroup (%s): limited by RLIMIT_AS',
+                               job.jid, exc)
+                in_group = False
+                request.memory_by = RLIMIT
+        try:
+            yield
+        finally:
+            if in_group:
+                confinement.exceeded = limits.leave(pid, job.jid)
+
     def _kill_worker(self, pid: int) -> None:
         """End a worker process and all it started (it leads its own process group)."""
         try:
@@ -438,9 +532,14 @@ class Computation:
         except ProcessLookupError:
             pass
 
-    def _worker_died_reply(self, job: NodeJob, pid: int) -> m.JobDone:
+    def _worker_died_reply(self, job: NodeJob, pid: int, memory_limit: int = 0) -> m.JobDone:
+        """The end of a job whose worker process died: cancelled, killed by the kernel for
+        going over its ``memory_limit`` (its cgroup's), or as the setup process saw it die."""
         if job.cancelled:
             return m.JobDone.failure(job.jid, CANCELLED, 'job was cancelled')
+        if memory_limit:
+            return m.JobDone.failure(job.jid, TERMINATED, memory_exceeded(memory_limit)
+                                     + ' (its worker process %d was killed)' % pid)
         try:
             reason = self._exit_of(pid).get(timeout=WORKER_EXIT_WAIT)
         except gevent.Timeout:

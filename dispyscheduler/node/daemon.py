@@ -44,6 +44,7 @@ from ..constants import (
     RECONNECT_DELAY_RANGE,
     TERMINATED,
 )
+from ..resources import ONE_CPU, Need, Offer, ResourceError
 from ..wire import messages as m
 from ..wire import serialize
 from ..config import NodeConfig
@@ -56,7 +57,8 @@ from ..wire.protocol import ProtocolError
 from ..wire.tls import TLSError, TLSSocket
 from .avail import avail_info
 from .service import OFF, SERVING, STOPPING, ServiceWindow, seconds_of_day
-from .computation import Computation, ComputationError, NodeJob, NodeSettings
+from .computation import Computation, ComputationError, NodeJob, NodeSettings, ResourcePool
+from .grants import Grants, MemoryLimits, find_gpus, node_memory
 
 if TYPE_CHECKING:
     from OpenSSL import SSL
@@ -93,7 +95,13 @@ class NodeDaemon:
         self.tls_context = tls_context
         self.name = config.name or socket.gethostname()
         self.cpus = config.cpu_count()
-        self.cpu_slots = gevent.lock.BoundedSemaphore(self.cpus)
+        memory = config.memory or node_memory()
+        gpus = config.gpus if config.gpus is not None else find_gpus()
+        self.offer = Offer(self.cpus, memory, len(gpus), config.resource)
+        self.resources = ResourcePool(Grants(self.cpus, memory, gpus, config.resource),
+                                      # a group of its own: nodes may share a host and a port
+                                      MemoryLimits.detect('dispynode-%d-%d' % (
+                                          config.node_port, os.getpid())))
         self.computations: Dict[int, Computation] = {}  # cid -> Computation
         self.jobs: Dict[int, NodeJob] = {}  # jid -> NodeJob queued or running here
         self.unacked: Dict[int, m.JobDone] = {}  # jid -> its end, not yet acknowledged
@@ -158,8 +166,11 @@ class NodeDaemon:
             gevent.signal_handler(signum, self.stopped.set)
         if self.config.pid_file:  # ``--daemon``
             write_pid_file(self.config.pid_file)  # now it answers SIGTERM: ready
-        logger.info('dispynode %s serving with %d CPUs (discovery on UDP port %d)', self.name,
-                    self.cpus, self.config.node_port)
+        logger.info('dispynode %s serving with %s (discovery on UDP port %d)', self.name,
+                    self.offer.describe(), self.config.node_port)
+        if self.resources.grants.gpu_ids:
+            logger.info('GPUs for jobs: %s', ', '.join(self.resources.grants.gpu_ids))
+        logger.info(self.resources.memory_limits.describe())
         self.stopped.wait()
         logger.info('stopping')
         self.leave()
@@ -169,6 +180,7 @@ class NodeDaemon:
         local_server.stop(timeout=1)
         for computation in list(self.computations.values()):
             computation.close(cleanup=True)
+        self.resources.memory_limits.close()
         for sock in udp.values():
             sock.close()
         return self.duties.status
@@ -336,7 +348,8 @@ class NodeDaemon:
                     name=self.name, ip_addr=self.ip_addr, port=self.config.node_port,
                     cpus=self.cpus, platform=platform.platform(),
                     jobs=list(self.jobs) + list(self.unacked),
-                    avail=avail_info(self.config.dest_path_prefix)))
+                    avail=avail_info(self.config.dest_path_prefix),
+                    resources=self.offer.to_wire()))
                 welcome = link.expect(m.Welcome, time.monotonic() + HANDSHAKE_TIMEOUT)
         except BaseException:
             sock.close()
@@ -385,7 +398,7 @@ class NodeDaemon:
     def pulse_loop(self, link: HubLink) -> None:
         while not link.closed:
             gevent.sleep(self.pulse_interval)
-            pulse = m.Pulse(busy=self.cpus - self.cpu_slots.counter)
+            pulse = m.Pulse(busy=self.resources.busy)
             avail = avail_info(self.config.dest_path_prefix)
             link.send(pulse, *([m.Avail(avail=avail)] if avail is not None else []))
 
@@ -519,7 +532,7 @@ class NodeDaemon:
         except FileRefused as exc:
             self.send(m.ComputeFailed(cid=cid, reason=str(exc)))
             return
-        computation = Computation(request, directory, self.settings, self.cpu_slots, self)
+        computation = Computation(request, directory, self.settings, self.resources, self)
         self.computations[cid] = computation
         gevent.spawn(self.start_computation, computation)
 
@@ -592,10 +605,19 @@ class NodeDaemon:
         if jid in self.jobs or jid in self.unacked:
             return  # sent again after a reconnect; already here
         computation = self.computations.get(cid)
-        job = self.jobs[jid] = NodeJob(request)
-        if computation is None:
+        try:
+            need = Need.from_wire(request.need)
+        except ResourceError as exc:
+            need, refusal = ONE_CPU, str(exc)
+        else:
+            refusal = '' if self.resources.grants.covers(need) else (
+                'node %s cannot give the job %s; it has %s'  # the scheduler thought otherwise
+                % (self.name, need.describe(), self.offer.describe()))
+        job = self.jobs[jid] = NodeJob(request, need)
+        if computation is None or refusal:
             self.job_finished(job, m.JobDone.failure(
-                jid, TERMINATED, 'computation %d is not installed on this node' % cid))
+                jid, TERMINATED, refusal or 'computation %d is not installed on this node'
+                % cid))
             return
         lost = [name for name in request.values if name in computation.lost_values]
         if lost:  # the scheduler sends them again with the next job that needs them

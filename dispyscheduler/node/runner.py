@@ -15,6 +15,7 @@ This module never imports gevent: jobs run in ordinary processes.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import io
 import inspect
@@ -27,16 +28,19 @@ import sys
 import tempfile
 import time
 import traceback
-from typing import Any, Dict, List, NoReturn, Optional, Sequence, Set, Tuple, Union
+from typing import (Any, Dict, Iterator, List, NoReturn, Optional, Sequence, Set, Tuple,
+                    Union)
 
 import cloudpickle
 
 from ..constants import (FINISHED, INLINE_RESULT_LIMIT, MAX_JOB_OUTPUT, NODE_DISPY_MODULES,
                          RECV_SIZE, TERMINATED)
+from ..resources import Need, memory_exceeded
 from ..wire import messages as m
 from ..wire import serialize
 from ..wire.files import Spool, read_chunks, refusal_reason, write_all
 from ..wire.protocol import FrameDecoder, encode
+from .grants import RLIMIT, limit_address_space
 
 ENV_SOCKET = 'DISPYNODE_SOCKET'
 ENV_TOKEN = 'DISPYNODE_TOKEN'
@@ -393,10 +397,16 @@ def run_job(computation: UserComputation, job: m.Job) -> m.JobDone:
         args, kwargs = serialize.put_stored_values(args, kwargs, COMPUTATION_DIRECTORY)
         if depends:  # functions and classes of its ``dispy_job_depends``: globals of the job
             added = give_job_globals(computation, depends[0])
-        if computation.get('program'):
-            value = run_program(computation['program'], args, stdout, stderr)
-        else:
-            value = computation['compute'](*args, **kwargs)
+        with given_resources(computation, job):
+            if computation.get('program'):
+                value = run_program(computation['program'], args, stdout, stderr)
+            else:
+                value = computation['compute'](*args, **kwargs)
+    except MemoryError:
+        status = TERMINATED
+        exception = traceback.format_exc()
+        if job.memory_limit:
+            exception = '%s\n%s' % (memory_exceeded(job.memory_limit), exception)
     except SystemExit as exc:
         status = TERMINATED
         exception = 'job called sys.exit(%r)\n%s' % (exc.code, traceback.format_exc())
@@ -422,6 +432,38 @@ def run_job(computation: UserComputation, job: m.Job) -> m.JobDone:
     return m.JobDone(jid=job.jid, status=status, result=result, exception=exception,
                      stdout=stdout.getvalue(), stderr=stderr.getvalue(), start_time=start_time,
                      end_time=end_time, stored=stored)
+
+
+@contextlib.contextmanager
+def given_resources(computation: UserComputation, job: m.Job) -> Iterator[None]:
+    """The job runs with what its node gave it: its GPUs, and no other, in
+    ``CUDA_VISIBLE_DEVICES`` (numbered as ``nvidia-smi`` numbers them); what it holds in the
+    global ``dispy_job_resources``; its address space limited to its memory grant more than
+    the worker process maps now, where the node limits memory that way. (Its CPUs: the
+    daemon pinned this process to them before sending the job.)"""
+    saved = {name: os.environ.get(name) for name in GPU_ENVIRONMENT}
+    os.environ.update(CUDA_VISIBLE_DEVICES=','.join(job.gpu_ids), CUDA_DEVICE_ORDER='PCI_BUS_ID')
+    given: dict[str, Any] = dict(Need.from_wire(job.need).as_dict(), gpus=list(job.gpu_ids),
+                                 cpu_ids=list(job.cpu_ids))
+    function = computation.get('compute')
+    namespace = getattr(function, '__globals__', None)
+    if namespace is not None:
+        namespace['dispy_job_resources'] = given
+    restore = (limit_address_space(job.memory_limit) if job.memory_by == RLIMIT
+               else lambda: None)
+    try:
+        yield
+    finally:
+        restore()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+GPU_ENVIRONMENT = ('CUDA_VISIBLE_DEVICES', 'CUDA_DEVICE_ORDER')
+"""What ``given_resources`` sets for a job, and restores after it."""
 
 
 def give_job_globals(computation: UserComputation, namespace: dict[str, Any]) -> list[str]:

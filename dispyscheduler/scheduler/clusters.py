@@ -18,10 +18,11 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 
+from ..resources import Need, ResourceError
 from ..wire import messages as m
 from ..config import SchedulerConfig
-from ..constants import (CANCELLED, FILE_TIMEOUT, MAX_NODE_NAMES, MAX_UPLOADS,
-                         NODE_INITIALIZED, TERMINATED)
+from ..constants import (CANCELLED, FILE_TIMEOUT, MAX_KEPT_SHORTFALLS, MAX_NODE_NAMES,
+                         MAX_UPLOADS, NODE_INITIALIZED, TERMINATED)
 from ..runtime.discovery import resolve
 from ..runtime.duties import remove_later
 from ..wire.files import (MAX_FILES, FileRefused, IncomingFiles, check_manifest, check_size,
@@ -30,7 +31,9 @@ from ..runtime.hublink import HubLink
 from ..wire.protocol import ProtocolError
 from .admission import Admission
 from .durability import Durability
-from .model import FAILED, OFFERED, READY, Cluster, Node, State, job_size, upload_directory
+from .policy import node_matches
+from .model import FAILED, OFFERED, READY, Cluster, Node, State, upload_directory
+from .queues import job_size
 from .nodes import NodeService
 from .payloads import cluster_directory, forget_result, sync_in_thread
 from .router import Router
@@ -68,6 +71,8 @@ class ClusterService:
             m.NodeControl: self.on_node_control, m.ForgetValues: self.on_forget_values,
         }
         self.uploading: dict[tuple[int, str], IncomingFiles] = {}  # (cid, ref) -> arriving
+        # (cid, need) -> (``State.node_changes`` when worked out, ``unmet``'s answer)
+        self.shortfalls: dict[tuple[int, Need], tuple[int, list[str]]] = {}
         # (cid, ref) -> why an upload could not be kept (a full disk, say): said once, and
         # a value's jobs end with it
         self.refused: dict[tuple[int, str], str] = {}
@@ -98,7 +103,7 @@ class ClusterService:
             else:
                 raise ProtocolError('expected cluster_new or cluster_resume, got %r'
                                     % (request.kind,))
-        except FileRefused as exc:
+        except (FileRefused, ResourceError) as exc:
             logger.warning('refused cluster from %s: %s', address[0], exc)
             tell(link, str(exc))
             return
@@ -143,12 +148,22 @@ class ClusterService:
         self.catch_up(session, cluster)
 
     def new_cluster(self, link: HubLink, request: m.ClusterNew) -> Cluster:
-        """Receive a new cluster (computation, files) and save it before answering."""
+        """Receive a new cluster (computation, files) and save it before answering. One
+        whose jobs need what none of the nodes it may use has is refused (``ResourceError``),
+        unless no such node has joined yet."""
         patterns = resolve_patterns(request.nodes)
+        need = Need.from_wire(request.resources)
+        if not need.light:
+            offers = [node.offer for node in self.state.seen.values()
+                      if node_matches(patterns, node.ip_addr, node.name, node.port)]
+            missing = need.shortfall(offers) if offers else []
+            if missing:
+                raise ResourceError('no node this cluster may use could ever run its jobs: '
+                                    'each needs %s' % '; '.join(missing))
         staging = self.receive_cluster_files(link, request.files)
         cluster = self.state.add_cluster(request.name, request.code, patterns,
                                          request.reentrant, request.cleanup,
-                                         request.allocate).cluster
+                                         request.allocate, need).cluster
         cluster.files = request.files
         cluster.credential = os.urandom(16)
         if staging is not None:
@@ -234,6 +249,16 @@ class ClusterService:
                         'be kept by the scheduler: %s' % (missing[0], self.refused.get(
                             (cluster.cid, missing[0]), 'it did not arrive')))
             return
+        try:
+            need = Need.from_wire(submit.resources) if submit.resources else cluster.need
+        except ResourceError as exc:
+            self.refuse(cluster, submit.uid, TERMINATED, str(exc))
+            return
+        missing = self.unmet(cluster, need)
+        if missing:
+            self.refuse(cluster, submit.uid, TERMINATED, 'no node this cluster may use could '
+                        'ever run the job: it needs %s' % '; '.join(missing))
+            return
         size = job_size(submit.args, submit.files)
         refusal = self.over_limits(cluster, size)
         if refusal is not None:
@@ -252,10 +277,15 @@ class ClusterService:
                 self.refuse(cluster, submit.uid, CANCELLED, 'node %s is not available to '
                             'this cluster' % (submit.node,))
                 return
+            if not node.offer.covers(need):
+                self.refuse(cluster, submit.uid, TERMINATED, 'node %s could never run the '
+                            'job: it needs %s; the node has %s' % (
+                                submit.node, need.describe(), node.offer.describe()))
+                return
             pinned = node.key
         placed = self.state.submit(cluster, submit.uid, submit.args, submit.priority,
                                    submit.timeout, submit.files, pinned, submit.tag, size,
-                                   tuple(submit.refs))
+                                   tuple(submit.refs), need)
         job = placed.job
         assert job is not None  # a submission makes one
         job.submitted_at = time.monotonic()
@@ -263,6 +293,23 @@ class ClusterService:
         self.metrics.job_submitted()
         self.durability.put_job(job)
         self.acknowledge_submit(cluster, job.uid)
+
+    def unmet(self, cluster: Cluster, need: Need) -> list[str]:
+        """What of ``need`` no node the cluster may use has (``Need.shortfall``), counting
+        nodes that have left (one may come back); [] if one has it all, or if no such node
+        has joined yet (the job waits for one). Worked out once for each need until the
+        cluster's nodes change."""
+        if need.light:
+            return []
+        key = (cluster.cid, need)
+        known = self.shortfalls.get(key)
+        if known is None or known[0] != self.state.node_changes:
+            if len(self.shortfalls) > MAX_KEPT_SHORTFALLS:
+                self.shortfalls.clear()
+            offers = self.state.usable_offers(cluster, ever=True)
+            known = self.shortfalls[key] = (self.state.node_changes,
+                                            need.shortfall(offers) if offers else [])
+        return known[1]
 
     def over_limits(self, cluster: Cluster, size: int) -> Optional[str]:
         """Why a job of ``size`` bytes does not fit in the cluster's limits now, if it does

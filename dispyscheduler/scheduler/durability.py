@@ -25,7 +25,8 @@ from ..runtime.memory import trim
 from .store import Store, StoreError
 
 if TYPE_CHECKING:
-    from .model import Cluster, Job
+    from .model import Cluster
+    from .queues import Job
 
 logger = logging.getLogger(__name__)
 

@@ -4,12 +4,17 @@ Pure bookkeeping, no I/O, no links: the scheduler's parts call an event method (
 submitted, a node joined, a result arrived, a node lost) and perform what it returns: a named
 outcome (``Dispatch`` pairs to send, ``Rescheduled`` jobs, ...). Indexes keep every event
 O(1) or O(log n) in the number of jobs and nodes; the only loops are over the clusters
-installed on one node (a handful) and, when a cluster or a node first appears, over the nodes
-or clusters it may pair with.
+installed on one node and the needs their jobs wait with (a handful) and, when a cluster or a
+node first appears, over the nodes or clusters it may pair with.
 
-A cluster's queue is a heap ordered by job priority, then submission order, so a job put back
-after its node was lost goes before later ones. Jobs pinned to a node (``submit_node``) wait in
-a queue of their own for that node.
+Each job holds what it needs (``resources.Need``: CPUs, memory, GPUs, named resources) on its
+node from dispatch to end; a node takes a job only where all of it is free (``Held``), except
+that jobs of one CPU and nothing else may wait their turn there, a dispatch depth per CPU not
+held by larger jobs. A cluster's queue (``queues.ClusterQueue``) is a heap per need, ordered
+by job priority, then submission order, so a job put back after its node was lost goes before
+later ones, and a large job waiting holds up no small one. When a node's turn goes to a large
+job that does not fit yet, the node is kept for it (``Node.reserved``) until it does. Jobs
+pinned to a node (``submit_node``) wait in a queue of their own for that node.
 
 After a restart, jobs that were on nodes wait for their nodes to come back and say which of
 them they still hold (``reattach``); a node that does not return within the grace period is
@@ -20,16 +25,18 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import heapq
 import itertools
 import os
 from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
 
 from ..constants import (ABANDONED, CANCELLED, CREATED, MAX_DISPATCH_DEPTH, RUNNING,
                          UPLOADS_DIRECTORY)
+from ..resources import ONE_CPU, Held, Need, Offer
 from ..wire.files import safe_relative_path
 from .outbox import Outbox
-from .policy import RUNTIME_WEIGHT, LoadIndex, dispatch_depth, fair_share_pick, node_matches
+from .queues import ClusterQueue, Job, JobQueue
+from .policy import (RUNTIME_WEIGHT, Candidate, LoadIndex, dispatch_depth, fair_share_pick,
+                     node_matches)
 
 if TYPE_CHECKING:
     from ..wire.messages import AvailInfo, FileData, FileSpec
@@ -41,98 +48,20 @@ FAILED = 'failed'  # setup failed there, or the client's allocation refused the 
 CLOSING = 'closing'  # the client closed the node (``close_node``): it ends the jobs it has
 
 
-class Job:
-    __slots__ = ('jid', 'uid', 'cluster', 'args', 'node', 'status', 'start_time', 'cancelling',
-                 'priority', 'timeout', 'files', 'pinned', 'tag', 'lost_nodes', 'submitted_at',
-                 'queued', 'size', 'refs')
-
-    def __init__(self, jid: int, uid: int, cluster: Cluster, args: bytes, priority: int = 0,
-                 timeout: Optional[float] = None, files: Sequence[FileData] = (),
-                 pinned: Optional[str] = None, tag: Optional[bytes] = None,
-                 size: Optional[int] = None, refs: Sequence[str] = ()) -> None:
-        self.jid = jid
-        self.refs = refs  # the cluster's uploads it needs on its node (``sessions.py``)
-        self.tag = tag  # the client's job id (pickled), for a client recovering results
-        self.lost_nodes = 0  # nodes that died or vanished while holding this job
-        # when, for the placement-time metric (set by the server)
-        self.submitted_at: Optional[float] = None
-        self.uid = uid
-        self.cluster = cluster
-        self.args = args
-        self.priority = priority
-        self.timeout = timeout
-        self.files = files
-        self.pinned = pinned  # key of the only node this job may run on
-        self.node: Optional[Node] = None
-        self.status = CREATED
-        self.start_time: Optional[float] = None
-        self.cancelling = False  # cancel sent to its node; never to be run again
-        self.queued = 0  # its entry in a queue (``JobQueue``), 0 while in none
-        # bytes of its arguments and files, as ``--max_cluster_bytes`` counts them (given
-        # when the caller has counted them already)
-        self.size = job_size(args, files) if size is None else size
-
-    def __repr__(self) -> str:
-        return '<Job %s (cluster %s job %s)>' % (self.jid, self.cluster.cid, self.uid)
-
-
-def job_size(args: bytes, files: Sequence[FileData]) -> int:
-    """Bytes of a job's arguments and files, as ``--max_cluster_bytes`` counts them."""
-    return len(args) + sum(len(data) for _, data, _ in files) if files else len(args)
-
-
-QUEUE_ENTRIES = itertools.count(1)
-"""Numbers of queue entries: a job knows the one entry that is still its own."""
-
-
-class JobQueue:
-    """Jobs by priority (highest first), then by submission. A job leaves the queue at once
-    (cancelled, or taken back by a node that returned still running it), and its entry is
-    skipped when it surfaces, so leaving is O(1): an entry counts only while it is the job's
-    current one (``job.queued``), so a job queued again later is never taken twice."""
-
-    def __init__(self) -> None:
-        self.heap: list[tuple[int, int, int, Job]] = []
-        self.live = 0
-
-    def __len__(self) -> int:
-        return self.live
-
-    def push(self, job: Job) -> None:
-        job.queued = next(QUEUE_ENTRIES)
-        heapq.heappush(self.heap, (-job.priority, job.jid, job.queued, job))
-        self.live += 1
-
-    def pop(self) -> Optional[Job]:
-        while self.heap:
-            _, _, entry, job = heapq.heappop(self.heap)
-            if job.queued == entry:
-                job.queued = 0
-                self.live -= 1
-                return job
-        return None
-
-    def forget(self, job: Job) -> None:
-        """A job leaves the queue: counted out now, its entry skipped later."""
-        if job.queued:
-            job.queued = 0
-            self.live -= 1
-
-    def jobs(self) -> list[Job]:
-        return [job for _, _, entry, job in self.heap if job.queued == entry]
-
-
 class Cluster:
     def __init__(self, cid: int, name: str, code: bytes, patterns: list[tuple[str, int]],
-                 reentrant: bool, cleanup: bool, allocate: bool = False) -> None:
+                 reentrant: bool, cleanup: bool, allocate: bool = False,
+                 need: Need = ONE_CPU) -> None:
         self.cid = cid
+        self.need = need  # what its jobs need unless submitted with their own
+        self.held = Held()  # what its jobs on nodes hold, in all
         self.name = name
         self.code = code
         self.patterns = patterns
         self.reentrant = reentrant
         self.cleanup = cleanup
         self.allocate = allocate  # nodes are offered to the client's NodeAllocate first
-        self.queue = JobQueue()
+        self.queue = ClusterQueue()
         # node key -> jobs only it may run
         self.pinned: collections.defaultdict[str, JobQueue] = collections.defaultdict(JobQueue)
         self.jobs: dict[int, Job] = {}  # uid -> Job, every job not yet final
@@ -169,10 +98,14 @@ class Cluster:
         return len(self.queue)
 
     def limit_on(self, node: Node) -> int:
-        """Most of this cluster's jobs in flight on ``node``: its depth for each CPU it may
-        use there (all, or what its NodeAllocate gave it)."""
-        cpus = self.cpu_limits.get(node.key, self.allocated_cpus(node))
-        return min(node.slots, cpus * self.depth)
+        """Most of this cluster's jobs of one CPU in flight on ``node``: its depth for each
+        CPU it may use there (``cpus_on``)."""
+        return min(node.slots, self.cpus_on(node) * self.depth)
+
+    def cpus_on(self, node: Node) -> int:
+        """The CPUs of ``node`` this cluster may use: all, what its NodeAllocate gave it, or
+        what ``set_node_cpus`` left it."""
+        return self.cpu_limits.get(node.key, self.allocated_cpus(node))
 
     def allocated_cpus(self, node: Node) -> int:
         """The CPUs of ``node`` its NodeAllocate gave this cluster (all, if none said)."""
@@ -187,21 +120,44 @@ class Cluster:
             self.mean_runtime += RUNTIME_WEIGHT * (runtime - self.mean_runtime)
         self.depth = dispatch_depth(self.mean_runtime)
 
-    def wants(self, node: Node) -> bool:
-        """Whether a free slot on ``node`` could take one of this cluster's queued jobs."""
-        return (node.clusters.get(self.cid) == READY
-                and node.jobs_of[self.cid] < self.limit_on(node) and node.key not in self.paused)
+    def could_run_on(self, node: Node, need: Need) -> bool:
+        """Whether ``node`` could run a job of this cluster of ``need`` once its jobs end:
+        it runs the cluster's jobs, and has that much, within the CPUs the cluster may use."""
+        return (node.clusters.get(self.cid) == READY and node.key not in self.paused
+                and node.offer.covers(need) and need.cpus <= self.cpus_on(node))
+
+    def room_on(self, node: Node, need: Need) -> bool:
+        """Whether ``node`` could take one of this cluster's jobs of ``need`` now.
+
+        A job of one CPU and nothing else (``Need.light``) may wait its turn there, up to the
+        cluster's dispatch depth per CPU, where CPUs are not held by larger jobs; any other
+        job goes only where everything it needs is free, counting every job sent there
+        (``Held.leaves_room``), and within the CPUs the cluster may use there."""
+        if (node.clusters.get(self.cid) != READY or node.key in self.paused
+                or node.reserved is not None or not node.light_room()):
+            return False
+        if need.light:
+            return node.jobs_of[self.cid] < self.limit_on(node)
+        return (node.held.leaves_room(need, node.offer)
+                and node.held_of[self.cid] + need.cpus <= self.cpus_on(node))
 
 
 class Node:
     def __init__(self, key: str, name: str, ip_addr: str, port: int, cpus: int,
-                 slots: int) -> None:
+                 max_depth: int, offer: Optional[Offer] = None) -> None:
         self.key = key
         self.name = name
         self.ip_addr = ip_addr
         self.port = port
         self.cpus = cpus
-        self.slots = slots
+        self.max_depth = max_depth  # jobs of one CPU in flight per CPU, at most
+        self.slots = cpus * max_depth  # jobs in flight at most; 0 while it is leaving
+        self.offer = offer or Offer(cpus)  # all it has for jobs
+        self.held = Held()  # what the jobs sent here hold (one CPU each waiting its turn)
+        self.heavy_cpus = 0  # CPUs held by jobs that are not ``Need.light``
+        # cid -> CPUs that cluster's jobs hold here
+        self.held_of: collections.Counter[int] = collections.Counter()
+        self.reserved: Optional[Job] = None  # the large job it is kept free for
         self.jobs: dict[int, Job] = {}  # jid -> Job dispatched here and not finished
         # cid -> how many of ``jobs`` are that cluster's
         self.jobs_of: collections.Counter[int] = collections.Counter()
@@ -217,7 +173,15 @@ class Node:
 
     @property
     def load(self) -> float:
-        return len(self.jobs) / self.cpus
+        return self.held.cpus / self.cpus
+
+    def light_room(self) -> bool:
+        """Whether a job of one CPU could be sent here: it takes jobs, and it has fewer jobs
+        of one CPU than its dispatch depth allows on the CPUs larger jobs do not hold. Every
+        job needs that much room: a larger one fits only where fewer CPUs are held still."""
+        free = self.cpus - self.heavy_cpus
+        return (len(self.jobs) < self.slots and free > 0
+                and self.held.cpus - self.heavy_cpus < free * self.max_depth)
 
     def answers_to(self, name: str) -> bool:
         """Whether ``name`` (from ``submit_node``) designates this node."""
@@ -283,6 +247,8 @@ class Cancellation:
     (None: it ended here, before it ran)."""
     job: Optional[Job]
     node: Optional[Node]
+    dispatches: list[Dispatch] = dataclasses.field(default_factory=list)
+    """What the node that was kept free for the job (``State._reserve``) takes instead."""
 
 
 class State:
@@ -293,6 +259,13 @@ class State:
         self.max_depth = max_depth
         self.max_node_losses = max_node_losses
         self.nodes: dict[str, Node] = {}  # key -> Node
+        # key -> the last Node of every node that joined since the scheduler started: what
+        # nodes have, to tell a job that waits for one that left from one no node could run
+        self.seen: dict[str, Node] = {}
+        self.total = Offer(0)  # what all the nodes have, for clusters' shares of it
+        # counts changes of which nodes a cluster may use (joined, left, failed, closed):
+        # what was worked out of them (``usable_offers``) is kept until it changes
+        self.node_changes = 0
         self.clusters: dict[int, Cluster] = {}  # cid -> Cluster
         self.jobs: dict[int, Job] = {}  # jid -> Job, every unfinished job
         # nodes with a free slot, least loaded first
@@ -312,7 +285,8 @@ class State:
         cluster: Optional[Cluster]
         for row in clusters:
             cluster = Cluster(row['cid'], row['name'], row['code'], row['patterns'],
-                              row['reentrant'], row['cleanup'], row['allocate'])
+                              row['reentrant'], row['cleanup'], row['allocate'],
+                              row.get('need', ONE_CPU))
             cluster.files, cluster.uploads = row['files'], row['uploads']
             cluster.directory = row['directory']
             cluster.credential = row['credential']
@@ -323,7 +297,7 @@ class State:
                 continue
             job = Job(row['jid'], row['uid'], cluster, row['args'], row['priority'],
                       row['timeout'], row['files'], row['pinned'], row['tag'],
-                      refs=row['refs'])
+                      refs=row['refs'], need=row.get('need', ONE_CPU))
             job.lost_nodes = row['lost_nodes']
             cluster.jobs[job.uid] = job
             cluster.job_bytes += job.size
@@ -354,6 +328,9 @@ class State:
             waiting = self.jobs.get(jid)
             if waiting is not None and waiting.queued and waiting.pinned is None:
                 waiting.cluster.queue.forget(waiting)
+                freed = self._unreserve(waiting)
+                if freed is not None:
+                    outcome.dispatches.extend(self.fill_node(freed))
                 waiting.status = RUNNING  # as it was when its node fell silent
                 self._attach(node, waiting)
                 outcome.kept.append(waiting)
@@ -363,8 +340,38 @@ class State:
     def _attach(self, node: Node, job: Job) -> None:
         node.jobs[job.jid] = job
         job.node = node
-        node.jobs_of[job.cluster.cid] += 1
-        job.cluster.in_flight += 1
+        cluster, need = job.cluster, job.need
+        node.jobs_of[cluster.cid] += 1
+        cluster.in_flight += 1
+        node.held.take(need)
+        cluster.held.take(need)
+        node.held_of[cluster.cid] += need.cpus
+        if not need.light:
+            node.heavy_cpus += need.cpus
+
+    def _detach(self, node: Node, job: Job) -> None:
+        """``job`` leaves ``node``: what it held there is free again."""
+        del node.jobs[job.jid]
+        cluster, need = job.cluster, job.need
+        node.jobs_of[cluster.cid] -= 1
+        cluster.in_flight -= 1
+        node.held.give(need)
+        cluster.held.give(need)
+        node.held_of[cluster.cid] -= need.cpus
+        if not need.light:
+            node.heavy_cpus -= need.cpus
+
+    def _unreserve(self, job: Job) -> Optional[Node]:
+        """``job`` no longer waits for the node kept free for it: returns that node (to be
+        filled), or None."""
+        node = job.reserved_on
+        if node is None:
+            return None
+        job.reserved_on = None
+        if node.reserved is job:
+            node.reserved = None
+            self._load_changed(node)
+        return node
 
     def expire_awaiting(self) -> Rescheduled:
         """The grace period after a restart is over: jobs of nodes that did not come back are
@@ -376,9 +383,11 @@ class State:
         self.awaiting = {}
         return self._place_requeued(outcome)
 
-    def _place_requeued(self, outcome: Rescheduled) -> Rescheduled:
-        for cluster in {job.cluster for job in outcome.requeued}:
-            outcome.dispatches.extend(self.place(cluster))
+    def _place_requeued(self, outcome: Rescheduled,
+                        also: Iterable[Cluster] = ()) -> Rescheduled:
+        for cluster in {job.cluster for job in outcome.requeued}.union(also):
+            if cluster.cid in self.clusters:
+                outcome.dispatches.extend(self.place(cluster))
         return outcome
 
     def _requeue(self, job: Job) -> None:
@@ -409,11 +418,13 @@ class State:
     # clusters
 
     def add_cluster(self, name: str, code: bytes, patterns: list[tuple[str, int]],
-                    reentrant: bool, cleanup: bool, allocate: bool = False) -> ClusterAdded:
-        """A new cluster and the nodes to offer it to: its computation is installed on each
-        at once, or, with ``allocate``, once the client's NodeAllocate has accepted it.
-        Returns ``ClusterAdded``."""
-        cluster = Cluster(self.next_cid(), name, code, patterns, reentrant, cleanup, allocate)
+                    reentrant: bool, cleanup: bool, allocate: bool = False,
+                    need: Need = ONE_CPU) -> ClusterAdded:
+        """A new cluster (whose jobs need ``need`` unless they say otherwise) and the nodes to
+        offer it to: its computation is installed on each at once, or, with ``allocate``, once
+        the client's NodeAllocate has accepted it. Returns ``ClusterAdded``."""
+        cluster = Cluster(self.next_cid(), name, code, patterns, reentrant, cleanup, allocate,
+                          need)
         self.clusters[cluster.cid] = cluster
         nodes = [node for node in self.nodes.values()
                  if node_matches(patterns, node.ip_addr, node.name, node.port)]
@@ -424,29 +435,34 @@ class State:
     def remove_cluster(self, cluster: Cluster) -> ClusterRemoved:
         """Forget a cluster; returns ``ClusterRemoved``."""
         del self.clusters[cluster.cid]
-        nodes = [node for node in self.nodes.values() if node.clusters.pop(cluster.cid, None)]
-        for node in nodes:
-            node.jobs_of.pop(cluster.cid, None)
         queued, running = [], []
+        freed = set()
         for job in cluster.jobs.values():
             del self.jobs[job.jid]
             if job.node is None:
                 job.status = CANCELLED
                 queued.append(job)
+                node = self._unreserve(job)
+                if node is not None:
+                    freed.add(node)
             else:
-                del job.node.jobs[job.jid]
                 running.append((job.node, job))
+                freed.add(job.node)
+                self._detach(job.node, job)
+        nodes = [node for node in self.nodes.values() if node.clusters.pop(cluster.cid, None)]
+        for node in nodes:
+            node.jobs_of.pop(cluster.cid, None)
+            node.held_of.pop(cluster.cid, None)
         for waiting in self.awaiting.values():
             for job in cluster.jobs.values():
                 waiting.pop(job.jid, None)
         cluster.jobs.clear()
         cluster.job_bytes = 0
-        cluster.queue = JobQueue()
+        cluster.queue = ClusterQueue()
         cluster.pinned.clear()
-        cluster.in_flight = 0
         cluster.ready_nodes.clear()
         dispatches = []
-        for node in {node for node, _ in running}:
+        for node in freed:
             self._load_changed(node)
             dispatches.extend(self.fill_node(node))
         return ClusterRemoved(nodes, queued, running, dispatches)
@@ -457,6 +473,7 @@ class State:
         nodes = [node for node in self.nodes.values() if node.clusters.pop(cluster.cid, None)]
         for node in nodes:
             node.jobs_of.pop(cluster.cid, None)
+            node.held_of.pop(cluster.cid, None)
         cluster.ready_nodes.clear()
         cluster.allocations.clear()
         cluster.paused.clear()
@@ -476,11 +493,14 @@ class State:
 
     # nodes
 
-    def add_node(self, key: str, name: str, ip_addr: str, port: int, cpus: int) -> NodeAdded:
-        """A node that joined, and the clusters to offer it to (see ``add_cluster``);
-        returns ``NodeAdded``."""
-        node = Node(key, name, ip_addr, port, cpus, cpus * self.max_depth)
-        self.nodes[key] = node
+    def add_node(self, key: str, name: str, ip_addr: str, port: int, cpus: int,
+                 offer: Optional[Offer] = None) -> NodeAdded:
+        """A node that joined (with ``offer``, if it has more than CPUs to give), and the
+        clusters to offer it to (see ``add_cluster``); returns ``NodeAdded``."""
+        node = Node(key, name, ip_addr, port, cpus, self.max_depth, offer)
+        self.nodes[key] = self.seen[key] = node
+        self.node_changes += 1
+        self.total.add(node.offer)
         clusters = [cluster for cluster in self.clusters.values()
                     if not cluster.dormant and node_matches(cluster.patterns, ip_addr, name,
                                                             port)]
@@ -494,10 +514,16 @@ class State:
         later ones; the others, jobs being cancelled, jobs pinned to it (running or waiting)
         and jobs that have now lost ``max_node_losses`` nodes end here (Cancelled, or
         Abandoned for the last). Returns ``Rescheduled``."""
+        self.node_changes += 1
         if self.nodes.get(node.key) is node:
             del self.nodes[node.key]
+            self.total.add(node.offer, -1)
         self.free_nodes.discard(node)
         outcome = Rescheduled()
+        also = []  # the cluster of the job the node was kept for: placed anew
+        if node.reserved is not None:
+            also.append(node.reserved.cluster)
+            self._unreserve(node.reserved)
         for cid in node.clusters:
             cluster = self.clusters.get(cid)
             if cluster is not None:
@@ -512,11 +538,11 @@ class State:
                     outcome.ended.append(job)
         node.clusters = {}
         for job in sorted(node.jobs.values(), key=lambda job: job.jid):
-            job.cluster.in_flight -= 1
+            self._detach(node, job)
             self._lose(job, outcome)
-        node.jobs = {}
         node.jobs_of.clear()
-        return self._place_requeued(outcome)
+        node.held_of.clear()
+        return self._place_requeued(outcome, also)
 
     def allocate(self, node: Node, cid: int, cpus: int, setup_args: Optional[bytes],
                  files: Sequence[str]) -> bool:
@@ -530,6 +556,7 @@ class State:
             return False
         node.clusters[cid] = INSTALLING
         cluster.allocations[node.key] = (min(cpus, node.cpus), setup_args, files)
+        self.node_changes += 1
         return True
 
     def compute_ready(self, node: Node, cid: int) -> list[Dispatch]:
@@ -546,6 +573,7 @@ class State:
         cluster's jobs, and those sent there that never started go back to the queue; jobs
         pinned to the node end here. Returns ``Rescheduled``."""
         cluster = self.clusters.get(cid)
+        self.node_changes += 1
         if cid in node.clusters and node.clusters[cid] != CLOSING:  # closing: it ends anyway
             node.clusters[cid] = FAILED
         if cluster is None:
@@ -569,6 +597,24 @@ class State:
         outcome.dispatches = self.place(cluster) + self.fill_node(node)
         return outcome
 
+    def usable_offers(self, cluster: Cluster, ever: bool = False) -> list[Offer]:
+        """What each node that runs the cluster, or may still set it up, has for its jobs
+        (all of a node's CPUs, or what its NodeAllocate gave it); nodes not yet asked count
+        as they would be: the cluster's patterns match them. With ``ever``, nodes that left
+        count too, as they were."""
+        offers = []
+        for node in (self.seen if ever else self.nodes).values():
+            state = node.clusters.get(cluster.cid)
+            if state in (FAILED, CLOSING) or node.slots == 0 and self.nodes.get(node.key) is node:
+                continue
+            if state is None and (cluster.dormant or not node_matches(
+                    cluster.patterns, node.ip_addr, node.name, node.port)):
+                continue
+            cpus = min(node.cpus, cluster.cpus_on(node))
+            offers.append(node.offer if cpus == node.cpus else
+                          Offer(cpus, node.offer.memory, node.offer.gpus, node.offer.named))
+        return offers
+
     def setting_up(self, cluster: Cluster) -> bool:
         """Whether a node may still set the cluster up (it is installing or offered there)."""
         return any(node.clusters.get(cluster.cid) in (INSTALLING, OFFERED)
@@ -578,9 +624,10 @@ class State:
         """End the cluster's jobs that wait for a node (none will set it up): Abandoned."""
         waiting = cluster.queue.jobs() + [job for queue in cluster.pinned.values()
                                           for job in queue.jobs()]
-        cluster.queue = JobQueue()
+        cluster.queue = ClusterQueue()
         cluster.pinned.clear()
         for job in waiting:
+            self._unreserve(job)  # none is: a node kept for one runs the cluster (READY)
             self._end(job, ABANDONED)
         return waiting
 
@@ -624,6 +671,7 @@ class State:
         allocation = cluster.allocated_cpus(node)
         cpus = cpus if cpus >= 0 else allocation + cpus
         cluster.cpu_limits[node.key] = max(0, min(cpus, allocation))
+        self.node_changes += 1
         self._load_changed(node)
         return cluster.cpu_limits[node.key]
 
@@ -693,81 +741,168 @@ class State:
         """A node shutting down hands back the jobs it has not started (``unstarted`` ids)
         and takes no more. Returns ``Rescheduled`` (nothing ends)."""
         node.slots = 0
+        self.node_changes += 1
         self.free_nodes.discard(node)
         outcome = Rescheduled()
+        also = []  # the cluster of the job the node was kept for: placed anew
+        if node.reserved is not None:
+            also.append(node.reserved.cluster)
+            self._unreserve(node.reserved)
         for jid in unstarted:
             job = node.jobs.get(jid)
             if job is not None and job.status != RUNNING:
                 self._take_back(node, job)
                 self._requeue(job)
                 outcome.requeued.append(job)
-        return self._place_requeued(outcome)
+        return self._place_requeued(outcome, also)
 
     def node_resumed(self, node: Node) -> list[Dispatch]:
         """A node that left (``node_leaving``) but kept its link takes jobs again."""
-        node.slots = node.cpus * self.max_depth
+        node.slots = node.cpus * node.max_depth
+        self.node_changes += 1
         self._load_changed(node)
         return self.fill_node(node)
 
     def _take_back(self, node: Node, job: Job) -> None:
-        del node.jobs[job.jid]
-        node.jobs_of[job.cluster.cid] -= 1
-        job.cluster.in_flight -= 1
+        self._detach(node, job)
 
     # jobs
 
     def submit(self, cluster: Cluster, uid: int, args: bytes, priority: int = 0,
                timeout: Optional[float] = None, files: Sequence[FileData] = (),
                pinned: Optional[str] = None, tag: Optional[bytes] = None,
-               size: Optional[int] = None, refs: Sequence[str] = ()) -> Placed:
-        """Queue a job (of ``job_size`` ``size``, if counted already); returns ``Placed``:
-        the job and the dispatches it allows."""
+               size: Optional[int] = None, refs: Sequence[str] = (),
+               need: Optional[Need] = None) -> Placed:
+        """Queue a job (of ``job_size`` ``size``, if counted already; needing ``need``, else
+        what its cluster's jobs need); returns ``Placed``: the job and the dispatches it
+        allows."""
+        need = need or cluster.need
         job = Job(self.next_jid(), uid, cluster, args, priority, timeout, files, pinned, tag,
-                  size, refs)
+                  size, refs, need)
         cluster.jobs[uid] = job
         cluster.job_bytes += job.size
         self.jobs[job.jid] = job
         if pinned is None:
+            # jobs of a larger need already waiting: no node has room for one now (every
+            # event that frees room fills that node), so none is looked for
+            waiting = not need.light and need in cluster.queue.by_need
             cluster.queue.push(job)
-            return Placed(job, self.place(cluster))
+            return Placed(job, [] if waiting else self.place(cluster))
         cluster.pinned[pinned].push(job)
         node = self.nodes.get(pinned)
         return Placed(job, self.fill_node(node) if node is not None else [])
 
     def place(self, cluster: Cluster) -> list[Dispatch]:
-        """Send a cluster's queued jobs to free nodes, least loaded first."""
-        dispatches = []
-        while cluster.queued:
-            node = self.free_nodes.least_loaded(cluster.wants)
-            if node is None:
-                break
-            job = cluster.queue.pop()
-            assert job is not None  # one is queued
-            self._dispatch(node, job)
-            dispatches.append((node, job))
+        """Send a cluster's queued jobs to nodes with room for them, least loaded first."""
+        dispatches: list[Dispatch] = []
+        for need, queue in cluster.queue.waiting():
+            def has_room(node: Node, need: Need = need) -> bool:
+                return cluster.room_on(node, need)
+            while queue:
+                node = self.free_nodes.least_loaded(has_room)
+                if node is None:
+                    break
+                job = cluster.queue.pop(need)
+                assert job is not None  # one is queued
+                dispatches.extend(self._dispatch_queued(node, job))
         return dispatches
 
     def fill_node(self, node: Node) -> list[Dispatch]:
-        """Give a node's free slots to jobs pinned to it, then to queued jobs, cluster by
-        fair share."""
-        dispatches = []
+        """Give a node's room to the job it was kept free for, then to jobs pinned to it,
+        then to queued jobs, cluster by fair share.
+
+        When it is the turn of a job that needs more than the node has free now (more CPUs,
+        a GPU), the node is kept for that job (``reserved``): it takes no other job until
+        the ones it has end and that job fits. So a job of eight CPUs is not starved by a
+        stream of one-CPU jobs, each of which would fit first; and since the node goes to
+        whichever cluster's turn it is, a cluster of large jobs cannot take every node that
+        way either."""
+        dispatches: list[Dispatch] = []
+        reserved = node.reserved
+        if reserved is not None:
+            node.reserved = None
+            if not reserved.queued or not reserved.cluster.could_run_on(node, reserved.need):
+                reserved.reserved_on = None  # it went elsewhere, or ended, or this node no
+                # longer runs its cluster's jobs (closed, set aside, failed, fewer CPUs)
+            elif reserved.cluster.room_on(node, reserved.need):
+                reserved.reserved_on = None
+                reserved.cluster.queue.forget(reserved)
+                self._dispatch(node, reserved)
+                dispatches.append((node, reserved))
+            else:
+                node.reserved = reserved
+                return dispatches
         ready = [self.clusters[cid] for cid, state in node.clusters.items() if state == READY]
         for cluster in ready:
             waiting = cluster.pinned.get(node.key)
-            while waiting and len(node.jobs) < node.slots and cluster.wants(node):
-                job = waiting.pop()
+            while waiting:
+                job = waiting.peek()
                 assert job is not None  # one waits
+                if not cluster.room_on(node, job.need):
+                    break
+                waiting.pop()
                 self._dispatch(node, job)
                 dispatches.append((node, job))
-        while len(node.jobs) < node.slots:
-            chosen = fair_share_pick([cluster for cluster in ready if cluster.wants(node)],
-                                     node.jobs_of)
+        # ``Cluster.room_on``, unrolled: on every job's path, and what it checks of the
+        # node (taking jobs, kept for none) and of the clusters (ready, not set aside,
+        # their limits here) holds for the whole loop
+        usable = []
+        for cluster in ready:
+            if cluster.queue.live and node.key not in cluster.paused:
+                cpus = cluster.cpus_on(node)
+                usable.append((cluster, min(node.slots, cpus * cluster.depth), cpus))
+        jobs_of, held_of, held, offer = node.jobs_of, node.held_of, node.held, node.offer
+        while node.light_room():
+            candidates: list[Candidate] = []
+            for cluster, limit, cpus in usable:
+                for need, queue in cluster.queue.by_need.items():
+                    head = queue.peek()
+                    assert head is not None  # a queue is dropped when it empties
+                    if need.light:
+                        fits = jobs_of[cluster.cid] < limit
+                    else:
+                        fits = (held.leaves_room(need, offer)
+                                and held_of[cluster.cid] + need.cpus <= cpus)
+                        if not fits and (head.reserved_on is not None
+                                         or not cluster.could_run_on(node, need)):
+                            continue
+                    if fits or not need.light:
+                        candidates.append((cluster, (-head.priority, head.jid), (need, fits)))
+            chosen: Optional[Candidate]
+            if len(candidates) == 1:
+                chosen = candidates[0]
+            else:
+                chosen = fair_share_pick(candidates, held_of, self.total)
+            if chosen is not None and not chosen[2][1]:
+                # a node is kept only for a cluster that holds no more of the pool than one
+                # whose job fits now: one holding a whole node does not take another this way
+                share = chosen[0].held.share_of(self.total)
+                fitting = [candidate for candidate in candidates if candidate[2][1]]
+                if any(candidate[0].held.share_of(self.total) < share
+                       for candidate in fitting):
+                    chosen = fair_share_pick(fitting, node.held_of, self.total)
             if chosen is None:
                 break
-            job = chosen.queue.pop()
-            assert job is not None  # fair_share_pick chose a cluster with queued jobs
-            self._dispatch(node, job)
-            dispatches.append((node, job))
+            cluster, _, (need, fits) = chosen
+            if not fits:  # its turn, and it needs more than is free: the node waits for it
+                head = cluster.queue.by_need[need].peek()
+                assert head is not None
+                node.reserved, head.reserved_on = head, node
+                self.free_nodes.discard(node)
+                break
+            job = cluster.queue.pop(need)
+            assert job is not None  # the candidate's queue had it at its head
+            dispatches.extend(self._dispatch_queued(node, job))
+        return dispatches
+
+    def _dispatch_queued(self, node: Node, job: Job) -> list[Dispatch]:
+        """Send a job taken from its queue to ``node``; a node that was kept free for it
+        elsewhere is filled with other jobs."""
+        freed = self._unreserve(job)
+        self._dispatch(node, job)
+        dispatches = [(node, job)]
+        if freed is not None and freed is not node:
+            dispatches.extend(self.fill_node(freed))
         return dispatches
 
     def _dispatch(self, node: Node, job: Job) -> None:
@@ -776,7 +911,7 @@ class State:
         self._load_changed(node)
 
     def _load_changed(self, node: Node) -> None:
-        if len(node.jobs) < node.slots and self.nodes.get(node.key) is node:
+        if node.reserved is None and node.light_room() and self.nodes.get(node.key) is node:
             self.free_nodes.update(node, node.load)
         else:
             self.free_nodes.discard(node)
@@ -800,14 +935,13 @@ class State:
                  runtime: Optional[float] = None) -> Placed:
         """A node reports a final status (and how long the job ran). Returns ``Placed``: the
         job (None for a late or repeated report) and the dispatches the freed slot allows."""
-        job = node.jobs.pop(jid, None)
+        job = node.jobs.get(jid)
         if job is None:
             return Placed(None, [])
         cluster = job.cluster
         if runtime is not None:
             cluster.ran(runtime)
-        cluster.in_flight -= 1
-        node.jobs_of[cluster.cid] -= 1
+        self._detach(node, job)
         self._end(job, status)
         job.node = None
         node.jobs_done += 1
@@ -827,10 +961,13 @@ class State:
             if waiting.pop(job.jid, None) is not None:
                 break  # it was on a node before a restart, not in a queue
         else:
-            queue = cluster.queue if job.pinned is None else cluster.pinned[job.pinned]
-            queue.forget(job)
+            if job.pinned is None:
+                cluster.queue.forget(job)
+            else:
+                cluster.pinned[job.pinned].forget(job)
+        freed = self._unreserve(job)
         self._end(job, CANCELLED)
-        return Cancellation(job, None)
+        return Cancellation(job, None, self.fill_node(freed) if freed is not None else [])
 
 
 def upload_path(cluster: Cluster, ref: str) -> str:

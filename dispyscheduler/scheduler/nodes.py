@@ -18,12 +18,14 @@ import gevent
 from ..config import SchedulerConfig
 from ..constants import (ACK_DELAY, NODE_AVAIL_INFO, NODE_CLOSED, NODE_INITIALIZED,
                          NODE_SETUP_FAILED, TERMINATED)
+from ..resources import Offer
 from ..wire import messages as m
 from ..wire.files import discard, remove_file, safe_relative_path
 from ..wire.protocol import ProtocolError
 from .admission import Admission
 from .durability import Durability
-from .model import CLOSING, READY, Cluster, Job, Node, State, upload_path
+from .model import CLOSING, READY, Cluster, Node, State, upload_path
+from .queues import Job
 from .payloads import cluster_directory, receive_part
 from .router import Router
 from .sessions import NodeSession, Peers
@@ -81,8 +83,9 @@ class NodeService:
     def join(self, session: NodeSession, info: m.NodeInfo) -> Node:
         """A node that authenticated: into the model, told who we are, given its clusters,
         and told to drop jobs it held that are no longer its own."""
-        added = self.state.add_node(session.key, info.name, info.ip_addr, info.port,
-                                    max(1, info.cpus))
+        cpus = max(1, info.cpus)
+        added = self.state.add_node(session.key, info.name, info.ip_addr, info.port, cpus,
+                                    Offer.from_wire(cpus, info.resources))
         node = added.node
         node.platform = info.platform
         node.avail = info.avail
@@ -103,8 +106,9 @@ class NodeService:
         for cluster in added.clusters:
             self.offer_or_install(node, cluster)
         self.router.reschedule(outcome, '')
-        logger.info('node %s (%s) joined with %d CPUs%s', node.key, node.name, node.cpus,
-                    ', holding %d jobs' % len(node.jobs) if node.jobs else '')
+        logger.info('node %s (%s) joined with %s%s', node.key, node.name,
+                    node.offer.describe(), ', holding %d jobs' % len(node.jobs)
+                    if node.jobs else '')
         return node
 
     def offer_or_install(self, node: Node, cluster: Cluster) -> None:

@@ -7,7 +7,9 @@ from __future__ import annotations
 import fnmatch
 import heapq
 import itertools
-from typing import TYPE_CHECKING, Callable, Generic, Hashable, Iterable, Mapping, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Generic, Hashable, Iterable, Mapping, TypeVar
+
+from ..resources import Offer
 
 if TYPE_CHECKING:
     from .model import Cluster
@@ -50,25 +52,32 @@ def dispatch_depth(mean_runtime: float | None) -> int:
     return 1
 
 
-def fair_share_pick(clusters: Iterable[Cluster],
-                    on_node: Mapping[int, int] | None = None) -> Cluster | None:
-    """Of clusters with queued jobs, the one whose turn it is on a node with a free slot.
+Candidate = tuple['Cluster', tuple[int, int], Any]
+"""A cluster's queue that has room on a node: ``(cluster, (-priority, jid) of the job at its
+head, queue)``."""
 
-    First the cluster with the fewest jobs on this node (``on_node`` maps cluster id to that
-    count), so each node divides its slots evenly among the clusters that want it and every
-    cluster spreads over all its nodes; then the one with the fewest jobs in flight overall;
-    then the one served longest ago. So a cluster with 10 jobs is never stuck behind one with
+
+def fair_share_pick(candidates: Iterable[Candidate], on_node: Mapping[int, int],
+                    total: Offer) -> Candidate | None:
+    """Of clusters' queues with room on a node, the one whose turn it is there.
+
+    First the cluster holding the fewest CPUs on this node (``on_node`` maps cluster id to
+    them), so each node divides its CPUs evenly among the clusters that want it and every
+    cluster spreads over all its nodes; then the one holding the smallest share of the whole
+    pool (``total``) in the resource it holds most of (its dominant share: a cluster holding
+    every GPU is not served before one holding a few CPUs because it holds few CPUs); then
+    the one served longest ago; within a cluster, the queue whose first job goes first (by
+    priority, then submission). So a cluster with 10 jobs is never stuck behind one with
     10,000, and two busy clusters do not settle into owning a node each.
     """
-    on_node = on_node or {}
-    best: Cluster | None = None
-    best_key: tuple[int, int, int] | None = None
-    for cluster in clusters:
-        if not cluster.queued:
-            continue
-        key = (on_node.get(cluster.cid, 0), cluster.in_flight, cluster.last_served)
+    best: Candidate | None = None
+    best_key: tuple[int, float, int, tuple[int, int]] | None = None
+    for candidate in candidates:
+        cluster, head, _ = candidate
+        key = (on_node.get(cluster.cid, 0), cluster.held.share_of(total),
+               cluster.last_served, head)
         if best_key is None or key < best_key:
-            best, best_key = cluster, key
+            best, best_key = candidate, key
     return best
 
 

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Iterable, Optional
 from ..constants import CANCELLED
 from ..wire.messages import JobDone, JobEnd
 from .durability import Durability
-from .model import Cluster, Dispatch, Job, Node, Rescheduled, State
+from .model import Cluster, Dispatch, Node, Rescheduled, State
+from .queues import Job
 from .outbox import message_size
 from .sessions import Peers
 

@@ -23,7 +23,8 @@ from ..wire.protocol import ProtocolError
 from .model import upload_path
 
 if TYPE_CHECKING:
-    from .model import Cluster, Job, Node
+    from .model import Cluster, Node
+    from .queues import Job
 
 logger = logging.getLogger(__name__)
 
@@ -179,7 +180,8 @@ def job_message(job: Job) -> m.Job:
     uploads = job.cluster.uploads
     return m.Job(jid=job.jid, cid=job.cluster.cid, args=job.args, timeout=job.timeout,
                  files=list(job.files),
-                 values=[uploads[ref][0] for ref in job.refs if ref in uploads])
+                 values=[uploads[ref][0] for ref in job.refs if ref in uploads],
+                 need=job.need.to_wire())
 
 
 class ClientSession:

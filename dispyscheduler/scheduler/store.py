@@ -25,14 +25,16 @@ from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable, Optional, c
 
 import msgpack
 
+from ..resources import ONE_CPU, Need
 from ..wire.messages import JobEnd, from_wire
 
 if TYPE_CHECKING:
-    from .model import Cluster, Job
+    from .model import Cluster
+    from .queues import Job
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """The layout below; a database of another version is refused (``StoreError``)."""
 
 
@@ -92,18 +94,22 @@ CLUSTERS = Table('clusters', [
     ('cid', 'INTEGER PRIMARY KEY'), ('name', 'TEXT'), ('code', 'BLOB'), ('patterns', 'BLOB'),
     ('reentrant', 'INTEGER'), ('cleanup', 'INTEGER'), ('allocate', 'INTEGER'),
     ('files', 'BLOB'), ('uploads', 'BLOB'), ('directory', 'TEXT'), ('credential', 'BLOB'),
+    ('need', 'BLOB'),
 ], 'cid', ('cid',))
 JOBS = Table('jobs', [
     ('jid', 'INTEGER PRIMARY KEY'), ('cid', 'INTEGER'), ('uid', 'INTEGER'), ('args', 'BLOB'),
     ('priority', 'INTEGER'), ('timeout', 'REAL'), ('files', 'BLOB'), ('pinned', 'TEXT'),
     ('tag', 'BLOB'), ('node', 'TEXT'), ('lost_nodes', 'INTEGER'), ('refs', 'BLOB'),
+    ('need', 'BLOB'),
 ], 'jid', ('jid',))
 RESULTS = Table('results', [('cid', 'INTEGER'), ('uid', 'INTEGER'), ('message', 'BLOB')],
                 'cid, uid', ('cid', 'uid'))
 TABLES = (META, CLUSTERS, JOBS, RESULTS)
 INDEXES = ('CREATE INDEX jobs_by_cluster ON jobs (cid)',)
 MIGRATIONS = {
-    2: ('ALTER TABLE jobs ADD COLUMN refs BLOB',),
+    2: ('ALTER TABLE jobs ADD COLUMN refs BLOB', 'ALTER TABLE jobs ADD COLUMN need BLOB',
+        'ALTER TABLE clusters ADD COLUMN need BLOB'),
+    3: ('ALTER TABLE jobs ADD COLUMN need BLOB', 'ALTER TABLE clusters ADD COLUMN need BLOB'),
 }
 """Statements that bring a database of an older version to this one (a scheduler upgraded
 in place keeps its clusters and jobs)."""
@@ -116,7 +122,7 @@ def cluster_row(cluster: Cluster) -> dict[str, Any]:
                 allocate=int(cluster.allocate), files=pack(cluster.files),
                 uploads=pack([[ref, *spec] for ref, spec in cluster.uploads.items()]),
                 directory=cluster.directory,
-                credential=cluster.credential)
+                credential=cluster.credential, need=pack_need(cluster.need))
 
 
 def cluster_from_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -124,6 +130,7 @@ def cluster_from_row(row: dict[str, Any]) -> dict[str, Any]:
     return dict(row, patterns=[tuple(pattern) for pattern in unpack(row['patterns'])],
                 reentrant=bool(row['reentrant']), cleanup=bool(row['cleanup']),
                 allocate=bool(row['allocate']), files=unpack(row['files']),
+                need=unpack_need(row['need']),
                 uploads={ref: (name, size, mode)
                          for ref, name, size, mode in unpack(row['uploads'])})
 
@@ -132,13 +139,25 @@ def job_row(job: Job) -> dict[str, Any]:
     return dict(jid=job.jid, cid=job.cluster.cid, uid=job.uid, args=job.args,
                 priority=job.priority, timeout=job.timeout, files=pack(job.files),
                 pinned=job.pinned, tag=job.tag, node=job.node.key if job.node else None,
-                lost_nodes=job.lost_nodes, refs=pack(list(job.refs)) if job.refs else None)
+                lost_nodes=job.lost_nodes, refs=pack(list(job.refs)) if job.refs else None,
+                need=pack_need(job.need))
 
 
 def job_from_row(row: dict[str, Any]) -> dict[str, Any]:
     """A saved job as ``model.State.restore`` takes it."""
     return dict(row, files=unpack(row['files']),
-                refs=tuple(unpack(row['refs'])) if row['refs'] else ())
+                refs=tuple(unpack(row['refs'])) if row['refs'] else (),
+                need=unpack_need(row['need']))
+
+
+def pack_need(need: Need) -> Optional[bytes]:
+    """A job's or a cluster's need as saved: None for one CPU, as rows saved before
+    resources were known."""
+    return None if need.light else pack(need.to_wire())
+
+
+def unpack_need(data: Optional[bytes]) -> Need:
+    return Need.from_wire([tuple(pair) for pair in unpack(data)]) if data else ONE_CPU
 
 
 Action = tuple[Callable[..., Any], tuple]

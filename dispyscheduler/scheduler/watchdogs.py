@@ -11,7 +11,8 @@ import gevent
 
 from ..config import SchedulerConfig
 from ..constants import (ABANDONED, IDLE_ORPHAN_PULSES, NO_NODE_PINGS, PULSES_MISSED_BEFORE_DEAD,
-                         RESULT_RETENTION)
+                         RESULT_RETENTION, UNMET_NEED_PULSES)
+from ..resources import Need
 from .clusters import ClusterService
 from .model import Cluster, State
 from .nodes import NodeService
@@ -37,6 +38,9 @@ class Watchdogs:
         self.awaiting_until = time.monotonic() + self.missed_pulses * config.pulse_interval
         self.nodeless_since: dict[int, float] = {}  # cid -> since when no node has set it up
         self.warned: set[int] = set()  # clusters whose clients were told so
+        # (cid, need) -> since when its jobs wait for a node no connected one could be
+        self.unmet_since: dict[tuple[int, Need], float] = {}
+        self.unmet_warned: set[tuple[int, Need]] = set()  # their clients were told so
 
     def run(self) -> None:
         """Every pulse interval: presume silent nodes dead, give up on nodes that did not
@@ -51,6 +55,7 @@ class Watchdogs:
             self.presume_silent_nodes_dead(now)
             self.give_up_on_nodes_that_did_not_return(now)
             self.warn_clusters_without_nodes(now)
+            self.warn_of_unmet_needs(now)
             self.clean_up_after_gone_clients(now)
 
     def forgive_own_stall(self, stall: float) -> None:
@@ -109,6 +114,34 @@ class Watchdogs:
                                                 ', '.join(sorted(self.state.nodes)) or 'none'))
                 if cluster.setup_failures and not self.state.setting_up(cluster):
                     self.abandon_waiting_jobs(cluster)
+
+    def warn_of_unmet_needs(self, now: float) -> None:
+        """Tell a client (once) whose jobs have waited ``UNMET_NEED_PULSES`` pulses for what
+        no connected node it may use has (the only node with GPUs left, or none has joined
+        yet): they wait for such a node, and the warning says what is missing. A need no
+        node could meet when the job came was refused then (``ClusterService.unmet``)."""
+        wait = UNMET_NEED_PULSES * self.config.pulse_interval
+        waiting = set()
+        for cluster in list(self.state.clusters.values()):
+            for need, queue in cluster.queue.waiting():
+                if need.light:
+                    continue
+                missing = need.shortfall(self.state.usable_offers(cluster))
+                if not missing:
+                    continue
+                key = (cluster.cid, need)
+                waiting.add(key)
+                since = self.unmet_since.setdefault(key, now)
+                if (now - since >= wait and key not in self.unmet_warned
+                        and self.clusters.connected(cluster)):
+                    self.unmet_warned.add(key)
+                    self.router.warn_client(cluster, '%d jobs that each need %s have waited %d '
+                                            'seconds for a node with %s' % (
+                                                len(queue), need.describe(), now - since,
+                                                '; '.join(missing)))
+        for key in set(self.unmet_since).difference(waiting):
+            del self.unmet_since[key]
+            self.unmet_warned.discard(key)
 
     def abandon_waiting_jobs(self, cluster: Cluster) -> None:
         jobs = self.state.abandon_queued(cluster)

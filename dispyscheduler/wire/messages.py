@@ -255,6 +255,10 @@ AvailInfo = tuple[float, int, int, float]
 """What a node has free (dispy's ``DispyNodeAvailInfo``): CPU % idle, memory and disk bytes
 available, swap % free."""
 
+Amounts = list[tuple[str, int]]
+"""A job's need or a node's offer: ``[(name, amount), ...]``, memory in bytes
+(``resources.Need.to_wire``, ``resources.Offer.to_wire``)."""
+
 PendingJob = tuple[int, Optional[bytes]]
 """A job still to end, for a client resuming a cluster: ``(uid, tag)``."""
 
@@ -356,6 +360,8 @@ class NodeInfo(Message):
     jobs: list[int]
     """Jobs the node holds (running, or ended and not acknowledged)."""
     avail: Optional[AvailInfo]
+    resources: Amounts = dataclasses.field(default_factory=list)
+    """What it has for jobs besides CPUs: memory, GPUs, named resources."""
 
 
 @message('node_leaving')
@@ -477,6 +483,16 @@ class Job(Message):
     # the files of the values (``SentFile.value``) it needs: one the node could not write
     # ends it at once, with the reason
     values: list[str] = dataclasses.field(default_factory=list)
+    need: Amounts = dataclasses.field(default_factory=list)
+    """What it holds while it runs; [] for one CPU."""
+    # set by the node for its worker process: what the job was given
+    cpu_ids: list[int] = dataclasses.field(default_factory=list)
+    gpu_ids: list[str] = dataclasses.field(default_factory=list)
+    memory_limit: int = 0
+    """Bytes it may use; 0: no limit."""
+    memory_by: str = ''
+    """How the limit is kept: 'cgroup' (the node's), 'rlimit' (the worker's address space
+    limit, raised by that much for the job), '' for none."""
 
 
 @message('cancel_job')
@@ -545,6 +561,8 @@ class ClusterNew(Message):
     files: list[FileSpec]
     allocate: bool
     """Nodes are offered to the client's NodeAllocate first."""
+    resources: Amounts = dataclasses.field(default_factory=list)
+    """What each job needs unless submitted with its own; [] for one CPU."""
 
 
 @message('cluster_file')
@@ -573,6 +591,8 @@ class Submit(Message):
     # uploads (``Upload``) the job needs on its node; each goes to a node once (an
     # executor's functions)
     refs: list[str] = dataclasses.field(default_factory=list)
+    resources: Amounts = dataclasses.field(default_factory=list)
+    """What it needs (``dispy_job_resources`` over the cluster's); [] for the cluster's."""
 
 
 @message('cancel')

@@ -138,3 +138,19 @@ def test_readme_habits_programs_run_as_printed(readme_setup, tmp_path):
     assert 'sum %d' % sum(n * n for n in range(200)) in asyncio
     assert sorted(line for line in asyncio.splitlines() if line.startswith('job')) == \
         sorted('job %d gave %d' % (uid, (uid - 201) ** 2) for uid in range(201, 211))
+
+
+def test_readme_resources_program_runs_as_printed(readme_setup, tmp_path):
+    with open(os.path.join(REPO, 'README.md')) as handle:
+        readme = handle.read()
+    section = readme[readme.index('## Resources per job'):]
+    section = section[:section.index('\n## ')]
+    (text,) = re.findall(r'```python\n(.*?)```', section, re.S)
+    program = tmp_path / 'resources.py'
+    program.write_text(text)
+    result = run_program(program, tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[:5] == ['cpus 2, pinned to them: True'] * 4 + ['cpus 1, pinned to them: True']
+    assert 'no node this cluster may use could ever run the job' in lines[5]
+    assert '64 CPUs (the largest node has 2)' in lines[5]

@@ -104,7 +104,8 @@ def test_status_command_prints_both_nodes(running):
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ['NODE', 'NAME', 'CPUS', 'BUSY', 'JOBS', 'DONE', 'PULSE']
+    assert lines[0].split() == ['NODE', 'NAME', 'CPUS', 'BUSY', 'JOBS', 'DONE', 'PULSE', 'IN',
+                                'USE']
     assert any(line.startswith('127.0.0.2:') for line in lines)
     assert any(line.startswith('127.0.0.3:') for line in lines)
     assert any(line.split()[:2] == [str(cluster.cid), 'nap'] for line in lines)

@@ -6,7 +6,7 @@ import os
 
 import dispyscheduler.scheduler
 
-PURE = ('model.py', 'policy.py', 'outbox.py')
+PURE = ('model.py', 'queues.py', 'policy.py', 'outbox.py')
 FORBIDDEN = ('socket', 'gevent', 'dispyscheduler.wire.link', 'dispyscheduler.runtime',
              'select', 'threading', 'ssl', 'OpenSSL')
 

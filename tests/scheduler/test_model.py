@@ -49,8 +49,8 @@ def check_invariants(state):
         assert cluster.queued == len(live_queued)
         assert cluster.in_flight == sum(1 for job in cluster.jobs.values() if job.node)
     for node in state.nodes.values():
-        assert len(node.jobs) <= node.slots
-        assert (node in state.free_nodes) == (len(node.jobs) < node.slots)
+        assert len(node.jobs) <= node.slots or node.slots == 0  # 0: leaving, its jobs end
+        assert (node in state.free_nodes) == (node.light_room() and node.reserved is None)
         for job in node.jobs.values():
             assert job.node is node and state.jobs[job.jid] is job
         per_cluster = collections.Counter(job.cluster.cid for job in node.jobs.values())

@@ -5,6 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from dispyscheduler.resources import Held, Need, Offer
 from dispyscheduler.scheduler.policy import LoadIndex, fair_share_pick, node_matches
 
 # node_matches
@@ -144,43 +145,65 @@ def test_heap_bounded_with_churn_and_matches_a_reference_model():
 
 # fair share
 
-def cluster(cid, queued, in_flight, last_served):
-    return SimpleNamespace(cid=cid, queued=queued, in_flight=in_flight,
-                           last_served=last_served)
+POOL = Offer(16, memory=64 << 30, gpus=4)
 
 
-def test_fair_share_prefers_fewest_in_flight():
-    big = cluster(1, queued=10000, in_flight=8, last_served=1)
-    small = cluster(2, queued=10, in_flight=1, last_served=2)
-    assert fair_share_pick([big, small]) is small
-    assert fair_share_pick([small, big]) is small
+def cluster(cid, cpus=0, last_served=0, need=None, count=1):
+    """A stand-in cluster holding ``count`` jobs of ``need`` (``cpus`` one-CPU jobs if none
+    given)."""
+    held = Held()
+    for _ in range(count if need is not None else cpus):
+        held.take(need or Need())
+    return SimpleNamespace(cid=cid, held=held, last_served=last_served)
 
 
-def test_fair_share_breaks_ties_by_longest_unserved():
-    a = cluster(1, queued=1, in_flight=2, last_served=9)
-    b = cluster(2, queued=1, in_flight=2, last_served=3)
-    assert fair_share_pick([a, b]) is b
-    assert fair_share_pick([a, b], {1: 1, 2: 1}) is b
+def pick(candidates, on_node=None):
+    """The cluster ``fair_share_pick`` chooses of clusters whose queues head with job 0."""
+    chosen = fair_share_pick([(c, (0, 0), None) for c in candidates], on_node or {}, POOL)
+    return chosen and chosen[0]
 
 
-def test_fair_share_prefers_fewest_jobs_on_this_node_first():
-    """A cluster with fewer jobs on the node asking wins even with more in flight overall, so
+def test_fair_share_prefers_the_smallest_share_held():
+    big = cluster(1, cpus=8, last_served=1)
+    small = cluster(2, cpus=1, last_served=2)
+    assert pick([big, small]) is small
+    assert pick([small, big]) is small
+
+
+def test_fair_share_counts_what_clusters_hold_not_how_many_jobs():
+    """Dominant shares: 2 jobs holding all 4 GPUs weigh more than 6 one-CPU jobs (6/16 of the
+    CPUs); 1 job of 12 CPUs more than 6 of one."""
+    gpus = cluster(1, need=Need(1, gpus=2), count=2)
+    cpus = cluster(2, cpus=6)
+    wide = cluster(3, need=Need(12), count=1)
+    assert pick([gpus, cpus]) is cpus
+    assert pick([wide, cpus]) is cpus
+    memory = cluster(4, need=Need(1, memory=48 << 30), count=1)  # 3/4 of the memory
+    assert pick([memory, cpus]) is cpus
+
+
+def test_fair_share_breaks_ties_by_longest_unserved_then_by_the_first_job():
+    a = cluster(1, cpus=2, last_served=9)
+    b = cluster(2, cpus=2, last_served=3)
+    assert pick([a, b]) is b
+    assert pick([a, b], {1: 1, 2: 1}) is b
+    first = fair_share_pick([(a, (-5, 10), 'urgent'), (a, (0, 3), 'old')], {}, POOL)
+    assert first[2] == 'urgent'  # higher priority first, then lower job id
+
+
+def test_fair_share_prefers_fewest_cpus_held_on_this_node_first():
+    """A cluster holding fewer CPUs on the node asking wins even with more held overall, so
     two busy clusters share every node instead of each owning one."""
-    spread = cluster(1, queued=5, in_flight=6, last_served=1)
-    local = cluster(2, queued=5, in_flight=2, last_served=2)
-    assert fair_share_pick([spread, local]) is local  # no per-node counts: overall in flight
-    assert fair_share_pick([spread, local], {1: 0, 2: 2}) is spread
-    assert fair_share_pick([spread, local], {2: 2}) is spread  # a missing cid counts as 0
-    assert fair_share_pick([spread, local], {1: 2, 2: 2}) is local
+    spread = cluster(1, cpus=6, last_served=1)
+    local = cluster(2, cpus=2, last_served=2)
+    assert pick([spread, local]) is local  # no per-node counts: overall shares
+    assert pick([spread, local], {1: 0, 2: 2}) is spread
+    assert pick([spread, local], {2: 2}) is spread  # a missing cid counts as 0
+    assert pick([spread, local], {1: 2, 2: 2}) is local
 
 
-def test_fair_share_ignores_clusters_with_nothing_queued():
-    idle = cluster(1, queued=0, in_flight=0, last_served=0)
-    busy = cluster(2, queued=5, in_flight=4, last_served=5)
-    assert fair_share_pick([idle, busy]) is busy
-    assert fair_share_pick([idle, busy], {2: 9}) is busy
-    assert fair_share_pick([idle]) is None
-    assert fair_share_pick([]) is None
+def test_fair_share_of_nothing_is_none():
+    assert fair_share_pick([], {}, POOL) is None
 
 
 def test_dispatch_depth_by_run_time():

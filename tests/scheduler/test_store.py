@@ -5,6 +5,7 @@ import sqlite3
 
 import pytest
 
+from dispyscheduler.resources import ONE_CPU, Need
 from dispyscheduler.wire.messages import JobEnd
 from dispyscheduler.scheduler.model import State
 from dispyscheduler.scheduler.store import CLUSTERS, JOBS, SCHEMA_VERSION, Store, StoreError
@@ -102,8 +103,10 @@ def test_a_jobs_uploads_come_back_after_a_restart(tmp_path):
     again.close()
 
 
-def test_a_database_of_the_version_before_is_brought_up_to_date(tmp_path):
-    """A scheduler upgraded in place keeps the clusters and jobs of the one before."""
+@pytest.mark.parametrize('version', [2, 3])
+def test_a_database_of_an_older_version_is_brought_up_to_date(tmp_path, version):
+    """A scheduler upgraded in place keeps the clusters and jobs of the one before (version 3
+    knew no resources, version 2 no uploads either)."""
     store = Store(str(tmp_path))
     state = new_state(store)
     cluster = add_cluster(state)
@@ -111,9 +114,12 @@ def test_a_database_of_the_version_before_is_brought_up_to_date(tmp_path):
     store.put_job(state.submit(cluster, 1, b'args').job)
     store.commit_now()
     store.close()
-    db = sqlite3.connect(str(tmp_path / 'state.sqlite'))  # as version 2 left it
-    db.execute('ALTER TABLE jobs DROP COLUMN refs')
-    db.execute("UPDATE meta SET value = 2 WHERE key = 'version'")
+    db = sqlite3.connect(str(tmp_path / 'state.sqlite'))  # as that version left it
+    db.execute('ALTER TABLE jobs DROP COLUMN need')
+    db.execute('ALTER TABLE clusters DROP COLUMN need')
+    if version == 2:
+        db.execute('ALTER TABLE jobs DROP COLUMN refs')
+    db.execute("UPDATE meta SET value = ? WHERE key = 'version'", (version,))
     db.commit()
     db.close()
     again = Store(str(tmp_path))
@@ -121,7 +127,29 @@ def test_a_database_of_the_version_before_is_brought_up_to_date(tmp_path):
     restored = new_state(again)
     restored.restore(*again.load()[:2])
     job = restored.clusters[cluster.cid].jobs[1]
-    assert (job.args, job.refs) == (b'args', ())
+    assert (job.args, job.refs, job.need) == (b'args', (), ONE_CPU)
+    again.close()
+
+
+def test_what_jobs_and_clusters_need_survives_a_restart(tmp_path):
+    store = Store(str(tmp_path))
+    state = new_state(store)
+    cluster = state.add_cluster('c', b'code', [('*', 0)], False, True,
+                                need=Need(2, memory=1 << 30)).cluster
+    store.put_cluster(cluster)
+    store.put_job(state.submit(cluster, 1, b'args').job)
+    store.put_job(state.submit(cluster, 2, b'args', need=Need(4, gpus=1,
+                                                              named=[('licence', 1)])).job)
+    store.commit_now()
+    store.close()
+    again = Store(str(tmp_path))
+    restored = new_state(again)
+    restored.restore(*again.load()[:2])
+    back = restored.clusters[cluster.cid]
+    assert back.need == Need(2, memory=1 << 30)
+    assert back.jobs[1].need == Need(2, memory=1 << 30)
+    assert back.jobs[2].need == Need(4, gpus=1, named=[('licence', 1)])
+    assert back.queued == 2
     again.close()
 
 

@@ -99,7 +99,7 @@ def test_frames_fed_one_byte_at_a_time():
 def test_many_frames_in_one_feed():
     messages = [('submit', {'uid': uid, 'args': bytes([uid % 256]) * (uid % 50), 'files': [],
                             'timeout': None, 'priority': 0, 'node': None, 'tag': None,
-                            'refs': []})
+                            'refs': [], 'resources': []})
                 for uid in range(1000)]
     stream = b''.join(encode(kind, body) for kind, body in messages)
     decoder = FrameDecoder()
