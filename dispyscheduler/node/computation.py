@@ -403,9 +403,15 @@ class Computation:
 
         A worker process that dies while idle (killed from outside, say) is reported by the
         setup process, and its greenlet is killed there (``serve_setup_process``) before it
-        takes a job; a job handed to it or taken but not yet sent goes back to the queue."""
+        takes a job; a job handed to it or taken but not yet sent goes back to the queue.
+
+        A job with GPUs runs on a worker process that has run no other job, and that process
+        runs no other job after it (it ends; the setup process forks a new one): CUDA reads
+        ``CUDA_VISIBLE_DEVICES`` once per process, when a job first uses it, so a process
+        that saw other GPUs, or none, cannot be given these."""
         self._workers[pid] = None
         job = None
+        ran = False  # a job was sent to this worker process
         # a job still running after a moment is reported started; one that ends sooner is
         # reported once, at its end
         report = gevent.get_hub().loop.timer(STARTED_REPORT_DELAY)
@@ -414,12 +420,20 @@ class Computation:
                 job = self._next_job(pid)
                 if job is None or self._closing:
                     return
+                if job.need.gpus and ran:  # a fresh worker process takes it
+                    if self._idle_workers:
+                        self._wake_idle_worker(job)
+                    else:
+                        self._queue.appendleft(job)
+                    job = None
+                    return
                 with self._own_cpu(), self._resources.held(job.need) as grant:
                     if job.cancelled or self._closing:
                         job = None
                         continue
                     self._workers[pid] = job
                     job.worker = pid
+                    ran = True
                     confinement = Confinement(grant)
                     try:
                         with self._confined(job, pid, confinement):
@@ -446,9 +460,9 @@ class Computation:
                         reply = m.JobDone.failure(job.jid, CANCELLED,  # cancel's interrupt
                                                   'job was cancelled')
                     self._daemon.job_finished(job, reply)
-                    if job.cancelled:  # its worker process was interrupted, or killed: it
-                        return  # takes no other job (the setup process starts a new one)
-                    job = None
+                    if job.cancelled or job.need.gpus:  # it takes no other job (its process
+                        return  # was interrupted, killed, or saw GPUs): the setup process
+                    job = None  # starts a new one
         except gevent.GreenletExit:
             job = job or self._handed.pop(pid, None)
             if job is not None and job.worker is None:

@@ -420,13 +420,16 @@ def _enable_memory(path: str) -> None:
                         % (path, exc, hint)) from None
 
 
-def _cgroup2_mount(mounts: str) -> str:
+def _lines_of(path: str) -> list[str]:
     try:
-        with open(mounts) as handle:
-            lines = handle.read().splitlines()
+        with open(path) as handle:
+            return handle.read().splitlines()
     except OSError as exc:
-        raise _NoCgroup('cannot read %s (%s)' % (mounts, exc)) from None
-    for line in lines:
+        raise _NoCgroup('cannot read %s (%s)' % (path, exc)) from None
+
+
+def _cgroup2_mount(mounts: str) -> str:
+    for line in _lines_of(mounts):
         fields = line.split()
         if len(fields) >= 3 and fields[2] == 'cgroup2':
             return _OCTAL_ESCAPE.sub(lambda match: chr(int(match.group(1), 8)), fields[1])
@@ -434,12 +437,7 @@ def _cgroup2_mount(mounts: str) -> str:
 
 
 def _own_cgroup(own_cgroup: str) -> str:
-    try:
-        with open(own_cgroup) as handle:
-            lines = handle.read().splitlines()
-    except OSError as exc:
-        raise _NoCgroup('cannot read %s (%s)' % (own_cgroup, exc)) from None
-    for line in lines:
+    for line in _lines_of(own_cgroup):
         if line.startswith('0::'):
             return line[3:]
     raise _NoCgroup('%s names no cgroup v2 group for the node' % (own_cgroup,))

@@ -35,8 +35,8 @@ from ..resources import ONE_CPU, Held, Need, Offer
 from ..wire.files import safe_relative_path
 from .outbox import Outbox
 from .queues import ClusterQueue, Job, JobQueue
-from .policy import (RUNTIME_WEIGHT, Candidate, LoadIndex, dispatch_depth, fair_share_pick,
-                     node_matches)
+from .policy import (RUNTIME_WEIGHT, Candidate, FreeCpuIndex, LoadIndex, dispatch_depth,
+                     fair_share_pick, node_matches)
 
 if TYPE_CHECKING:
     from ..wire.messages import AvailInfo, FileData, FileSpec
@@ -270,6 +270,8 @@ class State:
         self.jobs: dict[int, Job] = {}  # jid -> Job, every unfinished job
         # nodes with a free slot, least loaded first
         self.free_nodes: LoadIndex[Node] = LoadIndex()
+        # those of them with CPUs no job holds, by how many: where larger jobs are placed
+        self.roomy: FreeCpuIndex[Node] = FreeCpuIndex()
         # node key -> {jid: Job} it held before a restart
         self.awaiting: dict[str, dict[int, Job]] = {}
         self.next_cid = itertools.count(next_cid).__next__
@@ -518,7 +520,7 @@ class State:
         if self.nodes.get(node.key) is node:
             del self.nodes[node.key]
             self.total.add(node.offer, -1)
-        self.free_nodes.discard(node)
+        self._no_room(node)
         outcome = Rescheduled()
         also = []  # the cluster of the job the node was kept for: placed anew
         if node.reserved is not None:
@@ -742,7 +744,7 @@ class State:
         and takes no more. Returns ``Rescheduled`` (nothing ends)."""
         node.slots = 0
         self.node_changes += 1
-        self.free_nodes.discard(node)
+        self._no_room(node)
         outcome = Rescheduled()
         also = []  # the cluster of the job the node was kept for: placed anew
         if node.reserved is not None:
@@ -799,7 +801,8 @@ class State:
             def has_room(node: Node, need: Need = need) -> bool:
                 return cluster.room_on(node, need)
             while queue:
-                node = self.free_nodes.least_loaded(has_room)
+                node = (self.free_nodes.least_loaded(has_room) if need.light
+                        else self.roomy.best_fit(need.cpus, has_room))
                 if node is None:
                     break
                 job = cluster.queue.pop(need)
@@ -888,7 +891,7 @@ class State:
                 head = cluster.queue.by_need[need].peek()
                 assert head is not None
                 node.reserved, head.reserved_on = head, node
-                self.free_nodes.discard(node)
+                self._no_room(node)
                 break
             job = cluster.queue.pop(need)
             assert job is not None  # the candidate's queue had it at its head
@@ -913,8 +916,13 @@ class State:
     def _load_changed(self, node: Node) -> None:
         if node.reserved is None and node.light_room() and self.nodes.get(node.key) is node:
             self.free_nodes.update(node, node.load)
+            self.roomy.update(node, node.cpus - node.held.cpus, node.load)
         else:
-            self.free_nodes.discard(node)
+            self._no_room(node)
+
+    def _no_room(self, node: Node) -> None:
+        self.free_nodes.discard(node)
+        self.roomy.discard(node)
 
     def _end(self, job: Job, status: int) -> None:
         del self.jobs[job.jid]

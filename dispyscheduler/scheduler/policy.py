@@ -4,6 +4,7 @@ job a free node takes. Pure functions and one small index; no I/O.
 
 from __future__ import annotations
 
+import bisect
 import fnmatch
 import heapq
 import itertools
@@ -131,3 +132,53 @@ class LoadIndex(Generic[N]):
         for entry in passed_over:
             heapq.heappush(heap, entry)
         return found
+
+
+class FreeCpuIndex(Generic[N]):
+    """Nodes by how many of their CPUs no job holds: a ``LoadIndex`` for each such count.
+
+    A job of ``c`` CPUs (or of a GPU, memory, a licence) looks only at nodes with at least
+    ``c`` free, those with the fewest first (best fit: a node with 16 free CPUs stays free
+    for a job that needs 16), the least loaded first among equals. The counts are few (the
+    sizes of the nodes), so finding the first node with room costs O(log n) plus the nodes
+    passed over for what else the job needs."""
+
+    def __init__(self) -> None:
+        self.by_free: dict[int, LoadIndex[N]] = {}
+        self.counts: list[int] = []  # the keys of ``by_free``, ascending
+        self.where: dict[N, int] = {}  # node -> its count
+
+    def __contains__(self, node: object) -> bool:
+        return node in self.where
+
+    def update(self, node: N, free: int, load: float) -> None:
+        """``node`` has ``free`` CPUs no job holds (0: it leaves the index), and ``load``."""
+        if self.where.get(node, free) != free:
+            self.discard(node)
+        if free <= 0:
+            return
+        index = self.by_free.get(free)
+        if index is None:
+            index = self.by_free[free] = LoadIndex()
+            bisect.insort(self.counts, free)
+        self.where[node] = free
+        index.update(node, load)
+
+    def discard(self, node: N) -> None:
+        free = self.where.pop(node, None)
+        if free is None:
+            return
+        index = self.by_free[free]
+        index.discard(node)
+        if not len(index):
+            del self.by_free[free]
+            self.counts.remove(free)
+
+    def best_fit(self, cpus: int, accept: Callable[[N], bool]) -> N | None:
+        """The node with the fewest free CPUs, at least ``cpus``, for which ``accept`` is
+        true (least loaded among equals), or None."""
+        for free in self.counts[bisect.bisect_left(self.counts, cpus):]:
+            node = self.by_free[free].least_loaded(accept)
+            if node is not None:
+                return node
+        return None

@@ -22,7 +22,7 @@ def record(seconds):
     time.sleep(seconds)
     return {'node': dispy_node_ip_addr, 'start': start, 'end': time.time(),  # noqa: F821
             'given': dispy_job_resources,  # noqa: F821
-            'affinity': sorted(os.sched_getaffinity(0)),
+            'affinity': sorted(os.sched_getaffinity(0)), 'pid': os.getpid(),
             'cuda': os.environ.get('CUDA_VISIBLE_DEVICES')}
 
 
@@ -90,6 +90,8 @@ def test_gpus_appear_as_cuda_visible_devices_and_are_never_shared(daemons, tmp_p
         (plain,) = results_of([cluster.submit(0.1, dispy_job_resources={'gpus': 0})])
     for job in gpu_jobs:
         assert job['cuda'] in ('0', '1') and job['given']['gpus'] == [job['cuda']]
+    # each on a worker process of its own (CUDA reads its GPUs once per process)
+    assert len({(job['node'], job['pid']) for job in gpu_jobs + [plain]}) == 13
     for i, job in enumerate(gpu_jobs):
         for other in gpu_jobs[i + 1:]:
             if job['node'] == other['node'] and job['cuda'] == other['cuda']:

@@ -6,7 +6,8 @@ from types import SimpleNamespace
 import pytest
 
 from dispyscheduler.resources import Held, Need, Offer
-from dispyscheduler.scheduler.policy import LoadIndex, fair_share_pick, node_matches
+from dispyscheduler.scheduler.policy import (FreeCpuIndex, LoadIndex, fair_share_pick,
+                                             node_matches)
 
 # node_matches
 
@@ -213,3 +214,21 @@ def test_dispatch_depth_by_run_time():
     assert dispatch_depth(0.01) == 4
     assert dispatch_depth(0.5) == 2
     assert dispatch_depth(1.0) == dispatch_depth(3600) == 1
+
+
+def test_free_cpu_index_finds_the_best_fit_with_what_else_is_needed():
+    index = FreeCpuIndex()
+    index.update('a', 8, 0.1)
+    index.update('b', 2, 0.5)
+    index.update('c', 4, 0.0)
+    index.update('d', 2, 0.0)
+    assert index.best_fit(2, lambda node: True) == 'd'  # fewest free, then least loaded
+    assert index.best_fit(3, lambda node: True) == 'c'
+    assert index.best_fit(3, lambda node: node != 'c') == 'a'  # passed over: no GPU, say
+    assert index.best_fit(9, lambda node: True) is None
+    index.update('d', 0, 0.0)  # all held: out
+    index.update('c', 8, 0.0)
+    assert 'd' not in index and index.counts == [2, 8]
+    assert index.best_fit(1, lambda node: True) == 'b'
+    index.discard('b')
+    assert index.counts == [8] and index.best_fit(1, lambda node: True) == 'c'

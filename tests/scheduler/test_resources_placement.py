@@ -35,6 +35,9 @@ def check_holdings(state):
     (jobs of one CPU may wait their turn: only larger ones are held to the CPUs)."""
     check_invariants(state)
     for node in state.nodes.values():
+        free = node.cpus - node.held.cpus
+        assert state.roomy.where.get(node) == (free if node in state.free_nodes and free > 0
+                                               else None)
         jobs = list(node.jobs.values())
         assert node.held.cpus == sum(job.need.cpus for job in jobs)
         assert node.heavy_cpus == sum(job.need.cpus for job in jobs if not job.need.light)
@@ -302,4 +305,18 @@ def test_a_node_kept_for_a_job_that_leaves_lets_the_job_be_placed_elsewhere():
     other, dispatches = node_of(state, 'other', cpus=2)
     assert (other, big) in dispatches
     assert outcome.requeued == []
+    check_holdings(state)
+
+
+def test_a_larger_job_goes_to_the_node_it_fits_best():
+    """Best fit: a 2-CPU job goes to the node with 2 free CPUs, not to the one with 16, which
+    stays free for a 16-CPU job."""
+    state = State(max_depth=1)
+    cluster = cluster_of(state)
+    big, _ = node_of(state, 'big', cpus=16)
+    small, _ = node_of(state, 'small', cpus=2)
+    two = state.submit(cluster, 1, b'', need=Need(2))
+    assert two.dispatches == [(small, two.job)]
+    sixteen = state.submit(cluster, 2, b'', need=Need(16))
+    assert sixteen.dispatches == [(big, sixteen.job)]
     check_holdings(state)
