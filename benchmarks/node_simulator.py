@@ -10,12 +10,19 @@ held, jobs are kept and answered when it opens. The gate may open for a budget o
 which it closes by itself, so that a measurement covers an exact number of job completions.
 Pulses go every ``welcome['pulse_interval']``.
 
+Every node has one CPU and nothing else, or with ``--mixed`` a size of its own, the same on
+every run (``node_size``): CPUs 1, 2, 4, 8, 16 in turn, memory 4G to 64G, one node in five
+with one or two GPUs, one in four with ``licence=2``, sent in ``node_info`` (``cpus`` and
+``resources``) as a real node sends them. A job holds nothing here whatever it asked for: it
+is answered when the gate allows, as on a plain run.
+
 Control, one command per line on stdin; answers on stdout:
 
     hold            close the gate (jobs received from now on are kept)     -> OK hold
     go [N]          open it (for N more jobs, or for good); kept jobs first  -> OK go K
                     (K: kept jobs answered now)
-    count           counters                                                 -> COUNT k=v ...
+    count           counters (``larger``: jobs received that need more than
+                    one CPU)                                                 -> COUNT k=v ...
     quit (or EOF)   close every link and exit                                -> BYE
 
 ``READY n`` is printed once all ``n`` links are up (``FAILED reason`` if they cannot be).
@@ -42,6 +49,7 @@ from gevent.fileobject import FileObjectPosix  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from dispyscheduler.resources import Offer  # noqa: E402
 from dispyscheduler.wire.auth import handshake  # noqa: E402
 from dispyscheduler.constants import CANCELLED, FINISHED  # noqa: E402
 from dispyscheduler.runtime.hublink import HubLink  # noqa: E402
@@ -51,6 +59,23 @@ from dispyscheduler.wire import messages as m  # noqa: E402
 HANDSHAKE_TIMEOUT = 30.0
 RESULT_NONE = pickle.dumps(None, protocol=pickle.HIGHEST_PROTOCOL)
 PLATFORM = platform.platform()
+
+MIXED_CPUS = (1, 2, 4, 8, 16)
+GIB = 1 << 30
+
+
+def node_size(index, mixed):
+    """What node ``index`` has for jobs, as an ``Offer``: one CPU and nothing else, or with
+    ``mixed``, by its index: CPUs from ``MIXED_CPUS`` in turn; memory 4, 8, 16, 32 or 64 GiB,
+    changing every five nodes (so each size of CPUs meets each size of memory within 25
+    nodes); one GPU on nodes 3, 13, 23, ... (8 CPUs), two on nodes 6, 16, 26, ... (2 CPUs);
+    ``licence=2`` on nodes 1, 5, 9, ... Deterministic: the same nodes on every run."""
+    if not mixed:
+        return Offer(1)
+    gpus = {3: 1, 6: 2}.get(index % 10, 0)
+    named = {'licence': 2} if index % 4 == 1 else {}
+    return Offer(MIXED_CPUS[index % len(MIXED_CPUS)], (4 * GIB) << ((index // 5) % 5), gpus,
+                 named)
 
 
 class Simulator:
@@ -62,6 +87,7 @@ class Simulator:
         self.linked = 0
         self.lost = 0
         self.received = 0  # 'job' messages
+        self.larger = 0  # of which for jobs that need more than one CPU (``Job.need``)
         self.done = 0  # 'job_done' sent
         self.acked = 0  # job ids acknowledged by the scheduler ('result_ack')
         self.computes = 0
@@ -150,10 +176,10 @@ class Simulator:
                 budget = command.split()[1:]
                 self.say('OK go %d' % self.open_gate(int(budget[0]) if budget else None))
             elif command == 'count':
-                self.say('COUNT links=%d lost=%d received=%d done=%d acked=%d held=%d '
-                         'computes=%d budget=%d' % (
-                             self.linked, self.lost, self.received, self.done, self.acked,
-                             len(self.held), self.computes,
+                self.say('COUNT links=%d lost=%d received=%d larger=%d done=%d acked=%d '
+                         'held=%d computes=%d budget=%d' % (
+                             self.linked, self.lost, self.received, self.larger, self.done,
+                             self.acked, len(self.held), self.computes,
                              -1 if self.budget is None else self.budget))
             elif command == 'quit':
                 break
@@ -169,6 +195,7 @@ class SimNode:
         options = simulator.options
         self.source = options.sources[index % len(options.sources)]
         self.port = options.base_port + index
+        self.offer = node_size(index, options.mixed)
         self.link = None
         self.held = set()
 
@@ -209,8 +236,10 @@ class SimNode:
                 handshake(link, options.secret, 'node', 'scheduler', initiator=True,
                           deadline=deadline)
                 link.send_now(m.NodeInfo(name='sim-%d' % self.index, ip_addr=self.source,
-                                         port=self.port, cpus=1, platform=PLATFORM, jobs=[],
-                                         avail=None))
+                                         port=self.port, cpus=self.offer.cpus,
+                                         platform=PLATFORM, jobs=[], avail=None,
+                                         resources=self.offer.to_wire()
+                                         if options.mixed else []))
                 welcome = link.expect(m.Welcome, deadline)
         except BaseException:
             sock.close()
@@ -222,6 +251,8 @@ class SimNode:
         kind = type(message)
         if kind is m.Job:
             sim.received += 1
+            if message.need:
+                sim.larger += 1
             if sim.take():
                 self.link.send(sim.finished(message.jid))
             else:
@@ -268,6 +299,9 @@ def main():
                         help='node i announces port BASE_PORT + i (its identity: ip:port)')
     parser.add_argument('--sources', type=address_range, default=address_range('127.0.0.10-29'),
                         help='loopback source addresses, used in turn (default %(default)s)')
+    parser.add_argument('--mixed', action='store_true',
+                        help='nodes of mixed sizes (CPUs, memory, GPUs, licence=2; see '
+                             'node_size) instead of one CPU each')
     parser.add_argument('--concurrency', type=int, default=50,
                         help='handshakes in progress at once')
     parser.add_argument('--connect_timeout', type=float, default=120.0)

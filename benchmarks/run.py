@@ -22,7 +22,8 @@ bytes per job:
     RATIO metric=M n=N clients=C better=higher dispyscheduler/dispy=.. dispyscheduler/dask=..
     SYSTEM system=S version=.. python=.. scheduler=..
     TARGET name=.. value=.. target=.. met=yes|no            the issues' targets (medians)
-    SCALE ...                                               scale.py's lines (1,000 nodes)
+    SCALE ...                                               scale.py's lines (1,000 nodes;
+                                                            SCALE mixed ...: mixed sizes)
     SUMMARY elapsed_s=.. runs=.. systems=.. failed_runs=..
 
 Ratios are of medians, this project's over the peer's; ``better`` says which way is good.
@@ -63,7 +64,7 @@ PAYLOAD_SYSTEMS = ('dispyscheduler', 'dask')
 WORKLOAD_SYSTEMS = {'executor': EXECUTOR_SYSTEMS, 'payload': PAYLOAD_SYSTEMS}
 """Workloads that only some systems run (the others: every system)."""
 MB = 10 ** 6
-SCALE_TIMEOUT = 1800.0  # seconds for scale.py (the full one takes about a minute here)
+SCALE_TIMEOUT = 1800.0  # seconds for scale.py (plain and mixed runs: about 2 minutes here)
 SETTLE_SECONDS = 5.0
 """Pause before each driver, after writing back dirty pages (``sync``), so that what the
 previous system left to the kernel (files to write, processes being reaped) is not charged to
@@ -289,8 +290,9 @@ def metric_systems(metric):
 
 def run_scale(python, quick):
     """scale.py in this project's venv; its SCALE lines go straight to stdout. True if ok."""
-    note('scale: 1,000 simulated nodes, 1k/10k/100k queued jobs ...' if not quick else
-         'scale (quick): 100 simulated nodes, 1k/10k queued jobs ...')
+    note('scale: 1,000 simulated nodes, 1k/10k/100k queued jobs, plain and mixed ...'
+         if not quick else
+         'scale (quick): 100 simulated nodes, 1k/10k queued jobs, plain and mixed ...')
     argv = [python, os.path.join(HERE, 'scale.py')] + (['--quick'] if quick else [])
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True, cwd=REPO,
                             preexec_fn=bc.die_with_parent)

@@ -441,8 +441,9 @@ def given_resources(computation: UserComputation, job: m.Job) -> Iterator[None]:
     global ``dispy_job_resources``; its address space limited to its memory grant more than
     the worker process maps now, where the node limits memory that way. (Its CPUs: the
     daemon pinned this process to them before sending the job.)"""
-    saved = {name: os.environ.get(name) for name in GPU_ENVIRONMENT}
-    os.environ.update(CUDA_VISIBLE_DEVICES=','.join(job.gpu_ids), CUDA_DEVICE_ORDER='PCI_BUS_ID')
+    devices = ','.join(job.gpu_ids)
+    if os.environ.get('CUDA_VISIBLE_DEVICES') != devices:  # set once for job after job
+        os.environ.update(CUDA_VISIBLE_DEVICES=devices, CUDA_DEVICE_ORDER='PCI_BUS_ID')
     given: dict[str, Any] = dict(Need.from_wire(job.need).as_dict(), gpus=list(job.gpu_ids),
                                  cpu_ids=list(job.cpu_ids))
     function = computation.get('compute')
@@ -455,15 +456,6 @@ def given_resources(computation: UserComputation, job: m.Job) -> Iterator[None]:
         yield
     finally:
         restore()
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
-GPU_ENVIRONMENT = ('CUDA_VISIBLE_DEVICES', 'CUDA_DEVICE_ORDER')
-"""What ``given_resources`` sets for a job, and restores after it."""
 
 
 def give_job_globals(computation: UserComputation, namespace: dict[str, Any]) -> list[str]:
