@@ -31,7 +31,6 @@ from typing import Any, Deque, Dict, Iterator, Optional, Protocol, Tuple, cast
 
 import gevent
 import gevent.event
-import gevent.lock
 from gevent.hub import Waiter
 
 from ..resources import CPUS, ONE_CPU, Need, memory_exceeded

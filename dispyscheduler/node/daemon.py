@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Dict, Optional, Tuple, Union
 
 import gevent
 import gevent.event
-import gevent.lock
 import gevent.queue
 from gevent.server import StreamServer
 

@@ -97,10 +97,10 @@ class Cluster:
     def queued(self) -> int:
         return len(self.queue)
 
-    def limit_on(self, node: Node) -> int:
+    def limit_on(self, node: Node, cpus: Optional[int] = None) -> int:
         """Most of this cluster's jobs of one CPU in flight on ``node``: its depth for each
-        CPU it may use there (``cpus_on``)."""
-        return min(node.slots, self.cpus_on(node) * self.depth)
+        CPU it may use there (``cpus_on``, unless the caller has it as ``cpus``)."""
+        return min(node.slots, (self.cpus_on(node) if cpus is None else cpus) * self.depth)
 
     def cpus_on(self, node: Node) -> int:
         """The CPUs of ``node`` this cluster may use: all, what its NodeAllocate gave it, or
@@ -248,7 +248,7 @@ class Cancellation:
     job: Optional[Job]
     node: Optional[Node]
     dispatches: list[Dispatch] = dataclasses.field(default_factory=list)
-    """What the node that was kept free for the job (``State._reserve``) takes instead."""
+    """What the node that was kept free for the job (``State.fill_node``) takes instead."""
 
 
 class State:
@@ -853,7 +853,7 @@ class State:
         for cluster in ready:
             if cluster.queue.live and node.key not in cluster.paused:
                 cpus = cluster.cpus_on(node)
-                usable.append((cluster, min(node.slots, cpus * cluster.depth), cpus))
+                usable.append((cluster, cluster.limit_on(node, cpus), cpus))
         jobs_of, held_of, held, offer = node.jobs_of, node.held_of, node.held, node.offer
         while node.light_room():
             candidates: list[Candidate] = []
@@ -883,7 +883,7 @@ class State:
                 fitting = [candidate for candidate in candidates if candidate[2][1]]
                 if any(candidate[0].held.share_of(self.total) < share
                        for candidate in fitting):
-                    chosen = fair_share_pick(fitting, node.held_of, self.total)
+                    chosen = fair_share_pick(fitting, held_of, self.total)
             if chosen is None:
                 break
             cluster, _, (need, fits) = chosen

@@ -28,7 +28,7 @@ class Job:
                  need: Need = ONE_CPU) -> None:
         self.jid = jid
         self.need = need  # what it holds on its node while there
-        # the node kept free for it while it waits (``State._reserve``), None if none is
+        # the node kept free for it while it waits (``State.fill_node``), None if none is
         self.reserved_on: Optional[Node] = None
         self.refs = refs  # the cluster's uploads it needs on its node (``sessions.py``)
         self.tag = tag  # the client's job id (pickled), for a client recovering results
