@@ -35,7 +35,7 @@ from .policy import node_matches
 from .model import FAILED, OFFERED, READY, Cluster, Node, State, upload_directory
 from .queues import job_size
 from .nodes import NodeService
-from .payloads import cluster_directory, forget_result, sync_in_thread
+from .payloads import cluster_directory, forget_result
 from .router import Router
 from .sessions import ClientSession, Peers
 
@@ -360,8 +360,9 @@ class ClusterService:
                 incoming = self.start_upload(cluster, chunk)
             elif incoming is None:
                 raise FileRefused('chunk at offset %d before its start' % (chunk.offset,))
-            if incoming.chunk(chunk.name, chunk.offset, chunk.data, chunk.last,
-                              chunk.mode) is None:
+            path = incoming.chunk(chunk.name, chunk.offset, chunk.data, chunk.last,
+                                  chunk.mode)
+            if path is None:
                 self.uploading[key] = incoming
                 return
         except (FileRefused, OSError) as exc:
@@ -376,6 +377,7 @@ class ClusterService:
             return
         self.refused.pop(key, None)
         cluster.uploads[chunk.ref] = (chunk.name, chunk.size, chunk.mode)
+        self.durability.sync_file(path)  # before the jobs that need it are acknowledged
         self.durability.put_cluster(cluster)
 
     def on_forget_values(self, cluster: Cluster, session: ClientSession,
@@ -404,7 +406,7 @@ class ClusterService:
         entry = (chunk.name, chunk.size, chunk.mode)
         limit = 0 if chunk.value else self.config.max_file_size  # a value is no file
         check_manifest(directory, [entry], limit)
-        return IncomingFiles(directory, limit, [entry], sync=sync_in_thread)
+        return IncomingFiles(directory, limit, [entry])
 
     def on_node_control(self, cluster: Cluster, session: ClientSession,
                         control: m.NodeControl) -> None:

@@ -7,11 +7,17 @@ name lookups, which gevent does on the hub's thread pool, never wait in front of
 then runs what had to wait for durability: acknowledging submissions to a client and results
 to a node, one message per peer per batch. So a submission is acknowledged once its batch is
 on disk, never one fsync per job.
+
+Payload files (a large argument uploaded, a large result streamed from a node) join the batch
+the same way: ``sync_file`` names one, and the committer makes it durable just before the
+transaction that refers to it. The readers that wrote them never wait for a disk, and a file
+gone by then (its result delivered and acknowledged within the batch) costs no disk write.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from typing import TYPE_CHECKING, Any, Callable, Hashable, Optional
 
 import gevent
@@ -48,6 +54,7 @@ class Durability:
         self.batch_bytes = 0  # of those, recorded since the last batch was taken
         self.committed = gevent.event.Event()  # set (and replaced) at each commit
         self.compact_wanted = False  # a cluster was removed: its pages and memory may go
+        self.unsynced: list[str] = []  # payload files to make durable with the next commit
         self.committer = gevent.threadpool.ThreadPool(1)
         """The one thread commits run on: not the hub's pool, which slow name lookups can
         fill (issue 17, 7)."""
@@ -82,6 +89,12 @@ class Durability:
 
     def result_acknowledged(self, cid: int, uid: int) -> None:
         self.store.result_acknowledged(cid, uid)
+        self.dirty.set()
+
+    def sync_file(self, path: str) -> None:
+        """A payload file just written: durable before the next commit (and so before any
+        acknowledgement that depends on it), on the committer's thread."""
+        self.unsynced.append(path)
         self.dirty.set()
 
     def when_durable(self, action: Callable[..., Any], *args: Any) -> None:
@@ -122,9 +135,10 @@ class Durability:
             self.dirty.clear()
             gevent.sleep(self.commit_interval)
             statements, actions = self.store.take_batch()
+            files, self.unsynced = self.unsynced, []
             saving, self.batch_bytes = self.batch_bytes, 0
-            if statements:
-                failure = self.committer.apply(self.store.try_commit, (statements,))
+            if statements or files:
+                failure = self.committer.apply(self.commit_batch, (statements, files))
                 if failure is not None:
                     raise Fatal(failure)
             del statements  # results leave memory as soon as they are saved
@@ -136,6 +150,16 @@ class Durability:
             if self.compact_wanted:
                 self.compact_wanted = False
                 self.committer.apply(self.compact)
+
+    def commit_batch(self, statements: list[tuple[str, list]], files: list[str]
+                     ) -> Optional[str]:
+        """The batch's payload files made durable, then its transaction committed (on the
+        committer's thread); why either failed, if it did."""
+        for path in files:
+            failure = sync_path(path)
+            if failure is not None:
+                return failure
+        return self.store.try_commit(statements) if statements else None
 
     def compact(self) -> None:
         """After a cluster is removed: free database pages and freed memory go back to the
@@ -152,6 +176,12 @@ class Durability:
 
     def commit_now(self) -> Optional[str]:
         """Commit what is recorded, here and now (at shutdown); why it could not, if not."""
+        files, self.unsynced = self.unsynced, []
+        for path in files:
+            failure = sync_path(path)
+            if failure is not None:
+                logger.error('%s', failure)
+                return failure
         try:
             self.store.commit_now()
         except StoreError as exc:
@@ -162,3 +192,21 @@ class Durability:
     def close(self) -> None:
         self.committer.kill()
         self.store.close()
+
+
+def sync_path(path: str) -> Optional[str]:
+    """``fsync`` the file at ``path``; why it could not be, if not. A file already removed
+    needs nothing (its result was delivered and acknowledged, its value forgotten)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return 'cannot open %s to make it durable: %s' % (path, exc.strerror)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        return 'cannot make %s durable: %s' % (path, exc.strerror)
+    finally:
+        os.close(fd)
+    return None

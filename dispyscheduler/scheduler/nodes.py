@@ -262,6 +262,7 @@ class NodeService:
                                  done.start_time, done.end_time)
             else:
                 job.cluster.stored_results[job.uid] = path
+                self.durability.sync_file(path)  # before the node is told it is saved
         self.router.deliver(job, node, done)  # first: the result leaves at once
         started = done.start_time
         ended = self.state.job_done(node, done.jid, done.status,

@@ -2,10 +2,11 @@
 
 A node streams such a result (``PayloadPart`` chunks, then the ``JobDone`` that names it); the
 scheduler writes the chunks to the cluster's directory as they come, never holding more than
-one in memory, and makes the file durable before it reads the ``JobDone``, so that what it
-acknowledges to the node survives ``kill -9``. The file is streamed on to the client before the
-``JobEnd`` that names it (``ClientSession``), and removed once the client acknowledges it. A
-provisional result travels the same way, and is removed once sent (it was never durable).
+one in memory; the ``JobDone`` that names the file hands it to ``Durability.sync_file``, so
+that it is durable before the result is acknowledged to the node. The file is streamed on to
+the client before the ``JobEnd`` that names it (``ClientSession``), and removed once the
+client acknowledges it. A provisional result travels the same way, and is removed once sent
+(it was never durable).
 
 A stream cut short (the link broke, the scheduler was killed) leaves a partial file that no
 saved result names: the node sends the whole stream again on its next link, and such files
@@ -17,8 +18,6 @@ from __future__ import annotations
 import os
 import re
 from typing import TYPE_CHECKING, Callable
-
-import gevent
 
 from ..runtime.duties import in_background
 from ..wire import messages as m
@@ -50,19 +49,12 @@ def payload_file(uid: int, name: str) -> str:
     return '%d-%s' % (uid, name)
 
 
-def sync_in_thread(fd: int) -> None:
-    """``os.fsync`` in gevent's thread pool: the hub serves everyone else meanwhile."""
-    gevent.get_hub().threadpool.apply(os.fsync, (fd,))
-
-
 def receive_part(payloads: IncomingPayloads, cluster: Cluster, uid: int,
                  part: m.PayloadPart) -> None:
-    """One chunk of a payload of job ``uid`` of ``cluster``, to the cluster's results; a
-    final result is made durable with its last chunk."""
+    """One chunk of a payload of job ``uid`` of ``cluster``, to the cluster's results."""
     assert cluster.directory is not None  # ``cluster_directory`` made it
-    durable = FINAL_RESULT.fullmatch(part.name) is not None
     payloads.part(os.path.join(cluster.directory, RESULTS_DIRECTORY),
-                  payload_file(uid, part.name), part, sync_in_thread if durable else None)
+                  payload_file(uid, part.name), part)
 
 
 def forget_result(cluster: Cluster, uid: int) -> None:
