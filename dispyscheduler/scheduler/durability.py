@@ -154,11 +154,8 @@ class Durability:
     def commit_batch(self, statements: list[tuple[str, list]], files: list[str]
                      ) -> Optional[str]:
         """The batch's payload files made durable, then its transaction committed (on the
-        committer's thread); why either failed, if it did."""
-        for path in files:
-            failure = sync_path(path)
-            if failure is not None:
-                return failure
+        committer's thread); why the commit failed, if it did."""
+        sync_files(files)
         return self.store.try_commit(statements) if statements else None
 
     def compact(self) -> None:
@@ -177,11 +174,7 @@ class Durability:
     def commit_now(self) -> Optional[str]:
         """Commit what is recorded, here and now (at shutdown); why it could not, if not."""
         files, self.unsynced = self.unsynced, []
-        for path in files:
-            failure = sync_path(path)
-            if failure is not None:
-                logger.error('%s', failure)
-                return failure
+        sync_files(files)
         try:
             self.store.commit_now()
         except StoreError as exc:
@@ -194,19 +187,26 @@ class Durability:
         self.store.close()
 
 
-def sync_path(path: str) -> Optional[str]:
-    """``fsync`` the file at ``path``; why it could not be, if not. A file already removed
-    needs nothing (its result was delivered and acknowledged, its value forgotten)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        return 'cannot open %s to make it durable: %s' % (path, exc.strerror)
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        return 'cannot make %s durable: %s' % (path, exc.strerror)
-    finally:
-        os.close(fd)
-    return None
+def sync_files(paths: list[str]) -> None:
+    """``fsync`` each payload file. One already removed needs nothing (its result was
+    delivered and acknowledged, its value forgotten). One that cannot be made durable (an
+    I/O error, or a file system that reports a full disk only now) is logged and the batch
+    goes on: its bytes are in the page cache, safe from ``kill -9`` though not from a power
+    cut, and the job they belong to has already gone on its way (a result to its client, an
+    argument to its node); stopping the scheduler for it, as for a commit that fails, would
+    end every other user's work for one file."""
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            logger.error('cannot open %s to make it durable: %s', path, exc.strerror)
+            continue
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            logger.error('cannot make %s durable (a power cut could lose it): %s', path,
+                         exc.strerror)
+        finally:
+            os.close(fd)

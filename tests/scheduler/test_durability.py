@@ -2,7 +2,6 @@
 the hub's thread pool) never wait in front of them (issue 17, 7). Run in a gevent process of
 its own, so that this one is not monkey-patched."""
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -43,10 +42,11 @@ def test_commits_do_not_wait_for_the_hubs_busy_thread_pool():
 
 
 def test_payload_files_are_made_durable_before_the_commit_that_refers_to_them(tmp_path,
-                                                                              monkeypatch):
+                                                                              monkeypatch,
+                                                                              caplog):
     """A payload file named by ``sync_file`` is fsynced on the committer's thread just before
     the batch's transaction; one already removed (its result delivered) costs nothing; one
-    that cannot be made durable stops the commit with the reason."""
+    that cannot be made durable is logged, and the commit goes on (the scheduler serves on)."""
     from dispyscheduler.scheduler import durability as module
     from dispyscheduler.scheduler.store import Store
 
@@ -59,6 +59,9 @@ def test_payload_files_are_made_durable_before_the_commit_that_refers_to_them(tm
         events.append(('fsync', module.os.readlink('/proc/self/fd/%d' % fd)))
         real_fsync(fd)
 
+    def failing_fsync(fd):
+        raise OSError(5, 'Input/output error')
+
     monkeypatch.setattr(module.os, 'fsync', fsync)
     monkeypatch.setattr(durability.store, 'try_commit',
                         lambda statements: events.append(('commit', statements)))
@@ -67,19 +70,11 @@ def test_payload_files_are_made_durable_before_the_commit_that_refers_to_them(tm
     try:
         assert durability.commit_batch(['statement'], [str(kept), str(gone)]) is None
         assert events == [('fsync', str(kept)), ('commit', ['statement'])]
-        unreadable = tmp_path / 'dir' / 'file'
-        unreadable.parent.mkdir()
-        unreadable.parent.chmod(0)
         events.clear()
-        failure = durability.commit_batch(['statement'], [str(unreadable)])
-        if os.geteuid() != 0:  # root reads through the permissions
-            assert 'cannot open' in failure and events == []
-        (tmp_path / 'dir').chmod(0o700)
-        events.clear()
-        monkeypatch.setattr(module.os, 'fsync', lambda fd: (_ for _ in ()).throw(
-            OSError(5, 'Input/output error')))
-        failure = durability.commit_batch(['statement'], [str(kept)])
-        assert failure == 'cannot make %s durable: Input/output error' % kept
-        assert events == []  # nothing that depends on it is committed
+        monkeypatch.setattr(module.os, 'fsync', failing_fsync)
+        assert durability.commit_batch(['statement'], [str(kept)]) is None
+        assert events == [('commit', ['statement'])]
+        assert 'cannot make %s durable (a power cut could lose it): Input/output error' % kept \
+            in caplog.text
     finally:
         durability.close()
