@@ -127,10 +127,8 @@ class IncomingFiles:
     """Files arriving in chunks, in order, each ended by a chunk with ``last`` set."""
 
     def __init__(self, directory: str, max_file_size: int = 0,
-                 manifest: list[FileSpec] | None = None,
-                 sync: Callable[[int], Any] | None = None) -> None:
+                 manifest: list[FileSpec] | None = None) -> None:
         self.directory = directory
-        self.sync = sync  # ``sync(fd)`` makes a completed file durable (before it counts)
         self.max_file_size = max_file_size
         self.sizes = None if manifest is None else {name: size for name, size, _ in manifest}
         """Each file's announced size, if they were announced: a file must be exactly that
@@ -160,13 +158,6 @@ class IncomingFiles:
         if not last:
             return None
         os.fchmod(fd, _mode(mode))
-        if self.sync is not None:
-            try:
-                self.sync(fd)
-            except BaseException:
-                os.close(fd)
-                del self.open[name]
-                raise
         os.close(fd)
         del self.open[name]
         self.done.append(name)
@@ -223,11 +214,9 @@ class IncomingPayloads:
         self.received: dict[int, tuple[str, Payload]] = {}  # id -> (name, payload), complete
         self.failed: dict[int, str] = {}  # id -> why its stream could not be written
 
-    def part(self, directory: str | None, file: str, part: PayloadPart,
-             sync: Callable[[int], Any] | None = None) -> None:
-        """Write one chunk to ``directory/file`` (no ``directory``: keep it in memory);
-        ``sync(fd)`` makes a complete file durable. A stream that cannot be written is
-        dropped, and the reason kept for ``take``."""
+    def part(self, directory: str | None, file: str, part: PayloadPart) -> None:
+        """Write one chunk to ``directory/file`` (no ``directory``: keep it in memory). A
+        stream that cannot be written is dropped, and the reason kept for ``take``."""
         key = part.id
         entry = self.incoming.pop(key, None)
         if part.offset == 0:
@@ -246,7 +235,7 @@ class IncomingPayloads:
                 else:
                     manifest = [(file, part.size, 0o600)]
                     check_manifest(directory, manifest)
-                    entry = file, IncomingFiles(directory, 0, manifest, sync=sync)
+                    entry = file, IncomingFiles(directory, 0, manifest)
             elif entry[0] != file:
                 raise FileRefused('payload %r: chunk of another stream' % (part.name,))
             path = entry[1].chunk(file, part.offset, part.data, part.last)

@@ -79,10 +79,11 @@ def parts(data, name=NAME, key=7, chunk=4):
 def test_a_payload_stream_is_written_as_it_comes_and_taken_by_its_name(tmp_path):
     from dispyscheduler.wire.files import IncomingPayloads
     payloads = IncomingPayloads()
-    synced = []
-    for part in parts(b'0123456789'):
-        payloads.part(str(tmp_path), 'f', part, synced.append)
-    assert len(synced) == 1  # made durable once, with the last chunk
+    stream = parts(b'0123456789')
+    payloads.part(str(tmp_path), 'f', stream[0])
+    assert (tmp_path / 'f').read_bytes() == b'0123'  # on disk as it comes, not held here
+    for part in stream[1:]:
+        payloads.part(str(tmp_path), 'f', part)
     path, reason = payloads.take(7, NAME)
     assert reason == '' and open(path, 'rb').read() == b'0123456789'
     assert payloads.take(7, NAME) == (None, 'its stream did not arrive')
