@@ -224,7 +224,7 @@ def test_cleanup_function_runs_and_files_are_kept_with_cleanup_false(shared, tmp
         jobs = run_all(cluster, [cluster.submit(n) for n in range(4)])
     # cleanup runs at close on every node where setup ran
     wait_for(lambda: len(os.listdir(tmp_path / 'cleanup')) == len(os.listdir(tmp_path / 'setup')),
-             10, 'cleanup to run where setup ran')
+             60, 'cleanup to run where setup ran')
     assert {job.result for job in jobs} <= {'127.0.0.2', '127.0.0.3'}
     assert len(os.listdir(tmp_path / 'setup')) >= 1
 

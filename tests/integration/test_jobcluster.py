@@ -39,8 +39,10 @@ def waiting_nodes(daemons, *ips):
     return nodes
 
 
-def temporary_directories():
-    return {name for name in os.listdir(tempfile.gettempdir())
+def temporary_directories(where=None):
+    """The JobCluster schedulers' working directories in ``where`` (the temporary
+    directory by default)."""
+    return {name for name in os.listdir(where or tempfile.gettempdir())
             if name.startswith('dispyscheduler-jobcluster-')}
 
 
@@ -136,18 +138,21 @@ def test_network_nodes_are_found_by_ping_and_freed_when_the_program_is_killed(da
             print('both nodes', flush=True)
             time.sleep(600)
         '''))
-    before = temporary_directories()
+    own_tmp = tmp_path / 'tmp'  # its own: another test run's JobClusters are not its
+    own_tmp.mkdir()
     running = subprocess.Popen([sys.executable, str(program), str(daemons.node_port),
                                 NODE_SECRET], stdout=subprocess.PIPE, text=True,
-                               cwd=str(tmp_path), env=dict(os.environ, PYTHONPATH=REPO))
+                               cwd=str(tmp_path), env=dict(os.environ, PYTHONPATH=REPO,
+                                                           TMPDIR=str(own_tmp)))
     try:
         assert running.stdout.readline().strip() == 'both nodes'
+        assert len(temporary_directories(own_tmp)) == 1
         children = child_daemons(running.pid)
         assert len(children) == 1  # its scheduler
         running.send_signal(signal.SIGKILL)
         running.wait()
         wait_for(lambda: not alive(children), 30, 'the JobCluster scheduler to stop')
-        assert temporary_directories() <= before  # its temporary directory went with it
+        assert not temporary_directories(own_tmp)  # its temporary directory went with it
         for node in nodes:
             node.wait_log('link to scheduler .* closed', timeout=30)
         result = run_program(tmp_path, '''
